@@ -1,0 +1,3 @@
+"""cnnzoo: train, serve and understand convolutional image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from cnnzoo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The `cnnzoo` console script.
+
+It only mounts the subcommands that each package owns (`zoo.cli`, `serving.cli`,
+`interpret.cli`); a package's `register(subparsers)` adds its commands and binds each to a
+handler with `set_defaults(func=...)`. Handlers import torch, onnxruntime and grpc themselves,
+so `cnnzoo --help` stays fast.
+
+Errors the project raises on purpose (`zoo.errors.CnnzooError`) become one line on stderr and
+a non-zero exit code; anything else propagates so that bugs stay visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cnnzoo import __version__
+
+# Packages whose `cli.register` contributes subcommands, in help order.
+_COMMAND_PACKAGES = ("zoo", "serving", "interpret")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnzoo",
+        description="Train, serve and understand convolutional image classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for package in _COMMAND_PACKAGES:
+        module = importlib.import_module(f"{package}.cli")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.errors import CnnzooError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CnnzooError as err:
+        print(f"cnnzoo {args.command}: error: {err.reason}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"cnnzoo {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,9 @@
+"""`cnnzoo` subcommands owned by the `interpret` package."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this package's subcommands to the `cnnzoo` parser."""

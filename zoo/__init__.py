@@ -1,0 +1,1 @@
+"""zoo: architectures, registry, datasets, training, evaluation and ONNX export."""
