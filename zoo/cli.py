@@ -1,9 +1,257 @@
-"""`cnnzoo` subcommands owned by the `zoo` package."""
+"""`cnnzoo` subcommands owned by the `zoo` package: list, train, eval, export.
+
+Handlers import torch and friends themselves, so building the parser stays cheap.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `cnnzoo` parser."""
+    _register_list(sub)
+    _register_train(sub)
+    _register_eval(sub)
+    _register_export(sub)
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+def _register_list(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "list",
+        help="list the model zoo",
+        description="List every zoo entry: dataset, input shape, classes, shipped weights.",
+    )
+    parser.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob filter, e.g. 'resnet*'")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    parser.set_defaults(func=_cmd_list)
+
+
+def _list_row(name: str) -> dict[str, Any]:
+    from zoo import get_entry
+
+    entry = get_entry(name)
+    card = entry.card() or {}
+    metrics = card.get("metrics", {})
+    weights = card.get("weights", {})
+    return {
+        "model": name,
+        "dataset": entry.dataset,
+        "input_shape": list(entry.input_shape),
+        "classes": entry.num_classes,
+        "trained": entry.weights_file is not None,
+        "top1": metrics.get("top1"),
+        "sha256": weights.get("sha256"),
+    }
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from zoo import list_models
+
+    rows = [_list_row(name) for name in list_models(include=args.patterns or None)]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    table = [["MODEL", "DATASET", "INPUT", "CLASSES", "WEIGHTS", "TOP-1", "SHA256"]]
+    for row in rows:
+        table.append(
+            [
+                row["model"],
+                row["dataset"],
+                "x".join(map(str, row["input_shape"])),
+                str(row["classes"]),
+                "trained" if row["trained"] else "untrained",
+                f"{100 * row['top1']:.2f}%" if row["top1"] is not None else "-",
+                (row["sha256"] or "-")[:12],
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return 0
+
+
+# -- train ----------------------------------------------------------------------------------
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a zoo model",
+        description="Train a zoo model with its recipe; writes OUT/MODEL/epochs/epoch_NNN.safetensors "
+        "each epoch, then OUT/MODEL/model.safetensors and card.json.",
+    )
+    parser.add_argument("model", help="zoo entry, see `cnnzoo list`")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs/)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument(
+        "--stop-after", type=int, metavar="N", help="stop after N epochs of this run (resume later)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)")
+    parser.add_argument("--download", action="store_true", help="download the dataset if missing")
+    parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images")
+    parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N images")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zoo.train import TrainOptions, train
+
+    options = TrainOptions(
+        model=args.model,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        resume=args.resume,
+        stop_after=args.stop_after,
+        data_dir=args.data_dir,
+        download=args.download,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        threads=args.threads,
+        progress=not args.no_progress,
+        command=_command_line(),
+    )
+    result = train(options)
+    print(result.summary())
+    return 0
+
+
+# -- eval -----------------------------------------------------------------------------------
+
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="evaluate a zoo model on its test set",
+        description="Top-1, top-5 and per-class accuracy on the model's test set.",
+    )
+    parser.add_argument("model", help="zoo entry, see `cnnzoo list`")
+    parser.add_argument(
+        "--weights", default="default", help="weights file (default: the shipped weights)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)")
+    parser.add_argument(
+        "--dataset", help="evaluate on an ImageFolder path instead of the entry's test set"
+    )
+    parser.add_argument("--download", action="store_true", help="download the dataset if missing")
+    parser.add_argument("--subset", type=int, metavar="N", help="evaluate on the first N images")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from zoo.evaluate import evaluate_entry
+
+    report = evaluate_entry(
+        args.model,
+        weights=args.weights,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        download=args.download,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        progress=not (args.no_progress or args.json),
+    )
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(
+            f"{report['model']} on {report['dataset']} ({report['n']} images): "
+            f"top-1 {100 * report['top1']:.2f}%  top-5 {100 * report['top5']:.2f}%"
+        )
+        for label, accuracy in report["per_class"].items():
+            print(f"  {label:>20}  {100 * accuracy:6.2f}%")
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export zoo models to an ONNX model repository",
+        description="Export to a Triton-layout model repository: config.pbtxt, labels.txt, "
+        "VERSION/model.onnx (+ model.safetensors, manifest.json), parity-checked against PyTorch.",
+    )
+    parser.add_argument("model", nargs="?", help="zoo entry (or --all)")
+    parser.add_argument("--all", action="store_true", help="export every entry that has weights")
+    parser.add_argument(
+        "--include-untrained", action="store_true", help="with --all, also the untrained entries"
+    )
+    parser.add_argument("--weights", help="weights file (default: the shipped weights)")
+    parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
+    parser.add_argument("--fp16", action="store_true", help="half-precision graph (FP32 in/out)")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size (default 64)")
+    parser.add_argument("--data-dir", type=Path, help="dataset folder for the parity batch")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary per model")
+    parser.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from zoo.errors import InvalidInput
+    from zoo.export import ExportOptions, export_model, models_to_export
+
+    if args.all == (args.model is not None):
+        raise InvalidInput("name one MODEL or pass --all")
+    if args.all and (args.weights or args.version is not None):
+        raise InvalidInput("--weights and --version apply to one model, not --all")
+    names = models_to_export(args.all, args.model, args.include_untrained, args.weights)
+    for name in names:
+        summary = export_model(
+            ExportOptions(
+                model=name,
+                repository=args.repository,
+                weights=args.weights,
+                version=args.version,
+                fp16=args.fp16,
+                max_batch_size=args.max_batch_size,
+                data_dir=args.data_dir,
+            )
+        )
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            parity = summary["parity"]
+            figure = (
+                f"max|diff| {parity['max_abs_diff']:.2e}"
+                if summary["precision"] == "fp32"
+                else f"top-1 agreement {parity['top1_agreement']:.3f}"
+            )
+            print(
+                f"{name}: version {summary['version']} -> {summary['path']} "
+                f"({summary['precision']}, {figure} on {parity['n']} {parity['inputs']} inputs, "
+                f"{summary['seconds']:.1f}s)"
+            )
+    return 0
+
+
+def _command_line() -> str:
+    """The command as typed, for model cards."""
+    import shlex
+
+    argv = list(sys.argv)
+    argv[0] = Path(argv[0]).name if argv else "cnnzoo"
+    return shlex.join(argv)

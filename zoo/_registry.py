@@ -1,0 +1,157 @@
+"""The zoo's registry: which models exist, what they are bound to, and how to build them.
+
+An entry is an architecture bound to a dataset (labels, preprocessing, training recipe, shipped
+weights). Entries are plain data and name their builder as "module:function", so listing the zoo
+(`cnnzoo list`, `cnnzoo --help`) never imports torch; `build_model` imports it when needed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import AlreadyExists, NotFound
+from zoo.preprocess import Preprocess
+
+__all__ = ["Recipe", "ZooEntry", "register_model", "list_models", "get_entry", "WEIGHTS_ROOT"]
+
+# Shipped weights live in the package: zoo/weights/<entry>/{model.safetensors, card.json, epochs/}.
+WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults of an entry; every field can be overridden on the `cnnzoo train` line.
+
+    `schedule` is "onecycle", "cosine" or "step" (x0.1 at 50% and 75% of the epochs);
+    `augment` names a training augmentation in `zoo.augment`.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    augment: str = "none"
+    label_smoothing: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model of the zoo: an architecture bound to a dataset.
+
+    Attributes:
+        name: registry name, e.g. "lenet5-mnist".
+        family: "lenet", "alexnet" or "resnet".
+        dataset: "mnist", "cifar10" or "imagenet".
+        num_classes: number of output logits.
+        labels: class names in class-index order.
+        preprocess: how an image becomes the model input.
+        input_shape: (C, H, W) of one model input.
+        recipe: training defaults.
+        weights_dir: folder with the shipped `model.safetensors`, `card.json` and
+            `epochs/epoch_NNN.safetensors`, or None when the zoo ships no weights for it.
+        builder: "module:function" building the randomly initialised architecture.
+        architecture: a short human description of the architecture.
+        paper: link to the paper the architecture comes from.
+        torchvision_state_dicts: accept torchvision `.pth` state dicts as weights files.
+    """
+
+    name: str
+    family: str
+    dataset: str
+    num_classes: int
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+    input_shape: tuple[int, int, int]
+    recipe: Recipe
+    weights_dir: Path | None
+    builder: str = field(repr=False)
+    architecture: str = ""
+    paper: str = ""
+    torchvision_state_dicts: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.labels)} labels for {self.num_classes} classes")
+        expected = (self.preprocess.channels, *self.preprocess.input_size)
+        if tuple(self.input_shape) != expected:
+            raise ValueError(f"{self.name}: input_shape {self.input_shape} != preprocess {expected}")
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The shipped `model.safetensors`, or None."""
+        return None if self.weights_dir is None else self.weights_dir / "model.safetensors"
+
+    def card(self) -> dict[str, Any] | None:
+        """The shipped model card (card.json) as a dict, or None when there is none."""
+        if self.weights_dir is None or not (self.weights_dir / "card.json").is_file():
+            return None
+        return json.loads((self.weights_dir / "card.json").read_text(encoding="utf-8"))
+
+    def builder_function(self) -> Callable[..., Any]:
+        """Import and return the builder (imports torch)."""
+        module_name, _, function = self.builder.partition(":")
+        return getattr(importlib.import_module(module_name), function)
+
+
+_ENTRIES: dict[str, ZooEntry] = {}
+
+
+def shipped_weights_dir(name: str) -> Path | None:
+    """`zoo/weights/<name>` when it holds a `model.safetensors`, else None."""
+    folder = WEIGHTS_ROOT / name
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def register_model(entry: ZooEntry) -> ZooEntry:
+    """Add an entry to the zoo; a name registered twice raises `AlreadyExists`."""
+    if entry.name in _ENTRIES:
+        raise AlreadyExists(f"model {entry.name!r} is already registered")
+    _ENTRIES[entry.name] = entry
+    return entry
+
+
+def _as_patterns(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def list_models(
+    include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None
+) -> list[str]:
+    """Sorted names of the registered entries.
+
+    Args:
+        include: fnmatch pattern(s); keep names matching any of them (default: all).
+        exclude: fnmatch pattern(s); drop names matching any of them.
+    """
+    names = sorted(_ENTRIES)
+    if include is not None:
+        patterns = _as_patterns(include)
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    for pattern in _as_patterns(exclude):
+        names = [n for n in names if not fnmatch.fnmatchcase(n, pattern)]
+    return names
+
+
+def get_entry(name: str) -> ZooEntry:
+    """The entry called `name`; an unknown name raises `NotFound` listing the known ones."""
+    try:
+        return _ENTRIES[name]
+    except (KeyError, TypeError):
+        raise NotFound(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
