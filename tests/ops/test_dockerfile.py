@@ -1,0 +1,96 @@
+"""The Dockerfile: lint-clean, non-root, the project's torch pins, and a context that builds."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from tests.ops.stack import DOCKERFILE, ROOT, dockerfile_stages, hadolint_binary, image_entrypoint
+
+FINAL_TARGETS = ("cpu", "gpu")
+
+
+def _instructions(stage: str, name: str) -> list[str]:
+    return [args for ins, args in dockerfile_stages()[stage] if ins == name]
+
+
+def test_hadolint_finds_nothing():
+    result = subprocess.run(
+        [str(hadolint_binary()), "--format", "json", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [], "\n".join(f"line {f['line']}: {f['code']} {f['message']}" for f in findings)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cpu_is_the_default_target():
+    # `docker build .` builds the last stage
+    assert list(dockerfile_stages())[-1] == "cpu"
+
+
+@pytest.mark.parametrize("target", FINAL_TARGETS)
+def test_final_images_run_cnnzoo_as_an_unprivileged_user(target: str):
+    [user] = _instructions(target, "USER")[-1:]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{target}: runs as {user}"
+    assert image_entrypoint(target) == ["cnnzoo"]
+    # only the virtualenv is carried over from the build stage, never the source tree
+    copies = _instructions(target, "COPY")
+    assert copies and all(c.startswith("--from=") and c.endswith(" /opt/venv") for c in copies)
+    env = " ".join(_instructions(target, "ENV"))
+    assert "CNNZOO_DATA=/data" in env
+    assert "PATH=/opt/venv/bin:$PATH" in env
+    assert set(" ".join(_instructions(target, "EXPOSE")).split()) == {"8001", "8002"}
+
+
+def test_nothing_secret_is_baked_in():
+    names = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|CREDENTIAL)", re.IGNORECASE)
+    for stage, instructions in dockerfile_stages().items():
+        for ins, args in instructions:
+            if ins in ("ENV", "ARG", "LABEL"):
+                assert not names.search(args), f"{stage}: {ins} {args}"
+
+
+def test_torch_pins_match_the_makefile():
+    match = re.search(r"^TORCH_PINS \?= (.+)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert match, "Makefile lost TORCH_PINS"
+    pins = match.group(1).split()
+    for build in ("cpu-build", "gpu-build"):
+        runs = " ".join(_instructions(build, "RUN"))
+        for pin in pins:
+            assert pin in runs, f"{build} does not install {pin}"
+
+
+def test_dockerignore_keeps_what_pip_install_reads():
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed = ["pyproject.toml", pyproject["project"]["readme"]]
+    needed += [p.rstrip("*") for p in packages]
+    needed += [f"{p.rstrip('*')}/weights/model.safetensors" for p in packages]
+    for path in needed:
+        for pattern in patterns:
+            assert not pattern.startswith("!"), "negated patterns are not expected here"
+            first = path.split("/")[0]
+            assert not (fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(first, pattern)), (
+                f".dockerignore pattern {pattern!r} drops {path}, which the image build needs"
+            )
+    for private in (".env", ".git", ".venv", "data", "model_repository", "results", "jobs"):
+        assert private in patterns, f"{private} would be sent to the build context"
