@@ -53,7 +53,7 @@ def _register_all() -> None:
             preprocess=MNIST_PREPROCESS,
             input_shape=(1, 32, 32),
             recipe=Recipe(
-                epochs=15, batch_size=128, lr=0.05, weight_decay=5e-4,
+                epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4,
                 schedule="onecycle", augment="mnist-affine",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("lenet5-mnist"),
@@ -61,6 +61,10 @@ def _register_all() -> None:
             architecture="LeNet-5 (C1 6@5x5, S2, C3 16@5x5, S4, C5 120, F6 84, 10) with ReLU "
             "and max-pooling, 61,706 parameters",
             paper="http://yann.lecun.com/exdb/publis/pdf/lecun-98.pdf",
+            notes="LeNet-5's layer sizes with ReLU instead of the scaled tanh and max-pooling "
+            "instead of trainable sub-sampling, so the Zeiler & Fergus (2014) methods (deconvnet "
+            "switches, guided backprop) apply; C3 is fully connected to S2 and the output layer is "
+            "linear instead of RBF units. Input: the 28x28 digit padded by 2 to 32x32.",
         )
     )
     register_model(
@@ -103,6 +107,7 @@ def _register_all() -> None:
             architecture="CIFAR ResNet-20 (3 stages x 3 basic blocks, 16/32/64 filters, "
             "option-A identity shortcuts)",
             paper="https://arxiv.org/abs/1512.03385",
+            notes="He et al. 2016 section 4.2 ResNet-20 with option-A (parameter-free) shortcuts.",
         )
     )
     for name, builder, architecture, paper in (

@@ -65,6 +65,7 @@ class ZooEntry:
         builder: "module:function" building the randomly initialised architecture.
         architecture: a short human description of the architecture.
         paper: link to the paper the architecture comes from.
+        notes: what a model card should say about deviations from the paper.
         torchvision_state_dicts: accept torchvision `.pth` state dicts as weights files.
     """
 
@@ -80,6 +81,7 @@ class ZooEntry:
     builder: str = field(repr=False)
     architecture: str = ""
     paper: str = ""
+    notes: str = ""
     torchvision_state_dicts: bool = False
 
     def __post_init__(self) -> None:

@@ -93,7 +93,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs/)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument(
@@ -104,6 +104,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images")
     parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N images")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=_cmd_train)
 
@@ -125,6 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         threads=args.threads,
+        device=args.device,
         progress=not args.no_progress,
         command=_command_line(),
     )

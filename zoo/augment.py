@@ -1,0 +1,38 @@
+"""Training augmentations named by recipes (`Recipe.augment`).
+
+Each runs on the PIL image after the entry's resize, crop and padding, so the output keeps the
+model's input size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.errors import InvalidInput
+
+__all__ = ["AUGMENTATIONS", "build_augmentation"]
+
+AUGMENTATIONS = ("none", "mnist-affine", "cifar-crop-flip", "imagenet")
+
+
+def build_augmentation(name: str, input_size: tuple[int, int]) -> Any:
+    """The torchvision transform for augmentation `name` (None for "none").
+
+    - mnist-affine: rotation up to 10 degrees, translation up to 10%, scale 0.9-1.1, black fill
+      (the digit moves inside LeNet-5's 32x32 frame).
+    - cifar-crop-flip: He et al. 2016's 4-pixel padded random crop plus horizontal flip.
+    - imagenet: horizontal flip.
+    """
+    from torchvision import transforms
+
+    if name == "none":
+        return None
+    if name == "mnist-affine":
+        return transforms.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=0)
+    if name == "cifar-crop-flip":
+        return transforms.Compose(
+            [transforms.RandomCrop(input_size, padding=4), transforms.RandomHorizontalFlip()]
+        )
+    if name == "imagenet":
+        return transforms.RandomHorizontalFlip()
+    raise InvalidInput(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")

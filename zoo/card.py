@@ -1,0 +1,106 @@
+"""Model cards: the JSON written beside trained weights (`card.json`) and its schema."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["CARD_SCHEMA", "hardware_info", "software_info", "utc_now", "validate_card"]
+
+# Required keys, and the required keys of nested objects. Cards may not carry other top-level keys.
+CARD_SCHEMA: dict[str, tuple[str, ...] | None] = {
+    "model": None,
+    "family": None,
+    "architecture": None,
+    "paper": None,
+    "notes": None,
+    "dataset": (
+        "name", "train_split", "test_split", "n_train", "n_test", "folder", "source",
+        "source_sha256", "train_subset", "test_subset",
+    ),
+    "metrics": ("top1", "top5", "n", "loss", "per_class"),
+    "epochs": None,
+    "history": None,
+    "wall_time_seconds": None,
+    "hardware": ("cpu", "cpu_count", "torch_threads", "device", "gpu"),
+    "software": ("python", "torch", "torchvision", "cnnzoo", "platform"),
+    "command": None,
+    "seed": None,
+    "recipe": None,
+    "weights": ("file", "sha256", "num_params", "bytes"),
+    "input_shape": None,
+    "preprocess": None,
+    "labels": None,
+    "created": None,
+}  # fmt: skip
+
+_HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "test_top1", "lr", "seconds")
+
+
+def validate_card(card: dict[str, Any]) -> list[str]:
+    """Problems with a card (empty when it follows the schema)."""
+    problems = [f"missing key {key!r}" for key in CARD_SCHEMA if key not in card]
+    problems += [f"unknown key {key!r}" for key in card if key not in CARD_SCHEMA]
+    for key, required in CARD_SCHEMA.items():
+        if required and isinstance(card.get(key), dict):
+            problems += [f"missing key {key}.{sub!r}" for sub in required if sub not in card[key]]
+    history = card.get("history")
+    if not isinstance(history, list) or len(history) != card.get("epochs"):
+        problems.append("history must have one record per epoch")
+    else:
+        for record in history:
+            problems += [f"history record lacks {k!r}" for k in _HISTORY_KEYS if k not in record]
+    metrics = card.get("metrics", {})
+    for key in ("top1", "top5"):
+        value = metrics.get(key)
+        if not isinstance(value, float) or not 0.0 <= value <= 1.0:
+            problems.append(f"metrics.{key} must be a fraction in [0, 1]")
+    if len(metrics.get("per_class", {})) != len(card.get("labels", [])):
+        problems.append("metrics.per_class must have one value per label")
+    return problems
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: str) -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    return {
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "gpu": gpu,
+    }
+
+
+def software_info() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    from cnnzoo import __version__
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cnnzoo": __version__,
+        "platform": platform.platform(),
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

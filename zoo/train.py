@@ -1,0 +1,502 @@
+"""Train a zoo entry with its recipe: deterministic, resumable, one checkpoint per epoch.
+
+Output, in `<out>/<model>/`:
+- `epochs/epoch_NNN.safetensors` after every epoch (kept: feature evolution is drawn from them),
+- `train_state.safetensors` while the run is unfinished (weights, optimizer state, history),
+- `model.safetensors` and `card.json` when the last epoch is done (the state file is removed).
+
+Determinism: every epoch seeds its own RNGs from (seed, epoch): the shuffling order, the
+augmentation and dropout of epoch e do not depend on what ran before, so a resumed run equals an
+uninterrupted one bit for bit on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo._registry import Recipe, ZooEntry, get_entry
+from zoo.augment import build_augmentation
+from zoo.card import hardware_info, software_info, utc_now, validate_card
+from zoo.checkpoints import epoch_path, save_weights
+from zoo.datasets import dataset_source, get_dataset
+from zoo.errors import AlreadyExists, InvalidInput, NotFound
+from zoo.evaluate import evaluate, limit_dataset, torch_threads
+from zoo.fileio import atomic_path, atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "lr_factor"]
+
+STATE_FILE = "train_state.safetensors"
+SCHEDULES = ("onecycle", "cosine", "step")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainOptions:
+    """What `cnnzoo train` was asked to do; None means "the recipe's" (or, on --resume, the run's)."""
+
+    model: str
+    out: Path = Path("runs")
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    resume: bool = False
+    stop_after: int | None = None
+    data_dir: Path | None = None
+    download: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    progress: bool = True
+    command: str | None = None
+
+
+@dataclass
+class TrainResult:
+    model: str
+    model_dir: Path
+    epochs_done: int
+    epochs: int
+    card: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.epochs
+
+    def summary(self) -> str:
+        if not self.finished:
+            return (
+                f"{self.model}: stopped after epoch {self.epochs_done} of {self.epochs} in "
+                f"{self.model_dir}; continue with --resume"
+            )
+        assert self.card is not None
+        metrics = self.card["metrics"]
+        return (
+            f"{self.model}: {self.epochs} epochs, test top-1 {100 * metrics['top1']:.2f}% "
+            f"top-5 {100 * metrics['top5']:.2f}% ({metrics['n']} images), "
+            f"{self.card['wall_time_seconds']:.0f}s; wrote {self.model_dir / 'model.safetensors'} "
+            f"and card.json"
+        )
+
+
+def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimizer step `step` (0-based) of `total_steps`.
+
+    onecycle: torch's OneCycleLR curve (cosine warm-up from lr/25 over the first 30%, cosine
+    decay to lr/25e4); cosine: cosine decay to 0; step: x0.1 at 50% and again at 75%.
+    """
+    progress = min(step / max(total_steps, 1), 1.0)
+    if recipe.schedule == "onecycle":
+        start, end, warm = 1 / 25, 1 / 25e4, 0.3
+        if progress < warm:
+            return start + (1 - start) * (1 - math.cos(math.pi * progress / warm)) / 2
+        return end + (1 - end) * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))) / 2
+    if recipe.schedule == "cosine":
+        return (1 + math.cos(math.pi * progress)) / 2
+    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+
+
+def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | None) -> Recipe:
+    recipe = Recipe(**saved["recipe"]) if saved else entry.recipe
+    overrides = {
+        k: v
+        for k, v in {"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr}.items()
+        if v is not None
+    }
+    if saved:
+        changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
+        if changed:
+            raise InvalidInput(
+                "--resume continues the run with its own settings; it used "
+                + ", ".join(f"--{k.replace('_', '-')} {getattr(recipe, k)}" for k in changed)
+            )
+    recipe = replace(recipe, **overrides)
+    for key in ("epochs", "batch_size"):
+        if getattr(recipe, key) < 1:
+            raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {getattr(recipe, key)}")
+    if not recipe.lr > 0:
+        raise InvalidInput(f"--lr must be > 0, got {recipe.lr}")
+    if recipe.schedule not in SCHEDULES or recipe.optimizer not in OPTIMIZERS:
+        raise InvalidInput(f"recipe of {entry.name}: unknown schedule or optimizer in {recipe}")
+    return recipe
+
+
+def _settings(options: TrainOptions, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """Seed and subsets: explicit options, else the resumed run's, else defaults."""
+    defaults = saved or {"seed": 0, "train_subset": None, "test_subset": None}
+    result = {}
+    for key in ("seed", "train_subset", "test_subset"):
+        value = getattr(options, key)
+        if saved and value is not None and value != saved[key]:
+            raise InvalidInput(
+                f"--resume continues the run with its own settings; it used "
+                f"--{key.replace('_', '-')} {saved[key]}"
+            )
+        result[key] = defaults[key] if value is None else value
+    return result
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Train (or resume) one zoo entry; see the module docstring for what is written.
+
+    Raises:
+        NotFound: unknown model, or --resume with nothing to resume.
+        AlreadyExists: the output folder already holds a run (and --resume is not set).
+        DatasetNotFound: the dataset is missing.
+        InvalidInput: a bad option.
+    """
+    import torch
+
+    entry = get_entry(options.model)
+    model_dir = Path(options.out) / entry.name
+    if Path(options.out).exists() and not Path(options.out).is_dir():
+        raise InvalidInput(f"--out {options.out} is a file, not a folder")
+    if options.stop_after is not None and options.stop_after < 1:
+        raise InvalidInput(f"--stop-after must be >= 1, got {options.stop_after}")
+    if options.device not in ("cpu", "cuda"):
+        raise InvalidInput(f"device must be cpu or cuda, got {options.device!r}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("device cuda requested but no CUDA device is available")
+    state: dict[str, torch.Tensor] = {}
+    saved: dict[str, Any] | None = None
+    if options.resume:
+        state, saved = _load_state(model_dir)
+    elif model_dir.exists() and any(model_dir.iterdir()):
+        raise AlreadyExists(
+            f"{model_dir} already holds a training run; continue it with --resume or choose "
+            f"another --out"
+        )
+    recipe = _recipe_for(entry, options, saved)
+    settings = _settings(options, saved["settings"] if saved else None)
+
+    augment = build_augmentation(recipe.augment, entry.preprocess.input_size)
+    train_set = limit_dataset(
+        get_dataset(
+            entry.dataset,
+            "train",
+            data_dir=options.data_dir,
+            transform=entry.preprocess.torch_transform(augment),
+            download=options.download,
+        ),
+        settings["train_subset"],
+    )
+    test_set = limit_dataset(
+        get_dataset(
+            entry.dataset,
+            "test",
+            data_dir=options.data_dir,
+            transform=entry.preprocess.torch_transform(),
+            download=options.download,
+        ),
+        settings["test_subset"],
+    )
+
+    with torch_threads(options.threads), _deterministic():
+        return _run(entry, options, recipe, settings, train_set, test_set, model_dir, state, saved)
+
+
+def _run(
+    entry: ZooEntry,
+    options: TrainOptions,
+    recipe: Recipe,
+    settings: dict[str, Any],
+    train_set: Any,
+    test_set: Any,
+    model_dir: Path,
+    state: dict[str, torch.Tensor],
+    saved: dict[str, Any] | None,
+) -> TrainResult:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    seed = settings["seed"]
+    device = options.device
+    torch.manual_seed(seed)
+    model = entry.builder_function()(num_classes=entry.num_classes)
+    if saved:
+        prefix = "model/"
+        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    model.to(device)
+    optimizer = _make_optimizer(model, recipe)
+    if saved:
+        optimizer.load_state_dict(
+            _optimizer_state_from(state, saved["optimizer_groups"], saved["_scalars"])
+        )
+
+    test_loader = DataLoader(test_set, batch_size=256, shuffle=False, num_workers=0)
+    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    start_epoch = saved["epoch"] if saved else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(recipe, step, total_steps),
+        last_epoch=start_epoch * steps_per_epoch - 1,
+    )
+    history: list[dict[str, Any]] = saved["history"] if saved else []
+    wall = float(saved["wall_time_seconds"]) if saved else 0.0
+    commands = saved["command"] if saved else ""
+    command = options.command or _command_for(options)
+    commands = f"{commands}; {command}" if commands else command
+    metrics: dict[str, Any] = {}
+
+    epochs_this_run = 0
+    for epoch in range(start_epoch + 1, recipe.epochs + 1):
+        started = time.perf_counter()
+        epoch_seed = seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed)  # augmentation and dropout of this epoch
+        generator = torch.Generator().manual_seed(epoch_seed)
+        loader = DataLoader(
+            train_set,
+            batch_size=recipe.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=0,
+            drop_last=False,
+        )
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            loader,
+            desc=f"{entry.name} epoch {epoch}/{recipe.epochs}",
+            disable=not options.progress,
+            leave=False,
+        )
+        for images, targets in bar:
+            images, targets = images.to(device), targets.to(device)
+            logits = model(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * targets.numel()
+            correct += int((logits.detach().argmax(1) == targets).sum())
+            seen += targets.numel()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        lr_used = optimizer.param_groups[0]["lr"]
+        metrics = evaluate(model, test_loader, entry.labels, device=device)
+        seconds = time.perf_counter() - started
+        wall += seconds
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "train_top1": correct / seen,
+                "test_top1": metrics["top1"],
+                "test_loss": metrics["loss"],
+                "lr": lr_used,
+                "seconds": round(seconds, 2),
+            }
+        )
+        tqdm.write(
+            f"{entry.name} epoch {epoch}/{recipe.epochs}: train loss {loss_sum / seen:.4f} "
+            f"acc {correct / seen:.4f}, test top-1 {metrics['top1']:.4f} ({seconds:.0f}s)",
+            file=sys.stderr,
+        )
+        meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(seed)}
+        save_weights(model, epoch_path(model_dir, epoch), meta)
+        _save_state(
+            model_dir,
+            model,
+            optimizer,
+            {
+                "epoch": epoch,
+                "recipe": recipe.to_dict(),
+                "settings": settings,
+                "history": history,
+                "wall_time_seconds": wall,
+                "command": commands,
+            },
+        )
+        epochs_this_run += 1
+        if options.stop_after is not None and epochs_this_run >= options.stop_after:
+            if epoch < recipe.epochs:
+                return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
+
+    if not metrics:  # resumed a run whose epochs were all done: measure the final weights
+        metrics = evaluate(model, test_loader, entry.labels, device=device)
+    card = _finish(
+        entry, options, recipe, settings, model, metrics, history, wall, commands,
+        train_set, test_set, model_dir,
+    )  # fmt: skip
+    return TrainResult(entry.name, model_dir, recipe.epochs, recipe.epochs, card)
+
+
+def _finish(
+    entry: ZooEntry,
+    options: TrainOptions,
+    recipe: Recipe,
+    settings: dict[str, Any],
+    model: nn.Module,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    wall: float,
+    command: str,
+    train_set: Any,
+    test_set: Any,
+    model_dir: Path,
+) -> dict[str, Any]:
+    weights = model_dir / "model.safetensors"
+    save_weights(
+        model,
+        weights,
+        {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(settings["seed"])},
+    )
+    source = dataset_source(entry.dataset, options.data_dir)
+    card = {
+        "model": entry.name,
+        "family": entry.family,
+        "architecture": entry.architecture,
+        "paper": entry.paper,
+        "notes": entry.notes,
+        "dataset": {
+            "name": entry.dataset,
+            "train_split": "train",
+            "test_split": "test",
+            "n_train": len(train_set),
+            "n_test": len(test_set),
+            "folder": source["folder"],
+            "source": source["source"],
+            "source_sha256": source.get("source_sha256"),
+            "train_subset": settings["train_subset"],
+            "test_subset": settings["test_subset"],
+        },
+        "metrics": metrics,
+        "epochs": recipe.epochs,
+        "history": history,
+        "wall_time_seconds": round(wall, 1),
+        "hardware": hardware_info(options.device),
+        "software": software_info(),
+        "command": command,
+        "seed": settings["seed"],
+        "recipe": recipe.to_dict(),
+        "weights": {
+            "file": weights.name,
+            "sha256": sha256_file(weights),
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "bytes": weights.stat().st_size,
+        },
+        "input_shape": list(entry.input_shape),
+        "preprocess": asdict(entry.preprocess),
+        "labels": list(entry.labels),
+        "created": utc_now(),
+    }
+    problems = validate_card(card)
+    assert not problems, problems  # a bug in this module, not a user error
+    atomic_write_json(model_dir / "card.json", card)
+    (model_dir / STATE_FILE).unlink(missing_ok=True)
+    return card
+
+
+def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    import torch
+
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def _save_state(model_dir: Path, model: nn.Module, optimizer: Any, info: dict[str, Any]) -> None:
+    """Weights + optimizer tensors as safetensors; everything else as JSON metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for index, values in opt_state["state"].items():
+        for key, value in values.items():
+            if hasattr(value, "detach"):
+                tensors[f"optimizer/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}/{key}"] = value
+    info = {**info, "optimizer_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
+    with atomic_path(model_dir / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"train_state": json.dumps(info)})
+
+
+def _load_state(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    path = model_dir / STATE_FILE
+    if not path.is_file():
+        finished = (model_dir / "card.json").is_file()
+        raise NotFound(
+            f"nothing to resume in {model_dir}: "
+            + ("that run is finished" if finished else f"no {STATE_FILE}; start without --resume")
+        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            info = json.loads((handle.metadata() or {})["train_state"])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as err:
+        raise InvalidInput(f"{path} is damaged ({err}); start the run again") from None
+    info["_scalars"] = info.pop("optimizer_scalars", {})
+    return tensors, info
+
+
+def _optimizer_state_from(
+    state: dict[str, Any], groups: list[dict[str, Any]], scalars: dict[str, Any]
+) -> dict[str, Any]:
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in scalars.items():
+        index, name = key.split("/", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    for key, value in state.items():
+        if key.startswith("optimizer/"):
+            _, index, name = key.split("/", 2)
+            per_param.setdefault(int(index), {})[name] = value
+    return {"state": per_param, "param_groups": groups}
+
+
+def _command_for(options: TrainOptions) -> str:
+    """A `cnnzoo train` line equivalent to `options` (when called from Python, not the CLI)."""
+    parts = ["cnnzoo", "train", options.model, "--out", str(options.out)]
+    for flag, value in (
+        ("--epochs", options.epochs),
+        ("--batch-size", options.batch_size),
+        ("--lr", options.lr),
+        ("--seed", options.seed),
+        ("--train-subset", options.train_subset),
+        ("--test-subset", options.test_subset),
+        ("--stop-after", options.stop_after),
+    ):
+        if value is not None:
+            parts += [flag, str(value)]
+    if options.resume:
+        parts.append("--resume")
+    return " ".join(parts)
+
+
+class _deterministic:  # noqa: N801 - used like a function
+    """Deterministic kernels for the duration of a run; the previous setting is restored."""
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.use_deterministic_algorithms(self.previous)
+
