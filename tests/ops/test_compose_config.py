@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.stack import BASE_FILE, GPU_FILE, dockerfile_stages, resolve, run_compose
+from tests.ops.stack import (
+    BASE_FILE,
+    GPU_FILE,
+    dockerfile_stages,
+    parse_duration,
+    resolve,
+    run_compose,
+)
 
 SERVICES = {"repository", "server", "worker"}
 
@@ -52,6 +59,9 @@ def test_defaults_give_the_documented_cpu_stack():
     assert server["depends_on"]["repository"]["condition"] == "service_completed_successfully"
     assert server["restart"] == "unless-stopped"
     assert server["stop_grace_period"] == "30s"
+    # the server drains in-flight requests before Compose's SIGKILL
+    drain = float(server["command"][server["command"].index("--grace-seconds") + 1])
+    assert drain < parse_duration(server["stop_grace_period"])
 
     repository = services["repository"]
     assert repository["command"] == ["export", "--all", "--repository", "/models"]
@@ -87,6 +97,8 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
         "CNNZOO_UID": "1000",
         "CNNZOO_GID": "1001",
         "CNNZOO_STOP_GRACE": "45s",
+        "CNNZOO_DRAIN_SECONDS": "40",
+        "CNNZOO_RELOAD_SECONDS": "7",
     }
     services = resolve(env=env)["services"]
     server, worker, repository = services["server"], services["worker"], services["repository"]
@@ -95,6 +107,8 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
     assert command[command.index("--port") + 1] == "9101"
     assert command[command.index("--metrics-port") + 1] == "9102"
     assert command[command.index("--device") + 1] == "cpu"
+    assert command[command.index("--grace-seconds") + 1] == "40"
+    assert command[command.index("--poll-seconds") + 1] == "7"
     published = {(p["host_ip"], p["published"], p["target"]) for p in server["ports"]}
     assert published == {("0.0.0.0", "9101", 9101), ("0.0.0.0", "9102", 9102)}
     assert server["healthcheck"]["test"][-1] == "127.0.0.1:9101"
