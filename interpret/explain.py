@@ -1,0 +1,98 @@
+"""Explain one image: the narrow entry point that `cnnzoo explain` and the server's Explain RPC
+both call, so the two give identical maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from interpret.attribution import for_method
+from interpret.occlusion import occlusion_attribution
+from interpret.render import attribution_rgb, png_bytes
+from interpret.rules import Rule, left_as_found
+from zoo.errors import InvalidInput
+
+__all__ = ["METHODS", "Explanation", "explain"]
+
+METHODS = ("gradient", "deconvnet", "guided-backprop", "occlusion")
+
+_RULES = {"gradient": Rule.GRADIENT, "deconvnet": Rule.DECONVNET, "guided-backprop": Rule.GUIDED}
+
+
+@dataclass
+class Explanation:
+    """What `explain` returns.
+
+    Attributes:
+        method: one of `METHODS`.
+        target: the class explained.
+        score: softmax probability of `target` for the image.
+        attribution: float32 `[H, W]` map. For gradient, deconvnet and guided backprop the sum
+            over input channels of the rule-modified gradient; for occlusion the mean drop of the
+            target probability when a grey square covers the pixel.
+        png: `attribution` rendered image-sized (white = 0, red = positive, blue = negative).
+    """
+
+    method: str
+    target: int
+    score: float
+    attribution: np.ndarray
+    png: bytes
+
+
+def explain(
+    model: nn.Module, x: torch.Tensor, method: str, target: int | None = None
+) -> Explanation:
+    """Attribute one preprocessed image to a class.
+
+    Args:
+        model: the classifier (nn.ReLU modules only for deconvnet and guided backprop).
+        x: one preprocessed image `[1, C, H, W]`, float32.
+        method: one of `METHODS`.
+        target: class index; None explains the predicted class.
+
+    Raises:
+        InvalidInput: an unknown method, a badly shaped input or a target out of range.
+        interpret.errors.UnsupportedModel: the model calls functional ReLU (deconvnet/guided).
+    """
+    if method not in METHODS:
+        raise InvalidInput(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InvalidInput(f"explain takes one preprocessed image [1, C, H, W], got {shape}")
+    if not torch.is_floating_point(x):
+        raise InvalidInput(f"the image must be a float tensor, got {x.dtype}")
+    param = next(model.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    with torch.inference_mode(False):
+        x = x.detach().clone()
+        with left_as_found(model), torch.no_grad():
+            probabilities = torch.softmax(model(x), dim=1)[0]
+        classes = probabilities.shape[0]
+        if target is None:
+            target = int(probabilities.argmax())
+        elif not 0 <= int(target) < classes:
+            raise InvalidInput(f"target {target} is out of range: the model has {classes} classes")
+        target = int(target)
+        if method == "occlusion":
+            with left_as_found(model):
+                maps = occlusion_attribution(
+                    lambda batch: torch.softmax(model(batch), dim=1), x, target
+                )
+            attribution = maps[0].mean(dim=0)
+        else:
+            maps = for_method(model, _RULES[method]).attribute(x, target=target)
+            attribution = maps[0].sum(dim=0)
+    array = attribution.detach().float().cpu().numpy().astype(np.float32)
+    return Explanation(
+        method=method,
+        target=target,
+        score=float(probabilities[target]),
+        attribution=array,
+        png=png_bytes(attribution_rgb(torch.from_numpy(array))),
+    )

@@ -1,0 +1,153 @@
+"""Turn maps, patches and filters into pictures (torchvision.utils grids, Pillow PNGs).
+
+Every tile is a float tensor `[3, H, W]` in [0, 1]. PNGs are written atomically and contain
+nothing but pixels, so the same tensors always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import make_grid
+
+from zoo.fileio import atomic_path
+
+__all__ = [
+    "attribution_rgb",
+    "crop_padded",
+    "denormalise",
+    "filter_grid",
+    "label_colours",
+    "png_bytes",
+    "projection_rgb",
+    "save_png",
+    "side_by_side",
+    "tile_grid",
+    "upscale",
+]
+
+_BLUE = torch.tensor([0.13, 0.40, 0.80]).view(3, 1, 1)
+_RED = torch.tensor([0.80, 0.13, 0.13]).view(3, 1, 1)
+
+
+def _rgb(t: torch.Tensor) -> torch.Tensor:
+    """`[1, H, W]` -> `[3, H, W]`; RGB unchanged; other channel counts averaged to grey."""
+    if t.shape[0] == 3:
+        return t
+    if t.shape[0] != 1:
+        t = t.mean(dim=0, keepdim=True)
+    return t.expand(3, -1, -1)
+
+
+def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A preprocessed image `[C, H, W]` back to displayable RGB `[3, H, W]` in [0, 1]."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return _rgb((x.detach().float().cpu() * std_t + mean_t).clamp(0, 1))
+
+
+def crop_padded(t: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """Crop `[C, H, W]` to (top, left, bottom, right), filling the part outside with zeros."""
+    top, left, bottom, right = box
+    out = torch.zeros((t.shape[0], bottom - top, right - left), dtype=t.dtype)
+    height, width = t.shape[-2:]
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(bottom, height), min(right, width)
+    if y1 > y0 and x1 > x0:
+        out[:, y0 - top : y1 - top, x0 - left : x1 - left] = t[:, y0:y1, x0:x1]
+    return out
+
+
+def projection_rgb(p: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """A projection `[C, H, W]` as an image: zero is mid-grey, the largest |value| full contrast
+    (Zeiler & Fergus show each projection contrast-normalised on its own)."""
+    p = p.detach().float().cpu()
+    peak = float(p.abs().max()) if scale is None else scale
+    if peak == 0.0 or not math.isfinite(peak):
+        return torch.full((3, *p.shape[-2:]), 0.5)
+    return _rgb((p / (2 * peak) + 0.5).clamp(0, 1))
+
+
+def attribution_rgb(a: torch.Tensor) -> torch.Tensor:
+    """A signed map `[H, W]` in a diverging palette: white at zero, red positive, blue negative,
+    full colour at the largest |value|."""
+    a = a.detach().float().cpu()
+    peak = float(a.abs().max())
+    if peak == 0.0 or not math.isfinite(peak):
+        return torch.ones((3, *a.shape))
+    s = (a / peak).clamp(-1, 1).unsqueeze(0)
+    pos = s.clamp(min=0)
+    neg = (-s).clamp(min=0)
+    return (1 - pos - neg) * torch.ones(3, 1, 1) + pos * _RED + neg * _BLUE
+
+
+def label_colours(count: int) -> torch.Tensor:
+    """`count` distinguishable colours `[count, 3]` (evenly spaced hues)."""
+    import colorsys
+
+    colours = [colorsys.hsv_to_rgb(i / max(count, 1), 0.75, 0.95) for i in range(count)]
+    return torch.tensor(colours, dtype=torch.float32)
+
+
+def upscale(t: torch.Tensor, min_side: int) -> torch.Tensor:
+    """Nearest-neighbour enlargement by the smallest integer factor reaching `min_side`."""
+    factor = max(1, math.ceil(min_side / max(t.shape[-2:])))
+    if factor == 1:
+        return t
+    return F.interpolate(t.unsqueeze(0), scale_factor=factor, mode="nearest").squeeze(0)
+
+
+def tile_grid(
+    tiles: Sequence[torch.Tensor], nrow: int, pad_value: float = 1.0, padding: int = 2
+) -> torch.Tensor:
+    """Equal-sized tiles in a grid (torchvision's `make_grid`)."""
+    return make_grid(torch.stack(list(tiles)), nrow=nrow, padding=padding, pad_value=pad_value)
+
+
+def side_by_side(images: Sequence[torch.Tensor], gap: int = 8) -> torch.Tensor:
+    """Images of possibly different heights in one row, top-aligned, on white."""
+    height = max(img.shape[1] for img in images)
+    width = sum(img.shape[2] for img in images) + gap * (len(images) - 1)
+    canvas = torch.ones((3, height, width))
+    left = 0
+    for img in images:
+        canvas[:, : img.shape[1], left : left + img.shape[2]] = img
+        left += img.shape[2] + gap
+    return canvas
+
+
+def filter_grid(weight: torch.Tensor, min_side: int = 33) -> torch.Tensor:
+    """First-layer kernels `[O, I, kh, kw]` as one grid, each tile min-max normalised on its own
+    (Krizhevsky et al. 2012, Fig. 3); 3 input channels show as colour, others as grey."""
+    w = weight.detach().float().cpu()
+    tiles = []
+    for kernel in w:
+        low, high = float(kernel.min()), float(kernel.max())
+        tile = (kernel - low) / (high - low) if high > low else torch.full_like(kernel, 0.5)
+        tiles.append(upscale(_rgb(tile), min_side))
+    return tile_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))))
+
+
+def _to_image(t: torch.Tensor) -> Image.Image:
+    pixels = (t.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
+
+
+def png_bytes(t: torch.Tensor) -> bytes:
+    """`[3, H, W]` in [0, 1] as PNG bytes."""
+    buffer = io.BytesIO()
+    _to_image(t).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(t: torch.Tensor, path: str | Path) -> None:
+    """Write `[3, H, W]` in [0, 1] as a PNG, atomically."""
+    with atomic_path(path) as tmp:
+        _to_image(t).save(tmp, format="PNG")

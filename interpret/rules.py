@@ -1,0 +1,183 @@
+"""ReLU backward rules and the context managers that apply them without leaving a trace.
+
+Gradient, deconvnet and guided backprop differ only in how a ReLU passes the gradient back.
+With x the ReLU's input, g the gradient arriving at its output and m = 1[x > 0]:
+
+    gradient         g * m
+    deconvnet        relu(g)             (Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901)
+    guided backprop  relu(g) * m         (Springenberg et al. 2015, https://arxiv.org/abs/1412.6806)
+
+Max-pooling needs no rule: autograd already routes its gradient through the argmax, which is
+exactly the deconvnet's "switches".
+
+Why not Captum's hooks: Captum's `ModifiedReluGradientAttribution` keeps one "last output
+gradient" per ReLU module and device. When one module is called twice and the two calls' backward
+passes interleave (a ReLU module shared by two parallel branches), its deconvnet reads the other
+call's gradient. Here every *call* gets its own autograd node, so separate modules, one module
+reused any number of times and `inplace=True` modules all give the same maps.
+
+Functional `F.relu` / `torch.relu` cannot be hooked. Rather than silently degrading to the plain
+gradient, `relu_rule` watches every ReLU call during the forward pass (a `TorchFunctionMode`) and
+raises `UnsupportedModel` on one that does not come from an `nn.ReLU` module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from interpret.errors import UnsupportedModel
+
+__all__ = ["Rule", "left_as_found", "model_lock", "relu_rule"]
+
+
+class Rule(enum.Enum):
+    """How a ReLU passes the gradient back."""
+
+    GRADIENT = "gradient"
+    DECONVNET = "deconvnet"
+    GUIDED = "guided-backprop"
+
+
+class _RuleReLU(torch.autograd.Function):
+    """relu(x) forward; the chosen rule backward. One node per call, so reuse is safe."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rule: Rule) -> torch.Tensor:
+        out = x.clamp(min=0)
+        ctx.rule = rule
+        ctx.save_for_backward(out)  # out > 0 exactly where x > 0
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
+        (out,) = ctx.saved_tensors
+        if ctx.rule is Rule.DECONVNET:
+            return grad.clamp(min=0), None
+        if ctx.rule is Rule.GUIDED:
+            return torch.where(out > 0, grad.clamp(min=0), torch.zeros_like(grad)), None
+        return torch.where(out > 0, grad, torch.zeros_like(grad)), None
+
+
+# Functional spellings of ReLU that bypass `nn.ReLU` modules.
+_FUNCTIONAL_RELUS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        torch.relu,
+        torch.relu_,
+        torch.nn.functional.relu,
+        torch.nn.functional.relu_,
+        torch.Tensor.relu,
+        torch.Tensor.relu_,
+    }
+)
+
+
+class _FunctionalReluGuard(TorchFunctionMode):
+    """Raises on a ReLU call made outside an `nn.ReLU` module while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0  # > 0 while inside an nn.ReLU module's forward
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if self.depth == 0 and func in _FUNCTIONAL_RELUS:
+            raise UnsupportedModel(
+                "the model calls a functional ReLU (F.relu / torch.relu / Tensor.relu) that "
+                "no hook can see, so deconvnet and guided backprop would silently equal the plain "
+                "gradient there; replace it with an nn.ReLU module"
+            )
+        return func(*args, **(kwargs or {}))
+
+    def enter_relu(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.depth += 1
+
+    def leave_relu(self) -> None:
+        self.depth -= 1
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises hook-based work on one model (hooks are model-wide state)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def left_as_found(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters inside; every module's `training` flag and every
+    parameter's `requires_grad` restored on exit, also when the body raises."""
+    with model_lock(model):
+        training = [(module, module.training) for module in model.modules()]
+        requires = [(param, param.requires_grad) for param in model.parameters()]
+        try:
+            model.eval()
+            for param, _ in requires:
+                param.requires_grad_(False)
+            yield model
+        finally:
+            for module, flag in training:
+                module.training = flag
+            for param, flag in requires:
+                param.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
+    """Apply `rule` to every `nn.ReLU` call of `model` inside the block.
+
+    Runs the model in eval mode with frozen parameters. On exit (normal or not) the hooks are
+    removed and the `inplace`, `training` and `requires_grad` flags restored. Functional ReLUs
+    met during a forward pass inside the block raise `UnsupportedModel`.
+
+    Example::
+
+        with relu_rule(model, Rule.GUIDED):
+            x = image.clone().requires_grad_()
+            grad = torch.autograd.grad(model(x)[0, label], x)[0]
+    """
+    with left_as_found(model):
+        if rule is Rule.GRADIENT:
+            yield model
+            return
+        relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
+        inplace = [(module, module.inplace) for module in relus]
+        guard = _FunctionalReluGuard()
+        handles = []
+
+        def apply_rule(module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor:
+            guard.leave_relu()
+            return _RuleReLU.apply(args[0], rule)
+
+        try:
+            for module in relus:
+                # Out-of-place while hooked, so the hook still sees the ReLU's untouched input.
+                module.inplace = False
+                handles.append(module.register_forward_pre_hook(guard.enter_relu))
+                handles.append(module.register_forward_hook(apply_rule))
+            with guard:
+                yield model
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, flag in inplace:
+                module.inplace = flag
