@@ -1,0 +1,138 @@
+"""Bad input through the real CLI: one clear line on stderr, a non-zero exit, nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import zoo
+from cnnzoo.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"cnnzoo {command}: error: ")
+    return lines[0]
+
+
+def test_list_is_a_table_with_every_model(capsys):
+    code, out, _ = _run(capsys, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["MODEL", "DATASET", "INPUT", "CLASSES", "WEIGHTS", "TOP-1", "SHA256"]
+    assert [line.split()[0] for line in lines[1:]] == zoo.list_models()
+    lenet = next(line for line in lines if line.startswith("lenet5-mnist"))
+    card = zoo.get_entry("lenet5-mnist").card()
+    assert "trained" in lenet.split() and card["weights"]["sha256"][:12] in lenet
+    assert f"{100 * card['metrics']['top1']:.2f}%" in lenet
+    code, out, _ = _run(capsys, "list", "resnet*", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["model"] for r in rows] == zoo.list_models(include="resnet*")
+    assert all(r["trained"] is False for r in rows)
+
+
+@pytest.mark.parametrize("command", [["eval"], ["train"], ["export", "--repository", "r"]])
+def test_unknown_model(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, command[0], "lenet7", *command[1:])
+    line = _one_error_line(err, command[0])
+    assert code == 3
+    assert "unknown model 'lenet7'" in line and "lenet5-mnist, resnet18-imagenet" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset(capsys, tmp_path):
+    out = tmp_path / "runs"
+    code, _, err = _run(
+        capsys, "train", "lenet5-mnist", "--data-dir", str(tmp_path / "empty"), "--out", str(out)
+    )
+    line = _one_error_line(err, "train")
+    assert code == 3
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in line and "CNNZOO_DATA" in line
+    assert not out.exists()
+    code, _, err = _run(capsys, "eval", "resnet20-cifar10", "--weights", "x.safetensors",
+                        "--data-dir", str(tmp_path))  # fmt: skip
+    assert code == 3 and "x.safetensors does not exist" in _one_error_line(err, "eval")
+
+
+def test_corrupt_weights_file(capsys, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    code, _, err = _run(capsys, "eval", "lenet5-mnist", "--weights", str(bad))
+    assert code == 2
+    assert "not a valid .safetensors file" in _one_error_line(err, "eval")
+    truncated = tmp_path / "truncated.safetensors"
+    shipped = zoo.get_entry("lenet5-mnist").weights_file
+    truncated.write_bytes(shipped.read_bytes()[:5000])
+    code, _, err = _run(capsys, "export", "lenet5-mnist", "--weights", str(truncated),
+                        "--repository", str(tmp_path / "repo"))  # fmt: skip
+    assert code == 2 and "corrupt or truncated" in _one_error_line(err, "export")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_weights_of_another_architecture(capsys, tmp_path):
+    # a plain state dict (no zoo metadata) of ResNet-20
+    state = {k: v.contiguous() for k, v in zoo.build_model("resnet20-cifar10").state_dict().items()}
+    foreign = tmp_path / "resnet20.safetensors"
+    save_file(state, str(foreign))
+    code, _, err = _run(capsys, "eval", "lenet5-mnist", "--weights", str(foreign))
+    line = _one_error_line(err, "eval")
+    assert code == 2 and "does not fit the lenet5-mnist architecture" in line
+    # zoo weights that say which entry they belong to
+    shipped = zoo.get_entry("lenet5-mnist").weights_file
+    code, _, err = _run(capsys, "export", "resnet20-cifar10", "--weights", str(shipped),
+                        "--repository", str(tmp_path / "repo"))  # fmt: skip
+    assert code == 2 and "holds weights of lenet5-mnist" in _one_error_line(err, "export")
+    # same keys, wrong shapes
+    lenet = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in
+             zoo.build_model("lenet5-mnist").state_dict().items()}  # fmt: skip
+    wrong = tmp_path / "wide.safetensors"
+    save_file(lenet, str(wrong))
+    code, _, err = _run(capsys, "eval", "lenet5-mnist", "--weights", str(wrong))
+    assert code == 2 and "shape: " in _one_error_line(err, "eval")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_export_into_existing_version_and_into_a_file(capsys, exported_lenet, trained_lenet, tmp_path):
+    repository, _ = exported_lenet
+    _, run = trained_lenet
+    before = sorted(str(p) for p in repository.rglob("*"))
+    code, _, err = _run(capsys, "export", "lenet5-mnist", "--weights", str(run / "model.safetensors"),
+                        "--repository", str(repository), "--version", "1")  # fmt: skip
+    assert code == 4 and "already exists" in _one_error_line(err, "export")
+    assert sorted(str(p) for p in repository.rglob("*")) == before
+    a_file = tmp_path / "repository.txt"
+    a_file.write_text("x")
+    code, _, err = _run(capsys, "export", "lenet5-mnist", "--repository", str(a_file))
+    assert code == 2 and "is a file" in _one_error_line(err, "export")
+    code, _, err = _run(capsys, "export", "--repository", str(tmp_path / "r"))
+    assert code == 2 and "--all" in _one_error_line(err, "export")
+
+
+def test_console_script_in_a_subprocess(tmp_path, trained_lenet):
+    """The installed `cnnzoo` script, end to end: export then list and eval."""
+    _, run = trained_lenet
+    script = Path(sys.executable).with_name("cnnzoo")
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    done = subprocess.run(
+        [str(script), "export", "lenet5-mnist", "--repository", str(tmp_path / "repo"), "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["version"] == 1 and summary["parity"]["max_abs_diff"] <= 1e-4
+    done = subprocess.run([str(script), "eval", "nope"], capture_output=True, text=True, env=env)
+    assert done.returncode == 3
+    assert done.stderr.strip().startswith("cnnzoo eval: error: unknown model 'nope'")

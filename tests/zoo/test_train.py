@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from zoo.card import validate_card
+from zoo.checkpoints import list_epochs
+from zoo.errors import AlreadyExists, InvalidInput, NotFound
+from zoo.evaluate import evaluate, limit_dataset
+from zoo.fileio import sha256_file
+from zoo.train import STATE_FILE, train
+
+from .conftest import SHORT_RUN, short_run_options
+
+
+def _untrained_accuracy(data_dir) -> float:
+    from torch.utils.data import DataLoader
+
+    entry = zoo.get_entry("lenet5-mnist")
+    torch.manual_seed(SHORT_RUN["seed"])
+    model = zoo.build_model("lenet5-mnist")
+    data = zoo.datasets.get_dataset(
+        "mnist", "test", data_dir=data_dir, transform=entry.preprocess.torch_transform()
+    )
+    loader = DataLoader(limit_dataset(data, SHORT_RUN["test_subset"]), batch_size=250)
+    return evaluate(model, loader, entry.labels)["top1"]
+
+
+def test_short_training_raises_accuracy(trained_lenet, data_dir):
+    result, _ = trained_lenet
+    assert result.finished
+    before = _untrained_accuracy(data_dir)
+    after = result.card["metrics"]["top1"]
+    assert before < 0.3
+    assert after > 0.85 and after > before + 0.5
+
+
+def test_run_folder_layout_and_epoch_checkpoints(trained_lenet):
+    _, run = trained_lenet
+    assert sorted(p.name for p in run.iterdir()) == ["card.json", "epochs", "model.safetensors"]
+    epochs = list_epochs(run)
+    assert [e for e, _ in epochs] == [1, 2]
+    assert list_epochs(run / "epochs") == epochs
+    # the last epoch checkpoint is the final model; each loads through build_model
+    final = load_file(run / "model.safetensors")
+    last = load_file(epochs[-1][1])
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+    first = zoo.build_model("lenet5-mnist", weights=epochs[0][1])
+    assert not torch.equal(first.features.c1.weight, final["features.c1.weight"])
+
+
+def test_card_follows_the_schema_and_records_the_run(trained_lenet):
+    _, run = trained_lenet
+    card = json.loads((run / "card.json").read_text())
+    assert validate_card(card) == []
+    assert card["weights"]["sha256"] == sha256_file(run / "model.safetensors")
+    assert card["weights"]["num_params"] == 61_706
+    assert card["seed"] == SHORT_RUN["seed"] and card["epochs"] == 2
+    assert card["dataset"]["name"] == "mnist"
+    assert card["dataset"]["n_train"] == 3000 and card["dataset"]["n_test"] == 500
+    assert "MNIST" in card["dataset"]["source"]
+    assert card["software"]["torch"] == torch.__version__
+    assert card["command"].startswith("cnnzoo train lenet5-mnist")
+    assert "--seed 3" in card["command"]
+    assert set(card["metrics"]["per_class"]) == set(zoo.get_entry("lenet5-mnist").labels)
+    assert "Zeiler" in card["notes"]
+
+
+def test_validate_card_reports_problems(trained_lenet):
+    _, run = trained_lenet
+    card = json.loads((run / "card.json").read_text())
+    del card["seed"]
+    card["surprise"] = 1
+    card["metrics"]["top1"] = 99.1  # a percentage where a fraction belongs
+    problems = validate_card(card)
+    assert "missing key 'seed'" in problems
+    assert "unknown key 'surprise'" in problems
+    assert "metrics.top1 must be a fraction in [0, 1]" in problems
+
+
+def test_resume_equals_uninterrupted(trained_lenet, tmp_path):
+    _, reference = trained_lenet
+    first = train(short_run_options(tmp_path, stop_after=1))
+    assert not first.finished and first.epochs_done == 1
+    run = tmp_path / "lenet5-mnist"
+    assert (run / STATE_FILE).is_file() and not (run / "model.safetensors").exists()
+    second = train(short_run_options(tmp_path, resume=True, seed=None, epochs=None))
+    assert second.finished
+    assert not (run / STATE_FILE).exists()
+    for epoch, path in list_epochs(run):
+        assert load_file(path).keys() == load_file(reference / "epochs" / path.name).keys()
+        ours, theirs = load_file(path), load_file(reference / "epochs" / path.name)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), f"epoch {epoch} differs"
+    card = json.loads((run / "card.json").read_text())
+    assert card["metrics"] == json.loads((reference / "card.json").read_text())["metrics"]
+    assert "--resume" in card["command"]
+
+
+def test_existing_run_is_not_overwritten(trained_lenet):
+    _, run = trained_lenet
+    before = {p: sha256_file(p) for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(AlreadyExists, match="--resume"):
+        train(short_run_options(run.parent))
+    assert before == {p: sha256_file(p) for p in run.rglob("*") if p.is_file()}
+
+
+def test_resume_without_a_run_or_with_other_settings(trained_lenet, tmp_path):
+    with pytest.raises(NotFound, match="nothing to resume"):
+        train(short_run_options(tmp_path, resume=True))
+    _, run = trained_lenet
+    with pytest.raises(NotFound, match="finished"):
+        train(short_run_options(run.parent, resume=True))
+    train(short_run_options(tmp_path, epochs=3, stop_after=1, train_subset=500, test_subset=100))
+    with pytest.raises(InvalidInput, match="--epochs 3"):
+        train(short_run_options(tmp_path, resume=True, epochs=5, train_subset=None, test_subset=None))
+
+
+def test_bad_options_are_refused_before_writing(tmp_path):
+    with pytest.raises(InvalidInput, match="--epochs"):
+        train(short_run_options(tmp_path, epochs=0))
+    with pytest.raises(InvalidInput, match="--lr"):
+        train(short_run_options(tmp_path, lr=-1.0))
+    assert list(tmp_path.iterdir()) == []
