@@ -1,9 +1,225 @@
-"""`cnnzoo` subcommands owned by the `serving` package."""
+"""`cnnzoo` subcommands owned by the `serving` package: serve, classify, health.
+
+Handlers import grpc and onnxruntime themselves so that `cnnzoo --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_SERVER = "127.0.0.1:8001"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `cnnzoo` parser."""
+    _register_serve(sub)
+    _register_classify(sub)
+    _register_health(sub)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model repository over gRPC (KServe v2 + cnnzoo.v1)",
+        description="Serve a model repository over gRPC: the KServe v2 inference API, "
+        "cnnzoo.v1.Zoo (Classify, ListModels, Explain), grpc.health.v1 and reflection, with "
+        "Prometheus metrics on the metrics port. SIGTERM/SIGINT drain in-flight requests, "
+        "then exit 0.",
+    )
+    p.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8001, help="gRPC port (default %(default)s)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="Prometheus /metrics port (default %(default)s; -1 disables it)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="execution provider: auto (CUDA when usable), cuda (fail without it), cpu",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve only this model (repeatable; default: every model in the repository)",
+    )
+    p.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=0.0,
+        help="look for new model versions this often and switch to them (default: never)",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, time in-flight requests get to finish (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=64.0,
+        help="largest request/response in MiB (default %(default)s: a batch of 64 224x224 "
+        "fp32 images fits)",
+    )
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per operator (default 0: one per available core)",
+    )
+    p.add_argument(
+        "--inter-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads across operators (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="turn dynamic batching off for every model (each request runs alone)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from serving.errors import InvalidInput
+    from serving.runtime import RuntimeOptions
+    from serving.server import ServerOptions, serve
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.max_message_mb <= 0:
+        raise InvalidInput(f"--max-message-mb must be positive, got {args.max_message_mb}")
+    if args.poll_seconds < 0 or args.grace_seconds < 0:
+        raise InvalidInput("--poll-seconds and --grace-seconds must be >= 0")
+    options = ServerOptions(
+        repository=args.repository,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        models=tuple(args.model),
+        runtime=RuntimeOptions(
+            device=args.device,
+            intra_op_threads=args.intra_op_threads,
+            inter_op_threads=args.inter_op_threads,
+        ),
+        poll_seconds=args.poll_seconds,
+        grace_seconds=args.grace_seconds,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        batching=not args.no_batching,
+    )
+    return serve(options)
+
+
+# -- classify ------------------------------------------------------------------------------------
+
+
+def _register_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="classify image files with a running server",
+        description="Send PNG/JPEG files to a cnnzoo server and print the top-k classes.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--model", required=True, help="model name, e.g. lenet5-mnist")
+    p.add_argument("--version", default="", help="model version (default: the served one)")
+    p.add_argument("--server", default=DEFAULT_SERVER, help="host:port (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
+    p.set_defaults(func=_classify)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from serving.client import ZooClient
+    from serving.errors import InvalidInput, NotFound
+
+    if args.top_k < 1:
+        raise InvalidInput(f"--top-k must be >= 1, got {args.top_k}")
+    payloads = []
+    for path in args.images:
+        if not path.is_file():
+            raise NotFound(f"image file {path} does not exist")
+        payloads.append(path.read_bytes())
+    with ZooClient(args.server, timeout=args.timeout) as client:
+        results = client.classify(payloads, args.model, top_k=args.top_k, version=args.version)
+    if args.json:
+        document = [
+            {
+                "image": str(path),
+                "predictions": [
+                    {"index": p.index, "label": p.label, "probability": p.probability}
+                    for p in predictions
+                ],
+            }
+            for path, predictions in zip(args.images, results, strict=True)
+        ]
+        json.dump(document, sys.stdout, indent=2)
+        print()
+        return 0
+    print(format_table([str(p) for p in args.images], results))
+    return 0
+
+
+def format_table(names: list[str], results: list) -> str:
+    """One row per image: its name, then `label  probability` for each of the top-k."""
+    k = max((len(r) for r in results), default=0)
+    header = ["image"] + [f"top-{i + 1}" for i in range(k)]
+    rows = [
+        [name] + [f"{p.label} ({p.probability:.1%})" for p in predictions]
+        for name, predictions in zip(names, results, strict=True)
+    ]
+    widths = [
+        max(len(row[c]) for row in [header, *rows] if c < len(row)) for c in range(len(header))
+    ]
+    lines = [
+        "  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip()
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+def _register_health(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "health",
+        help="exit 0 iff a server reports SERVING (grpc.health.v1)",
+        description="Ask a server's grpc.health.v1 service; prints the status and exits 0 only "
+        "when it is SERVING (for container health checks).",
+    )
+    p.add_argument("--server", default=DEFAULT_SERVER, help="host:port (default %(default)s)")
+    p.add_argument(
+        "--service",
+        default="",
+        help="a service or model name (default: the whole server)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
+    p.set_defaults(func=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from serving.client import ZooClient
+
+    with ZooClient(args.server, timeout=args.timeout) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1

@@ -1,0 +1,282 @@
+"""Dynamic batching: coalesce concurrent requests for one model into one execution.
+
+Requests wait in a queue. Whenever a model instance is idle, the batcher takes as many queued
+requests as fit in `max_batch_size` rows and hands them to that instance's thread, which runs
+them as one batch and gives each caller exactly its own rows. While a batch runs, newer
+requests queue up and form the next batch, so batches grow with load without adding any wait
+when the server is idle. With `max_queue_delay_us` set, a batch that is not full waits up to
+that long for more requests (delays below the event loop's 1 ms timer resolution mean one pass
+of the loop, which admits every request that has already arrived).
+
+Each instance is one thread fed through a `queue.SimpleQueue` and answering with
+`call_soon_threadsafe`: the event loop never runs the model, and the hand-off costs two
+wake-ups per batch, not per request.
+
+Failure isolation: when a batch of several requests fails, each request is rerun alone, so
+only the request that cannot run gets the error. A caller that gave up (deadline, cancel) is
+skipped when a batch is formed and never receives a result, without disturbing its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from serving.errors import Unavailable
+from serving.stats import ModelStats
+
+__all__ = ["DynamicBatcher"]
+
+log = logging.getLogger(__name__)
+
+_LOOP_TIMER_RESOLUTION_S = 1e-3
+
+
+class _Pending:
+    __slots__ = ("data", "future", "enqueued_ns")
+
+    def __init__(self, data: np.ndarray, future: asyncio.Future[np.ndarray]) -> None:
+        self.data = data
+        self.future = future
+        self.enqueued_ns = time.perf_counter_ns()
+
+
+class _Job:
+    """One batch travelling to an instance thread and back."""
+
+    __slots__ = ("batch", "started_ns", "assembled_ns", "computed_ns", "results")
+
+    def __init__(self, batch: list[_Pending]) -> None:
+        self.batch = batch
+        self.started_ns = time.perf_counter_ns()
+        self.assembled_ns = self.computed_ns = 0
+        self.results: list[np.ndarray | Exception] = []
+
+
+class DynamicBatcher:
+    """Runs `run(batch) -> outputs` for queued requests, batching them when allowed.
+
+    Args:
+        run: the model call; takes `[N, ...]` and returns `[N, ...]` (thread-safe, GIL-free).
+        max_batch_size: most rows per execution (a request never exceeds it; the data plane
+            checks that first).
+        max_queue_delay_us: how long a batch that is not full waits for more requests.
+        batching: False runs every request alone (no coalescing).
+        instances: executions that may run at once (Triton's instance_group count).
+        stats: counters to update per execution.
+        name: used for thread names and logs.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int = 0,
+        batching: bool = True,
+        instances: int = 1,
+        stats: ModelStats | None = None,
+        name: str = "model",
+    ) -> None:
+        self._run = run
+        self._batching = batching and max_batch_size > 1
+        self._max_rows = max(1, max_batch_size) if self._batching else 1
+        self._delay_s = max_queue_delay_us / 1e6 if self._batching else 0.0
+        self._stats = stats
+        self._name = name
+        self._instances = max(1, instances)
+        self._idle = self._instances
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._timer: asyncio.Handle | None = None
+        self._closing = False
+        self._drained: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the instance threads; must be called on the event loop that will submit."""
+        self._loop = asyncio.get_running_loop()
+        self._drained = asyncio.Event()
+        for i in range(self._instances):
+            thread = threading.Thread(
+                target=self._instance, name=f"infer-{self._name}-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    async def close(self) -> None:
+        """Stop taking requests, finish every queued one, then stop the threads."""
+        self._closing = True
+        if self._queue or self._idle < self._instances:
+            self._dispatch()
+            await self._drained.wait()  # type: ignore[union-attr]
+        for _ in self._threads:
+            self._jobs.put(None)
+        await asyncio.to_thread(lambda: [t.join() for t in self._threads])
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- requests (event loop) ----------------------------------------------------------------
+
+    def enqueue(self, data: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue one request (`[n, ...]`, n <= max_batch_size); the future gets its outputs.
+
+        Synchronous on purpose: a caller that looked the model up in the same step of the
+        event loop is guaranteed to reach this batcher before a hot reload can close it.
+        """
+        if self._closing:
+            raise Unavailable(f"model {self._name} is being unloaded; retry")
+        loop = self._loop
+        future: asyncio.Future[np.ndarray] = loop.create_future()  # type: ignore[union-attr]
+        self._queue.append(_Pending(data, future))
+        self._queued_rows += len(data)
+        if self._idle:
+            if self._delay_s and self._queued_rows < self._max_rows:
+                self._arm_timer()
+            else:
+                self._dispatch()
+        return future
+
+    async def submit(self, data: np.ndarray) -> np.ndarray:
+        """`enqueue` and wait for the outputs."""
+        return await self.enqueue(data)
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            return
+        loop = self._loop
+        remaining = self._queue[0].enqueued_ns / 1e9 + self._delay_s - time.perf_counter()
+        if remaining < _LOOP_TIMER_RESOLUTION_S:
+            self._timer = loop.call_soon(self._on_timer)  # type: ignore[union-attr]
+        else:
+            self._timer = loop.call_later(remaining, self._on_timer)  # type: ignore[union-attr]
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand batches to idle instances while there are requests and idle instances."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._idle and self._queue:
+            batch = self._take()
+            if not batch:
+                break
+            self._idle -= 1
+            self._jobs.put(_Job(batch))
+        self._check_drained()
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            head = self._queue[0]
+            n = len(head.data)
+            if batch and rows + n > self._max_rows:
+                break
+            self._queue.popleft()
+            self._queued_rows -= n
+            if head.future.done():  # the caller gave up (deadline or cancel): skip it
+                continue
+            batch.append(head)
+            rows += n
+        return batch
+
+    def _finished(self, job: _Job) -> None:
+        """Back on the event loop: answer each caller, count, and start the next batch."""
+        self._idle += 1
+        rows = 0
+        for pending, result in zip(job.batch, job.results, strict=True):
+            rows += len(pending.data)
+            if pending.future.done():
+                continue
+            if isinstance(result, Exception):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        if self._stats is not None and job.computed_ns:
+            done = time.perf_counter_ns()
+            self._stats.record_execution(
+                rows,
+                len(job.batch),
+                sum(job.started_ns - p.enqueued_ns for p in job.batch),
+                job.assembled_ns - job.started_ns,
+                job.computed_ns - job.assembled_ns,
+                done - job.computed_ns,
+            )
+        if self._queue:
+            if self._delay_s and self._queued_rows < self._max_rows and not self._closing:
+                self._arm_timer()
+            else:
+                self._dispatch()
+        else:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._closing and not self._queue and self._idle == self._instances:
+            self._drained.set()  # type: ignore[union-attr]
+
+    # -- instance threads ---------------------------------------------------------------------
+
+    def _instance(self) -> None:
+        loop = self._loop
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._execute(job)
+            except BaseException as err:  # never lose a job: answer it with the error
+                job.results = [err if isinstance(err, Exception) else RuntimeError(str(err))] * len(
+                    job.batch
+                )
+            loop.call_soon_threadsafe(self._finished, job)  # type: ignore[union-attr]
+
+    def _execute(self, job: _Job) -> None:
+        batch = job.batch
+        inputs = batch[0].data if len(batch) == 1 else np.concatenate([p.data for p in batch])
+        job.assembled_ns = time.perf_counter_ns()
+        try:
+            outputs = self._run(inputs)
+        except Exception as err:
+            job.computed_ns = 0  # not an execution to count
+            if len(batch) == 1:
+                job.results = [err]
+                return
+            log.warning(
+                "batch of %d for %s failed (%s); rerunning each request alone",
+                len(batch),
+                self._name,
+                err,
+            )
+            job.results = [self._run_alone(p.data) for p in batch]
+            return
+        job.computed_ns = time.perf_counter_ns()
+        results: list[np.ndarray | Exception] = []
+        offset = 0
+        for pending in batch:
+            n = len(pending.data)
+            results.append(outputs[offset : offset + n])
+            offset += n
+        job.results = results
+
+    def _run_alone(self, data: np.ndarray) -> np.ndarray | Exception:
+        try:
+            return self._run(data)
+        except Exception as err:
+            return err

@@ -1,0 +1,102 @@
+"""A small synchronous client for the cnnzoo server (used by `cnnzoo classify` and `health`).
+
+Any KServe v2 client (tritonclient, perf_analyzer, grpcurl) works against the same server;
+this one speaks `cnnzoo.v1.Zoo` (encoded images in, labels out) and `grpc.health.v1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+
+from protos import zoo_pb2, zoo_pb2_grpc
+from serving.grpc_api.status import error_for
+from serving.server import DEFAULT_MAX_MESSAGE_BYTES
+from serving.types import ClassPrediction
+
+__all__ = ["ZooClient"]
+
+
+class ZooClient:
+    """Calls one server.
+
+    Args:
+        server: host:port of the gRPC server.
+        timeout: per-call deadline in seconds.
+    """
+
+    def __init__(self, server: str = "127.0.0.1:8001", *, timeout: float = 30.0) -> None:
+        self.server = server
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            server,
+            options=[
+                ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._zoo = zoo_pb2_grpc.ZooStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ZooClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def classify(
+        self, images: Sequence[bytes], model: str, *, top_k: int = 5, version: str = ""
+    ) -> list[list[ClassPrediction]]:
+        """Top-k predictions per encoded image (PNG/JPEG bytes), best first.
+
+        Raises:
+            CnnzooError: the matching subclass for the server's status (InvalidInput, ...).
+        """
+        request = zoo_pb2.ClassifyRequest(
+            model=model, version=version, images=list(images), top_k=top_k
+        )
+        response = self._call(self._zoo.Classify, request)
+        return [
+            [ClassPrediction(p.index, p.label, p.probability) for p in result.predictions]
+            for result in response.results
+        ]
+
+    def list_models(self) -> zoo_pb2.ListModelsResponse:
+        return self._call(self._zoo.ListModels, zoo_pb2.ListModelsRequest())
+
+    def explain(
+        self,
+        image: bytes,
+        model: str,
+        method: str,
+        *,
+        target: int | None = None,
+        version: str = "",
+    ) -> zoo_pb2.ExplainResponse:
+        request = zoo_pb2.ExplainRequest(model=model, version=version, image=image, method=method)
+        if target is not None:
+            request.target = target
+        return self._call(self._zoo.Explain, request)
+
+    def health(self, service: str = "") -> str:
+        """grpc.health.v1 status name of `service` ("" = the whole server), e.g. "SERVING"."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def _call(self, method, request):  # noqa: ANN001, ANN202 - any unary stub method
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise error_for(err, self.server) from None

@@ -1,0 +1,356 @@
+"""The inference data plane: live/ready/metadata/infer/classify for any transport.
+
+It checks requests against the model's spec (names, datatypes, rank, shape, batch size, byte
+length), runs them through the model's batcher and shapes the answers (raw tensors, the
+classification extension, softmax top-k). Errors are `CnnzooError`s with reasons that name the
+expected value; the transport maps them to status codes. No protobuf or gRPC in here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from serving.errors import CnnzooError, InvalidInput
+from serving.images import images_to_batch
+from serving.models import LoadedVersion, ModelManager
+from serving.spec import TensorSpec
+from serving.stats import ModelStats
+from serving.types import (
+    ClassifyResult,
+    ClassPrediction,
+    ExplainResult,
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelSummary,
+    RequestedOutput,
+    TensorInfo,
+)
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "EXTENSIONS",
+    "DataPlane",
+    "classification_strings",
+    "serialize_bytes_tensor",
+    "softmax",
+]
+
+# Protocol extensions this server implements (ServerMetadata.extensions).
+EXTENSIONS = ("classification", "model_configuration", "statistics")
+DEFAULT_TOP_K = 5
+
+
+class DataPlane:
+    """Answers the protocol's questions from a `ModelManager`.
+
+    Args:
+        models: the loaded models.
+        server_name: ServerMetadata name.
+        server_version: ServerMetadata version.
+    """
+
+    def __init__(self, models: ModelManager, server_name: str, server_version: str) -> None:
+        self.models = models
+        self.server_name = server_name
+        self.server_version = server_version
+        self.draining = False
+        # Decoding uploads is CPU work in Pillow (releases the GIL); explanations hook the
+        # torch model, so they run one at a time on their own thread.
+        self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        self._explain_pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._explain_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.draining and self.models.ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        record = self.models.record(name)
+        current = record.current
+        if self.draining or current is None:
+            return False
+        return not version or version == current.version_str
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        return self.server_name, self.server_version, EXTENSIONS
+
+    def execution_providers(self) -> list[str]:
+        return sorted({r.current.provider for r in self.models.records() if r.current})
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        served = self.models.get(name, version)
+        spec = served.spec
+        return ModelMetadata(
+            name=name,
+            versions=(served.version_str,),
+            platform=spec.platform,
+            inputs=(_tensor_info(spec.input),),
+            outputs=(_tensor_info(spec.output),),
+            execution_provider=served.provider,
+        )
+
+    def model_config(self, name: str, version: str = "") -> object:
+        """The model's ModelConfig message, as read from its config.pbtxt."""
+        return self.models.get(name, version).config
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        if not name:
+            if version:
+                raise InvalidInput("a version needs a model name")
+            return [r.current.stats for r in self.models.records() if r.current]
+        return [self.models.get(name, version).stats]
+
+    def list_models(self) -> list[ModelSummary]:
+        summaries = []
+        for record in self.models.records():
+            current = record.current
+            if current is not None:
+                params = current.spec.parameters
+                summaries.append(
+                    ModelSummary(
+                        name=record.name,
+                        version=current.version_str,
+                        versions=tuple(map(str, record.versions)),
+                        ready=not self.draining,
+                        state=record.state,
+                        reason=record.reason,
+                        zoo_entry=params.get("zoo_entry", ""),
+                        dataset=params.get("dataset", ""),
+                        num_classes=len(current.labels),
+                        input_shape=current.spec.input.dims,
+                        execution_provider=current.provider,
+                        max_batch_size=current.spec.max_batch_size,
+                    )
+                )
+            else:
+                summaries.append(
+                    ModelSummary(
+                        name=record.name,
+                        version="",
+                        versions=tuple(map(str, record.versions)),
+                        ready=False,
+                        state=record.state,
+                        reason=record.reason,
+                        zoo_entry="",
+                        dataset="",
+                        num_classes=0,
+                        input_shape=(),
+                        execution_provider="",
+                        max_batch_size=0,
+                    )
+                )
+        return summaries
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run one KServe v2 inference request (batched with concurrent ones)."""
+        if not request.model_name:
+            raise InvalidInput("the request names no model (model_name is empty)")
+        served = self.models.get(request.model_name, request.model_version)
+        started = time.perf_counter_ns()
+        ok = False
+        try:
+            spec = served.spec
+            if len(request.inputs) != 1:
+                raise InvalidInput(
+                    f"model {served.name!r} takes 1 input ({spec.input.name!r} "
+                    f"{spec.input.datatype} {spec.input.shape_with_batch()}), "
+                    f"the request has {len(request.inputs)}"
+                )
+            batch = _decode_input(request.inputs[0], spec.input, spec.max_batch_size, served.name)
+            wanted = _requested_outputs(request.outputs, spec.output, served.name)
+            logits = await _run(served, served.batcher.enqueue(batch))  # type: ignore[union-attr]
+            outputs = [_encode_output(logits, out, served) for out in wanted]
+            ok = True
+            return InferResponse(served.name, served.version_str, request.id, outputs)
+        finally:
+            served.stats.record_request(ok, time.perf_counter_ns() - started)
+
+    async def classify(
+        self, name: str, version: str, images: Sequence[bytes], top_k: int = 0
+    ) -> ClassifyResult:
+        """Top-k classes with softmax probabilities for each encoded image."""
+        if not name:
+            raise InvalidInput("the request names no model")
+        if top_k < 0:
+            raise InvalidInput(f"top_k must be >= 1 (0 means {DEFAULT_TOP_K}), got {top_k}")
+        served = self.models.get(name, version)
+        loop = asyncio.get_running_loop()
+        batch = await loop.run_in_executor(
+            self._decode_pool, images_to_batch, list(images), served.preprocess
+        )
+        # Look the model up again: a hot reload may have switched versions while decoding.
+        served = self.models.get(name, version)
+        started = time.perf_counter_ns()
+        ok = False
+        try:
+            step = served.spec.max_batch_size
+            futures = [
+                served.batcher.enqueue(batch[i : i + step])  # type: ignore[union-attr]
+                for i in range(0, len(batch), step)
+            ]
+            logits = np.concatenate([await _run(served, f) for f in futures])
+            probabilities = softmax(logits)
+            k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
+            results = []
+            for row in probabilities:
+                order = np.argsort(-row, kind="stable")[:k]
+                results.append(
+                    [ClassPrediction(int(i), served.labels[i], float(row[i])) for i in order]
+                )
+            ok = True
+            return ClassifyResult(served.name, served.version_str, results)
+        finally:
+            served.stats.record_request(ok, time.perf_counter_ns() - started)
+
+    async def explain(
+        self, name: str, version: str, image: bytes, method: str, target: int | None
+    ) -> ExplainResult:
+        """An attribution map for one image (see `serving.explain`)."""
+        from serving.explain import explain_image
+
+        served = self.models.get(name, version)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._explain_pool, explain_image, served, image, method, target
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+async def _run(served: LoadedVersion, future: asyncio.Future[np.ndarray]) -> np.ndarray:
+    try:
+        return await future
+    except CnnzooError:
+        raise
+    except Exception as err:  # onnxruntime failed on this request
+        raise CnnzooError(
+            f"model {served.name!r} version {served.version} failed to run: {err}"
+        ) from err
+
+
+def _tensor_info(spec: TensorSpec) -> TensorInfo:
+    return TensorInfo(spec.name, spec.datatype, tuple(spec.shape_with_batch()))
+
+
+def _decode_input(
+    tensor: InferInput, spec: TensorSpec, max_batch_size: int, model: str
+) -> np.ndarray:
+    """Check one input tensor against the model and return it as an array."""
+    where = f"input {tensor.name!r} of model {model!r}"
+    expected_shape = spec.shape_with_batch()
+    if tensor.name != spec.name:
+        raise InvalidInput(
+            f"model {model!r} has no input {tensor.name!r}; its input is {spec.name!r} "
+            f"{spec.datatype} {expected_shape}"
+        )
+    if tensor.datatype != spec.datatype:
+        raise InvalidInput(f"{where} must be {spec.datatype}, got {tensor.datatype!r}")
+    shape = tensor.shape
+    if len(shape) != len(expected_shape):
+        raise InvalidInput(
+            f"{where} must have rank {len(expected_shape)} (shape {expected_shape}), "
+            f"got rank {len(shape)} (shape {list(shape)})"
+        )
+    if tuple(shape[1:]) != spec.dims:
+        raise InvalidInput(f"{where} must have shape {expected_shape}, got {list(shape)}")
+    batch = shape[0]
+    if batch < 1:
+        raise InvalidInput(f"{where} has batch size {batch}; it must be at least 1")
+    if batch > max_batch_size:
+        raise InvalidInput(
+            f"{where} has batch size {batch}, over the model's max_batch_size {max_batch_size}"
+        )
+    count = math.prod(shape)
+    dtype = spec.dtype.newbyteorder("<")
+    if tensor.raw is not None:
+        needed = count * dtype.itemsize
+        if len(tensor.raw) != needed:
+            raise InvalidInput(
+                f"{where} has {len(tensor.raw)} bytes of raw data; shape {list(shape)} "
+                f"{spec.datatype} needs {needed}"
+            )
+        return np.frombuffer(tensor.raw, dtype=dtype).reshape(shape)
+    if tensor.values:
+        if len(tensor.values) != count:
+            raise InvalidInput(
+                f"{where} has {len(tensor.values)} values in its contents; shape "
+                f"{list(shape)} needs {count}"
+            )
+        return np.asarray(tensor.values, dtype=dtype).reshape(shape)
+    raise InvalidInput(
+        f"{where} carries no data: send it in raw_input_contents or in its typed contents"
+    )
+
+
+def _requested_outputs(
+    requested: list[RequestedOutput], spec: TensorSpec, model: str
+) -> list[RequestedOutput]:
+    if not requested:
+        return [RequestedOutput(spec.name)]
+    for output in requested:
+        if output.name != spec.name:
+            raise InvalidInput(
+                f"model {model!r} has no output {output.name!r}; its output is {spec.name!r}"
+            )
+        if output.classification < 0:
+            raise InvalidInput(
+                f"classification for output {output.name!r} must be a class count >= 1, "
+                f"got {output.classification}"
+            )
+    return requested
+
+
+def _encode_output(
+    logits: np.ndarray, output: RequestedOutput, served: LoadedVersion
+) -> InferOutput:
+    if output.classification:
+        k = min(output.classification, logits.shape[1])
+        strings = classification_strings(logits, k, served.labels)
+        return InferOutput(output.name, "BYTES", (len(logits), k), serialize_bytes_tensor(strings))
+    data = logits.astype("<f4", copy=False).tobytes()
+    return InferOutput(output.name, served.spec.output.datatype, logits.shape, data)
+
+
+def classification_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
+    """The classification extension: per row, the top-k as `b"score:index:label"`, best first.
+
+    `score` is the output tensor's value (here the logit), formatted as Triton does (`%f`).
+    """
+    out: list[bytes] = []
+    for row in scores:
+        for index in np.argsort(-row, kind="stable")[:k]:
+            label = labels[index] if index < len(labels) else ""
+            text = f"{row[index]:f}:{index}:{label}" if label else f"{row[index]:f}:{index}"
+            out.append(text.encode("utf-8"))
+    return out
+
+
+def serialize_bytes_tensor(elements: Sequence[bytes]) -> bytes:
+    """BYTES tensor wire format: each element prefixed by its 4-byte little-endian length."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

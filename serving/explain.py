@@ -1,0 +1,46 @@
+"""The Explain RPC's one contact with `interpret`: image bytes + served model in, map out.
+
+The ONNX session cannot give gradients, so the version's PyTorch model is rebuilt from its
+`model.safetensors` (once, lazily) and handed to `interpret.explain.explain`.
+"""
+
+from __future__ import annotations
+
+from serving.errors import InvalidInput
+from serving.images import images_to_batch
+from serving.models import LoadedVersion
+from serving.types import ExplainResult
+
+__all__ = ["explain_image"]
+
+
+def explain_image(
+    served: LoadedVersion, image: bytes, method: str, target: int | None
+) -> ExplainResult:
+    """Explain one encoded image with `method` for class `target` (None: the predicted class).
+
+    Raises:
+        InvalidInput: unknown method, target outside the model's classes, or a bad image.
+    """
+    import torch
+    from interpret.explain import METHODS, explain
+
+    if method not in METHODS:
+        raise InvalidInput(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    classes = len(served.labels)
+    if target is not None and not 0 <= target < classes:
+        raise InvalidInput(
+            f"target {target} is not a class of {served.name!r} (0 to {classes - 1})"
+        )
+    batch = images_to_batch([image], served.preprocess)
+    explanation = explain(served.torch_model(), torch.from_numpy(batch), method, target)
+    return ExplainResult(
+        model=served.name,
+        version=served.version_str,
+        method=explanation.method,
+        target=int(explanation.target),
+        label=served.labels[int(explanation.target)],
+        score=float(explanation.score),
+        png=explanation.png,
+        attribution=explanation.attribution,
+    )

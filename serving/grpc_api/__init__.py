@@ -1,0 +1,1 @@
+"""The gRPC transport: protobuf codecs, status mapping and the servicers."""

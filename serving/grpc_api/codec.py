@@ -1,0 +1,213 @@
+"""Protobuf messages to and from the data plane's plain types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from protos import inference_pb2, zoo_pb2
+from serving.errors import InvalidInput
+from serving.stats import BatchSizeStats, Duration, ModelStats
+from serving.types import (
+    ClassifyResult,
+    ExplainResult,
+    InferInput,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelSummary,
+    RequestedOutput,
+)
+
+__all__ = [
+    "classify_response_to_pb",
+    "explain_response_to_pb",
+    "infer_request_from_pb",
+    "infer_response_to_pb",
+    "model_metadata_to_pb",
+    "model_statistics_to_pb",
+    "model_summaries_to_pb",
+]
+
+# Which InferTensorContents field carries each datatype's typed values.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def infer_request_from_pb(request: inference_pb2.ModelInferRequest) -> InferRequest:
+    """Raises InvalidInput for malformed requests; never returns None."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+            "send one entry per input, in order"
+        )
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        values = None
+        if not raw and tensor.HasField("contents"):
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            values = getattr(tensor.contents, field) if field else None
+        inputs.append(
+            InferInput(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tuple(tensor.shape),
+                raw=raw[i] if raw else None,
+                values=values,
+            )
+        )
+    outputs = [
+        RequestedOutput(o.name, _classification(o.name, o.parameters)) for o in request.outputs
+    ]
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def _classification(name: str, parameters: Mapping[str, inference_pb2.InferParameter]) -> int:
+    if "classification" not in parameters:
+        return 0
+    param = parameters["classification"]
+    choice = param.WhichOneof("parameter_choice")
+    if choice in ("int64_param", "uint64_param"):
+        value = getattr(param, choice)
+    elif choice == "string_param" and param.string_param.strip().isdigit():
+        value = int(param.string_param)
+    else:
+        raise InvalidInput(
+            f"parameter 'classification' of output {name!r} must be an integer class count"
+        )
+    if value < 1:
+        raise InvalidInput(
+            f"parameter 'classification' of output {name!r} must be >= 1, got {value}"
+        )
+    return int(value)
+
+
+def infer_response_to_pb(response: InferResponse) -> inference_pb2.ModelInferResponse:
+    tensor = inference_pb2.ModelInferResponse.InferOutputTensor
+    return inference_pb2.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[tensor(name=o.name, datatype=o.datatype, shape=o.shape) for o in response.outputs],
+        raw_output_contents=[o.raw for o in response.outputs],
+    )
+
+
+def model_metadata_to_pb(metadata: ModelMetadata) -> inference_pb2.ModelMetadataResponse:
+    tensor = inference_pb2.ModelMetadataResponse.TensorMetadata
+    return inference_pb2.ModelMetadataResponse(
+        name=metadata.name,
+        versions=list(metadata.versions),
+        platform=metadata.platform,
+        inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in metadata.inputs],
+        outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in metadata.outputs],
+    )
+
+
+def _duration(d: Duration) -> inference_pb2.StatisticDuration:
+    return inference_pb2.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _batch(size: int, b: BatchSizeStats) -> inference_pb2.InferBatchStatistics:
+    return inference_pb2.InferBatchStatistics(
+        batch_size=size,
+        compute_input=_duration(b.compute_input),
+        compute_infer=_duration(b.compute_infer),
+        compute_output=_duration(b.compute_output),
+    )
+
+
+def model_statistics_to_pb(stats: Sequence[ModelStats]) -> inference_pb2.ModelStatisticsResponse:
+    return inference_pb2.ModelStatisticsResponse(
+        model_stats=[
+            inference_pb2.ModelStatistics(
+                name=s.model,
+                version=s.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                inference_stats=inference_pb2.InferStatistics(
+                    success=_duration(s.success),
+                    fail=_duration(s.fail),
+                    queue=_duration(s.queue),
+                    compute_input=_duration(s.compute_input),
+                    compute_infer=_duration(s.compute_infer),
+                    compute_output=_duration(s.compute_output),
+                ),
+                batch_stats=[_batch(size, b) for size, b in sorted(s.batches.items())],
+            )
+            for s in stats
+        ]
+    )
+
+
+def classify_response_to_pb(result: ClassifyResult) -> zoo_pb2.ClassifyResponse:
+    return zoo_pb2.ClassifyResponse(
+        model=result.model,
+        version=result.version,
+        results=[
+            zoo_pb2.ImageClassification(
+                predictions=[
+                    zoo_pb2.ClassPrediction(index=p.index, label=p.label, probability=p.probability)
+                    for p in predictions
+                ]
+            )
+            for predictions in result.results
+        ],
+    )
+
+
+def model_summaries_to_pb(models: Sequence[ModelSummary]) -> zoo_pb2.ListModelsResponse:
+    return zoo_pb2.ListModelsResponse(
+        models=[
+            zoo_pb2.ModelSummary(
+                name=m.name,
+                version=m.version,
+                versions=list(m.versions),
+                ready=m.ready,
+                state=m.state,
+                reason=m.reason,
+                zoo_entry=m.zoo_entry,
+                dataset=m.dataset,
+                num_classes=m.num_classes,
+                input_shape=list(m.input_shape),
+                execution_provider=m.execution_provider,
+                max_batch_size=m.max_batch_size,
+            )
+            for m in models
+        ]
+    )
+
+
+def explain_response_to_pb(result: ExplainResult) -> zoo_pb2.ExplainResponse:
+    attribution: Any = result.attribution
+    return zoo_pb2.ExplainResponse(
+        model=result.model,
+        version=result.version,
+        method=result.method,
+        target=result.target,
+        label=result.label,
+        score=result.score,
+        png=result.png,
+        shape=list(attribution.shape),
+        attribution=attribution.ravel().tolist(),
+    )

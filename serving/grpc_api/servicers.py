@@ -1,0 +1,97 @@
+"""Thin gRPC servicers: decode the request, call the data plane, encode the answer.
+
+The KServe v2 messages have no field for the execution provider, so ServerMetadata and
+ModelMetadata report it in the response's trailing metadata (`cnnzoo-execution-provider`);
+ListModels has it as a field.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from protos import inference_pb2, inference_pb2_grpc, zoo_pb2_grpc
+from serving.dataplane import DataPlane
+from serving.grpc_api import codec
+from serving.grpc_api.status import grpc_errors
+
+__all__ = ["InferenceServicer", "PROVIDER_METADATA_KEY", "ZooServicer"]
+
+PROVIDER_METADATA_KEY = "cnnzoo-execution-provider"
+
+Context = grpc.aio.ServicerContext
+
+
+class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` (KServe v2 / Open Inference Protocol)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    @grpc_errors
+    async def ServerLive(self, request, context: Context):
+        return inference_pb2.ServerLiveResponse(live=self._plane.live())
+
+    @grpc_errors
+    async def ServerReady(self, request, context: Context):
+        return inference_pb2.ServerReadyResponse(ready=self._plane.ready())
+
+    @grpc_errors
+    async def ModelReady(self, request, context: Context):
+        ready = self._plane.model_ready(request.name, request.version)
+        return inference_pb2.ModelReadyResponse(ready=ready)
+
+    @grpc_errors
+    async def ServerMetadata(self, request, context: Context):
+        name, version, extensions = self._plane.server_metadata()
+        providers = ",".join(self._plane.execution_providers())
+        context.set_trailing_metadata(((PROVIDER_METADATA_KEY, providers),))
+        return inference_pb2.ServerMetadataResponse(
+            name=name, version=version, extensions=list(extensions)
+        )
+
+    @grpc_errors
+    async def ModelMetadata(self, request, context: Context):
+        metadata = self._plane.model_metadata(request.name, request.version)
+        context.set_trailing_metadata(((PROVIDER_METADATA_KEY, metadata.execution_provider),))
+        return codec.model_metadata_to_pb(metadata)
+
+    @grpc_errors
+    async def ModelConfig(self, request, context: Context):
+        config = self._plane.model_config(request.name, request.version)
+        return inference_pb2.ModelConfigResponse(config=config)
+
+    @grpc_errors
+    async def ModelStatistics(self, request, context: Context):
+        stats = self._plane.model_statistics(request.name, request.version)
+        return codec.model_statistics_to_pb(stats)
+
+    @grpc_errors
+    async def ModelInfer(self, request, context: Context):
+        response = await self._plane.infer(codec.infer_request_from_pb(request))
+        return codec.infer_response_to_pb(response)
+
+
+class ZooServicer(zoo_pb2_grpc.ZooServicer):
+    """`cnnzoo.v1.Zoo`: classify and explain encoded images, list models."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    @grpc_errors
+    async def Classify(self, request, context: Context):
+        result = await self._plane.classify(
+            request.model, request.version, request.images, request.top_k
+        )
+        return codec.classify_response_to_pb(result)
+
+    @grpc_errors
+    async def ListModels(self, request, context: Context):
+        return codec.model_summaries_to_pb(self._plane.list_models())
+
+    @grpc_errors
+    async def Explain(self, request, context: Context):
+        target = request.target if request.HasField("target") else None
+        result = await self._plane.explain(
+            request.model, request.version, request.image, request.method, target
+        )
+        return codec.explain_response_to_pb(result)

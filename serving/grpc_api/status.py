@@ -1,0 +1,78 @@
+"""Domain errors to gRPC status codes, in one place.
+
+Servicer methods are wrapped with `grpc_errors`: a `CnnzooError` becomes its status code with
+the error's `reason` as the message; anything else is logged with its traceback on the server
+and answered INTERNAL without one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from zoo.errors import AlreadyExists, CnnzooError, IntegrityError, InvalidInput, NotFound
+
+__all__ = ["error_for", "grpc_errors", "status_for"]
+
+log = logging.getLogger(__name__)
+
+# Most specific first: DatasetNotFound is a NotFound, and so on.
+_STATUS: tuple[tuple[type[CnnzooError], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (IntegrityError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_for(err: CnnzooError) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(err, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def grpc_errors(handler: Handler) -> Handler:
+    """Wrap an async servicer method so errors become status codes (see the module doc)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except CnnzooError as err:
+            await context.abort(status_for(err), err.reason)
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"{handler.__name__} failed inside the server; the server log has the details",
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+# The client side of the same table: a failed call becomes the matching CnnzooError.
+_ERRORS: dict[grpc.StatusCode, type[CnnzooError]] = {code: kind for kind, code in _STATUS}
+
+
+def error_for(err: grpc.RpcError, target: str) -> CnnzooError:
+    """The `CnnzooError` for a failed call (UNAVAILABLE names the server it could not reach)."""
+    code = err.code()  # type: ignore[attr-defined]
+    details = err.details() or code.name  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
+        return Unavailable(f"cannot reach the server at {target}: {details}")
+    kind = _ERRORS.get(code, CnnzooError)
+    return kind(f"{code.name}: {details}")

@@ -1,0 +1,181 @@
+"""ONNX Runtime sessions: execution-provider choice, thread settings, warm-up.
+
+`--device cuda` that lands on the CPU is an error here, not a log line: ONNX Runtime only logs
+a CUDA provider that failed to load and carries on with the CPU, so after creating a session we
+read `get_providers()` and, if needed, name the shared library that could not be loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.errors import ExecutionProviderError, InvalidInput
+
+__all__ = [
+    "CPU",
+    "CUDA",
+    "DEVICES",
+    "OnnxModel",
+    "RuntimeOptions",
+    "available_cores",
+    "check_device",
+    "cuda_unavailable_reason",
+    "warm_up_sizes",
+]
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup CPU affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions are created.
+
+    Args:
+        device: "auto" (CUDA when usable, else CPU), "cuda" (CUDA or a start-up error), "cpu".
+        intra_op_threads: threads one operator may use; 0 means one per available core.
+        inter_op_threads: threads running independent operators in parallel (1: sequential).
+    """
+
+    device: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise InvalidInput(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 1:
+            raise InvalidInput(
+                "intra-op threads must be >= 0 (0 = one per core) and inter-op threads >= 1, "
+                f"got {self.intra_op_threads} and {self.inter_op_threads}"
+            )
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA execution provider cannot be used here (naming the missing library), or None."""
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA execution provider (install onnxruntime-gpu)"
+    # The CUDA 13 runtime libraries come from torch's nvidia-* wheels; load them first.
+    try:
+        ort.preload_dlls()
+    except Exception as err:  # preload is best effort; the probe below names what is missing
+        log.debug("onnxruntime.preload_dlls failed: %s", err)
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as err:
+        return f"the CUDA execution provider cannot be loaded: {err}"
+    return None
+
+
+def _providers_for(device: str) -> list[str]:
+    if device == "cpu":
+        return [CPU]
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise ExecutionProviderError(f"--device cuda: {reason}")
+    return [CPU]
+
+
+def check_device(options: RuntimeOptions) -> None:
+    """Fail fast (before loading anything) when `--device cuda` cannot work here."""
+    if options.device == "cuda":
+        _providers_for("cuda")
+
+
+class OnnxModel:
+    """One ONNX Runtime session for a model with one input and one output.
+
+    `run` is thread-safe (ONNX Runtime sessions are) and releases the GIL while it computes,
+    so the server calls it from a worker thread while its event loop keeps answering.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], options: RuntimeOptions) -> None:
+        import onnxruntime as ort
+
+        requested = _providers_for(options.device)
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads or available_cores()
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning pool threads would take the cores the gRPC event loop needs.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.path = Path(path)
+        self._session = ort.InferenceSession(
+            str(self.path), sess_options=session_options, providers=requested
+        )
+        self.provider: str = self._session.get_providers()[0]
+        if options.device == "cuda" and self.provider != CUDA:
+            raise ExecutionProviderError(
+                f"--device cuda: onnxruntime fell back to {self.provider} for {self.path}: "
+                f"{cuda_unavailable_reason() or 'see the onnxruntime log above'}"
+            )
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InvalidInput(
+                f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "cnnzoo serves models with exactly one of each"
+            )
+        self.input_name: str = inputs[0].name
+        self.output_name: str = outputs[0].name
+        self._output_names = [self.output_name]
+        # fp16 exports may take fp16 input; the API stays FP32 and we cast here.
+        self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        self._io_binding = self.provider == CUDA
+        log.info("loaded %s on %s", self.path, self.provider)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a batch: `[N, ...input dims]` in, float32 `[N, ...output dims]` out."""
+        if batch.dtype != self._input_dtype:
+            batch = batch.astype(self._input_dtype)
+        if self._io_binding:
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+            binding.bind_output(self.output_name, "cpu")
+            self._session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self._session.run(self._output_names, {self.input_name: batch})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def warm_up(self, sample_shape: tuple[int, ...], batch_sizes: Iterable[int]) -> None:
+        """Run each batch size once so first requests do not pay for allocation or autotuning."""
+        for size in sorted(set(batch_sizes)):
+            self.run(np.zeros((size, *sample_shape), dtype=np.float32))
+
+
+def warm_up_sizes(max_batch_size: int, preferred: Iterable[int] = ()) -> list[int]:
+    """Batch sizes to warm up: powers of two up to `max_batch_size`, the maximum, preferred ones."""
+    sizes = {1, max(1, max_batch_size)}
+    size = 2
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    sizes.update(p for p in preferred if 0 < p <= max(1, max_batch_size))
+    return sorted(sizes)

@@ -1,0 +1,229 @@
+"""Server assembly: gRPC services, health, reflection, metrics, hot reload, graceful stop.
+
+Start-up order: bind the gRPC port (live, not ready), load and warm up the models, then report
+SERVING on grpc.health.v1 (overall, per service and per model name). On SIGTERM/SIGINT the
+server reports NOT_SERVING and not ready, stops accepting calls, gives in-flight calls up to
+`grace_seconds` to finish, drains the batchers, and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.errors import Unavailable
+from serving.runtime import RuntimeOptions
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "InferenceServer", "ServerOptions", "serve"]
+
+log = logging.getLogger(__name__)
+
+# A batch of 64 224x224 RGB fp32 images is 38.5 MB; leave room for the message around it.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+ZOO_SERVICE = "cnnzoo.v1.Zoo"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything `cnnzoo serve` can set.
+
+    Args:
+        repository: the model repository folder.
+        host: address to listen on (gRPC and metrics).
+        port: gRPC port (0: any free port).
+        metrics_port: Prometheus port (0: any free port, -1: no metrics endpoint).
+        models: serve only these models (default: all).
+        runtime: ONNX Runtime device and threads.
+        poll_seconds: look for new versions this often (0: never).
+        grace_seconds: how long in-flight calls may take to finish on shutdown.
+        max_message_bytes: largest request or response accepted.
+        batching: False turns dynamic batching off for every model.
+    """
+
+    repository: Path
+    host: str = "127.0.0.1"
+    port: int = 8001
+    metrics_port: int = 8002
+    models: tuple[str, ...] = ()
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    poll_seconds: float = 0.0
+    grace_seconds: float = 20.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    batching: bool = True
+
+
+class InferenceServer:
+    """The assembled server; `await start()`, then `await wait()` or `await stop()`."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        import cnnzoo
+        from serving.dataplane import DataPlane
+        from serving.models import ModelManager
+        from zoo.repository import ModelRepository
+
+        self.options = options
+        self.models = ModelManager(
+            ModelRepository(options.repository),
+            options.runtime,
+            models=options.models,
+            batching=options.batching,
+        )
+        self.models.discover()
+        self.plane = DataPlane(self.models, "cnnzoo", cnnzoo.__version__)
+        self.port = 0
+        self.metrics_port = 0
+        self._server = None
+        self._health = None
+        self._metrics = None
+        self._poller: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> None:
+        import grpc
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        from protos import inference_pb2, inference_pb2_grpc, zoo_pb2, zoo_pb2_grpc
+        from serving.grpc_api.servicers import InferenceServicer, ZooServicer
+        from serving.metrics import MetricsServer
+        from serving.runtime import check_device
+
+        check_device(self.options.runtime)  # --device cuda without CUDA fails here, first
+        limit = self.options.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.plane), server
+        )
+        zoo_pb2_grpc.add_ZooServicer_to_server(ZooServicer(self.plane), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (
+            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            zoo_pb2.DESCRIPTOR.services_by_name["Zoo"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, server)
+        address = f"{self.options.host}:{self.options.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise Unavailable(f"cannot listen on {address} (is the port in use?): {err}") from None
+        await self._set_health(False)
+        await server.start()
+        self._server = server
+        log.info(
+            "gRPC listening on %s:%d (not ready until the models are loaded)",
+            self.options.host,
+            self.port,
+        )
+        if self.options.metrics_port >= 0:
+            self._metrics = MetricsServer(self.models, self.options.host, self.options.metrics_port)
+            self.metrics_port = self._metrics.port
+        await self.models.load_all()
+        if not self._stopping:
+            await self._set_health(True)
+            log.info(
+                "ready: %s",
+                ", ".join(
+                    f"{r.name} v{r.current.version} ({r.current.provider})"
+                    if r.current
+                    else f"{r.name} UNAVAILABLE"
+                    for r in self.models.records()
+                ),
+            )
+        if self.options.poll_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll(self.options.poll_seconds)
+            )
+
+    async def _poll(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.models.poll()
+            except Exception:
+                log.exception("repository poll failed")
+                continue
+            if not self._stopping:
+                await self._set_health(True)
+
+    async def _set_health(self, serving: bool) -> None:
+        """Overall, per-service and per-model health (a model serves only when it is loaded)."""
+        from grpc_health.v1 import health_pb2
+
+        yes, no = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        serving = serving and self.plane.ready()
+        for service in ("", INFERENCE_SERVICE, ZOO_SERVICE):
+            await self._health.set(service, yes if serving else no)
+        for record in self.models.records():
+            await self._health.set(record.name, yes if serving and record.current else no)
+
+    async def stop(self) -> None:
+        """Graceful stop: not ready, finish in-flight calls (up to the grace period), drain."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        log.info("stopping: finishing in-flight requests (grace %.1fs)", self.options.grace_seconds)
+        self.plane.draining = True
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.options.grace_seconds)
+        await self.models.close()
+        self.plane.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def _run(options: ServerOptions) -> int:
+    server = InferenceServer(options)
+    loop = asyncio.get_running_loop()
+    stop_task: list[asyncio.Task[None]] = []
+
+    def request_stop(signame: str) -> None:
+        if not stop_task:
+            log.info("%s received", signame)
+            stop_task.append(loop.create_task(server.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+    try:
+        await server.start()
+        print(
+            f"serving on {options.host}:{server.port} "
+            f"(metrics: {server.metrics_port if server.metrics_port else 'off'})",
+            flush=True,
+        )
+        await server.wait()
+    finally:
+        if not stop_task:
+            await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def serve(options: ServerOptions) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code (0 after a clean drain)."""
+    return asyncio.run(_run(options))

@@ -1,0 +1,123 @@
+"""What the server needs to know about a model, read once from its config.pbtxt.
+
+The data plane checks requests against a `ModelSpec` (plain dataclasses), so nothing below the
+servicers touches protobuf messages on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.errors import InvalidInput
+
+__all__ = ["DATATYPES", "ModelSpec", "TensorSpec"]
+
+# KServe v2 datatype names -> numpy element types (BYTES has no fixed-size element).
+DATATYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+
+# Triton's config DataType enum names differ from the protocol's datatype strings only here.
+_CONFIG_TO_PROTOCOL = {"STRING": "BYTES"}
+
+
+def protocol_datatype(config_type_name: str) -> str:
+    """`TYPE_FP32` -> `FP32`, `TYPE_STRING` -> `BYTES`."""
+    name = config_type_name.removeprefix("TYPE_")
+    return _CONFIG_TO_PROTOCOL.get(name, name)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, protocol datatype, dims without the batch dimension."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(DATATYPES[self.datatype])
+
+    def shape_with_batch(self) -> list[int]:
+        return [-1, *self.dims]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A served model's interface and scheduling settings."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    input: TensorSpec
+    output: TensorSpec
+    dynamic_batching: bool
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...]
+    instance_count: int
+    parameters: Mapping[str, str]
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelSpec:
+        """Build from a `model_config_pb2.ModelConfig` (as `zoo.repository` returns it).
+
+        Raises:
+            InvalidInput: the config does not describe one input and one output.
+        """
+        if len(config.input) != 1 or len(config.output) != 1:
+            raise InvalidInput(
+                f"config.pbtxt of {config.name!r} declares {len(config.input)} inputs and "
+                f"{len(config.output)} outputs; cnnzoo serves exactly one of each"
+            )
+        if config.max_batch_size < 1:
+            raise InvalidInput(
+                f"config.pbtxt of {config.name!r} has max_batch_size {config.max_batch_size}; "
+                "cnnzoo serves models with a batch dimension (max_batch_size >= 1)"
+            )
+        dtype_name = (
+            type(config)
+            .DESCRIPTOR.fields_by_name["input"]
+            .message_type.fields_by_name["data_type"]
+            .enum_type.values_by_number
+        )
+
+        def tensor(t: Any) -> TensorSpec:
+            return TensorSpec(
+                t.name, protocol_datatype(dtype_name[t.data_type].name), tuple(t.dims)
+            )
+
+        batching = config.HasField("dynamic_batching")
+        instances = sum(g.count for g in config.instance_group) or 1
+        return cls(
+            name=config.name,
+            platform=config.platform or "onnxruntime_onnx",
+            max_batch_size=config.max_batch_size,
+            input=tensor(config.input[0]),
+            output=tensor(config.output[0]),
+            dynamic_batching=batching,
+            max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds
+            if batching
+            else 0,
+            preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size)
+            if batching
+            else (),
+            instance_count=instances,
+            parameters={k: v.string_value for k, v in config.parameters.items()},
+        )

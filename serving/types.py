@@ -1,0 +1,127 @@
+"""Transport-neutral requests and answers exchanged between the servicers and the data plane."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ClassPrediction",
+    "ExplainResult",
+    "ClassifyResult",
+    "InferInput",
+    "InferOutput",
+    "InferRequest",
+    "InferResponse",
+    "ModelMetadata",
+    "ModelSummary",
+    "RequestedOutput",
+    "TensorInfo",
+]
+
+
+@dataclass
+class InferInput:
+    """One input tensor as sent: exactly one of `raw` (little-endian bytes) or `values`
+    (the typed contents, a flat sequence) carries the data."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | None = None
+    values: Sequence[Any] | None = None
+
+
+@dataclass
+class RequestedOutput:
+    """An output the caller wants; `classification` > 0 asks for the top-k classes instead."""
+
+    name: str
+    classification: int = 0
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: list[InferInput] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+
+
+@dataclass
+class InferOutput:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[InferOutput]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 for the batch dimension
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    execution_provider: str
+
+
+@dataclass(frozen=True)
+class ClassPrediction:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: str
+    version: str
+    results: list[list[ClassPrediction]]  # per image, best first
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    version: str
+    versions: tuple[str, ...]
+    ready: bool
+    state: str
+    reason: str
+    zoo_entry: str
+    dataset: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    execution_provider: str
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    model: str
+    version: str
+    method: str
+    target: int
+    label: str
+    score: float
+    png: bytes
+    attribution: np.ndarray  # float32 [H, W]

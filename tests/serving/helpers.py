@@ -1,0 +1,103 @@
+"""Shared helpers for the serving tests: a real `cnnzoo serve` subprocess, images, requests."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = sorted((ROOT / "examples" / "digits").glob("*/*.png"))
+MODEL = "lenet5-mnist"
+TAMPERED = "lenet5-tampered"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cnnzoo(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `cnnzoo` console entry point in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "cnnzoo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+class ServerProcess:
+    """`cnnzoo serve` in a subprocess on free ports of 127.0.0.1, logging to a file."""
+
+    def __init__(self, repository: Path, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "cnnzoo", "serve",
+                "--repository", str(repository),
+                "--port", str(self.port),
+                "--metrics-port", str(self.metrics_port),
+                "--intra-op-threads", "1",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )  # fmt: skip
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 90) -> ServerProcess:
+        """Wait for the "serving on" line (printed once the models are loaded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "serving on" in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digit_label(path: Path) -> str:
+    return path.parent.name
