@@ -46,7 +46,7 @@ def build_model(name: str, *, weights: str | os.PathLike[str] | None = None) -> 
 
 
 def read_state_dict(path: Path, entry: ZooEntry) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a state dict and its metadata from `.safetensors` (or `.pth` for torchvision entries)."""
+    """A state dict and its metadata from `.safetensors` (or `.pth` for torchvision entries)."""
     import torch
 
     if not path.is_file():

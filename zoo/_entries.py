@@ -19,13 +19,9 @@ CIFAR10_LABELS = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 # torchvision's ImageNet-1k category names (`*_Weights.IMAGENET1K_V1.meta["categories"]`).
-IMAGENET_LABELS = tuple(
-    (_LABELS_DIR / "imagenet1k.txt").read_text(encoding="utf-8").splitlines()
-)
+IMAGENET_LABELS = tuple((_LABELS_DIR / "imagenet1k.txt").read_text(encoding="utf-8").splitlines())
 
-MNIST_PREPROCESS = Preprocess(
-    colour="L", resize=28, crop=28, pad=2, mean=(0.1307,), std=(0.3081,)
-)
+MNIST_PREPROCESS = Preprocess(colour="L", resize=28, crop=28, pad=2, mean=(0.1307,), std=(0.3081,))
 CIFAR10_PREPROCESS = Preprocess(
     colour="RGB", resize=32, crop=32, pad=0,
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
@@ -53,8 +49,12 @@ def _register_all() -> None:
             preprocess=MNIST_PREPROCESS,
             input_shape=(1, 32, 32),
             recipe=Recipe(
-                epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4,
-                schedule="onecycle", augment="mnist-affine",
+                epochs=20,
+                batch_size=128,
+                lr=0.05,
+                weight_decay=5e-4,
+                schedule="onecycle",
+                augment="mnist-affine",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("lenet5-mnist"),
             builder="zoo.lenet:lenet5",
@@ -77,8 +77,12 @@ def _register_all() -> None:
             preprocess=CIFAR10_PREPROCESS,
             input_shape=(3, 32, 32),
             recipe=Recipe(
-                epochs=60, batch_size=128, lr=0.05, weight_decay=5e-4,
-                schedule="onecycle", augment="cifar-crop-flip",
+                epochs=60,
+                batch_size=128,
+                lr=0.05,
+                weight_decay=5e-4,
+                schedule="onecycle",
+                augment="cifar-crop-flip",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("alexnet-cifar10"),
             builder="zoo.alexnet:alexnet_cifar",
@@ -99,8 +103,13 @@ def _register_all() -> None:
             # He et al. 2016, section 4.2: SGD 0.1, momentum 0.9, wd 1e-4, batch 128,
             # /10 at 32k and 48k of 64k iterations (~164 epochs), crop + flip.
             recipe=Recipe(
-                epochs=164, batch_size=128, lr=0.1, nesterov=False, weight_decay=1e-4,
-                schedule="step", augment="cifar-crop-flip",
+                epochs=164,
+                batch_size=128,
+                lr=0.1,
+                nesterov=False,
+                weight_decay=1e-4,
+                schedule="step",
+                augment="cifar-crop-flip",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("resnet20-cifar10"),
             builder="zoo.resnet:resnet20_cifar",

@@ -86,10 +86,14 @@ class ZooEntry:
 
     def __post_init__(self) -> None:
         if len(self.labels) != self.num_classes:
-            raise ValueError(f"{self.name}: {len(self.labels)} labels for {self.num_classes} classes")
+            raise ValueError(
+                f"{self.name}: {len(self.labels)} labels for {self.num_classes} classes"
+            )
         expected = (self.preprocess.channels, *self.preprocess.input_size)
         if tuple(self.input_shape) != expected:
-            raise ValueError(f"{self.name}: input_shape {self.input_shape} != preprocess {expected}")
+            raise ValueError(
+                f"{self.name}: input_shape {self.input_shape} != preprocess {expected}"
+            )
 
     @property
     def weights_file(self) -> Path | None:

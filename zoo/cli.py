@@ -29,7 +29,9 @@ def _register_list(sub: argparse._SubParsersAction) -> None:
         help="list the model zoo",
         description="List every zoo entry: dataset, input shape, classes, shipped weights.",
     )
-    parser.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob filter, e.g. 'resnet*'")
+    parser.add_argument(
+        "patterns", nargs="*", metavar="PATTERN", help="glob filter, e.g. 'resnet*'"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.set_defaults(func=_cmd_list)
 
@@ -75,7 +77,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
     return 0
 
 
@@ -86,23 +89,32 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
         help="train a zoo model",
-        description="Train a zoo model with its recipe; writes OUT/MODEL/epochs/epoch_NNN.safetensors "
-        "each epoch, then OUT/MODEL/model.safetensors and card.json.",
+        description="Train a zoo model with its recipe; writes "
+        "OUT/MODEL/epochs/epoch_NNN.safetensors each epoch, then OUT/MODEL/model.safetensors "
+        "and card.json.",
     )
     parser.add_argument("model", help="zoo entry, see `cnnzoo list`")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs/)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs"), help="output folder (default runs/)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out"
+    )
     parser.add_argument(
         "--stop-after", type=int, metavar="N", help="stop after N epochs of this run (resume later)"
     )
-    parser.add_argument("--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)"
+    )
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
     parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images")
-    parser.add_argument("--test-subset", type=int, metavar="N", help="evaluate on the first N images")
+    parser.add_argument(
+        "--test-subset", type=int, metavar="N", help="evaluate on the first N images"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -148,7 +160,9 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights", default="default", help="weights file (default: the shipped weights)"
     )
-    parser.add_argument("--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)"
+    )
     parser.add_argument(
         "--dataset", help="evaluate on an ImageFolder path instead of the entry's test set"
     )
@@ -206,7 +220,9 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
     parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
     parser.add_argument("--fp16", action="store_true", help="half-precision graph (FP32 in/out)")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="max_batch_size (default 64)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=64, help="max_batch_size (default 64)"
+    )
     parser.add_argument("--data-dir", type=Path, help="dataset folder for the parity batch")
     parser.add_argument("--json", action="store_true", help="print one JSON summary per model")
     parser.set_defaults(func=_cmd_export)

@@ -45,7 +45,9 @@ def evaluate(
     model.eval()
     try:
         with torch.inference_mode():
-            for images, targets in tqdm(loader, desc=description, disable=not progress, leave=False):
+            for images, targets in tqdm(
+                loader, desc=description, disable=not progress, leave=False
+            ):
                 images, targets = images.to(device), targets.to(device)
                 logits = model(images)
                 loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))

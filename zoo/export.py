@@ -155,7 +155,9 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
     if options.version is not None and options.version < 1:
         raise InvalidInput(f"--version must be >= 1, got {options.version}")
 
-    weights = options.weights if options.weights is not None else entry.weights_file
+    weights = options.weights
+    if weights is None or str(weights) == "default":
+        weights = entry.weights_file  # None: an untrained export, recorded as such
     trained = weights is not None
     source_sha256 = sha256_file(Path(weights)) if weights is not None else None
     model = build_model(entry.name, weights=weights)  # validates the weights before any write
@@ -304,21 +306,21 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, fp16: b
 
 
 def _parity_batch(entry: ZooEntry, data_dir: Path | None) -> tuple[torch.Tensor, str]:
-    """A batch of the entry's test set, or seeded random input for untrained or data-less cases."""
+    """A batch of the entry's test set; seeded random input where the dataset is not available."""
     import torch
 
     from zoo.datasets import get_dataset
 
     count = _PARITY_BATCH.get(entry.input_shape[-1], 8)
-    if entry.weights_file is not None or entry.dataset != "imagenet":
-        try:
-            data = get_dataset(
-                entry.dataset, "test", data_dir=data_dir, transform=entry.preprocess.torch_transform()
-            )
+    try:
+        data = get_dataset(
+            entry.dataset, "test", data_dir=data_dir, transform=entry.preprocess.torch_transform()
+        )
+        if len(data) >= 2:
             images = [data[i][0] for i in range(min(count, len(data)))]
             return torch.stack(images), "dataset"
-        except DatasetNotFound:
-            pass
+    except DatasetNotFound:
+        pass  # e.g. no ImageNet here, or a machine without the datasets: random input instead
     generator = torch.Generator().manual_seed(0)
     return torch.randn(count, *entry.input_shape, generator=generator), "random"
 

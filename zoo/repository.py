@@ -74,7 +74,9 @@ class ModelRepository:
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInput(f"model repository {self.root} is a file, not a folder")
         if not self.root.is_dir():
-            raise NotFound(f"model repository {self.root} does not exist; create it with cnnzoo export")
+            raise NotFound(
+                f"model repository {self.root} does not exist; create it with cnnzoo export"
+            )
 
     def __repr__(self) -> str:
         return f"ModelRepository({str(self.root)!r})"
@@ -131,7 +133,9 @@ class ModelRepository:
 
         path = self.model_dir(model) / CONFIG_FILE
         try:
-            return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+            return text_format.Parse(
+                path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig()
+            )
         except (text_format.ParseError, UnicodeDecodeError) as err:
             raise IntegrityError(f"{path} is not a valid ModelConfig: {err}") from None
 
@@ -169,7 +173,9 @@ class ModelRepository:
         for relative, expected in sorted(files.items()):
             path = (folder / relative).resolve()
             if folder.resolve() not in path.parents:
-                raise IntegrityError(f"manifest of {model} names a file outside the model: {relative}")
+                raise IntegrityError(
+                    f"manifest of {model} names a file outside the model: {relative}"
+                )
             if not path.is_file():
                 raise IntegrityError(f"{model}/{relative} is missing (listed in its manifest)")
             actual = sha256_file(path)

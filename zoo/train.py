@@ -42,7 +42,7 @@ OPTIMIZERS = ("sgd", "adamw")
 
 @dataclass
 class TrainOptions:
-    """What `cnnzoo train` was asked to do; None means "the recipe's" (or, on --resume, the run's)."""
+    """What `cnnzoo train` was asked to do; None means the recipe's value (or the resumed run's)."""
 
     model: str
     out: Path = Path("runs")
@@ -111,7 +111,11 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | 
     recipe = Recipe(**saved["recipe"]) if saved else entry.recipe
     overrides = {
         k: v
-        for k, v in {"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr}.items()
+        for k, v in {
+            "epochs": options.epochs,
+            "batch_size": options.batch_size,
+            "lr": options.lr,
+        }.items()
         if v is not None
     }
     if saved:
@@ -124,7 +128,9 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | 
     recipe = replace(recipe, **overrides)
     for key in ("epochs", "batch_size"):
         if getattr(recipe, key) < 1:
-            raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {getattr(recipe, key)}")
+            raise InvalidInput(
+                f"--{key.replace('_', '-')} must be >= 1, got {getattr(recipe, key)}"
+            )
     if not recipe.lr > 0:
         raise InvalidInput(f"--lr must be > 0, got {recipe.lr}")
     if recipe.schedule not in SCHEDULES or recipe.optimizer not in OPTIMIZERS:
@@ -228,7 +234,9 @@ def _run(
     model = entry.builder_function()(num_classes=entry.num_classes)
     if saved:
         prefix = "model/"
-        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        model.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
     model.to(device)
     optimizer = _make_optimizer(model, recipe)
     if saved:
@@ -252,7 +260,6 @@ def _run(
     commands = f"{commands}; {command}" if commands else command
     metrics: dict[str, Any] = {}
 
-    epochs_this_run = 0
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         started = time.perf_counter()
         epoch_seed = seed * 100_003 + epoch
@@ -321,10 +328,9 @@ def _run(
                 "command": commands,
             },
         )
-        epochs_this_run += 1
-        if options.stop_after is not None and epochs_this_run >= options.stop_after:
-            if epoch < recipe.epochs:
-                return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
+        stopping = options.stop_after is not None and epoch - start_epoch >= options.stop_after
+        if stopping and epoch < recipe.epochs:
+            return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
 
     if not metrics:  # resumed a run whose epochs were all done: measure the final weights
         metrics = evaluate(model, test_loader, entry.labels, device=device)
@@ -499,4 +505,3 @@ class _deterministic:  # noqa: N801 - used like a function
         import torch
 
         torch.use_deterministic_algorithms(self.previous)
-

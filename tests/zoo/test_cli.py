@@ -31,7 +31,15 @@ def test_list_is_a_table_with_every_model(capsys):
     code, out, _ = _run(capsys, "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["MODEL", "DATASET", "INPUT", "CLASSES", "WEIGHTS", "TOP-1", "SHA256"]
+    assert lines[0].split() == [
+        "MODEL",
+        "DATASET",
+        "INPUT",
+        "CLASSES",
+        "WEIGHTS",
+        "TOP-1",
+        "SHA256",
+    ]
     assert [line.split()[0] for line in lines[1:]] == zoo.list_models()
     lenet = next(line for line in lines if line.startswith("lenet5-mnist"))
     card = zoo.get_entry("lenet5-mnist").card()
@@ -105,11 +113,14 @@ def test_weights_of_another_architecture(capsys, tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
-def test_export_into_existing_version_and_into_a_file(capsys, exported_lenet, trained_lenet, tmp_path):
+def test_export_into_existing_version_and_into_a_file(
+    capsys, exported_lenet, trained_lenet, tmp_path
+):
     repository, _ = exported_lenet
     _, run = trained_lenet
     before = sorted(str(p) for p in repository.rglob("*"))
-    code, _, err = _run(capsys, "export", "lenet5-mnist", "--weights", str(run / "model.safetensors"),
+    weights = str(run / "model.safetensors")
+    code, _, err = _run(capsys, "export", "lenet5-mnist", "--weights", weights,
                         "--repository", str(repository), "--version", "1")  # fmt: skip
     assert code == 4 and "already exists" in _one_error_line(err, "export")
     assert sorted(str(p) for p in repository.rglob("*")) == before

@@ -74,7 +74,9 @@ def test_cifar10_truncated_file_without_md5sums(data_dir, tmp_path):
         get_dataset("cifar10", "test", data_dir=tmp_path)
 
 
-@pytest.mark.parametrize("name, folder", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-bin")])
+@pytest.mark.parametrize(
+    "name, folder", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-bin")]
+)
 def test_missing_dataset_names_folder_and_remedies(tmp_path, name, folder):
     with pytest.raises(DatasetNotFound) as err:
         get_dataset(name, "test", data_dir=tmp_path)
@@ -95,7 +97,9 @@ def test_image_folder_of_example_digits():
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[2] / "examples" / "digits"
-    data = get_dataset(str(folder), transform=zoo.get_entry("lenet5-mnist").preprocess.torch_transform())
+    data = get_dataset(
+        str(folder), transform=zoo.get_entry("lenet5-mnist").preprocess.torch_transform()
+    )
     assert len(data) == 20
     assert data.classes == [str(d) for d in range(10)]
     image, label = data[0]

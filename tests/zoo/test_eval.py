@@ -6,7 +6,15 @@ from cnnzoo.cli import main
 def test_eval_json_matches_the_training_card(trained_lenet, capsys):
     result, run = trained_lenet
     code = main(
-        ["eval", "lenet5-mnist", "--weights", str(run / "model.safetensors"), "--subset", "500", "--json"]
+        [
+            "eval",
+            "lenet5-mnist",
+            "--weights",
+            str(run / "model.safetensors"),
+            "--subset",
+            "500",
+            "--json",
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()

@@ -17,7 +17,9 @@ from zoo.repository import ModelRepository
 
 
 def _tree(root):
-    return {str(p.relative_to(root)): (sha256_file(p) if p.is_file() else None) for p in root.rglob("*")}
+    return {
+        str(p.relative_to(root)): (sha256_file(p) if p.is_file() else None) for p in root.rglob("*")
+    }
 
 
 def test_repository_layout_and_manifest(exported_lenet, trained_lenet):
@@ -51,12 +53,19 @@ def test_config_pbtxt_round_trips_through_text_format(exported_lenet):
     assert config.HasField("dynamic_batching")
     (inp,) = config.input
     (out,) = config.output
-    assert (inp.name, inp.data_type, list(inp.dims)) == ("input", model_config_pb2.TYPE_FP32, [1, 32, 32])
+    assert (inp.name, inp.data_type, list(inp.dims)) == (
+        "input",
+        model_config_pb2.TYPE_FP32,
+        [1, 32, 32],
+    )
     assert (out.name, list(out.dims), out.label_filename) == ("logits", [10], "labels.txt")
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["zoo_entry"] == "lenet5-mnist" and params["dataset"] == "mnist"
     assert params["mean"] == "0.1307" and params["std"] == "0.3081" and params["colour"] == "L"
-    assert ModelRepository(repository).preprocess("lenet5-mnist") == zoo.get_entry("lenet5-mnist").preprocess
+    assert (
+        ModelRepository(repository).preprocess("lenet5-mnist")
+        == zoo.get_entry("lenet5-mnist").preprocess
+    )
 
 
 def test_onnx_file_is_self_describing_with_dynamic_batch(exported_lenet, trained_lenet):
@@ -78,11 +87,13 @@ def test_onnx_file_is_self_describing_with_dynamic_batch(exported_lenet, trained
 
 
 def test_onnx_runtime_matches_pytorch_on_real_digits(exported_lenet, trained_lenet, data_dir):
-    """Independent of the exporter's own check: another batch size, another slice of the test set."""
+    """Independent of the exporter's own check: another batch size and slice of the test set."""
     repository, summary = exported_lenet
     _, run = trained_lenet
     entry = zoo.get_entry("lenet5-mnist")
-    data = get_dataset("mnist", "test", data_dir=data_dir, transform=entry.preprocess.torch_transform())
+    data = get_dataset(
+        "mnist", "test", data_dir=data_dir, transform=entry.preprocess.torch_transform()
+    )
     batch = torch.stack([data[i][0] for i in range(100, 137)])
     model = zoo.build_model("lenet5-mnist", weights=run / "model.safetensors")
     with torch.inference_mode():
@@ -96,8 +107,11 @@ def test_onnx_runtime_matches_pytorch_on_real_digits(exported_lenet, trained_len
     assert summary["parity"]["inputs"] == "dataset"
     assert summary["parity"]["max_abs_diff"] <= 1e-4
     # the safetensors beside the graph is the same torch model
-    beside = zoo.build_model("lenet5-mnist", weights=repository / "lenet5-mnist" / "1" / "model.safetensors")
-    assert all(torch.equal(a, b) for a, b in zip(beside.state_dict().values(), model.state_dict().values()))
+    beside = zoo.build_model(
+        "lenet5-mnist", weights=repository / "lenet5-mnist" / "1" / "model.safetensors"
+    )
+    ours, theirs = beside.state_dict(), model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_repository_reader(exported_lenet):

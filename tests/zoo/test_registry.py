@@ -90,6 +90,9 @@ def test_import_zoo_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, zoo; zoo.list_models(); zoo.get_entry('lenet5-mnist').card(); print('torch' in sys.modules)"
+    code = (
+        "import sys, zoo; zoo.list_models(); zoo.get_entry('lenet5-mnist').card(); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

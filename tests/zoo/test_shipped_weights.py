@@ -32,11 +32,11 @@ def test_shipped_weights_reach_99_2_percent_on_the_mnist_test_set(capsys):
 
 
 def test_example_digits_are_real_mnist_and_classified(capsys):
+    import os
+
     import numpy as np
     from PIL import Image
     from torchvision.datasets import MNIST
-
-    import os
 
     digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
     files = sorted(digits.glob("*/*.png"))

@@ -114,7 +114,9 @@ def test_resume_without_a_run_or_with_other_settings(trained_lenet, tmp_path):
         train(short_run_options(run.parent, resume=True))
     train(short_run_options(tmp_path, epochs=3, stop_after=1, train_subset=500, test_subset=100))
     with pytest.raises(InvalidInput, match="--epochs 3"):
-        train(short_run_options(tmp_path, resume=True, epochs=5, train_subset=None, test_subset=None))
+        train(
+            short_run_options(tmp_path, resume=True, epochs=5, train_subset=None, test_subset=None)
+        )
 
 
 def test_bad_options_are_refused_before_writing(tmp_path):
