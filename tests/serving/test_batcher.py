@@ -1,0 +1,173 @@
+"""The dynamic batcher with a plain numpy function as the model (no server involved)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batcher import DynamicBatcher
+from serving.errors import Unavailable
+from serving.stats import ModelStats
+
+
+class RecordingModel:
+    """y = 2x + 1 per row, optionally slow; raises on negative input; records each batch."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.batches: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.batches.append(x.copy())
+        if self.seconds:
+            time.sleep(self.seconds)
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return 2 * x + 1
+
+
+def rows(n: int, start: float) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.float32).reshape(n, 1)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_requests_share_executions_and_get_their_own_rows():
+    model = RecordingModel(seconds=0.01)
+    stats = ModelStats("m", "1")
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=8, stats=stats, name="m")
+        batcher.start()
+        inputs = [rows(1 + i % 3, 100 * i) for i in range(20)]
+        outputs = await asyncio.gather(*(batcher.submit(x) for x in inputs))
+        await batcher.close()
+        return inputs, outputs
+
+    inputs, outputs = run(main())
+    for x, y in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(y, 2 * x + 1)
+    assert len(model.batches) < 20
+    assert max(len(b) for b in model.batches) <= 8
+    assert stats.execution_count == len(model.batches)
+    assert stats.inference_count == sum(len(x) for x in inputs)
+    assert stats.queue.count == 20 and stats.compute_infer.count == 20
+    assert sum(size * s.compute_infer.count for size, s in stats.batches.items()) == sum(
+        len(x) for x in inputs
+    )
+
+
+def test_requests_are_never_split_across_batches():
+    model = RecordingModel(seconds=0.005)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=4)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(rows(3, 10 * i)) for i in range(6)))
+        await batcher.close()
+
+    run(main())
+    assert all(len(batch) == 3 for batch in model.batches)  # 3 + 3 > 4: never combined
+
+
+def test_batching_off_runs_each_request_alone():
+    model = RecordingModel(seconds=0.002)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=8, batching=False)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(10)))
+        await batcher.close()
+
+    run(main())
+    assert len(model.batches) == 10
+
+
+def test_a_failing_request_fails_alone():
+    model = RecordingModel(seconds=0.01)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=8)
+        batcher.start()
+        blocker = batcher.enqueue(rows(1, 0))  # runs first, so the next three queue together
+        good_a, bad, good_b = rows(2, 10), -rows(1, 1), rows(1, 20)
+        results = await asyncio.gather(
+            batcher.submit(good_a), batcher.submit(bad), batcher.submit(good_b),
+            return_exceptions=True,
+        )  # fmt: skip
+        await blocker
+        await batcher.close()
+        return good_a, good_b, results
+
+    good_a, good_b, (ra, rbad, rb) = run(main())
+    np.testing.assert_array_equal(ra, 2 * good_a + 1)
+    np.testing.assert_array_equal(rb, 2 * good_b + 1)
+    assert isinstance(rbad, ValueError)
+    assert any(len(b) == 4 for b in model.batches), "the three were not tried as one batch"
+
+
+def test_a_caller_that_gave_up_is_skipped():
+    model = RecordingModel(seconds=0.02)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=8)
+        batcher.start()
+        first = batcher.enqueue(rows(1, 1))
+        gave_up = asyncio.ensure_future(batcher.submit(rows(1, 500)))
+        kept = asyncio.ensure_future(batcher.submit(rows(1, 7)))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        await first
+        result = await kept
+        await batcher.close()
+        return result, gave_up
+
+    result, gave_up = run(main())
+    np.testing.assert_array_equal(result, 2 * rows(1, 7) + 1)
+    assert gave_up.cancelled()
+    assert not any((b == 500).any() for b in model.batches)
+
+
+def test_queue_delay_waits_for_a_batch_to_fill():
+    async def two_requests(delay_us: int, max_batch_size: int = 8) -> list[int]:
+        model = RecordingModel()
+        batcher = DynamicBatcher(model, max_batch_size=max_batch_size, max_queue_delay_us=delay_us)
+        batcher.start()
+        first = batcher.enqueue(rows(1, 0))
+        await asyncio.sleep(0.01)
+        second = batcher.enqueue(rows(1, 1))
+        await asyncio.gather(first, second)
+        await batcher.close()
+        return [len(b) for b in model.batches]
+
+    assert run(two_requests(0)) == [1, 1]
+    assert run(two_requests(200_000)) == [2]
+    started = time.monotonic()
+    assert run(two_requests(10_000_000, max_batch_size=2)) == [2]  # full: no waiting
+    assert time.monotonic() - started < 2
+
+
+def test_close_finishes_queued_requests_and_refuses_new_ones():
+    model = RecordingModel(seconds=0.01)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=2)
+        batcher.start()
+        futures = [batcher.enqueue(rows(1, i)) for i in range(7)]
+        await batcher.close()
+        assert all(f.done() for f in futures)
+        with pytest.raises(Unavailable):
+            batcher.enqueue(rows(1, 0))
+        return [f.result() for f in futures]
+
+    results = run(main())
+    for i, y in enumerate(results):
+        np.testing.assert_array_equal(y, 2 * rows(1, i) + 1)

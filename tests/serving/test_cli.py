@@ -1,0 +1,59 @@
+"""`cnnzoo classify` and `cnnzoo health` as a person runs them, against the shared server."""
+
+from __future__ import annotations
+
+import json
+
+from tests.serving.helpers import DIGITS, MODEL, cnnzoo, digit_label, free_port
+
+
+def test_classify_prints_a_table(server):
+    result = cnnzoo("classify", *map(str, DIGITS[:4]), "--model", MODEL, "--server",
+                    server.target, "--top-k", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["image", "top-1", "top-2"]
+    assert len(lines) == 2 + 4
+    for path, line in zip(DIGITS[:4], lines[2:], strict=True):
+        assert line.startswith(str(path)) and "%" in line
+
+
+def test_classify_json(server):
+    result = cnnzoo("classify", *map(str, DIGITS), "--model", MODEL, "--server", server.target,
+                    "--top-k", "3", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert [item["image"] for item in document] == list(map(str, DIGITS))
+    correct = 0
+    for path, item in zip(DIGITS, document, strict=True):
+        predictions = item["predictions"]
+        assert len(predictions) == 3
+        assert predictions[0]["probability"] >= predictions[1]["probability"]
+        correct += predictions[0]["label"] == digit_label(path)
+    assert correct >= 0.9 * len(DIGITS)
+
+
+def test_classify_errors_are_one_line(server, tmp_path):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    cases = [
+        (["--model", "nope", str(DIGITS[0])], "unknown model 'nope'"),
+        (["--model", MODEL, str(not_image)], "not a PNG or JPEG"),
+        (["--model", MODEL, str(tmp_path / "missing.png")], "does not exist"),
+    ]
+    for args, fragment in cases:
+        result = cnnzoo("classify", "--server", server.target, *args)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cnnzoo classify: error:"), result.stderr
+        assert fragment in lines[0]
+
+
+def test_health_exit_codes(server):
+    ok = cnnzoo("health", "--server", server.target)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
+    model = cnnzoo("health", "--server", server.target, "--service", MODEL)
+    assert model.returncode == 0
+    nobody = cnnzoo("health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
+    assert nobody.returncode != 0
+    assert nobody.stderr.strip().startswith("cnnzoo health: error:"), nobody.stderr
