@@ -463,3 +463,68 @@ def test_reflection_lists_and_describes_the_services(channel):
     assert infer.input_type.fields_by_name["raw_input_contents"].number == 7
     classify = pool.FindServiceByName("cnnzoo.v1.Zoo").FindMethodByName("Classify")
     assert classify.output_type.full_name == "cnnzoo.v1.ClassifyResponse"
+
+
+# -- Explain ------------------------------------------------------------------------------------
+
+
+def test_explain_over_grpc_equals_the_in_process_call(zoo_stub, repository):
+    import io
+
+    import torch
+
+    import zoo
+    from interpret.explain import METHODS, explain
+    from zoo.repository import ModelRepository
+
+    model = zoo.build_model(MODEL, weights=repository / MODEL / "1" / "model.safetensors")
+    image = DIGITS[0].read_bytes()
+    preprocess = ModelRepository(repository).preprocess(MODEL)
+    x = torch.from_numpy(preprocess.apply(Image.open(io.BytesIO(image)))[None])
+    for method, target in [(m, None) for m in METHODS] + [("guided-backprop", 3)]:
+        request = zoo_pb2.ExplainRequest(model=MODEL, image=image, method=method)
+        if target is not None:
+            request.target = target
+        got = zoo_stub.Explain(request, timeout=60)
+        expected = explain(model, x, method, target)
+        assert (got.model, got.version, got.method) == (MODEL, "1", method)
+        assert got.target == expected.target and got.label == str(expected.target)
+        assert got.score == pytest.approx(expected.score, rel=1e-5)
+        assert list(got.shape) == list(expected.attribution.shape) == [32, 32]
+        np.testing.assert_allclose(
+            np.asarray(got.attribution, np.float32).reshape(32, 32),
+            expected.attribution,
+            rtol=1e-4,
+            atol=1e-6,
+        )
+        assert got.png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert got.png == expected.png
+
+
+def test_explain_bad_requests(zoo_stub):
+    image = DIGITS[0].read_bytes()
+    assert_status(
+        lambda: zoo_stub.Explain(zoo_pb2.ExplainRequest(model=MODEL, image=image, method="x")),
+        CODE.INVALID_ARGUMENT,
+        "guided-backprop",
+    )
+    assert_status(
+        lambda: zoo_stub.Explain(
+            zoo_pb2.ExplainRequest(model=MODEL, image=image, method="gradient", target=10)
+        ),
+        CODE.INVALID_ARGUMENT,
+        "target 10",
+    )
+    assert_status(
+        lambda: zoo_stub.Explain(
+            zoo_pb2.ExplainRequest(model=MODEL, image=b"junk", method="gradient")
+        ),
+        CODE.INVALID_ARGUMENT,
+        "not a PNG or JPEG",
+    )
+    assert_status(
+        lambda: zoo_stub.Explain(
+            zoo_pb2.ExplainRequest(model="../../etc", image=image, method="gradient")
+        ),
+        CODE.NOT_FOUND,
+    )
