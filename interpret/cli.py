@@ -1,9 +1,181 @@
-"""`cnnzoo` subcommands owned by the `interpret` package."""
+"""`cnnzoo` subcommands owned by the `interpret` package: layers, explain, job, worker."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `cnnzoo` parser."""
+    layers = sub.add_parser(
+        "layers",
+        help="list a model's layers: names for job files, shapes, parameters, receptive fields",
+        description="One row per module in execution order: the name job files use, the output "
+        "shape (for conv/pool layers also O = (W - K + 2P)/S + 1), the parameters and the "
+        "receptive field of one unit (size and stride in input pixels).",
+    )
+    layers.add_argument("model", help="a zoo entry (see `cnnzoo list`)")
+    layers.set_defaults(func=_layers)
+
+    explain = sub.add_parser(
+        "explain",
+        help="attribute one image to a class and save the map as PNG",
+        description="Gradient, deconvnet, guided backprop or occlusion map of one image, the same "
+        "map the server's Explain RPC returns.",
+    )
+    explain.add_argument("image", type=Path, help="a PNG/JPEG file")
+    explain.add_argument("--model", required=True, help="a zoo entry, or a model of --repository")
+    explain.add_argument(
+        "--weights",
+        default="default",
+        help='"default" (shipped weights), "none" (random init) or a .safetensors file',
+    )
+    explain.add_argument(
+        "--repository",
+        type=Path,
+        help="take the model, weights and preprocessing from this model repository",
+    )
+    explain.add_argument("--version", type=int, help="repository version (default: latest)")
+    explain.add_argument(
+        "--method",
+        default="guided-backprop",
+        choices=("gradient", "deconvnet", "guided-backprop", "occlusion"),
+    )
+    explain.add_argument(
+        "--target", type=int, help="class index to explain (default: the predicted class)"
+    )
+    explain.add_argument("--out", type=Path, required=True, help="where to write the map PNG")
+    explain.add_argument("--save-map", type=Path, help="also save the raw float32 map as .npy")
+    explain.set_defaults(func=_explain)
+
+    job = sub.add_parser(
+        "job",
+        help="run an interpretability job file (TOML or JSON); resumable, shardable with torchrun",
+        description="Runs the analyses of a job file and writes PNGs, manifest.json and "
+        "index.html. Run it again after an interruption to resume; run it under "
+        "`torchrun --nproc-per-node N` to split the dataset scan across N processes.",
+    )
+    job.add_argument("job_file", type=Path)
+    job.add_argument(
+        "--out", type=Path, help="output folder (default: the job's `output`, else out/<name>)"
+    )
+    job.add_argument("--data-dir", help="dataset root (default: $CNNZOO_DATA, else ./data)")
+    job.add_argument("--check", action="store_true", help="only validate the job file, run nothing")
+    job.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    job.set_defaults(func=_job)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run each job file dropped into a folder once (the compose worker)",
+        description="Watches --jobs for .toml/.json job files and runs each into "
+        "<results>/<job name>/, recording done/failed in <results>/.status/ so a restart skips "
+        "finished jobs and resumes interrupted ones.",
+    )
+    worker.add_argument("--jobs", type=Path, required=True, help="folder of job files")
+    worker.add_argument("--results", type=Path, required=True, help="folder for results")
+    worker.add_argument("--once", action="store_true", help="run the pending jobs and exit")
+    worker.add_argument(
+        "--poll-seconds", type=float, default=5.0, help="seconds between looks (default 5)"
+    )
+    worker.add_argument("--data-dir", help="dataset root (default: $CNNZOO_DATA, else ./data)")
+    worker.set_defaults(func=_worker)
+
+
+def _layers(args: argparse.Namespace) -> int:
+    import zoo
+    from interpret.layers import describe_layers
+
+    entry = zoo.get_entry(args.model)
+    infos = describe_layers(zoo.build_model(args.model), tuple(entry.input_shape))
+    rows = [("layer", "type", "output", "params", "receptive field", "O = (W-K+2P)/S+1")]
+    for info in infos:
+        field = info.receptive_field
+        if info.calls > 1:
+            rf = f"(runs {info.calls}x)"
+        elif field is None:
+            rf = "whole image"
+        else:
+            rf = f"{field.size[0]}x{field.size[1]} px, stride {field.stride[0]}"
+        shape = "x".join(map(str, info.output_shape))
+        rows.append((info.name, info.kind, shape, f"{info.params:,}", rf, info.formula or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print(f"{args.model}: input {'x'.join(map(str, entry.input_shape))}")
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    import zoo
+    from interpret.explain import explain
+    from zoo.errors import InvalidInput, NotFound
+    from zoo.fileio import atomic_path, atomic_write_bytes
+
+    if args.repository is not None:
+        from zoo.repository import ModelRepository
+
+        repo = ModelRepository(args.repository)
+        version = args.version if args.version is not None else repo.latest_version(args.model)
+        manifest = repo.verify(args.model, version)
+        entry = zoo.get_entry(manifest["zoo_entry"])
+        weights: str | None = str(repo.version_dir(args.model, version) / "model.safetensors")
+        preprocess = repo.preprocess(args.model)
+        labels = repo.labels(args.model)
+        model = zoo.build_model(entry.name, weights=weights)
+    else:
+        entry = zoo.get_entry(args.model)
+        weights = None if args.weights == "none" else args.weights
+        model = zoo.build_model(args.model, weights=weights)
+        preprocess, labels = entry.preprocess, list(entry.labels)
+    if not args.image.is_file():
+        raise NotFound(f"image {args.image} does not exist")
+    try:
+        with Image.open(args.image) as image:
+            array = preprocess.apply(image)
+    except (UnidentifiedImageError, OSError) as err:
+        raise InvalidInput(f"{args.image} is not a readable image ({err})") from None
+    result = explain(model, torch.from_numpy(array).unsqueeze(0), args.method, target=args.target)
+    atomic_write_bytes(args.out, result.png)
+    if args.save_map is not None:
+        with atomic_path(args.save_map) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, result.attribution)
+    label = labels[result.target] if result.target < len(labels) else str(result.target)
+    summary = f"{result.method} map of class {result.target} ({label}), p={result.score:.4f}"
+    print(f"{args.image}: {summary} -> {args.out}")
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    from interpret.jobs.runner import run_job
+    from interpret.jobs.spec import load_job
+
+    spec = load_job(args.job_file, data_dir=args.data_dir)
+    if args.check:
+        print(f"{args.job_file}: ok ({len(spec.analyses)} analyses on {spec.model})")
+        return 0
+    index = run_job(spec, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(index)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from interpret.jobs.worker import run_worker
+
+    failed = run_worker(
+        args.jobs,
+        args.results,
+        once=args.once,
+        poll_seconds=args.poll_seconds,
+        data_dir=args.data_dir,
+    )
+    return 1 if args.once and failed else 0

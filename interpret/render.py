@@ -24,7 +24,9 @@ __all__ = [
     "crop_padded",
     "denormalise",
     "filter_grid",
+    "heat_rgb",
     "label_colours",
+    "overlay",
     "png_bytes",
     "projection_rgb",
     "save_png",
@@ -86,6 +88,25 @@ def attribution_rgb(a: torch.Tensor) -> torch.Tensor:
     pos = s.clamp(min=0)
     neg = (-s).clamp(min=0)
     return (1 - pos - neg) * torch.ones(3, 1, 1) + pos * _RED + neg * _BLUE
+
+
+def overlay(image: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """A signed map `[H, W]` laid over an image `[3, H, W]`: the image in dimmed grey, the map's
+    colours (as `attribution_rgb`) opaque where |value| is largest, transparent at zero."""
+    a = a.detach().float().cpu()
+    peak = float(a.abs().max())
+    grey = image.detach().float().cpu().mean(dim=0, keepdim=True).expand(3, -1, -1) * 0.6 + 0.2
+    if peak == 0.0 or not math.isfinite(peak):
+        return grey.clone()
+    alpha = (a.abs() / peak).clamp(0, 1).unsqueeze(0)
+    colour = torch.where(a.unsqueeze(0) >= 0, _RED, _BLUE)
+    return grey * (1 - alpha) + colour * alpha
+
+
+def heat_rgb(m: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """A map `[H, W]` in a black-red-yellow-white palette, `low` black and `high` white."""
+    t = ((m.detach().float().cpu() - low) / (high - low if high > low else 1.0)).clamp(0, 1)
+    return torch.stack([(3 * t).clamp(0, 1), (3 * t - 1).clamp(0, 1), (3 * t - 2).clamp(0, 1)])
 
 
 def label_colours(count: int) -> torch.Tensor:

@@ -222,7 +222,12 @@ def separate_relus(model: nn.Module) -> torch.fx.GraphModule:
 def lenet_stack() -> nn.Sequential:
     """conv5-pool2-conv5-pool2 (LeNet-5's C1-S2-C3-S4)."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
     ).to(DTYPE)
 
 
@@ -239,13 +244,16 @@ def slim_resnet50(width: int = 4) -> nn.Sequential:
         nn.MaxPool2d(3, 2, 1),
     ]
     inplanes = 16 * width // 4
-    for stage, (planes, blocks) in enumerate([(width, 3), (2 * width, 4), (4 * width, 6), (8 * width, 3)]):
+    for stage, (planes, blocks) in enumerate(
+        [(width, 3), (2 * width, 4), (4 * width, 6), (8 * width, 3)]
+    ):
         for unit in range(blocks):
             stride = 2 if unit == blocks - 1 and stage < 3 else 1
             downsample = None
             if stride != 1 or inplanes != planes * 4:
                 downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+                    nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                    nn.BatchNorm2d(planes * 4),
                 )
             layers.append(Bottleneck(inplanes, planes, stride, downsample))
             inplanes = planes * 4

@@ -67,7 +67,9 @@ def test_support_box_clips_at_the_border() -> None:
 def test_layers_table_formula_and_reuse() -> None:
     import torchvision
 
-    infos = {info.name: info for info in describe_layers(torchvision.models.resnet18(), (3, 224, 224))}
+    infos = {
+        info.name: info for info in describe_layers(torchvision.models.resnet18(), (3, 224, 224))
+    }
     conv1 = infos["conv1"]
     assert conv1.output_shape == (64, 112, 112) and conv1.params == 64 * 3 * 7 * 7
     assert conv1.formula == "(224-7+2*3)/2+1=112"

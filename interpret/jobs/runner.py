@@ -1,0 +1,284 @@
+"""Run a checked job: build the model, open the data, run each analysis, write the manifest and
+the gallery.
+
+Resuming: work is split into *parts* (a layer's grids, one epoch, one image). A finished part
+leaves a marker in `<output>/.state/<analysis>/<part>.json` listing its files with their sha256;
+a part whose marker and files check out is skipped on the next run. The dataset scan checkpoints
+its partial top-k tables every tenth of its batches. Everything in the manifest except
+`timings` comes from the markers, so a resumed run writes the same manifest and the same PNGs as
+an uninterrupted one.
+
+Sharding: under `torchrun` every rank scans its share of the batches (batch b goes to rank
+b mod N), the partial tables are gathered and merged, then rank r renders parts r, r+N, ...;
+rank 0 writes the manifest and the gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from interpret.jobs.distributed import Ranks, join
+from interpret.jobs.spec import AnalysisSpec, JobSpec
+from interpret.layers import LayerInfo, describe_layers
+from zoo.errors import AlreadyExists
+from zoo.fileio import atomic_write_json, sha256_bytes, sha256_file
+
+__all__ = ["JobContext", "run_job"]
+
+STATE_DIR = ".state"
+MANIFEST = "manifest.json"
+INDEX = "index.html"
+
+
+def state_sha256(model: nn.Module) -> str:
+    """sha256 of the model's weights serialised as safetensors (whatever file they came from)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return sha256_bytes(save(state))
+
+
+@dataclass
+class JobContext:
+    """Everything an analysis needs."""
+
+    spec: JobSpec
+    entry: Any
+    model: nn.Module
+    dataset: Any
+    indices: list[int]
+    out_dir: Path
+    ranks: Ranks
+    device: torch.device
+    layers: dict[str, LayerInfo]
+    progress: bool = False
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out_dir / STATE_DIR
+
+    def images(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Preprocessed images `[N, C, H, W]` (on the job's device) and their labels."""
+        pairs = [self.dataset[i] for i in indices]
+        images = torch.stack([p[0] for p in pairs]).to(self.device)
+        return images, [int(p[1]) for p in pairs]
+
+    def label_name(self, label: int) -> str:
+        """A dataset label as a class name (ImageFolder labels index its sorted folder names)."""
+        classes = getattr(self.dataset, "classes", None)
+        if classes is not None and 0 <= label < len(classes):
+            return str(classes[label])
+        return str(label)
+
+    def display(self, image: torch.Tensor) -> torch.Tensor:
+        """A preprocessed image as RGB in [0, 1]."""
+        from interpret.render import denormalise
+
+        return denormalise(image, self.entry.preprocess.mean, self.entry.preprocess.std)
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _marker(self, analysis: AnalysisSpec, key: str) -> Path:
+        return self.state_dir / analysis.id / f"{key}.json"
+
+    def finished(self, analysis: AnalysisSpec, key: str) -> dict[str, Any] | None:
+        """The record of a finished part, or None if it must (re)run."""
+        marker = self._marker(analysis, key)
+        if not marker.is_file():
+            return None
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        for item in record.get("files", []):
+            path = self.out_dir / item["path"]
+            if not path.is_file() or sha256_file(path) != item["sha256"]:
+                return None
+        return record
+
+    def run_parts(
+        self,
+        analysis: AnalysisSpec,
+        keys: list[str],
+        work: Callable[[str], dict[str, Any]],
+    ) -> dict[str, dict[str, Any]]:
+        """Run this rank's unfinished parts, wait for every rank, return all parts' records.
+
+        `work(key)` returns {"files": [file records], "data": {...}}.
+        """
+        from tqdm import tqdm
+
+        for index, key in enumerate(
+            tqdm(keys, desc=analysis.id, disable=not self.progress or None, leave=False)
+        ):
+            if not self.ranks.mine(index) or self.finished(analysis, key) is not None:
+                continue
+            start = time.perf_counter()
+            record = work(key)
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            atomic_write_json(self._marker(analysis, key), record)
+        self.ranks.barrier()
+        records = {}
+        for key in keys:
+            record = self.finished(analysis, key)
+            if record is None:
+                raise RuntimeError(f"part {analysis.id}/{key} did not finish")
+            records[key] = record
+        return records
+
+    def write_png(self, picture: torch.Tensor, relative: str, caption: str) -> dict[str, str]:
+        """Save a picture under the output folder; its file record for the manifest."""
+        from interpret.render import save_png
+
+        path = self.out_dir / relative
+        save_png(picture, path)
+        return {"path": relative, "sha256": sha256_file(path), "caption": caption}
+
+
+def _fingerprint(spec: JobSpec, model_sha: str, images: int) -> dict[str, Any]:
+    job = spec.to_dict()
+    job["dataset"]["images"] = images
+    digest = sha256_bytes(json.dumps({"job": job, "model": model_sha}, sort_keys=True).encode())
+    return {"job": spec.name, "fingerprint": digest}
+
+
+def _claim_output(ctx: JobContext, fingerprint: dict[str, Any]) -> None:
+    """Make sure the output folder is new or holds this very job; every rank learns the verdict."""
+    problem = None
+    if ctx.ranks.is_main:
+        marker = ctx.state_dir / "job.json"
+        if marker.is_file():
+            try:
+                found = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                found = {}
+            if found.get("fingerprint") != fingerprint["fingerprint"]:
+                problem = (
+                    f"{ctx.out_dir} holds results of another job or model ({found.get('job')!r}); "
+                    "choose another output folder or delete it"
+                )
+        elif ctx.out_dir.exists() and any(ctx.out_dir.iterdir()):
+            problem = f"{ctx.out_dir} exists and is not a job folder; choose another output folder"
+        else:
+            atomic_write_json(marker, fingerprint)
+    problem = ctx.ranks.broadcast(problem)
+    if problem:
+        raise AlreadyExists(problem)
+
+
+def _device(requested: str, ranks: Ranks) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from zoo.errors import InvalidInput
+
+        raise InvalidInput("device cuda requested but no CUDA device is available")
+    return torch.device("cuda", ranks.local_rank)
+
+
+def run_job(
+    spec: JobSpec,
+    out_dir: str | Path | None = None,
+    *,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """Run a validated job (see `interpret.jobs.spec.load_job`); returns the gallery's path.
+
+    Args:
+        spec: the job.
+        out_dir: where results go (default: the job's `output`, else `./out/<name>`).
+        data_dir: the dataset root (default `$CNNZOO_DATA`, else `./data`).
+        progress: show progress bars.
+    """
+    import zoo
+    from interpret.jobs import analyses, gallery
+    from zoo.datasets import get_dataset
+
+    out = Path(out_dir) if out_dir is not None else (spec.output or Path("out") / spec.name)
+    device_name = (
+        spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    ranks = join(device_name)
+    try:
+        started = time.perf_counter()
+        device = _device(spec.device, ranks)
+        entry = zoo.get_entry(spec.model)
+        weights = (
+            spec.weights if spec.weights in (None, "default") else str(spec.resolve(spec.weights))
+        )
+        model = zoo.build_model(spec.model, weights=weights).to(device).eval()
+        dataset_name = spec.dataset.name
+        if dataset_name not in ("mnist", "cifar10", "imagenet"):
+            dataset_name = str(spec.resolve(dataset_name))
+        dataset = get_dataset(
+            dataset_name,
+            spec.dataset.split,
+            data_dir=data_dir,
+            transform=entry.preprocess.torch_transform(),
+        )
+        count = (
+            len(dataset) if spec.dataset.subset is None else min(spec.dataset.subset, len(dataset))
+        )
+        layers = {info.name: info for info in describe_layers(model, tuple(entry.input_shape))}
+        ctx = JobContext(
+            spec=spec,
+            entry=entry,
+            model=model,
+            dataset=dataset,
+            indices=list(range(count)),
+            out_dir=out.resolve(),
+            ranks=ranks,
+            device=device,
+            layers=layers,
+            progress=progress,
+        )
+        model_sha = state_sha256(model)
+        _claim_output(ctx, _fingerprint(spec, model_sha, count))
+        sections = []
+        for analysis in spec.analyses:
+            start = time.perf_counter()
+            sections.append(analyses.RUNNERS[analysis.kind](ctx, analysis))
+            ctx.timings.setdefault(analysis.id, {})["seconds"] = round(
+                time.perf_counter() - start, 3
+            )
+        index = ctx.out_dir / INDEX
+        if ranks.is_main:
+            weights_file = None
+            if spec.weights == "default":
+                weights_file = entry.weights_file
+            elif spec.weights is not None:
+                weights_file = spec.resolve(spec.weights)
+            ctx.timings["total_seconds"] = round(time.perf_counter() - started, 3)
+            ctx.timings["ranks"] = ranks.world
+            manifest = {
+                "job": spec.to_dict(),
+                "model": {
+                    "name": spec.model,
+                    "weights": spec.weights,
+                    "weights_sha256": sha256_file(weights_file) if weights_file else None,
+                    "state_sha256": model_sha,
+                },
+                "dataset": {
+                    "name": spec.dataset.name,
+                    "split": spec.dataset.split,
+                    "images": count,
+                },
+                "analyses": sections,
+                "timings": ctx.timings,
+            }
+            atomic_write_json(ctx.out_dir / MANIFEST, manifest)
+            gallery.write_index(ctx.out_dir, manifest)
+        ranks.barrier()
+        return index
+    finally:
+        ranks.leave()

@@ -1,0 +1,109 @@
+"""`cnnzoo worker`: run every job file dropped into a folder, once.
+
+Each job file `<jobs>/<file>.toml|.json` runs into `<results>/<job name>/`. When it ends, a status
+file `<results>/.status/<file>.json` records `done` or `failed` (with the reason) and the job
+file's sha256; a restarted worker skips files whose status matches their current contents, and
+resumes (see `interpret.jobs.runner`) a job that was interrupted before it had a status. Editing
+a job file makes it run again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import CnnzooError
+from zoo.fileio import atomic_write_json, sha256_file
+
+__all__ = ["pending_jobs", "run_worker", "status_path"]
+
+STATUS_DIR = ".status"
+_SUFFIXES = (".toml", ".json")
+
+
+def status_path(results: Path, job_file: Path) -> Path:
+    return results / STATUS_DIR / f"{job_file.name}.json"
+
+
+def _status(results: Path, job_file: Path) -> dict[str, Any] | None:
+    import json
+
+    path = status_path(results, job_file)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def pending_jobs(jobs: Path, results: Path) -> list[Path]:
+    """Job files without a status for their current contents, by name."""
+    found = []
+    for path in sorted(jobs.iterdir()):
+        if path.name.startswith(".") or path.suffix not in _SUFFIXES or not path.is_file():
+            continue
+        status = _status(results, path)
+        if status is None or status.get("sha256") != sha256_file(path):
+            found.append(path)
+    return found
+
+
+def _run_one(
+    job_file: Path, results: Path, data_dir: str | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+    from interpret.jobs.runner import run_job
+    from interpret.jobs.spec import load_job
+
+    digest = sha256_file(job_file)
+    started = time.time()
+    try:
+        spec = load_job(job_file, data_dir=data_dir)
+        index = run_job(spec, results / spec.name, data_dir=data_dir)
+        status = {"state": "done", "index": str(index.relative_to(results.resolve()))}
+        log(f"{job_file.name}: done -> {index}")
+    except CnnzooError as err:
+        status = {"state": "failed", "reason": err.reason}
+        log(f"{job_file.name}: failed: {err.reason}")
+    except Exception as err:  # a bug must not stop the worker; the traceback goes to the log
+        traceback.print_exc(file=sys.stderr)
+        status = {"state": "failed", "reason": f"internal error: {type(err).__name__}: {err}"}
+        log(f"{job_file.name}: failed: internal error: {err}")
+    status.update(
+        {"job_file": job_file.name, "sha256": digest, "seconds": round(time.time() - started, 3)}
+    )
+    atomic_write_json(status_path(results, job_file), status)
+    return status
+
+
+def run_worker(
+    jobs: str | Path,
+    results: str | Path,
+    *,
+    once: bool = False,
+    poll_seconds: float = 5.0,
+    data_dir: str | None = None,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> int:
+    """Run pending jobs; with `once`, return after one sweep, else poll forever.
+
+    Returns:
+        The number of jobs that failed in the last sweep (with `once`).
+    """
+    jobs, results = Path(jobs), Path(results)
+    if not jobs.is_dir():
+        from zoo.errors import NotFound
+
+        raise NotFound(f"jobs folder {jobs} does not exist")
+    results.mkdir(parents=True, exist_ok=True)
+    log(f"worker: watching {jobs} for .toml/.json job files, results in {results}")
+    while True:
+        failed = 0
+        for job_file in pending_jobs(jobs, results):
+            log(f"{job_file.name}: running")
+            failed += _run_one(job_file, results, data_dir, log)["state"] == "failed"
+        if once:
+            return failed
+        time.sleep(poll_seconds)
