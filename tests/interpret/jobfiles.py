@@ -1,0 +1,69 @@
+"""Helpers to write job files and compare job outputs in the tests."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits"
+
+
+def write_job(folder: Path, text: str, name: str = "job.toml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def mnist_job(name: str, subset: int, batch_size: int, extra: str = "") -> str:
+    """A LeNet-5 job over the first `subset` MNIST test images: every channel of C1 and C3."""
+    return f"""
+name = "{name}"
+model = "lenet5-mnist"
+
+[dataset]
+name = "mnist"
+subset = {subset}
+batch_size = {batch_size}
+
+[[analyses]]
+kind = "max-activations"
+layers = ["features.c1", "features.c3"]
+channels = 16
+{extra}
+"""
+
+
+def manifest_without_timings(folder: Path) -> dict[str, Any]:
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest.pop("timings")
+    return manifest
+
+
+def output_files(folder: Path) -> dict[str, bytes]:
+    """Every result file (not the resume state) by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".state" not in p.relative_to(folder).parts and p.name != "manifest.json"
+    }
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if key in ("src", "href") and value is not None:
+                self.links.append(value)
+
+
+def html_links(path: Path) -> list[str]:
+    parser = _Links()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser.links

@@ -1,0 +1,179 @@
+"""The interpret CLI commands (in-process through `cnnzoo.cli.main`, plus one real subprocess) and
+the worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from cnnzoo.cli import main
+from interpret.explain import explain
+from tests.interpret.jobfiles import DIGITS, mnist_job, write_job
+
+SEVEN = DIGITS / "7" / "test-00000.png"
+
+
+def test_layers_prints_names_shapes_params_and_fields(capsys) -> None:
+    assert main(["layers", "lenet5-mnist"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert "6x28x28" in rows["features.c1"] and "156" in rows["features.c1"]
+    assert "(32-5+2*0)/1+1=28" in rows["features.c1"]
+    assert "16x16 px, stride 4" in rows["features.s4"]
+    assert "whole image" in rows["classifier.output"] and "850" in rows["classifier.output"]
+
+
+def test_layers_marks_reused_modules(capsys) -> None:
+    assert main(["layers", "resnet18-imagenet"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "(runs 2x)" in rows["layer1.0.relu"]
+    assert "435x435 px, stride 32" in rows["layer4"]
+
+
+def test_unknown_model_is_one_line(capsys) -> None:
+    assert main(["layers", "lenet7"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnzoo layers: error:") and "\n" not in err and "lenet5-mnist" in err
+
+
+@pytest.mark.parametrize("method", ["gradient", "deconvnet", "guided-backprop", "occlusion"])
+def test_explain_writes_the_map_that_explain_returns(tmp_path: Path, method: str, capsys) -> None:
+    out, raw = tmp_path / "map.png", tmp_path / "map.npy"
+    assert (
+        main(
+            [
+                "explain",
+                str(SEVEN),
+                "--model",
+                "lenet5-mnist",
+                "--method",
+                method,
+                "--out",
+                str(out),
+                "--save-map",
+                str(raw),
+            ]
+        )
+        == 0
+    )
+    assert "class 7 (7)" in capsys.readouterr().out
+    entry = zoo.get_entry("lenet5-mnist")
+    with Image.open(SEVEN) as image:
+        x = torch.from_numpy(entry.preprocess.apply(image)).unsqueeze(0)
+    expected = explain(zoo.build_model("lenet5-mnist", weights="default"), x, method)
+    assert out.read_bytes() == expected.png
+    assert np.array_equal(np.load(raw), expected.attribution)
+    with Image.open(out) as picture:
+        assert picture.size == (32, 32)
+
+
+def test_explain_target_and_errors(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "map.png"
+    assert (
+        main(["explain", str(SEVEN), "--model", "lenet5-mnist", "--target", "3", "--out", str(out)])
+        == 0
+    )
+    assert "class 3 (3)" in capsys.readouterr().out
+    assert (
+        main(
+            ["explain", str(SEVEN), "--model", "lenet5-mnist", "--target", "10", "--out", str(out)]
+        )
+        == 2
+    )
+    assert "out of range" in capsys.readouterr().err
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    assert main(["explain", str(not_image), "--model", "lenet5-mnist", "--out", str(out)]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "explain",
+                str(SEVEN),
+                "--model",
+                "lenet5-mnist",
+                "--method",
+                "lime",
+                "--out",
+                str(out),
+            ]
+        )
+    assert exit_info.value.code == 2
+
+
+def test_job_check_and_errors(tmp_path: Path, capsys) -> None:
+    job = write_job(tmp_path, mnist_job("check", subset=10, batch_size=10))
+    assert main(["job", str(job), "--check"]) == 0
+    assert "ok (1 analyses on lenet5-mnist)" in capsys.readouterr().out
+    bad = write_job(
+        tmp_path,
+        mnist_job("check", subset=10, batch_size=10).replace("features.c3", "conv2"),
+        name="bad.toml",
+    )
+    assert main(["job", str(bad)]) == 3
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and "unknown or unusable layer 'conv2'" in err and "features.c3" in err
+    )
+
+
+def test_worker_runs_each_job_once(tmp_path: Path, capsys) -> None:
+    jobs, results = tmp_path / "jobs", tmp_path / "results"
+    write_job(jobs, mnist_job("small", subset=30, batch_size=30), name="small.toml")
+    broken_job = {
+        "model": "lenet5-mnist",
+        "dataset": {"name": "mnist"},
+        "analyses": [{"kind": "filters", "layer": "c1"}],
+    }
+    broken = write_job(jobs, json.dumps(broken_job), name="broken.json")
+    (jobs / "notes.txt").write_text("not a job")
+    assert main(["worker", "--jobs", str(jobs), "--results", str(results), "--once"]) == 1
+    assert (results / "small" / "index.html").is_file()
+    done = json.loads((results / ".status" / "small.toml.json").read_text())
+    failed = json.loads((results / ".status" / "broken.json.json").read_text())
+    assert done["state"] == "done" and done["index"] == "small/index.html"
+    assert failed["state"] == "failed" and "unknown or unusable layer 'c1'" in failed["reason"]
+    capsys.readouterr()
+
+    # A restart skips both; fixing the broken file makes it run again.
+    assert main(["worker", "--jobs", str(jobs), "--results", str(results), "--once"]) == 0
+    assert "running" not in capsys.readouterr().out
+    broken.write_text(broken.read_text().replace('"c1"', '"features.c1"'))
+    assert main(["worker", "--jobs", str(jobs), "--results", str(results), "--once"]) == 0
+    assert "broken.json: running" in capsys.readouterr().out
+    assert json.loads((results / ".status" / "broken.json.json").read_text())["state"] == "done"
+    assert (
+        results / "broken" / "02-filters" / "features.c1.png"
+    ).exists() is False  # one analysis: 01
+    assert (results / "broken" / "01-filters" / "features.c1.png").is_file()
+
+
+def test_real_script_explain(tmp_path: Path) -> None:
+    out = tmp_path / "map.png"
+    script = Path(sys.executable).parent / "cnnzoo"
+    result = subprocess.run(
+        [
+            str(script),
+            "explain",
+            str(SEVEN),
+            "--model",
+            "lenet5-mnist",
+            "--method",
+            "deconvnet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

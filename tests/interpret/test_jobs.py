@@ -1,0 +1,299 @@
+"""Batch jobs: validation before any work, outputs, gallery, resume after a kill, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from PIL import Image
+
+from interpret.errors import JobFileError, LayerNotFound
+from interpret.jobs import load_job, run_job
+from tests.interpret.jobfiles import (
+    DIGITS,
+    ROOT,
+    html_links,
+    manifest_without_timings,
+    mnist_job,
+    output_files,
+    write_job,
+)
+from zoo.errors import AlreadyExists, DatasetNotFound, NotFound
+from zoo.fileio import sha256_file
+
+DIGITS_JOB = f"""
+name = "digits"
+model = "lenet5-mnist"
+
+[dataset]
+name = "{DIGITS}"
+
+[[analyses]]
+kind = "max-activations"
+layers = ["features.c3"]
+channels = [0, 5, 9]
+
+[[analyses]]
+kind = "filters"
+
+[[analyses]]
+kind = "attributions"
+images = [0, 7]
+
+[[analyses]]
+kind = "occlusion"
+images = [3]
+window = 8
+stride = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("digits")
+    job = write_job(folder, DIGITS_JOB)
+    return run_job(load_job(job), folder / "out").parent
+
+
+def test_outputs_and_manifest(digits_run: Path) -> None:
+    manifest = json.loads((digits_run / "manifest.json").read_text())
+    assert [a["kind"] for a in manifest["analyses"]] == [
+        "max-activations",
+        "filters",
+        "attributions",
+        "occlusion",
+    ]
+    assert manifest["dataset"]["images"] == 20
+    assert manifest["model"]["weights_sha256"] == sha256_file(
+        ROOT / "zoo/weights/lenet5-mnist/model.safetensors"
+    )
+    for section in manifest["analyses"]:
+        for item in section["files"]:
+            path = digits_run / item["path"]
+            assert path.is_file() and sha256_file(path) == item["sha256"] and item["caption"]
+    tables = manifest["analyses"][0]["tables"]["features.c3"]
+    assert sorted(tables, key=int) == ["0", "5", "9"]
+    for entries in tables.values():
+        assert len(entries) == 9  # 20 images, at most one entry each
+        assert len({e["image"] for e in entries}) == 9
+        keys = [(-e["value"], e["image"]) for e in entries]
+        assert keys == sorted(keys)
+        assert all(e["box"][2] - e["box"][0] == 14 for e in entries)  # C3: 14 px field
+    with Image.open(digits_run / "02-filters" / "features.c1.png") as image:
+        assert image.mode == "RGB"
+    occlusion = manifest["analyses"][3]["tables"]["3"]
+    assert occlusion["window"] == 8 and occlusion["min_probability"] <= occlusion["max_probability"]
+
+
+def test_gallery_references_only_existing_files(digits_run: Path) -> None:
+    links = html_links(digits_run / "index.html")
+    images = [link for link in links if link.endswith(".png")]
+    assert len(images) >= 10 and "manifest.json" in links
+    for link in links:
+        assert not link.startswith(("http:", "https:", "/")), link
+        assert (digits_run / unquote(link)).is_file(), link
+
+
+def test_another_job_cannot_reuse_the_output(digits_run: Path, tmp_path: Path) -> None:
+    other = write_job(tmp_path, DIGITS_JOB.replace("channels = [0, 5, 9]", "channels = [1]"))
+    with pytest.raises(AlreadyExists, match="another job"):
+        run_job(load_job(other), digits_run)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(AlreadyExists, match="not a job folder"):
+        run_job(load_job(other), stray)
+
+
+# -- validation: one clear error, before any work ----------------------------------------------
+
+VALID = mnist_job("valid", subset=10, batch_size=10)
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "error", "message"),
+    [
+        ('name = "x"\nmodel = ', ".toml", JobFileError, "not valid TOML"),
+        ('{"model": "lenet5-mnist",', ".json", JobFileError, "not valid JSON"),
+        ("[1, 2]", ".json", JobFileError, "top level must be an object"),
+        (VALID, ".yaml", JobFileError, "end in .toml or .json"),
+        (VALID + 'colour = "red"\n', ".toml", JobFileError, "unknown key(s) colour"),
+        (
+            VALID.replace('model = "lenet5-mnist"', 'model = "lenet7"'),
+            ".toml",
+            NotFound,
+            "lenet5-mnist",
+        ),
+        (
+            VALID.replace('"features.c3"', '"features.c9"'),
+            ".toml",
+            LayerNotFound,
+            "valid layers: features, features.c1",
+        ),
+        (
+            VALID.replace('"features.c3"', '"classifier.f6"'),
+            ".toml",
+            LayerNotFound,
+            "unusable layer 'classifier.f6'",
+        ),
+        (
+            VALID.replace('name = "mnist"', 'name = "no-such-folder/"'),
+            ".toml",
+            DatasetNotFound,
+            "no-such-folder",
+        ),
+        (
+            VALID.replace("channels = 16", "channels = [3, 99]"),
+            ".toml",
+            JobFileError,
+            "[99] out of range",
+        ),
+        (
+            VALID.replace("channels = 16", 'channels = "all"'),
+            ".toml",
+            JobFileError,
+            "channels must be",
+        ),
+        (VALID.replace("max-activations", "heatmap"), ".toml", JobFileError, "kind must be one of"),
+        (VALID + 'weights = "missing.safetensors"\n', ".toml", JobFileError, "unknown key"),
+        (
+            VALID.replace(
+                'model = "lenet5-mnist"', 'model = "lenet5-mnist"\nweights = "missing.safetensors"'
+            ),
+            ".toml",
+            NotFound,
+            "missing.safetensors does not exist",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "evolution"\ncheckpoints = "nowhere"\n',
+            ".toml",
+            NotFound,
+            "no epoch_NNN.safetensors",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "attributions"\nimages = [10]\n',
+            ".toml",
+            JobFileError,
+            "[10] out of range",
+        ),
+        (
+            'model = "lenet5-mnist"\n[dataset]\nname = "mnist"\n',
+            ".toml",
+            JobFileError,
+            "no [[analyses]]",
+        ),
+    ],
+)
+def test_bad_job_files_fail_before_any_work(
+    tmp_path: Path, text: str, suffix: str, error: type, message: str
+) -> None:
+    job = write_job(tmp_path / "jobs", text, name=f"job{suffix}")
+    with pytest.raises(error) as caught:
+        load_job(job)
+    assert message in caught.value.reason
+    assert "\n" not in caught.value.reason
+    assert not (tmp_path / "jobs" / "out").exists() and not Path("out/valid").exists()
+
+
+def test_missing_mnist_names_the_folder(tmp_path: Path) -> None:
+    job = write_job(tmp_path, VALID)
+    with pytest.raises(DatasetNotFound, match="MNIST"):
+        load_job(job, data_dir=str(tmp_path / "empty"))
+
+
+# -- resume after a real kill ------------------------------------------------------------------
+
+
+def _cnnzoo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cnnzoo", *args]
+
+
+def _kill_when(process: subprocess.Popen, appeared: Path, timeout: float = 120) -> bool:
+    """SIGKILL `process` as soon as `appeared` exists; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if appeared.exists():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError(f"{appeared} never appeared")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
+    extra = '[[analyses]]\nkind = "attributions"\nimages = [0, 1, 2]\n'
+    job = write_job(tmp_path, mnist_job("resume", subset=1500, batch_size=25, extra=extra))
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    state = killed / ".state" / "01-max-activations"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    # First kill: in the middle of the dataset scan, right after its first checkpoint.
+    run = subprocess.Popen(_cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env)
+    assert _kill_when(run, state / "scan-rank0-of-1.safetensors"), (
+        "the job finished before the kill"
+    )
+    assert not (killed / "manifest.json").exists() and not (state / "topk.safetensors").exists()
+    # Second kill: once the first layer's grids are written, before the rest.
+    run = subprocess.Popen(_cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env)
+    _kill_when(run, state / "layer-features.c1.json")
+    subprocess.run(
+        _cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env, check=True
+    )
+    subprocess.run(
+        _cnnzoo("job", str(job), "--out", str(clean), "--no-progress"), env=env, check=True
+    )
+
+    assert manifest_without_timings(killed) == manifest_without_timings(clean)
+    assert output_files(killed) == output_files(clean)
+    leftovers = [p for p in killed.rglob("*.tmp")]
+    assert leftovers == []
+
+
+# -- sharding with torchrun --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_rank_torchrun_equals_one_rank(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun is installed with torch"
+    job = write_job(tmp_path, mnist_job("shards", subset=400, batch_size=50))
+    outputs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}"
+        result = subprocess.run(
+            [
+                torchrun,
+                "--standalone",
+                f"--nproc-per-node={ranks}",
+                "-m",
+                "cnnzoo",
+                "job",
+                str(job),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip().splitlines()[-1] == str(out / "index.html")
+        outputs[ranks] = out
+    manifest = json.loads((outputs[2] / "manifest.json").read_text())
+    assert manifest["timings"]["ranks"] == 2
+    assert (outputs[2] / ".state/01-max-activations/scan-rank1-of-2.safetensors").is_file()
+    assert manifest_without_timings(outputs[1]) == manifest_without_timings(outputs[2])
+    assert output_files(outputs[1]) == output_files(outputs[2])
