@@ -129,10 +129,12 @@ def test_gpu_override_reserves_a_gpu_and_changes_nothing_else():
     for name, service in gpu.items():
         assert service["image"] == "cnnzoo:gpu"
         assert service["build"]["target"] == "gpu"
-    [device] = _devices(gpu["server"])
-    assert device["driver"] == "nvidia"
-    assert device["capabilities"] == ["gpu"]
-    assert device["count"] == 1
+    for name in ("server", "worker"):
+        [device] = _devices(gpu[name])
+        assert device["driver"] == "nvidia"
+        assert device["capabilities"] == ["gpu"]
+        assert device["count"] == 1
+    assert not _devices(gpu["repository"])  # exporting needs no GPU
 
     # The override repeats the server command (compose replaces lists): only the device differs.
     def without_device(command: list[str]) -> list[str]:

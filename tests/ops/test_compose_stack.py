@@ -1,0 +1,236 @@
+"""The compose stack's services, run as local processes exactly as docker-compose.yml defines them.
+
+docker-compose.yml is resolved by the real Compose parser with test ports and folders in the
+environment; every named volume becomes a temporary folder, every bind mount its host folder.
+Then, as `docker compose up` would: the one-shot `repository` service builds the model repository
+and exits 0 (also when run again, as on a second `up`), the `server` starts on it and becomes
+healthy through the compose healthcheck command, and the `worker` turns a job file dropped into
+jobs/ into a gallery in results/. A broken command in the compose file fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ops.stack import LocalService, local_service, parse_duration, resolve
+
+pytestmark = pytest.mark.slow
+
+# The lenet5-mnist entry ships trained weights, so `export --all` always exports at least it.
+SHIPPED_MODEL = "lenet5-mnist"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(service: LocalService, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        service.argv, env=service.env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _start(service: LocalService, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            service.argv, env=service.env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _stop(process: subprocess.Popen, grace: float) -> int:
+    """SIGTERM, as `docker compose stop` sends, then wait up to the grace period."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"still running {grace:.0f}s after SIGTERM") from None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("stack")
+    for folder in ("jobs", "results", "volume-models", "logs"):
+        (root / folder).mkdir()
+    env = {
+        "CNNZOO_LISTEN": "127.0.0.1",  # the container's 0.0.0.0 is not needed on the host
+        "CNNZOO_GRPC_PORT": str(_free_port()),
+        "CNNZOO_METRICS_PORT": str(_free_port()),
+        "CNNZOO_DATA": str(data_dir),
+        "CNNZOO_JOBS": str(root / "jobs"),
+        "CNNZOO_RESULTS": str(root / "results"),
+        "CNNZOO_POLL_SECONDS": "1",
+    }
+    config = resolve(env=env)
+    volumes = {"models": root / "volume-models"}
+    services = {name: local_service(config, name, volumes) for name in config["services"]}
+    processes: dict[str, subprocess.Popen] = {}
+    yield {"root": root, "env": env, "config": config, "services": services, "processes": processes}
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    # module-scoped twin of the conftest fixture (the stack fixture is module-scoped)
+    value = os.environ.get("CNNZOO_DATA")
+    assert value and Path(value).is_dir(), "set CNNZOO_DATA to the dataset root"
+    return Path(value)
+
+
+def test_repository_service_builds_the_model_repository(stack):
+    repository: LocalService = stack["services"]["repository"]
+    result = _run(repository, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    models = stack["root"] / "volume-models"
+    assert (models / SHIPPED_MODEL / "config.pbtxt").is_file()
+    from zoo.repository import ModelRepository
+
+    repo = ModelRepository(models)
+    assert SHIPPED_MODEL in repo.models()
+    for model in repo.models():
+        repo.verify(model, repo.latest_version(model))  # every sha256 in the manifest holds
+
+
+def test_repository_service_exits_zero_on_a_second_up(stack):
+    # `docker compose up` again: the volume already holds the repository.
+    repository: LocalService = stack["services"]["repository"]
+    before = sorted(p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*"))
+    result = _run(repository, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = sorted(p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*"))
+    assert set(before) <= set(after), "a second run must not remove what the first one wrote"
+
+
+def test_server_service_becomes_healthy(stack):
+    server: LocalService = stack["services"]["server"]
+    health, timing = server.healthcheck(stack["config"])
+
+    # Before the server runs, the healthcheck must report unhealthy (else it proves nothing).
+    early = subprocess.run(health, env=server.env, capture_output=True, timeout=timing["timeout"] + 30)
+    assert early.returncode != 0
+
+    stack["models_before_server"] = _snapshot(stack["root"] / "volume-models")
+    log = stack["root"] / "logs" / "server.log"
+    process = _start(server, log)
+    stack["processes"]["server"] = process
+    # Compose marks the service healthy on the first passing check inside start_period (+ retries
+    # x interval after it); poll faster than `interval` so the test does not idle.
+    deadline = time.monotonic() + timing["start_period"] + timing["retries"] * timing["interval"]
+    while True:
+        assert process.poll() is None, f"server exited {process.returncode}:\n{log.read_text()}"
+        check = subprocess.run(
+            health, env=server.env, capture_output=True, text=True, timeout=timing["timeout"] + 30
+        )
+        if check.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"never healthy:\n{check.stderr}\n{log.read_text()}"
+        time.sleep(0.5)
+
+
+def test_server_metrics_are_published_on_the_metrics_port(stack):
+    assert stack["processes"]["server"].poll() is None
+    port = stack["env"]["CNNZOO_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    assert "nv_inference_request_success" in text
+
+
+# A small Zeiler-Fergus job on the shipped model over MNIST from the mounted data folder.
+SMOKE_JOB = """\
+name = "ops-smoke"
+model = "lenet5-mnist"
+weights = "default"
+
+[dataset]
+name = "mnist"
+split = "test"
+subset = 200
+
+[[analyses]]
+kind = "max-activations"
+layers = ["features.c1"]
+channels = 2
+top_k = 4
+
+[[analyses]]
+kind = "filters"
+"""
+
+
+def _drop_job(jobs: Path, file_name: str, text: str) -> None:
+    """Put a job file into jobs/ complete, as a user's `mv` would (written aside, then renamed)."""
+    aside = jobs / f".{file_name}.partial"  # the worker ignores dot files
+    aside.write_text(text)
+    aside.rename(jobs / file_name)
+
+
+def test_worker_service_turns_a_dropped_job_into_a_gallery(stack):
+    worker: LocalService = stack["services"]["worker"]
+    log = stack["root"] / "logs" / "worker.log"
+    process = _start(worker, log)
+    stack["processes"]["worker"] = process
+    jobs, results = stack["root"] / "jobs", stack["root"] / "results"
+    _drop_job(jobs, "smoke.toml", SMOKE_JOB)
+
+    status_file = results / ".status" / "smoke.toml.json"
+    deadline = time.monotonic() + 90
+    while not status_file.is_file():
+        assert process.poll() is None, f"worker exited {process.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"job not finished after 90s:\n{log.read_text()}"
+        time.sleep(0.5)
+    status = json.loads(status_file.read_text())
+    assert status["state"] == "done", status
+
+    gallery = results / "ops-smoke"
+    index = (gallery / "index.html").read_text()
+    manifest = json.loads((gallery / "manifest.json").read_text())
+    assert manifest["model"]["name"] == SHIPPED_MODEL
+    # the dataset came through the mounted data folder
+    assert manifest["dataset"] == {"images": 200, "name": "mnist", "split": "test"}
+    pictures = re.findall(r'src="([^"]+\.png)"', index)
+    assert pictures, "the gallery shows no pictures"
+    for picture in pictures:
+        assert (gallery / picture).is_file(), f"index.html shows a missing {picture}"
+    assert process.poll() is None, "the worker must keep watching after a job"
+
+
+@pytest.mark.parametrize("name", ["worker", "server"])
+def test_services_stop_within_their_grace_period(stack, name):
+    process = stack["processes"][name]
+    assert process.poll() is None, f"{name} is not running"
+    grace = parse_duration(stack["config"]["services"][name]["stop_grace_period"])
+    code = _stop(process, grace)
+    if name == "server":
+        assert code == 0  # the server drains in-flight requests, then exits cleanly
+    else:
+        # the worker may die by the signal: jobs write atomically and resume after a restart
+        assert code in (0, -signal.SIGTERM), code
+    if name == "server":
+        # compose mounts the volume read-only into the server: it must not have written to it
+        assert _snapshot(stack["root"] / "volume-models") == stack["models_before_server"]
