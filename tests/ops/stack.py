@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +126,9 @@ def dockerfile_stages(path: Path = DOCKERFILE) -> dict[str, list[tuple[str, str]
 
 def image_entrypoint(target: str) -> list[str]:
     """The exec-form ENTRYPOINT that the Dockerfile's `target` stage ends with."""
-    entrypoints = [json.loads(args) for ins, args in dockerfile_stages()[target] if ins == "ENTRYPOINT"]
+    entrypoints = [
+        json.loads(args) for ins, args in dockerfile_stages()[target] if ins == "ENTRYPOINT"
+    ]
     assert entrypoints, f"stage {target!r} has no ENTRYPOINT"
     assert isinstance(entrypoints[-1], list), "ENTRYPOINT must use the exec (JSON) form"
     return entrypoints[-1]
@@ -146,6 +150,7 @@ class LocalService:
     argv: list[str]
     env: dict[str, str]
     mounts: dict[str, Path]  # container path -> host folder
+    bin_dir: Path = VENV_BIN  # stands in for the image's /opt/venv/bin
 
     def to_host(self, value: str) -> str:
         """`value` with a leading container mount path replaced by its host folder."""
@@ -160,7 +165,7 @@ class LocalService:
     def command(self, words: Sequence[str]) -> list[str]:
         """`words` run inside the container, as a local command line."""
         words = [self.to_host(word) for word in words]
-        local = VENV_BIN / words[0]
+        local = self.bin_dir / words[0]
         assert local.is_file(), f"{words[0]!r} is not a console script of this environment"
         return [str(local), *words[1:]]
 
@@ -178,7 +183,9 @@ class LocalService:
         return self.command(test[1:]), timings
 
 
-def local_service(config: dict, name: str, volumes: Mapping[str, Path]) -> LocalService:
+def local_service(
+    config: dict, name: str, volumes: Mapping[str, Path], bin_dir: Path = VENV_BIN
+) -> LocalService:
     """Translate service `name` of a resolved config into a local process.
 
     Args:
@@ -186,6 +193,7 @@ def local_service(config: dict, name: str, volumes: Mapping[str, Path]) -> Local
         name: the service.
         volumes: a host folder for every named volume the service mounts (bind mounts already
             name their host folder).
+        bin_dir: the folder of console scripts standing in for the image's /opt/venv/bin.
 
     Returns:
         The command line (image entrypoint + service command, paths moved to the host) and the
@@ -196,7 +204,9 @@ def local_service(config: dict, name: str, volumes: Mapping[str, Path]) -> Local
     mounts: dict[str, Path] = {}
     for volume in service.get("volumes", []):
         if volume["type"] == "volume":
-            assert volume["source"] in volumes, f"{name}: no host folder for volume {volume['source']}"
+            assert volume["source"] in volumes, (
+                f"{name}: no host folder for volume {volume['source']}"
+            )
             mounts[volume["target"]] = Path(volumes[volume["source"]])
         elif volume["type"] == "bind":
             mounts[volume["target"]] = Path(volume["source"])
@@ -207,9 +217,90 @@ def local_service(config: dict, name: str, volumes: Mapping[str, Path]) -> Local
     command = service.get("command") or []
     if isinstance(command, str):
         command = shlex.split(command)
-    draft = LocalService(name, [], {}, mounts)
+    draft = LocalService(name, [], {}, mounts, bin_dir)
     env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     for key, value in (service.get("environment") or {}).items():
         env[key] = draft.to_host(value) if value is not None else ""
-    return LocalService(name, draft.command([*entrypoint, *command]), env, mounts)
+    return LocalService(name, draft.command([*entrypoint, *command]), env, mounts, bin_dir)
+
+
+# -- the image's installation ------------------------------------------------------------------
+
+
+def dockerignore_patterns(path: Path = ROOT / ".dockerignore") -> list[str]:
+    """The patterns of a .dockerignore file (comments and blank lines dropped)."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's pattern syntax (Go filepath.Match plus `**`) as a regular expression."""
+    pattern = os.path.normpath(pattern.lstrip("/"))
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def is_ignored(relative: str, patterns: Sequence[str]) -> bool:
+    """Whether Docker leaves `relative` (a path in the context) out of the build context.
+
+    A pattern that matches a folder leaves out everything below it. Negated (`!`) patterns are
+    not used by this project and are rejected.
+    """
+    assert not any(p.startswith("!") for p in patterns), "negated patterns are not supported"
+    regexes = [_pattern_regex(p) for p in patterns]
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(regex.fullmatch(prefix) for regex in regexes for prefix in prefixes)
+
+
+def copy_build_context(destination: Path) -> Path:
+    """Copy what `docker build .` would send (the project minus .dockerignore) to `destination`."""
+    patterns = dockerignore_patterns()
+    for folder, dirs, files in os.walk(ROOT):
+        relative = Path(folder).relative_to(ROOT)
+        dirs[:] = [d for d in dirs if not is_ignored((relative / d).as_posix(), patterns)]
+        for file in files:
+            if not is_ignored((relative / file).as_posix(), patterns):
+                (destination / relative).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(folder) / file, destination / relative / file)
+    return destination
+
+
+def install_like_the_image(workdir: Path) -> Path:
+    """Install the project the way the Dockerfile does, and return its console-script folder.
+
+    The build context (honouring .dockerignore) is built into a wheel and installed, not
+    editable, into a fresh virtualenv, so a file the image would miss (left out of the context or
+    of the package data) is missing here too. The third-party dependencies (torch, onnxruntime,
+    ...) are borrowed from this environment through a .pth file instead of being downloaded.
+    """
+    context = copy_build_context(workdir / "context")
+    wheels, venv = workdir / "wheels", workdir / "venv"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    _check([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(context)])
+    [wheel] = wheels.glob("cnnzoo-*.whl")
+    _check([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = venv / "bin" / "python"
+    _check([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)])
+    [site_packages] = venv.glob("lib/python*/site-packages")
+    (site_packages / "_cnnzoo_test_dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
+    return venv / "bin"
+
+
+def _check(command: Sequence[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stdout}{result.stderr}"

@@ -1,4 +1,4 @@
-"""The compose files, as the real Compose v2 parser reads them: valid, configurable, GPU optional."""
+"""The compose files as the real Compose v2 parser reads them: valid, configurable, GPU optional."""
 
 from __future__ import annotations
 
@@ -55,7 +55,13 @@ def test_defaults_give_the_documented_cpu_stack():
     assert server["command"][server["command"].index("--device") + 1] == "auto"
     published = {(p["host_ip"], p["published"], p["target"]) for p in server["ports"]}
     assert published == {("127.0.0.1", "8001", 8001), ("127.0.0.1", "8002", 8002)}
-    assert server["healthcheck"]["test"] == ["CMD", "cnnzoo", "health", "--server", "127.0.0.1:8001"]
+    assert server["healthcheck"]["test"] == [
+        "CMD",
+        "cnnzoo",
+        "health",
+        "--server",
+        "127.0.0.1:8001",
+    ]
     assert server["depends_on"]["repository"]["condition"] == "service_completed_successfully"
     assert server["restart"] == "unless-stopped"
     assert server["stop_grace_period"] == "30s"
@@ -126,7 +132,7 @@ def test_gpu_override_reserves_a_gpu_and_changes_nothing_else():
     cpu = resolve(env={})["services"]
     gpu = resolve([BASE_FILE, GPU_FILE], env={})["services"]
     assert set(gpu) == SERVICES
-    for name, service in gpu.items():
+    for service in gpu.values():
         assert service["image"] == "cnnzoo:gpu"
         assert service["build"]["target"] == "gpu"
     for name in ("server", "worker"):
@@ -166,4 +172,3 @@ def test_build_targets_exist_in_the_dockerfile():
     }
     assert targets == {"cpu", "gpu"}
     assert targets <= set(stages)
-

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.stack import LocalService, local_service, parse_duration, resolve
+from tests.ops.stack import (
+    LocalService,
+    install_like_the_image,
+    local_service,
+    parse_duration,
+    resolve,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +51,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(service: LocalService, timeout: float) -> subprocess.CompletedProcess[str]:
+def _run(service: LocalService, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        service.argv, env=service.env, capture_output=True, text=True, timeout=timeout
+        service.argv, env=service.env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
 
 
-def _start(service: LocalService, log: Path) -> subprocess.Popen:
+def _start(service: LocalService, cwd: Path, log: Path) -> subprocess.Popen:
     with log.open("wb") as out:
         return subprocess.Popen(
-            service.argv, env=service.env, stdout=out, stderr=subprocess.STDOUT
+            service.argv, env=service.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -72,8 +78,11 @@ def _stop(process: subprocess.Popen, grace: float) -> int:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("stack")
-    for folder in ("jobs", "results", "volume-models", "logs"):
+    for folder in ("jobs", "results", "volume-models", "logs", "home", "image"):
         (root / folder).mkdir()
+    # the services run the project as the image installs it, from a folder outside the checkout
+    # (the image's WORKDIR), so a file the image would lack is missing here too
+    bin_dir = install_like_the_image(root / "image")
     env = {
         "CNNZOO_LISTEN": "127.0.0.1",  # the container's 0.0.0.0 is not needed on the host
         "CNNZOO_GRPC_PORT": str(_free_port()),
@@ -85,9 +94,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
     }
     config = resolve(env=env)
     volumes = {"models": root / "volume-models"}
-    services = {name: local_service(config, name, volumes) for name in config["services"]}
+    services = {name: local_service(config, name, volumes, bin_dir) for name in config["services"]}
     processes: dict[str, subprocess.Popen] = {}
-    yield {"root": root, "env": env, "config": config, "services": services, "processes": processes}
+    yield {
+        "root": root,
+        "home": root / "home",
+        "env": env,
+        "config": config,
+        "services": services,
+        "processes": processes,
+    }
     for process in processes.values():
         if process.poll() is None:
             process.kill()
@@ -102,9 +118,24 @@ def data_dir() -> Path:
     return Path(value)
 
 
+def test_services_run_the_project_as_the_image_installs_it(stack):
+    for service in stack["services"].values():
+        assert Path(service.argv[0]).parent == service.bin_dir
+    python = stack["services"]["server"].bin_dir / "python"
+    where = subprocess.run(
+        [str(python), "-c", "import serving, interpret, zoo; print(zoo.__file__)"],
+        cwd=stack["home"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).is_relative_to(stack["root"] / "image")
+
+
 def test_repository_service_builds_the_model_repository(stack):
     repository: LocalService = stack["services"]["repository"]
-    result = _run(repository, timeout=120)
+    result = _run(repository, stack["home"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     models = stack["root"] / "volume-models"
     assert (models / SHIPPED_MODEL / "config.pbtxt").is_file()
@@ -119,10 +150,14 @@ def test_repository_service_builds_the_model_repository(stack):
 def test_repository_service_exits_zero_on_a_second_up(stack):
     # `docker compose up` again: the volume already holds the repository.
     repository: LocalService = stack["services"]["repository"]
-    before = sorted(p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*"))
-    result = _run(repository, timeout=120)
+    before = sorted(
+        p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*")
+    )
+    result = _run(repository, stack["home"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    after = sorted(p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*"))
+    after = sorted(
+        p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*")
+    )
     assert set(before) <= set(after), "a second run must not remove what the first one wrote"
 
 
@@ -131,12 +166,18 @@ def test_server_service_becomes_healthy(stack):
     health, timing = server.healthcheck(stack["config"])
 
     # Before the server runs, the healthcheck must report unhealthy (else it proves nothing).
-    early = subprocess.run(health, env=server.env, capture_output=True, timeout=timing["timeout"] + 30)
+    early = subprocess.run(
+        health,
+        env=server.env,
+        cwd=stack["home"],
+        capture_output=True,
+        timeout=timing["timeout"] + 30,
+    )
     assert early.returncode != 0
 
     stack["models_before_server"] = _snapshot(stack["root"] / "volume-models")
     log = stack["root"] / "logs" / "server.log"
-    process = _start(server, log)
+    process = _start(server, stack["home"], log)
     stack["processes"]["server"] = process
     # Compose marks the service healthy on the first passing check inside start_period (+ retries
     # x interval after it); poll faster than `interval` so the test does not idle.
@@ -144,7 +185,12 @@ def test_server_service_becomes_healthy(stack):
     while True:
         assert process.poll() is None, f"server exited {process.returncode}:\n{log.read_text()}"
         check = subprocess.run(
-            health, env=server.env, capture_output=True, text=True, timeout=timing["timeout"] + 30
+            health,
+            env=server.env,
+            cwd=stack["home"],
+            capture_output=True,
+            text=True,
+            timeout=timing["timeout"] + 30,
         )
         if check.returncode == 0:
             break
@@ -193,7 +239,7 @@ def _drop_job(jobs: Path, file_name: str, text: str) -> None:
 def test_worker_service_turns_a_dropped_job_into_a_gallery(stack):
     worker: LocalService = stack["services"]["worker"]
     log = stack["root"] / "logs" / "worker.log"
-    process = _start(worker, log)
+    process = _start(worker, stack["home"], log)
     stack["processes"]["worker"] = process
     jobs, results = stack["root"] / "jobs", stack["root"] / "results"
     _drop_job(jobs, "smoke.toml", SMOKE_JOB)
