@@ -56,10 +56,9 @@ RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' | sort > /etc/ld
     && useradd --system --uid 10001 --gid cnnzoo --create-home --home-dir /home/cnnzoo \
        --shell /usr/sbin/nologin cnnzoo \
     && install -d -o 10001 -g 10001 /models /jobs /results /data
+# (NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES come with the nvidia/cuda base)
 ENV PATH=/opt/venv/bin:$PATH \
-    CNNZOO_DATA=/data \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    CNNZOO_DATA=/data
 WORKDIR /home/cnnzoo
 USER 10001:10001
 RUN cnnzoo --version

@@ -105,6 +105,7 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
         "CNNZOO_STOP_GRACE": "45s",
         "CNNZOO_DRAIN_SECONDS": "40",
         "CNNZOO_RELOAD_SECONDS": "7",
+        "CNNZOO_START_PERIOD": "5m",
     }
     services = resolve(env=env)["services"]
     server, worker, repository = services["server"], services["worker"], services["repository"]
@@ -118,6 +119,7 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
     published = {(p["host_ip"], p["published"], p["target"]) for p in server["ports"]}
     assert published == {("0.0.0.0", "9101", 9101), ("0.0.0.0", "9102", 9102)}
     assert server["healthcheck"]["test"][-1] == "127.0.0.1:9101"
+    assert parse_duration(server["healthcheck"]["start_period"]) == 300
     assert server["stop_grace_period"] == worker["stop_grace_period"] == "45s"
     assert repository["command"][-1] == "--include-untrained"
     binds = {v["target"]: v["source"] for v in worker["volumes"] if v["type"] == "bind"}
