@@ -149,3 +149,32 @@ def test_start_up_errors_are_one_line(repository, tmp_path):
         line = cuda.stderr.strip().splitlines()[-1]
         assert line.startswith("cnnzoo serve: error: --device cuda:"), cuda.stderr
         assert reason in line
+
+
+def test_not_ready_until_every_model_is_loaded_and_warmed_up(repository):
+    import asyncio
+
+    from serving.dataplane import DataPlane
+    from serving.models import ModelManager
+    from serving.runtime import RuntimeOptions
+    from zoo.repository import ModelRepository
+
+    async def main() -> None:
+        manager = ModelManager(
+            ModelRepository(repository), RuntimeOptions(device="cpu"), models=[MODEL]
+        )
+        manager.discover()
+        plane = DataPlane(manager, "cnnzoo", "test")
+        assert not plane.ready() and not plane.model_ready(MODEL)
+        loading = asyncio.ensure_future(manager.load_all())
+        await asyncio.sleep(0)
+        assert not plane.ready(), "ready before the load finished"
+        await loading
+        assert plane.ready() and plane.model_ready(MODEL)
+        assert manager.get(MODEL).stats.execution_count == 0  # warm-up is not traffic
+        plane.draining = True
+        assert not plane.ready() and not plane.model_ready(MODEL)
+        await manager.close()
+        plane.close()
+
+    asyncio.run(main())
