@@ -17,8 +17,8 @@
 #   CUDA_IMAGE       base of the gpu target (needs a host driver that supports CUDA 13, R580+)
 #   TORCH_INDEX_URL  where the cpu target gets torch; the default, PyTorch's CPU wheel index, needs
 #                    internet access during the build. Behind a PyPI-only mirror pass
-#                    --build-arg TORCH_INDEX_URL=<your PyPI simple index> (that is torch's CUDA build:
-#                    it works on CPU too, the image is just several GB larger).
+#                    --build-arg TORCH_INDEX_URL=<the mirror's simple index>: that installs
+#                    torch's CUDA build, which works on CPU too, in an image several GB larger.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
@@ -50,7 +50,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=gpu-build /opt/venv /opt/venv
 # ONNX Runtime's CUDA provider dlopens cuDNN/cuBLAS/cuFFT by soname: register the nvidia-* wheel
 # folders (the same libraries torch uses) with the dynamic loader instead of shipping a second copy.
-RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' | sort > /etc/ld.so.conf.d/cnnzoo-nvidia.conf \
+RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' | sort \
+       > /etc/ld.so.conf.d/cnnzoo-nvidia.conf \
     && ldconfig \
     && groupadd --system --gid 10001 cnnzoo \
     && useradd --system --uid 10001 --gid cnnzoo --create-home --home-dir /home/cnnzoo \
