@@ -207,7 +207,11 @@ class DataPlane:
                 served.batcher.enqueue(batch[i : i + step])  # type: ignore[union-attr]
                 for i in range(0, len(batch), step)
             ]
-            logits = np.concatenate([await _run(served, f) for f in futures])
+            chunks = await asyncio.gather(*futures, return_exceptions=True)
+            for chunk in chunks:
+                if isinstance(chunk, BaseException):
+                    raise _failure(served, chunk)
+            logits = np.concatenate(chunks)
             probabilities = softmax(logits)
             k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
             results = []
@@ -240,12 +244,15 @@ class DataPlane:
 async def _run(served: LoadedVersion, future: asyncio.Future[np.ndarray]) -> np.ndarray:
     try:
         return await future
-    except CnnzooError:
-        raise
-    except Exception as err:  # onnxruntime failed on this request
-        raise CnnzooError(
-            f"model {served.name!r} version {served.version} failed to run: {err}"
-        ) from err
+    except Exception as err:
+        raise _failure(served, err) from err
+
+
+def _failure(served: LoadedVersion, err: BaseException) -> BaseException:
+    """Errors from the model call become a CnnzooError naming the model (status INTERNAL)."""
+    if isinstance(err, CnnzooError) or not isinstance(err, Exception):
+        return err  # ours already, or a cancellation
+    return CnnzooError(f"model {served.name!r} version {served.version} failed to run: {err}")
 
 
 def _tensor_info(spec: TensorSpec) -> TensorInfo:

@@ -170,6 +170,16 @@ def test_classify_shipped_digits(zoo_stub, onnx_reference, repository):
     assert correct / len(images) >= 0.9  # the shipped LeNet-5 reads real MNIST digits
 
 
+def test_classify_more_images_than_max_batch_size_keeps_their_order(zoo_stub):
+    images = [path.read_bytes() for path in DIGITS] * 8  # 160 images: three batches of <= 64
+    response = zoo_stub.Classify(zoo_pb2.ClassifyRequest(model=MODEL, images=images, top_k=1))
+    assert len(response.results) == len(images)
+    first = [r.predictions[0].index for r in response.results[: len(DIGITS)]]
+    for start in range(0, len(images), len(DIGITS)):
+        chunk = response.results[start : start + len(DIGITS)]
+        assert [r.predictions[0].index for r in chunk] == first
+
+
 def test_list_models_reports_state_provider_and_refusal(zoo_stub):
     models = {m.name: m for m in zoo_stub.ListModels(zoo_pb2.ListModelsRequest()).models}
     lenet = models[MODEL]
