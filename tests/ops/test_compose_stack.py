@@ -101,6 +101,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
         "home": root / "home",
         "env": env,
         "config": config,
+        "volumes": volumes,
+        "bin_dir": bin_dir,
         "services": services,
         "processes": processes,
     }
@@ -147,18 +149,23 @@ def test_repository_service_builds_the_model_repository(stack):
         repo.verify(model, repo.latest_version(model))  # every sha256 in the manifest holds
 
 
-def test_repository_service_exits_zero_on_a_second_up(stack):
-    # `docker compose up` again: the volume already holds the repository.
-    repository: LocalService = stack["services"]["repository"]
-    before = sorted(
-        p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*")
-    )
+def test_repository_service_exits_zero_again_and_without_a_dataset(stack):
+    # A second `docker compose up` on a host without a dataset: the volume already holds the
+    # repository, and the data folder is the empty one Docker creates for a missing ./data.
+    empty = stack["root"] / "no-data"
+    empty.mkdir()
+    config = resolve(env={**stack["env"], "CNNZOO_DATA": str(empty)})
+    repository = local_service(config, "repository", stack["volumes"], stack["bin_dir"])
+    models = stack["root"] / "volume-models"
+    before = {p.relative_to(models) for p in models.rglob("*")}
     result = _run(repository, stack["home"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    after = sorted(
-        p.relative_to(stack["root"]) for p in (stack["root"] / "volume-models").rglob("*")
-    )
-    assert set(before) <= set(after), "a second run must not remove what the first one wrote"
+    after = {p.relative_to(models) for p in models.rglob("*")}
+    assert before <= after, "a second run must not remove what the first one wrote"
+    from zoo.repository import ModelRepository
+
+    repo = ModelRepository(models)
+    repo.verify(SHIPPED_MODEL, repo.latest_version(SHIPPED_MODEL))
 
 
 def test_server_service_becomes_healthy(stack):
