@@ -13,8 +13,9 @@ exactly the deconvnet's "switches".
 Why not Captum's hooks: Captum's `ModifiedReluGradientAttribution` keeps one "last output
 gradient" per ReLU module and device. When one module is called twice and the two calls' backward
 passes interleave (a ReLU module shared by two parallel branches), its deconvnet reads the other
-call's gradient. Here every *call* gets its own autograd node, so separate modules, one module
-reused any number of times and `inplace=True` modules all give the same maps.
+call's gradient. Here each `nn.ReLU` module's forward is swapped for the rule itself while the
+rule is active, so every *call* gets its own autograd node: separate modules, one module reused
+any number of times and `inplace=True` modules all give the same maps.
 
 Functional `F.relu` / `torch.relu` cannot be hooked. Rather than silently degrading to the plain
 gradient, `relu_rule` watches every ReLU call during the forward pass (a `TorchFunctionMode`) and
@@ -63,8 +64,9 @@ class _RuleReLU(torch.autograd.Function):
         if ctx.rule is Rule.DECONVNET:
             return grad.clamp(min=0), None
         if ctx.rule is Rule.GUIDED:
-            return torch.where(out > 0, grad.clamp(min=0), torch.zeros_like(grad)), None
-        return torch.where(out > 0, grad, torch.zeros_like(grad)), None
+            grad = grad.clamp(min=0)
+        # The fused kernel of ReLU's own backward: grad where out > 0, else 0.
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
 # Functional spellings of ReLU that bypass `nn.ReLU` modules.
@@ -81,11 +83,8 @@ _FUNCTIONAL_RELUS: frozenset[Callable[..., Any]] = frozenset(
 
 
 class _FunctionalReluGuard(TorchFunctionMode):
-    """Raises on a ReLU call made outside an `nn.ReLU` module while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth = 0  # > 0 while inside an nn.ReLU module's forward
+    """Raises on any ReLU call while active: the hooked `nn.ReLU` modules compute theirs
+    without one, so every ReLU call seen here is a functional one."""
 
     def __torch_function__(
         self,
@@ -94,7 +93,7 @@ class _FunctionalReluGuard(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        if self.depth == 0 and func in _FUNCTIONAL_RELUS:
+        if func in _FUNCTIONAL_RELUS:
             raise UnsupportedModel(
                 "the model calls a functional ReLU (F.relu / torch.relu / Tensor.relu) that "
                 "no hook can see, so deconvnet and guided backprop would silently equal the plain "
@@ -102,19 +101,14 @@ class _FunctionalReluGuard(TorchFunctionMode):
             )
         return func(*args, **(kwargs or {}))
 
-    def enter_relu(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.depth += 1
-
-    def leave_relu(self) -> None:
-        self.depth -= 1
-
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises hook-based work on one model (hooks are model-wide state)."""
+    """The lock that serialises rule-based work on one model (the swapped ReLU forwards and the
+    eval/frozen flags are model-wide state)."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -145,9 +139,11 @@ def left_as_found(model: nn.Module) -> Iterator[nn.Module]:
 def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
     """Apply `rule` to every `nn.ReLU` call of `model` inside the block.
 
-    Runs the model in eval mode with frozen parameters. On exit (normal or not) the hooks are
-    removed and the `inplace`, `training` and `requires_grad` flags restored. Functional ReLUs
-    met during a forward pass inside the block raise `UnsupportedModel`.
+    Inside the block every `nn.ReLU` module computes relu(x) with the rule's backward (its
+    `forward` is swapped, so in-place modules run out of place and reused modules get one
+    autograd node per call), the model runs in eval mode with frozen parameters, and any
+    functional ReLU call raises `UnsupportedModel`. On exit, normal or not, the modules'
+    `forward`, `training` and `requires_grad` are as before.
 
     Example::
 
@@ -160,24 +156,21 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
             yield model
             return
         relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
-        inplace = [(module, module.inplace) for module in relus]
-        guard = _FunctionalReluGuard()
-        handles = []
+        own = [(module, module.__dict__.get("forward")) for module in relus]
 
-        def apply_rule(module: nn.Module, args: tuple[Any, ...], output: Any) -> torch.Tensor:
-            guard.leave_relu()
-            return _RuleReLU.apply(args[0], rule)
+        def ruled(x: torch.Tensor) -> torch.Tensor:
+            return _RuleReLU.apply(x, rule)
 
         try:
             for module in relus:
-                # Out-of-place while hooked, so the hook still sees the ReLU's untouched input.
-                module.inplace = False
-                handles.append(module.register_forward_pre_hook(guard.enter_relu))
-                handles.append(module.register_forward_hook(apply_rule))
-            with guard:
+                # The module's forward becomes the rule itself: one autograd node per call,
+                # nothing computed twice, never in place.
+                module.forward = ruled
+            with _FunctionalReluGuard():
                 yield model
         finally:
-            for handle in handles:
-                handle.remove()
-            for module, flag in inplace:
-                module.inplace = flag
+            for module, forward in own:
+                if forward is None:
+                    module.__dict__.pop("forward", None)
+                else:
+                    module.forward = forward

@@ -68,7 +68,11 @@ def scan_topk(
         for name, ch in layers.items()
     }
 
+    everything = {name: list(ch) == list(range(len(ch))) for name, ch in layers.items()}
+
     def reduce(name: str, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if everything[name] and output.shape[1] == len(layers[name]):
+            return channel_maxima(output)  # all channels in order: no copy needed
         return channel_maxima(output.index_select(1, selected[name]))
 
     with left_as_found(model), torch.inference_mode():

@@ -14,6 +14,7 @@ from interpret.jobs.runner import JobContext
 from interpret.jobs.spec import AnalysisSpec
 from interpret.projection import Unit, project_units
 from interpret.render import (
+    attribution_rgb,
     crop_padded,
     filter_grid,
     heat_rgb,
@@ -448,10 +449,57 @@ def occlusion(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
     )
 
 
+# -- Adebayo et al. 2018: cascading model randomisation ----------------------------------------
+
+
+def randomisation(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
+    from interpret.sanity import cascading_randomisation
+
+    opts = analysis.options
+
+    def run(key: str) -> dict[str, Any]:
+        images, _ = ctx.images(opts["images"])
+        rules = [_RULES[m] for m in opts["methods"]]
+        result = cascading_randomisation(
+            ctx.model, images, opts["layers"], rules, seed=opts["seed"]
+        )
+        files = []
+        for row, index in enumerate(opts["images"][:4]):
+            tiles = [
+                upscale(attribution_rgb(result.maps[m][stage, row]), _TILE * 2)
+                for m in opts["methods"]
+                for stage in range(len(result.stages))
+            ]
+            picture = side_by_side(
+                [upscale(ctx.display(images[row]), _TILE * 2), tile_grid(tiles, len(result.stages))]
+            )
+            stages = " | ".join(result.stages)
+            files.append(
+                ctx.write_png(
+                    picture,
+                    f"{analysis.id}/image_{index:05d}.png",
+                    f"image {index}: rows {', '.join(opts['methods'])}; columns: {stages} "
+                    "(layers re-initialised cumulatively from the top)",
+                )
+            )
+        correlation = {m: [round(c, 4) for c in values] for m, values in result.correlation.items()}
+        lines = "; ".join(
+            f"{m}: {', '.join(f'{c:.2f}' for c in values)}" for m, values in correlation.items()
+        )
+        files[0]["caption"] += (
+            f". Mean rank correlation with the trained model's map per stage: {lines}"
+        )
+        return {"files": files, "data": {"stages": list(result.stages), "correlation": correlation}}
+
+    records = ctx.run_parts(analysis, ["check"], run)
+    return _section(analysis, records, ctx, tables=records["check"]["data"])
+
+
 RUNNERS: dict[str, Callable[[JobContext, AnalysisSpec], dict[str, Any]]] = {
     "max-activations": max_activations,
     "filters": filters,
     "evolution": evolution,
     "attributions": attributions,
     "occlusion": occlusion,
+    "randomisation": randomisation,
 }

@@ -21,6 +21,7 @@ _TITLES = {
     "evolution": "Feature evolution during training (Zeiler & Fergus 2014, Fig. 4)",
     "attributions": "Attributions: gradient, deconvnet, guided backprop, occlusion",
     "occlusion": "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7)",
+    "randomisation": "Model-randomisation sanity check (Adebayo et al. 2018)",
 }
 
 _STYLE = """

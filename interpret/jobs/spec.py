@@ -70,6 +70,12 @@ ANALYSES: dict[str, dict[str, Any]] = {
         "methods": ["gradient", "deconvnet", "guided-backprop", "occlusion"],
     },
     "occlusion": {"images": [0, 1], "layer": None, "window": None, "stride": None},
+    "randomisation": {
+        "images": [0, 1, 2, 3, 4, 5, 6, 7],
+        "layers": None,
+        "methods": ["gradient", "deconvnet", "guided-backprop"],
+        "seed": 0,
+    },
 }
 _TOP_KEYS = {"name", "model", "weights", "output", "dataset", "analyses", "device"}
 _DATASET_KEYS = {"name", "split", "subset", "batch_size", "num_workers"}
@@ -215,6 +221,8 @@ def _analysis(source: Path, index: int, raw: Any) -> AnalysisSpec:
                 _int_list(source, at, value)
             else:
                 _positive(source, at, value)
+        elif key == "seed":
+            _expect(source, at, value, int, "an integer")
         elif key in ("top_k", "window", "stride", "subset"):
             _positive(source, at, value)
         elif key in ("images", "epochs"):
@@ -225,6 +233,8 @@ def _analysis(source: Path, index: int, raw: Any) -> AnalysisSpec:
         elif key == "methods":
             from interpret.explain import METHODS
 
+            if kind == "randomisation":
+                METHODS = PROJECTIONS  # noqa: N806 (the rule-based methods only)
             _expect(source, at, value, list, "a list of methods")
             bad = [m for m in value if m not in METHODS]
             if bad or not value:
@@ -412,7 +422,21 @@ def validate_job(spec: JobSpec, data_dir: str | None = None) -> JobSpec:
             opts["channels"] = _channels(
                 source, f"{where}.channels", opts["channels"], infos[opts["layer"]].output_shape[0]
             )
-        elif analysis.kind in ("attributions", "occlusion"):
+        elif analysis.kind == "randomisation":
+            weighted = [
+                name
+                for name, info in infos.items()
+                if info.kind in ("Conv2d", "Linear") and info.selectable
+            ]
+            names = opts["layers"] if opts["layers"] is not None else weighted[::-1]
+            for name in names:
+                if name not in weighted:
+                    raise LayerNotFound(
+                        f"{source.name}: {where}.layers: {name!r} is not a convolution or linear "
+                        f"layer; valid layers: {', '.join(weighted)}"
+                    )
+            opts["layers"] = list(names)
+        if analysis.kind in ("attributions", "occlusion", "randomisation"):
             bad = [i for i in opts["images"] if i >= size]
             if bad:
                 raise JobFileError(

@@ -179,11 +179,12 @@ class Boom(nn.Module):
 
 
 def hooks_left(model: nn.Module) -> list[str]:
-    """Names of modules that still carry any hook."""
+    """Names of modules that still carry any hook or a patched forward."""
     found = []
     for name, module in model.named_modules():
         if (
-            module._forward_hooks
+            "forward" in module.__dict__
+            or module._forward_hooks
             or module._forward_pre_hooks
             or module._backward_hooks
             or getattr(module, "_backward_pre_hooks", None)

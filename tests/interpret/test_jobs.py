@@ -53,6 +53,11 @@ kind = "occlusion"
 images = [3]
 window = 8
 stride = 4
+
+[[analyses]]
+kind = "randomisation"
+images = [0, 1]
+layers = ["classifier.output", "features.c5"]
 """
 
 
@@ -65,12 +70,8 @@ def digits_run(tmp_path_factory) -> Path:
 
 def test_outputs_and_manifest(digits_run: Path) -> None:
     manifest = json.loads((digits_run / "manifest.json").read_text())
-    assert [a["kind"] for a in manifest["analyses"]] == [
-        "max-activations",
-        "filters",
-        "attributions",
-        "occlusion",
-    ]
+    kinds = ["max-activations", "filters", "attributions", "occlusion", "randomisation"]
+    assert [a["kind"] for a in manifest["analyses"]] == kinds
     assert manifest["dataset"]["images"] == 20
     assert manifest["model"]["weights_sha256"] == sha256_file(
         ROOT / "zoo/weights/lenet5-mnist/model.safetensors"
@@ -91,6 +92,12 @@ def test_outputs_and_manifest(digits_run: Path) -> None:
         assert image.mode == "RGB"
     occlusion = manifest["analyses"][3]["tables"]["3"]
     assert occlusion["window"] == 8 and occlusion["min_probability"] <= occlusion["max_probability"]
+    randomisation = manifest["analyses"][4]["tables"]
+    assert randomisation["stages"] == ["trained", "classifier.output", "features.c5"]
+    assert all(values[0] == 1.0 for values in randomisation["correlation"].values())
+    randomisation = manifest["analyses"][4]["tables"]
+    assert randomisation["stages"] == ["trained", "classifier.output", "features.c5"]
+    assert all(values[0] == 1.0 for values in randomisation["correlation"].values())
 
 
 def test_gallery_references_only_existing_files(digits_run: Path) -> None:

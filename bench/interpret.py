@@ -1,0 +1,323 @@
+"""Benchmark the interpretability code against its references, measured in the same run.
+
+1. Top-k scan of the MNIST test set (10,000 images, every channel of every lenet5-mnist
+   convolution) vs plain inference over the same preprocessed batches (target: <= 1.3x).
+2. Batched unit projections (`interpret.projection.project_units`) vs one backward pass per unit
+   (Captum's `NeuronDeconvolution`, unit by unit) (target: >= 3x faster).
+3. Guided backprop images/s on resnet18-imagenet at 224 px: `interpret.GuidedBackprop` vs Captum's
+   `GuidedBackprop` called directly (target: no worse).
+4. Wall time of the full lenet5-mnist Fig. 2 job (examples/jobs/lenet5-mnist-fig2.toml), one
+   process and under `torchrun --nproc-per-node 2`.
+
+Prints a markdown table and writes JSON to bench/results/interpret_<device>_torch<version>.json.
+
+    CNNZOO_DATA=../shared/data .venv/bin/python bench/interpret.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import zoo  # noqa: E402
+from interpret.attribution import GuidedBackprop  # noqa: E402
+from interpret.jobs import load_job, run_job  # noqa: E402
+from interpret.projection import Unit, project_units  # noqa: E402
+from interpret.rules import left_as_found  # noqa: E402
+from interpret.scan import scan_topk  # noqa: E402
+from zoo.datasets import get_dataset  # noqa: E402
+
+FIG2_JOB = ROOT / "examples" / "jobs" / "lenet5-mnist-fig2.toml"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paired(
+    ours: Callable[[], Any], reference: Callable[[], Any], device: torch.device, repeats: int
+) -> dict[str, Any]:
+    """Time both functions alternately (one warm-up call each); the machine may be shared, so
+    the ratio uses each side's fastest run (the least disturbed one) and medians are kept too."""
+    ours()
+    reference()
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    for _ in range(repeats):
+        for key, fn in (("ours", ours), ("reference", reference)):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[key].append(time.perf_counter() - start)
+    return {
+        "ours_seconds": min(times["ours"]),
+        "reference_seconds": min(times["reference"]),
+        "ours_median_seconds": statistics.median(times["ours"]),
+        "reference_median_seconds": statistics.median(times["reference"]),
+        "repeats": repeats,
+    }
+
+
+def mnist_batches(
+    device: torch.device, batch_size: int, limit: int | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The MNIST test set preprocessed once (so both sides time the model, not PIL)."""
+    entry = zoo.get_entry("lenet5-mnist")
+    dataset = get_dataset("mnist", "test", transform=entry.preprocess.torch_transform())
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    images = torch.stack([dataset[i][0] for i in range(count)])
+    return [
+        (images[i : i + batch_size].to(device), torch.arange(i, min(i + batch_size, count)))
+        for i in range(0, count, batch_size)
+    ]
+
+
+def bench_scan(device: torch.device, repeats: int, limit: int | None) -> dict[str, Any]:
+    model = zoo.build_model("lenet5-mnist", weights="default").to(device)
+    batches = mnist_batches(device, 500, limit)
+    layers = {
+        "features.c1": list(range(6)),
+        "features.c3": list(range(16)),
+        "features.c5": list(range(120)),
+    }
+
+    def plain() -> None:
+        with left_as_found(model), torch.inference_mode():
+            for images, _ in batches:
+                model(images)
+
+    def scan() -> None:
+        scan_topk(model, layers, batches, k=9)
+
+    timing = paired(scan, plain, device, repeats)
+    return {
+        "images": sum(len(i) for _, i in batches),
+        "channels": sum(len(c) for c in layers.values()),
+        **timing,
+        "ratio": timing["ours_seconds"] / timing["reference_seconds"],
+        "target": "<= 1.3",
+    }
+
+
+def _captum_units(
+    model: torch.nn.Module, layer: str, images: torch.Tensor, units: list[Unit]
+) -> torch.Tensor:
+    from captum.attr import NeuronDeconvolution
+
+    method = NeuronDeconvolution(model, model.get_submodule(layer))
+    maps = []
+    for unit in units:
+        x = images[unit.image : unit.image + 1].clone().requires_grad_(True)
+        maps.append(method.attribute(x, neuron_selector=(unit.channel, unit.y, unit.x)))
+    return torch.cat(maps)
+
+
+def bench_projections(device: torch.device, repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    cases = [
+        ("lenet5-mnist", "default", "features.c3", (1, 32, 32), 16, 9),
+        ("resnet18-imagenet", None, "layer2.0.conv2", (3, 224, 224), 8, 4),
+    ]
+    for name, weights, layer, shape, channels, per_channel in cases:
+        model = zoo.build_model(name, weights=weights).to(device)
+        images = torch.randn(per_channel, *shape, device=device)
+        units = []
+        side = {"features.c3": 10, "layer2.0.conv2": 28}[layer]
+        for c in range(channels):
+            for i in range(per_channel):
+                units.append(Unit(i, c, (3 * c + i) % side, (5 * c + 2 * i) % side))
+        ours = project_units(model, layer, images, units, batch_size=64)
+        theirs = _captum_units(model, layer, images, units)
+        same = bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6))
+        timing = paired(
+            lambda m=model, lyr=layer, im=images, u=units: project_units(
+                m, lyr, im, u, batch_size=64
+            ),
+            lambda m=model, lyr=layer, im=images, u=units: _captum_units(m, lyr, im, u),
+            device,
+            repeats,
+        )
+        rows.append(
+            {
+                "model": name,
+                "weights": weights or "random init",
+                "layer": layer,
+                "units": len(units),
+                **timing,
+                "speedup": timing["reference_seconds"] / timing["ours_seconds"],
+                "maps_equal": same,
+                "target": ">= 3",
+            }
+        )
+    return rows
+
+
+def bench_guided(device: torch.device, repeats: int, batch: int) -> dict[str, Any]:
+    from captum.attr import GuidedBackprop as CaptumGuided
+
+    model = zoo.build_model("resnet18-imagenet").to(device)  # speed does not depend on the weights
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    target = torch.arange(batch, device=device) % 1000
+    ours = GuidedBackprop(model)
+    theirs = CaptumGuided(model)
+    same = bool(
+        torch.allclose(
+            ours.attribute(x, target=target),
+            theirs.attribute(x, target=target),
+            rtol=1e-4,
+            atol=1e-7,
+        )
+    )
+    timing = paired(
+        lambda: ours.attribute(x, target=target),
+        lambda: theirs.attribute(x, target=target),
+        device,
+        repeats,
+    )
+    return {
+        "model": "resnet18-imagenet (random init)",
+        "batch": batch,
+        **timing,
+        "ours_images_per_s": batch / timing["ours_seconds"],
+        "captum_images_per_s": batch / timing["reference_seconds"],
+        "ratio": timing["reference_seconds"] / timing["ours_seconds"],
+        "maps_equal": same,
+        "target": "ours >= captum",
+    }
+
+
+def bench_fig2_job() -> dict[str, Any]:
+    spec = load_job(FIG2_JOB)
+    result: dict[str, Any] = {"job": str(FIG2_JOB.relative_to(ROOT))}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run_job(spec, Path(tmp) / "one")
+        result["one_process_seconds"] = time.perf_counter() - start
+        manifest = json.loads((Path(tmp) / "one" / "manifest.json").read_text())
+        result["one_process_timings"] = manifest["timings"]
+        result["pngs"] = sum(len(a["files"]) for a in manifest["analyses"])
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+        if torchrun:
+            out = Path(tmp) / "two"
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    torchrun,
+                    "--standalone",
+                    "--nproc-per-node=2",
+                    "-m",
+                    "cnnzoo",
+                    "job",
+                    str(FIG2_JOB),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            result["torchrun_2_seconds"] = time.perf_counter() - start
+            one = json.loads((Path(tmp) / "one" / "manifest.json").read_text())
+            two = json.loads((out / "manifest.json").read_text())
+            one.pop("timings")
+            two.pop("timings")
+            result["torchrun_equals_one_process"] = one == two
+    return result
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """The markdown table: fastest runs, ratios from them."""
+    scan, guided, job = results["scan"], results["guided_backprop"], results["fig2_job"]
+    rows = [
+        f"interpret benchmarks on {results['device']}, torch {results['torch']}, "
+        f"{results['threads']} threads (fastest of {scan['repeats']} alternating runs)",
+        "",
+        "| benchmark | ours | reference | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| top-k scan of MNIST test ({scan['images']} images, {scan['channels']} channels) "
+        f"vs plain inference | {scan['ours_seconds']:.2f} s | {scan['reference_seconds']:.2f} s "
+        f"| {scan['ratio']:.2f}x the time | {scan['target']} |",
+    ]
+    for row in results["projections"]:
+        rows.append(
+            f"| {row['units']} unit projections, {row['model']} `{row['layer']}`: batched vs one "
+            f"backward per unit (Captum NeuronDeconvolution) | {row['ours_seconds']:.2f} s "
+            f"| {row['reference_seconds']:.2f} s | {row['speedup']:.1f}x faster "
+            f"(maps equal: {row['maps_equal']}) | {row['target']} |"
+        )
+    rows.append(
+        f"| guided backprop, {guided['model']} 224 px, batch {guided['batch']}, vs Captum "
+        f"GuidedBackprop | {guided['ours_images_per_s']:.1f} img/s "
+        f"| {guided['captum_images_per_s']:.1f} img/s | {guided['ratio']:.2f}x "
+        f"(maps equal: {guided['maps_equal']}) | {guided['target']} |"
+    )
+    two = "-"
+    if "torchrun_2_seconds" in job:
+        equal = job["torchrun_equals_one_process"]
+        two = f"{job['torchrun_2_seconds']:.1f} s under torchrun x2 (same results: {equal})"
+    rows.append(
+        f"| full Fig. 2 job, lenet5-mnist over MNIST test, {job['pngs']} PNGs "
+        f"| {job['one_process_seconds']:.1f} s | {two} | | |"
+    )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and images (smoke run)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", module="captum")
+    device = torch.device(
+        "cuda"
+        if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    repeats = 2 if args.quick else 7
+    if device.type == "cpu":
+        label = f"cpu-{os.cpu_count()}cores"
+    else:
+        label = torch.cuda.get_device_name(device).replace(" ", "-")
+    results = {
+        "device": label,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "scan": bench_scan(device, repeats, 2000 if args.quick else None),
+        "projections": bench_projections(device, repeats),
+        "guided_backprop": bench_guided(device, repeats, 4 if args.quick else 8),
+        "fig2_job": bench_fig2_job(),
+    }
+    print("\n".join(table(results)))
+    out = (
+        ROOT
+        / "bench"
+        / "results"
+        / f"interpret_{label}_torch{torch.__version__.split('+')[0]}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
