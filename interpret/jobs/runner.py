@@ -213,9 +213,8 @@ def run_job(
         started = time.perf_counter()
         device = _device(spec.device, ranks)
         entry = zoo.get_entry(spec.model)
-        weights = (
-            spec.weights if spec.weights in (None, "default") else str(spec.resolve(spec.weights))
-        )
+        weights_file = spec.weights_file(entry)
+        weights = None if weights_file is None else str(weights_file)
         model = zoo.build_model(spec.model, weights=weights).to(device).eval()
         dataset_name = spec.dataset.name
         if dataset_name not in ("mnist", "cifar10", "imagenet"):
@@ -253,11 +252,6 @@ def run_job(
             )
         index = ctx.out_dir / INDEX
         if ranks.is_main:
-            weights_file = None
-            if spec.weights == "default":
-                weights_file = entry.weights_file
-            elif spec.weights is not None:
-                weights_file = spec.resolve(spec.weights)
             ctx.timings["total_seconds"] = round(time.perf_counter() - started, 3)
             ctx.timings["ranks"] = ranks.world
             manifest = {

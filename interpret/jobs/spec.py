@@ -122,6 +122,16 @@ class JobSpec:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.source.parent / path
 
+    def weights_file(self, entry: Any) -> Path | None:
+        """The weights file to load: the zoo's shipped file for "default", `model.safetensors`
+        inside a folder (a `cnnzoo train --out` model folder), the file itself, or None."""
+        if self.weights is None:
+            return None
+        if self.weights == "default":
+            return entry.weights_file
+        path = self.resolve(self.weights)
+        return path / "model.safetensors" if path.is_dir() else path
+
     def to_dict(self) -> dict[str, Any]:
         """What the job asks for (for the manifest and the resume fingerprint)."""
         return {
@@ -261,7 +271,7 @@ def read_job(path: str | Path) -> JobSpec:
         raise _fail(source, "missing `model` (a zoo entry, see `cnnzoo list`)")
     model = _expect(source, "model", raw["model"], str, "a zoo entry name")
     weights = raw.get("weights", "default")
-    _expect(source, "weights", weights, str, 'a path, "default" or "none"')
+    _expect(source, "weights", weights, str, 'a file or model folder, "default" or "none"')
     dataset_raw = raw.get("dataset")
     if dataset_raw is None:
         raise _fail(
@@ -356,8 +366,10 @@ def validate_job(spec: JobSpec, data_dir: str | None = None) -> JobSpec:
                 f"{source.name}: {spec.model} ships no weights; set weights to a file or "
                 '"none" (random init)'
             )
-    elif spec.weights is not None and not spec.resolve(spec.weights).is_file():
-        raise NotFound(f"{source.name}: weights file {spec.resolve(spec.weights)} does not exist")
+    else:
+        weights_file = spec.weights_file(entry)
+        if weights_file is not None and not weights_file.is_file():
+            raise NotFound(f"{source.name}: weights file {weights_file} does not exist")
     model = zoo.build_model(spec.model)
     infos = {info.name: info for info in describe_layers(model, tuple(entry.input_shape))}
     spatial = [

@@ -304,3 +304,15 @@ def test_two_rank_torchrun_equals_one_rank(tmp_path: Path) -> None:
     assert (outputs[2] / ".state/01-max-activations/scan-rank1-of-2.safetensors").is_file()
     assert manifest_without_timings(outputs[1]) == manifest_without_timings(outputs[2])
     assert output_files(outputs[1]) == output_files(outputs[2])
+
+
+def test_weights_from_a_model_folder(tmp_path: Path) -> None:
+    folder = ROOT / "zoo" / "weights" / "lenet5-mnist"
+    job = write_job(
+        tmp_path,
+        f'model = "lenet5-mnist"\nweights = "{folder}"\n[dataset]\nname = "{DIGITS}"\n'
+        '[[analyses]]\nkind = "filters"\n',
+    )
+    out = run_job(load_job(job), tmp_path / "out").parent
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["weights_sha256"] == sha256_file(folder / "model.safetensors")
