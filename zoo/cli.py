@@ -224,6 +224,12 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         "--max-batch-size", type=int, default=64, help="max_batch_size (default 64)"
     )
     parser.add_argument("--data-dir", type=Path, help="dataset folder for the parity batch")
+    parser.add_argument(
+        "--skip-unchanged",
+        action="store_true",
+        help="write nothing for a model whose latest version was exported from the same "
+        "weights (sha256), precision and config; say which version is up to date",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON summary per model")
     parser.set_defaults(func=_cmd_export)
 
@@ -247,10 +253,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 fp16=args.fp16,
                 max_batch_size=args.max_batch_size,
                 data_dir=args.data_dir,
+                skip_unchanged=args.skip_unchanged,
             )
         )
         if args.json:
             print(json.dumps(summary, sort_keys=True))
+        elif summary["skipped"]:
+            sha = summary["source_weights_sha256"]
+            weights = f"weights {sha[:12]}" if sha else "untrained"
+            print(
+                f"{name}: up to date, version {summary['version']} -> {summary['path']} "
+                f"(same {weights}, {summary['precision']}, same config); nothing written"
+            )
         else:
             parity = summary["parity"]
             figure = (

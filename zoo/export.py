@@ -5,6 +5,11 @@ Each export builds the new version in a hidden temporary folder beside the other
 exporter, one self-contained file, dynamic batch axis), the `.safetensors` weights, the parity
 check and the manifest. Only when everything passed is the folder renamed to `<version>`; a
 failure removes it, and anything this export created, so no half-written version is ever seen.
+
+With `skip_unchanged`, an export whose result the repository already holds writes nothing: the
+latest version counts as up to date when its manifest records the same source weights (sha256),
+the same precision and the same config.pbtxt and labels.txt, and its files still match their
+recorded sha256 (a damaged latest version is replaced by a new one, not kept).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "export_model",
     "models_to_export",
     "onnx_metadata",
+    "up_to_date_version",
 ]
 
 FP32_TOLERANCE = 1e-4
@@ -64,6 +70,9 @@ class ExportOptions:
         fp16: export a half-precision graph (inputs and outputs stay FP32).
         max_batch_size: config.pbtxt `max_batch_size`.
         data_dir: where the parity batch's dataset lives.
+        skip_unchanged: write nothing when the model's latest version already holds this export
+            (see `up_to_date_version`); it compares with the latest version, so it does not
+            combine with `version`.
     """
 
     model: str
@@ -73,6 +82,7 @@ class ExportOptions:
     fp16: bool = False
     max_batch_size: int = 64
     data_dir: Path | None = None
+    skip_unchanged: bool = False
 
 
 def models_to_export(
@@ -132,12 +142,66 @@ def onnx_metadata(
     }
 
 
+def up_to_date_version(
+    repository: Path,
+    model: str,
+    *,
+    source_sha256: str | None,
+    precision: str,
+    config_text: str,
+    labels_text: str,
+) -> int | None:
+    """The model's latest version if it holds exactly this export, else None.
+
+    Up to date means: the latest version's manifest records the same `source_weights_sha256`
+    (None for an untrained export: a re-export would only be another random initialisation),
+    the same precision, and the sha256 of the same config.pbtxt and labels.txt; and every file
+    still matches the sha256 its manifest records.
+
+    Args:
+        repository: the model repository folder (may not exist yet).
+        model: the zoo entry name.
+        source_sha256: sha256 of the weights file to export, None for random init.
+        precision: "fp32" or "fp16".
+        config_text: the config.pbtxt this export would write.
+        labels_text: the labels.txt this export would write.
+
+    Returns:
+        The version number, or None when there is no version or the latest one differs.
+    """
+    from zoo.repository import ModelRepository
+
+    if not (repository / model / CONFIG_FILE).is_file():
+        return None
+    repo = ModelRepository(repository)
+    versions = repo.versions(model)
+    if not versions:
+        return None
+    latest = versions[-1]
+    try:
+        manifest = repo.verify(model, latest)
+    except IntegrityError:
+        return None  # damaged: export a sound version instead of pointing at this one
+    files = manifest.get("files", {})
+    same = (
+        manifest.get("source_weights_sha256") == source_sha256
+        and manifest.get("precision") == precision
+        and files.get(CONFIG_FILE) == sha256_bytes(config_text.encode("utf-8"))
+        and files.get(LABELS_FILE) == sha256_bytes(labels_text.encode("utf-8"))
+    )
+    return latest if same else None
+
+
 def export_model(options: ExportOptions) -> dict[str, Any]:
     """Export one model; returns a summary (version, path, parity figures, seconds).
 
+    With `options.skip_unchanged` and an up-to-date latest version, nothing is written and the
+    summary names that version with `"skipped": True` (and no parity figures).
+
     Raises:
         NotFound: unknown model or weights file.
-        InvalidInput: bad weights, a repository path that is a file, a bad version number.
+        InvalidInput: bad weights, a repository path that is a file, a bad version number,
+            `skip_unchanged` together with `version`.
         AlreadyExists: the version exists, or the model's config.pbtxt differs from this export's.
         IntegrityError: the ONNX check or the parity check failed (nothing is left behind).
     """
@@ -154,19 +218,43 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
         raise InvalidInput(f"--max-batch-size must be >= 1, got {options.max_batch_size}")
     if options.version is not None and options.version < 1:
         raise InvalidInput(f"--version must be >= 1, got {options.version}")
+    if options.skip_unchanged and options.version is not None:
+        raise InvalidInput(
+            "--skip-unchanged compares with the latest version; drop --version to use it"
+        )
 
     weights = options.weights
     if weights is None or str(weights) == "default":
         weights = entry.weights_file  # None: an untrained export, recorded as such
     trained = weights is not None
-    source_sha256 = sha256_file(Path(weights)) if weights is not None else None
     model = build_model(entry.name, weights=weights)  # validates the weights before any write
+    source_sha256 = sha256_file(Path(weights)) if weights is not None else None
     precision = "fp16" if options.fp16 else "fp32"
 
     config_text = text_format.MessageToString(build_config(entry, options.max_batch_size))
     labels_text = "".join(f"{label}\n" for label in entry.labels)
     model_dir = repository / entry.name
     _check_model_files(model_dir, config_text, labels_text)
+    if options.skip_unchanged:
+        current = up_to_date_version(
+            repository,
+            entry.name,
+            source_sha256=source_sha256,
+            precision=precision,
+            config_text=config_text,
+            labels_text=labels_text,
+        )
+        if current is not None:
+            return {
+                "model": entry.name,
+                "version": current,
+                "path": str(model_dir / str(current)),
+                "precision": precision,
+                "trained": trained,
+                "skipped": True,
+                "source_weights_sha256": source_sha256,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
     version = _next_version(model_dir, options.version)
 
     created_model_dir = not model_dir.exists()
@@ -217,6 +305,8 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
         "path": str(final),
         "precision": precision,
         "trained": trained,
+        "skipped": False,
+        "source_weights_sha256": source_sha256,
         "parity": parity,
         "seconds": round(time.perf_counter() - started, 2),
     }
