@@ -9,8 +9,12 @@
 #     docker build --target gpu -t cnnzoo:gpu .
 #
 # Each target builds a virtualenv in a throw-away stage and copies only /opt/venv into the final
-# image (no compiler, no pip cache, no source tree). The container runs as an unprivileged user
-# (uid/gid 10001). Nothing secret is baked in: every setting comes from the environment at run time.
+# image (no compiler, no pip cache, no source tree), plus the shipped examples (example digits and
+# job files, a few hundred KB) at /opt/cnnzoo/examples, e.g.
+#   docker compose run --rm worker job /opt/cnnzoo/examples/jobs/lenet5-digits.toml \
+#       --out /results/lenet5-digits
+# The container runs as an unprivileged user (uid/gid 10001). Nothing secret is baked in: every
+# setting comes from the environment at run time.
 #
 # Build arguments:
 #   PYTHON_IMAGE     base of the cpu target
@@ -48,6 +52,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir /src
 FROM gpu-base AS gpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=gpu-build /opt/venv /opt/venv
+COPY examples/ /opt/cnnzoo/examples/
 # ONNX Runtime's CUDA provider dlopens cuDNN/cuBLAS/cuFFT by soname: register the nvidia-* wheel
 # folders (the same libraries torch uses) with the dynamic loader instead of shipping a second copy.
 RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' | sort \
@@ -82,6 +87,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir /src
 
 FROM ${PYTHON_IMAGE} AS cpu
 COPY --from=cpu-build /opt/venv /opt/venv
+COPY examples/ /opt/cnnzoo/examples/
 RUN groupadd --system --gid 10001 cnnzoo \
     && useradd --system --uid 10001 --gid cnnzoo --create-home --home-dir /home/cnnzoo \
        --shell /usr/sbin/nologin cnnzoo \

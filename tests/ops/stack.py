@@ -134,6 +134,22 @@ def image_entrypoint(target: str) -> list[str]:
     return entrypoints[-1]
 
 
+def context_copies(target: str) -> list[tuple[str, str]]:
+    """(source, destination) of each COPY in stage `target` that reads the build context.
+
+    COPY --from=<stage> instructions (files from another stage) are left out.
+    """
+    pairs = []
+    for instruction, arguments in dockerfile_stages()[target]:
+        words = arguments.split()
+        if instruction != "COPY" or any(w.startswith("--from=") for w in words):
+            continue
+        paths = [w for w in words if not w.startswith("--")]
+        assert len(paths) == 2, f"{target}: COPY {arguments}: expected one source and a destination"
+        pairs.append((paths[0], paths[1]))
+    return pairs
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration as Compose prints it ("30s", "2m0s", "1m30s", "500ms")."""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -299,6 +315,26 @@ def install_like_the_image(workdir: Path) -> Path:
         sysconfig.get_paths()["purelib"] + "\n"
     )
     return venv / "bin"
+
+
+def copy_like_the_image(context: Path, rootfs: Path, target: str = "cpu") -> dict[str, Path]:
+    """Carry out the `target` stage's COPY instructions from the build `context` into `rootfs`.
+
+    Returns:
+        Each destination in the image (without a trailing slash) -> the local folder or file.
+    """
+    copied: dict[str, Path] = {}
+    for source, destination in context_copies(target):
+        origin = context / source
+        assert origin.exists(), f"COPY {source}: not in the build context"
+        local = rootfs / destination.strip("/")
+        if origin.is_dir():
+            shutil.copytree(origin, local)
+        else:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin, local)
+        copied[destination.rstrip("/")] = local
+    return copied
 
 
 def _check(command: Sequence[str]) -> None:

@@ -70,7 +70,14 @@ def test_defaults_give_the_documented_cpu_stack():
     assert drain < parse_duration(server["stop_grace_period"])
 
     repository = services["repository"]
-    assert repository["command"] == ["export", "--all", "--repository", "/models"]
+    # a second `up` keeps the versions that are already there instead of adding new ones
+    assert repository["command"] == [
+        "export",
+        "--all",
+        "--skip-unchanged",
+        "--repository",
+        "/models",
+    ]
     assert repository["restart"] == "no"
     # the server reads the volume the one-shot step wrote, and only reads it
     [written] = [v for v in repository["volumes"] if v["target"] == "/models"]

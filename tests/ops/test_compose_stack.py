@@ -3,9 +3,10 @@
 docker-compose.yml is resolved by the real Compose parser with test ports and folders in the
 environment; every named volume becomes a temporary folder, every bind mount its host folder.
 Then, as `docker compose up` would: the one-shot `repository` service builds the model repository
-and exits 0 (also when run again, as on a second `up`), the `server` starts on it and becomes
-healthy through the compose healthcheck command, and the `worker` turns a job file dropped into
-jobs/ into a gallery in results/. A broken command in the compose file fails here.
+and exits 0 (and, run again as on a second `up`, exits 0 and writes nothing), the `server` starts
+on it and becomes healthy through the compose healthcheck command, and the `worker` turns a job
+file dropped into jobs/ into a gallery in results/. A broken command in the compose file fails
+here. The example job files the image ships validate against the example digits beside them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 
 from tests.ops.stack import (
     LocalService,
+    copy_like_the_image,
     install_like_the_image,
     local_service,
     parse_duration,
@@ -157,15 +159,41 @@ def test_repository_service_exits_zero_again_and_without_a_dataset(stack):
     config = resolve(env={**stack["env"], "CNNZOO_DATA": str(empty)})
     repository = local_service(config, "repository", stack["volumes"], stack["bin_dir"])
     models = stack["root"] / "volume-models"
-    before = {p.relative_to(models) for p in models.rglob("*")}
-    result = _run(repository, stack["home"], timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    after = {p.relative_to(models) for p in models.rglob("*")}
-    assert before <= after, "a second run must not remove what the first one wrote"
     from zoo.repository import ModelRepository
 
+    versions = {m: ModelRepository(models).versions(m) for m in ModelRepository(models).models()}
+    before = _snapshot(models)
+    result = _run(repository, stack["home"], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # every model is up to date: no new version, not one file touched
     repo = ModelRepository(models)
+    assert {m: repo.versions(m) for m in repo.models()} == versions
+    assert _snapshot(models) == before
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(versions), result.stdout
+    for model, numbers in versions.items():
+        [line] = [line for line in lines if line.startswith(f"{model}: ")]
+        assert f"up to date, version {numbers[-1]}" in line, line
     repo.verify(SHIPPED_MODEL, repo.latest_version(SHIPPED_MODEL))
+
+
+def test_example_jobs_shipped_in_the_image_are_valid(stack):
+    # the image's COPY of the examples, done into a local stand-in for its file system
+    image = stack["root"] / "image"
+    copied = copy_like_the_image(image / "context", image / "rootfs")
+    examples = copied["/opt/cnnzoo/examples"]
+    job = examples / "jobs" / "lenet5-digits.toml"  # reads ../digits, the example digits
+    worker: LocalService = stack["services"]["worker"]
+    checked = subprocess.run(
+        worker.command(["cnnzoo", "job", str(job), "--check"]),
+        env=worker.env,
+        cwd=stack["home"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"{job}: ok")
 
 
 def test_server_service_becomes_healthy(stack):

@@ -17,6 +17,7 @@ else:  # pragma: no cover
 from tests.ops.stack import (
     DOCKERFILE,
     ROOT,
+    context_copies,
     dockerfile_stages,
     dockerignore_patterns,
     hadolint_binary,
@@ -63,9 +64,11 @@ def test_final_images_run_cnnzoo_as_an_unprivileged_user(target: str):
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"{target}: runs as {user}"
     assert image_entrypoint(target) == ["cnnzoo"]
-    # only the virtualenv is carried over from the build stage, never the source tree
-    copies = _instructions(target, "COPY")
-    assert copies and all(c.startswith("--from=") and c.endswith(" /opt/venv") for c in copies)
+    # only the virtualenv is carried over from the build stage, never the source tree; from the
+    # build context only the shipped examples
+    built = [c for c in _instructions(target, "COPY") if c.startswith("--from=")]
+    assert built and all(c.endswith(" /opt/venv") for c in built)
+    assert context_copies(target) == [("examples/", "/opt/cnnzoo/examples/")]
     env = " ".join(_instructions(target, "ENV"))
     assert "CNNZOO_DATA=/data" in env
     assert "PATH=/opt/venv/bin:$PATH" in env
@@ -104,6 +107,19 @@ def test_dockerignore_keeps_what_pip_install_reads():
     assert any(path.endswith(".safetensors") for path in tracked)
     for path in needed + tracked:
         assert not is_ignored(path, patterns), f".dockerignore drops {path}, which the build needs"
+
+
+@pytest.mark.parametrize("target", FINAL_TARGETS)
+def test_what_the_image_copies_from_the_context_reaches_it(target: str):
+    patterns = dockerignore_patterns()
+    for source, _ in context_copies(target):
+        tracked = subprocess.run(
+            ["git", "ls-files", source], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert tracked, f"COPY {source}: no tracked file there"
+        assert any(path.endswith(".png") for path in tracked)  # the example digits
+        for path in tracked:
+            assert not is_ignored(path, patterns), f".dockerignore drops {path}, which COPY needs"
 
 
 @pytest.mark.parametrize(
