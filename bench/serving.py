@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds, warmup = args.seconds, args.warmup
 
     def row(part: str, model: str, batch: int, concurrency: int, path: str, r: dict) -> dict:
+        # The machine's 1-minute load average when the row finished: other work on the same
+        # cores (the client included) shows up here and explains noisy rows.
         entry = {"part": part, "model": model, "batch": batch, "concurrency": concurrency,
-                 "path": path, **r}  # fmt: skip
+                 "path": path, **r, "load_1min": os.getloadavg()[0]}  # fmt: skip
         rows.append(entry)
         print(f"  {part} {model} b{batch} c{concurrency} {path}: {r['req_per_s']:.0f} req/s "
               f"{r['img_per_s']:.0f} img/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms",
@@ -353,15 +355,17 @@ def markdown(rows: list[dict], info: dict) -> str:
         f"onnxruntime {info['onnxruntime']}, grpcio {info['grpcio']}; "
         f"load: {info['load_generator']}",
         "",
-        "| part | model | batch | concurrency | path | req/s | img/s | p50 ms | p99 ms | ratio |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| part | model | batch | concurrency | path | req/s | img/s | p50 ms | p99 ms | ratio "
+        "| load |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r.get("ratio_vs_in_process", r.get("ratio_on_vs_off"))
         lines.append(
             f"| {r['part']} | {r['model']} | {r['batch']} | {r['concurrency']} | {r['path']} | "
             f"{r['req_per_s']:.0f} | {r['img_per_s']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} |"
+            f"{r['p99_ms']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} | "
+            f"{r['load_1min']:.1f} |"
         )
     return "\n".join(lines)
 

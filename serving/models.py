@@ -201,14 +201,6 @@ class ModelManager:
         for record in list(self._records.values()):
             await self._load_latest(record)
 
-    async def poll_forever(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self.poll()
-            except CnnzooError as err:
-                log.error("repository poll failed: %s", err.reason)
-
     # -- loading ------------------------------------------------------------------------------
 
     async def _load_latest(self, record: ModelRecord) -> None:
@@ -222,7 +214,8 @@ class ModelManager:
         candidates = [v for v in record.versions if v not in record.failed]
         if not candidates:
             if record.current is None:
-                reasons = "; ".join(record.failed.values()) or "it has no complete version"
+                reasons = "; ".join(f"version {v}: {r}" for v, r in record.failed.items())
+                reasons = reasons or "it has no complete version"
                 self._refuse(record, None, reasons)
             return
         latest = candidates[-1]
@@ -314,6 +307,8 @@ class ModelManager:
             record.failed[version] = reason
             reason = f"version {version}: {reason}"
         if record.current is None:
+            if record.state == UNAVAILABLE and record.reason == reason:
+                return  # already reported (the repository poll sees it again)
             record.state, record.reason = UNAVAILABLE, reason
             log.error("model %s is unavailable: %s", record.name, reason)
         else:
