@@ -54,9 +54,13 @@ def forward_to(
         return hook
 
     wanted = list(dict.fromkeys(layers))
+    modules = dict(model.named_modules())
     try:
         for name in wanted:
-            handles.append(get_layer(model, name).register_forward_hook(make_hook(name)))
+            module = modules.get(name) if name else None
+            if module is None:
+                module = get_layer(model, name)  # raises LayerNotFound with the valid names
+            handles.append(module.register_forward_hook(make_hook(name)))
         with contextlib.suppress(_Stop):
             model(x)
     finally:

@@ -71,9 +71,21 @@ def scan_topk(
     everything = {name: list(ch) == list(range(len(ch))) for name, ch in layers.items()}
 
     def reduce(name: str, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if everything[name] and output.shape[1] == len(layers[name]):
-            return channel_maxima(output)  # all channels in order: no copy needed
-        return channel_maxima(output.index_select(1, selected[name]))
+        if not (everything[name] and output.shape[1] == len(layers[name])):
+            output = output.index_select(1, selected[name])
+        if output.dim() != 4 or output.shape[-2:] == (1, 1):
+            return channel_maxima(output)
+        # Positions only for images that can enter some table (argmax is the costly part).
+        flat = output.flatten(2)
+        values = flat.amax(dim=2).double()
+        ys = torch.zeros(values.shape, dtype=torch.int64, device=values.device)
+        xs = torch.zeros_like(ys)
+        rows = (values >= tops[name].values[:, -1].to(values.device)).any(dim=1).nonzero().flatten()
+        if len(rows):
+            where = flat[rows].argmax(dim=2)  # first position on ties, like channel_maxima
+            ys[rows] = where // output.shape[-1]
+            xs[rows] = where % output.shape[-1]
+        return values, ys, xs
 
     with left_as_found(model), torch.inference_mode():
         for images, indices in batches:

@@ -86,28 +86,56 @@ class TopK:
         self, values: torch.Tensor, images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
     ) -> None:
         """Fold in one batch: values/ys/xs `[B, C]` (from `channel_maxima`, columns = tracked
-        channels), images `[B]` dataset indices."""
+        channels), images `[B]` dataset indices.
+
+        Entries below a channel's current k-th value can never enter its table (that value only
+        grows), so they are dropped before sorting; entries equal to it stay, for the tie-break.
+        NaN activations never enter.
+        """
+        values = values.detach().to("cpu", torch.float64)
+        passing = values >= self.values[:, -1]  # [B, C]
+        rows = passing.any(dim=1)
+        if not bool(rows.any()):
+            return
+        if not bool(rows.all()):
+            keep = rows.nonzero().flatten()
+            values, passing = values[keep], passing[keep]
+            images, ys, xs = images.cpu()[keep], ys.cpu()[keep], xs.cpu()[keep]
+        channels = values.shape[1]
         batch = TopK(
-            values=values.detach().cpu().double().T.contiguous(),
-            images=images.detach().cpu().long().expand(values.shape[1], -1).contiguous(),
-            ys=ys.detach().cpu().long().T.contiguous(),
-            xs=xs.detach().cpu().long().T.contiguous(),
+            values=values.masked_fill(~passing, float("-inf")).T.contiguous(),
+            images=images.cpu().long().expand(channels, -1).masked_fill(~passing.T, _NO_IMAGE),
+            ys=ys.cpu().long().T,
+            xs=xs.cpu().long().T,
         )
-        merged = self.merge(batch)
+        filled = self.images[self.images != _NO_IMAGE]
+        in_order = bool((images[1:] > images[:-1]).all()) and (
+            filled.numel() == 0 or int(images.min()) > int(filled.max())
+        )
+        merged = self._merge(batch, in_order)
         self.values, self.images, self.ys, self.xs = (
             merged.values, merged.images, merged.ys, merged.xs,
         )  # fmt: skip
 
     def merge(self, other: TopK) -> TopK:
         """The top-k of the union of both tables (k of `self`)."""
+        return self._merge(
+            TopK(
+                torch.nan_to_num(other.values, nan=float("-inf")), other.images, other.ys, other.xs
+            )
+        )
+
+    def _merge(self, other: TopK, in_order: bool = False) -> TopK:
         values = torch.cat([self.values, other.values], dim=1)
-        values = torch.nan_to_num(values, nan=float("-inf"))
         images = torch.cat([self.images, other.images], dim=1)
         ys = torch.cat([self.ys, other.ys], dim=1)
         xs = torch.cat([self.xs, other.xs], dim=1)
         # Two stable sorts give (value desc, image asc): first by the tie-breaker, then the key.
-        order = torch.argsort(images, dim=1, stable=True)
-        values, images, ys, xs = (t.gather(1, order) for t in (values, images, ys, xs))
+        # `in_order`: every new image comes after the table's, in order (a sequential scan), so
+        # the concatenation already breaks ties by image and one sort suffices.
+        if not in_order:
+            order = torch.argsort(images, dim=1, stable=True)
+            values, images, ys, xs = (t.gather(1, order) for t in (values, images, ys, xs))
         order = torch.argsort(values, dim=1, descending=True, stable=True)[:, : self.k]
         return TopK(*(t.gather(1, order) for t in (values, images, ys, xs)))
 

@@ -146,3 +146,12 @@ def test_stored_image_reproduces_its_activation(lenet_and_mnist) -> None:
                     entry.value, rel=1e-5, abs=1e-6
                 )
                 assert float(fmap.max()) == pytest.approx(entry.value, rel=1e-5, abs=1e-6)
+
+
+def test_nan_never_enters() -> None:
+    top = TopK.empty(1, 2)
+    zeros = torch.zeros(3, 1).long()
+    top.update(
+        torch.tensor([[float("nan")], [1.0], [float("nan")]]), torch.tensor([0, 1, 2]), zeros, zeros
+    )
+    assert [(e.value, e.image) for e in top.entries(0)] == [(1.0, 1)]
