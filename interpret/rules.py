@@ -17,9 +17,10 @@ call's gradient. Here each `nn.ReLU` module's forward is swapped for the rule it
 rule is active, so every *call* gets its own autograd node: separate modules, one module reused
 any number of times and `inplace=True` modules all give the same maps.
 
-Functional `F.relu` / `torch.relu` cannot be hooked. Rather than silently degrading to the plain
-gradient, `relu_rule` watches every ReLU call during the forward pass (a `TorchFunctionMode`) and
-raises `UnsupportedModel` on one that does not come from an `nn.ReLU` module.
+Functional `F.relu` / `torch.relu` / `Tensor.relu` cannot be hooked. Rather than silently
+degrading to the plain gradient, `relu_rule` watches for ReLU calls while it is active (a
+`TorchFunctionMode`); the swapped modules make none, so any call it sees is a functional one and
+raises `UnsupportedModel`.
 """
 
 from __future__ import annotations
