@@ -177,3 +177,32 @@ def test_real_script_explain(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_from_a_model_repository(tmp_path: Path, capsys) -> None:
+    """`--repository` uses the exported version's weights and preprocessing (what the server's
+    Explain RPC uses), and gives the same map as the zoo's shipped weights they came from."""
+    repository = tmp_path / "repo"
+    assert main(["export", "lenet5-mnist", "--repository", str(repository)]) == 0
+    from_repo, from_zoo = tmp_path / "repo.png", tmp_path / "zoo.png"
+    args = [str(SEVEN), "--model", "lenet5-mnist", "--method", "guided-backprop"]
+    assert main(["explain", *args, "--repository", str(repository), "--out", str(from_repo)]) == 0
+    assert main(["explain", *args, "--out", str(from_zoo)]) == 0
+    assert from_repo.read_bytes() == from_zoo.read_bytes()
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "explain",
+                str(SEVEN),
+                "--model",
+                "../../etc",
+                "--repository",
+                str(repository),
+                "--out",
+                str(from_repo),
+            ]
+        )
+        == 3
+    )
+    assert "no model named" in capsys.readouterr().err
