@@ -17,7 +17,13 @@ from pathlib import Path
 from serving.errors import Unavailable
 from serving.runtime import RuntimeOptions
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "InferenceServer", "ServerOptions", "serve"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ClientGoneFilter",
+    "InferenceServer",
+    "ServerOptions",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,25 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 ZOO_SERVICE = "cnnzoo.v1.Zoo"
+
+
+class ClientGoneFilter(logging.Filter):
+    """Quiet grpc's report of a client that left while its reply was being sent.
+
+    When a caller's deadline passes (or it cancels) just as the server sends the answer, grpc
+    logs `ExecuteBatchError raised in core` at ERROR with a traceback. That is the caller's
+    choice, not a server fault: the record becomes one DEBUG line, shown only at DEBUG level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("ExecuteBatchError raised in core"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return log.isEnabledFor(logging.DEBUG)
+
+
+_CLIENT_GONE_FILTER = ClientGoneFilter()
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,9 @@ class InferenceServer:
         from serving.runtime import check_device
 
         check_device(self.options.runtime)  # --device cuda without CUDA fails here, first
+        grpc_log = logging.getLogger("grpc._cython.cygrpc")
+        if _CLIENT_GONE_FILTER not in grpc_log.filters:
+            grpc_log.addFilter(_CLIENT_GONE_FILTER)
         limit = self.options.max_message_bytes
         server = grpc.aio.server(
             options=[

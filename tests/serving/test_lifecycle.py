@@ -178,3 +178,22 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(repository):
         plane.close()
 
     asyncio.run(main())
+
+
+def test_a_client_leaving_mid_reply_is_not_logged_as_a_server_error(caplog):
+    """grpc reports a reply the caller no longer waits for as ExecuteBatchError + traceback."""
+    import logging
+
+    from serving.server import ClientGoneFilter
+
+    logger = logging.getLogger("tests.serving.grpc-core-like")
+    logger.addFilter(ClientGoneFilter())
+    try:
+        raise RuntimeError('Failed "execute_batch"')
+    except RuntimeError:
+        logger.exception("ExecuteBatchError raised in core by servicer method [%s]", "/m")
+    logger.error("a real failure")
+    messages = [record.getMessage() for record in caplog.records]
+    assert "a real failure" in messages
+    assert not any("ExecuteBatchError" in m for m in messages)
+    assert not any(record.exc_info for record in caplog.records)
