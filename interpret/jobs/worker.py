@@ -9,10 +9,13 @@ a job file makes it run again.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,31 @@ __all__ = ["pending_jobs", "run_worker", "status_path"]
 
 STATUS_DIR = ".status"
 _SUFFIXES = (".toml", ".json")
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread on SIGTERM/SIGINT.
+
+    A BaseException so that the per-job `except Exception` does not record the interrupted job as
+    failed: it has no status yet, so the next start resumes it (writes are atomic).
+    """
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def status_path(results: Path, job_file: Path) -> Path:
@@ -87,10 +115,13 @@ def run_worker(
     data_dir: str | None = None,
     log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> int:
-    """Run pending jobs; with `once`, return after one sweep, else poll forever.
+    """Run pending jobs; with `once`, return after one sweep, else poll until SIGTERM/SIGINT.
+
+    A signal stops the worker at once, also in the middle of a job: that job keeps no status, so
+    the next start resumes it where it stopped.
 
     Returns:
-        The number of jobs that failed in the last sweep (with `once`).
+        The number of jobs that failed in the last sweep (with `once`); 0 after a signal.
     """
     jobs, results = Path(jobs), Path(results)
     if not jobs.is_dir():
@@ -99,11 +130,16 @@ def run_worker(
         raise NotFound(f"jobs folder {jobs} does not exist")
     results.mkdir(parents=True, exist_ok=True)
     log(f"worker: watching {jobs} for .toml/.json job files, results in {results}")
-    while True:
-        failed = 0
-        for job_file in pending_jobs(jobs, results):
-            log(f"{job_file.name}: running")
-            failed += _run_one(job_file, results, data_dir, log)["state"] == "failed"
-        if once:
-            return failed
-        time.sleep(poll_seconds)
+    try:
+        with _stop_on_signals():
+            while True:
+                failed = 0
+                for job_file in pending_jobs(jobs, results):
+                    log(f"{job_file.name}: running")
+                    failed += _run_one(job_file, results, data_dir, log)["state"] == "failed"
+                if once:
+                    return failed
+                time.sleep(poll_seconds)
+    except _Stopped as stopped:
+        log(f"worker: {stopped} received, stopping (an unfinished job resumes on the next start)")
+        return 0

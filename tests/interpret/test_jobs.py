@@ -223,12 +223,17 @@ def _cnnzoo(*args: str) -> list[str]:
     return [sys.executable, "-m", "cnnzoo", *args]
 
 
-def _kill_when(process: subprocess.Popen, appeared: Path, timeout: float = 120) -> bool:
-    """SIGKILL `process` as soon as `appeared` exists; False if it finished first."""
+def _kill_when(
+    process: subprocess.Popen,
+    appeared: Path,
+    timeout: float = 120,
+    sig: signal.Signals = signal.SIGKILL,
+) -> bool:
+    """Send `sig` to `process` as soon as `appeared` exists; False if it finished first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if appeared.exists():
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(sig)
             process.wait()
             return True
         if process.poll() is not None:
@@ -266,6 +271,33 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert output_files(killed) == output_files(clean)
     leftovers = [p for p in killed.rglob("*.tmp")]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_worker_stops_cleanly_on_sigterm_and_resumes_the_job(tmp_path: Path) -> None:
+    jobs, results = tmp_path / "jobs", tmp_path / "results"
+    write_job(jobs, mnist_job("stopped", subset=1500, batch_size=25), name="stopped.toml")
+    state = results / "stopped" / ".state" / "01-max-activations"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = _cnnzoo(
+        "worker", "--jobs", str(jobs), "--results", str(results), "--poll-seconds", "0.2"
+    )
+
+    run = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, text=True)
+    assert _kill_when(run, state / "scan-rank0-of-1.safetensors", sig=signal.SIGTERM), (
+        "the job finished before the signal"
+    )
+    assert run.returncode == 0, "the worker must exit cleanly on SIGTERM"
+    assert "SIGTERM received" in run.stdout.read()
+    run.stdout.close()
+    # the interrupted job has no status, so the next start resumes it instead of skipping it
+    assert not (results / ".status" / "stopped.toml.json").exists()
+    assert list(results.rglob("*.tmp")) == []
+
+    subprocess.run([*worker, "--once"], env=env, check=True, capture_output=True)
+    status = json.loads((results / ".status" / "stopped.toml.json").read_text())
+    assert status["state"] == "done"
+    assert (results / "stopped" / "index.html").is_file()
 
 
 # -- sharding with torchrun --------------------------------------------------------------------
