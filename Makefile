@@ -28,6 +28,11 @@ demo: venv
 protos: venv
 	$(PY) -m protos.codegen
 
+lint: venv
+	$(PY) -m pip install --quiet 'ruff==0.17.6'
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 bench: venv
 	$(PY) bench/serving.py
 	$(PY) bench/interpret.py

@@ -222,11 +222,20 @@ class CIFAR10Binary:
 
 
 def dataset_source(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Which copy of a dataset is in use: its folder and the `SOURCE.txt` beside it, if any."""
+    """Which copy of a dataset is in use: its folder and the `SOURCE.txt` beside it, if any.
+
+    The folder is recorded relative to the data directory (model cards travel to other
+    machines; the SOURCE.txt text and its sha256 identify the copy), or as given for an
+    ImageFolder outside it.
+    """
     root = resolve_data_dir(data_dir)
     folder = {"mnist": root / "MNIST", "cifar10": root / CIFAR10_FOLDER}.get(name, root / name)
     source = folder / "SOURCE.txt"
-    info: dict[str, Any] = {"folder": str(folder.resolve())}
+    try:
+        shown = folder.relative_to(root).as_posix()
+    except ValueError:
+        shown = str(folder)
+    info: dict[str, Any] = {"folder": shown}
     if source.is_file():
         text = source.read_text(encoding="utf-8").strip()
         info["source"] = text

@@ -35,7 +35,7 @@ class DatasetNotFound(NotFound):
 
 
 class AlreadyExists(CnnzooError):
-    """Refusing to overwrite something that exists (e.g. an exported version). Status: ALREADY_EXISTS."""
+    """Refusing to overwrite something that exists (an exported version). Status: ALREADY_EXISTS."""
 
     exit_code = 4
 

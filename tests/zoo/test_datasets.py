@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.datasets import CIFAR10Binary, get_dataset, resolve_data_dir
+from zoo.datasets import CIFAR10Binary, dataset_source, get_dataset, resolve_data_dir
 from zoo.errors import DatasetNotFound, InvalidInput
 
 
@@ -109,3 +109,13 @@ def test_image_folder_of_example_digits():
 def test_missing_image_folder(tmp_path):
     with pytest.raises(DatasetNotFound, match="no such folder"):
         get_dataset(str(tmp_path / "nope"))
+
+
+def test_dataset_source_names_the_copy_without_machine_paths(data_dir, tmp_path):
+    source = dataset_source("mnist", data_dir)
+    assert source["folder"] == "MNIST"  # relative to the data directory: cards travel
+    text = (data_dir / "MNIST" / "SOURCE.txt").read_text(encoding="utf-8").strip()
+    assert source["source"] == text
+    assert len(source["source_sha256"]) == 64
+    outside = tmp_path / "my-images"
+    assert dataset_source(str(outside), data_dir) == {"folder": str(outside), "source": None}
