@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._registry import ZooEntry, get_entry
+from zoo.checkpoints import read_metadata
 from zoo.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def read_state_dict(path: Path, entry: ZooEntry) -> tuple[dict[str, torch.Tensor
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
+            metadata = read_metadata(handle.metadata())
             state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as err:  # SafetensorError, OSError, ValueError on a damaged header
         raise InvalidInput(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,9 +12,13 @@ from zoo.fileio import atomic_path
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["epoch_path", "list_epochs", "save_weights", "EPOCHS_DIR"]
+__all__ = ["epoch_path", "list_epochs", "read_metadata", "save_weights", "EPOCHS_DIR"]
 
 EPOCHS_DIR = "epochs"
+# safetensors writes its metadata map in a random order (a hash map), so a file with several
+# metadata keys gets different bytes, and a different sha256, on every save. One key holding
+# sorted JSON keeps the same weights byte-identical.
+METADATA_KEY = "cnnzoo"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{3,})\.safetensors$")
 
 
@@ -42,9 +47,24 @@ def list_epochs(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    """Write the model's state dict as `.safetensors` atomically, with string metadata."""
+    """Write the model's state dict as `.safetensors` atomically, with string metadata.
+
+    The same weights and metadata always give the same bytes (see `METADATA_KEY`).
+    """
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_file(state, str(tmp), metadata=packed)
+
+
+def read_metadata(raw: dict[str, str] | None) -> dict[str, str]:
+    """The metadata `save_weights` stored, from a file's raw safetensors metadata.
+
+    Files written by other tools keep their own flat metadata, returned as it is.
+    """
+    raw = dict(raw or {})
+    if METADATA_KEY in raw:
+        return dict(json.loads(raw[METADATA_KEY]))
+    return raw

@@ -125,3 +125,33 @@ def test_bad_options_are_refused_before_writing(tmp_path):
     with pytest.raises(InvalidInput, match="--lr"):
         train(short_run_options(tmp_path, lr=-1.0))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_same_weights_give_the_same_file_bytes_in_every_process(tmp_path):
+    # safetensors orders its metadata map at random per process; the sha256 in model cards and
+    # manifests must not change with it.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, zoo\n"
+        "from pathlib import Path\n"
+        "from zoo.checkpoints import save_weights\n"
+        "torch.manual_seed(0)\n"
+        "model = zoo.build_model('lenet5-mnist')\n"
+        "meta = {'zoo_entry': 'lenet5-mnist', 'epoch': '3', 'seed': '0', 'x': 'y'}\n"
+        "save_weights(model, Path(sys.argv[1]), meta)\n"
+    )
+    paths = [tmp_path / f"w{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert len({sha256_file(p) for p in paths}) == 1
+    # and the metadata reads back as it was written
+    model = zoo.build_model("lenet5-mnist", weights=paths[0])
+    assert model is not None
+    from safetensors import safe_open
+
+    from zoo.checkpoints import read_metadata
+
+    with safe_open(str(paths[0]), framework="pt") as handle:
+        assert read_metadata(handle.metadata())["epoch"] == "3"
