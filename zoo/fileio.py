@@ -2,6 +2,9 @@
 
 Atomic writes go to a temporary file in the destination's folder, are flushed and fsync'ed,
 then `os.replace`d over the target, so a reader (or a crash) never sees a half-written file.
+The result gets the mode `open()` gives new files (0o666 less the umask, e.g. 0644 under
+umask 022), whatever the writer did to the temporary file, so other users (a server, a
+container) can read what the process writes, as with any plain write.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,17 +46,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp_beside(target)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what open() creates here
     try:
         yield tmp
+        # some writers replace the file with their own 0600 temporary (safetensors does)
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_temp_beside(target: Path) -> Path:
+    """Create a new empty file with a unique hidden name in `target`'s folder.
+
+    Unlike `tempfile.mkstemp` (always 0600), it asks for mode 0o666 and lets the kernel apply
+    the umask (and any default ACL of the folder), exactly as `open(path, "w")` would; reading
+    the umask would mean changing it, which is process-wide and racy.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
