@@ -49,12 +49,25 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else Path("data")
 
 
-def _missing(what: str, folder: Path, detail: str = "") -> DatasetNotFound:
+_POINT_AT_DATA = "point --data-dir or CNNZOO_DATA at the data folder (default ./data)"
+_IMAGE_FOLDER_REMEDY = (
+    "give the path of a folder with one subfolder of images per class "
+    "(an image folder cannot be downloaded)"
+)
+_IMAGENET_REMEDY = (
+    f"{_POINT_AT_DATA}, holding imagenet/train/ and imagenet/val/ with one subfolder of images "
+    f"per class (ImageNet cannot be downloaded for you)"
+)
+
+
+def _download_remedy(offer_download: bool) -> str:
+    """How to get MNIST/CIFAR-10; names --download only for callers that have that flag."""
+    return _POINT_AT_DATA + (", or pass --download to fetch it" if offer_download else "")
+
+
+def _missing(what: str, folder: Path, detail: str, remedy: str) -> DatasetNotFound:
     detail = f" ({detail})" if detail else ""
-    return DatasetNotFound(
-        f"{what} not found or corrupted in {folder}{detail}; point --data-dir or CNNZOO_DATA "
-        f"at the data folder (default ./data), or pass --download to fetch it"
-    )
+    return DatasetNotFound(f"{what} not found or corrupted in {folder}{detail}; {remedy}")
 
 
 def _check_split(split: str) -> None:
@@ -69,6 +82,7 @@ def get_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     transform: Callable[[Any], Any] | None = None,
     download: bool = False,
+    offer_download: bool = False,
 ) -> Any:
     """A torch Dataset of (tensor, label) pairs.
 
@@ -79,6 +93,8 @@ def get_dataset(
         data_dir: the data folder; see `resolve_data_dir`.
         transform: applied to each PIL image; default `ToTensor()`.
         download: fetch MNIST/CIFAR-10 with torchvision's downloader when missing.
+        offer_download: the caller has a `--download` flag: a missing MNIST/CIFAR-10 error
+            suggests it (never for image folders, which cannot be downloaded).
 
     Raises:
         DatasetNotFound: the data is missing or damaged (names the folder looked in).
@@ -97,31 +113,36 @@ def get_dataset(
             )
         except RuntimeError:
             raise _missing(
-                "MNIST", root / "MNIST" / "raw", "expected the *-idx?-ubyte files"
+                "MNIST",
+                root / "MNIST" / "raw",
+                "expected the *-idx?-ubyte files",
+                _download_remedy(offer_download),
             ) from None
     if key == "cifar10":
         _check_split(split)
-        return CIFAR10Binary(root, split, transform=transform, download=download)
+        return CIFAR10Binary(
+            root, split, transform=transform, download=download, offer_download=offer_download
+        )
     if key == "imagenet":
         _check_split(split)
         folder = root / "imagenet" / ("train" if split == "train" else "val")
-        return _image_folder(folder, transform, "ImageNet (an ImageFolder)")
+        return _image_folder(folder, transform, "ImageNet (an ImageFolder)", _IMAGENET_REMEDY)
     if key in DATASETS or "/" in key or os.sep in key or Path(key).exists():
-        return _image_folder(Path(key), transform, "image folder")
+        return _image_folder(Path(key), transform, "image folder", _IMAGE_FOLDER_REMEDY)
     raise InvalidInput(
         f"unknown dataset {key!r}; use one of {', '.join(DATASETS)} or the path of an image folder"
     )
 
 
-def _image_folder(folder: Path, transform: Callable[[Any], Any], what: str) -> Any:
+def _image_folder(folder: Path, transform: Callable[[Any], Any], what: str, remedy: str) -> Any:
     from torchvision import datasets
 
     if not folder.is_dir():
-        raise _missing(what, folder, "no such folder")
+        raise _missing(what, folder, "no such folder", remedy)
     try:
         return datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as err:
-        raise _missing(what, folder, str(err).rstrip(".")) from None
+        raise _missing(what, folder, str(err).rstrip("."), remedy) from None
 
 
 def _md5(path: Path) -> str:
@@ -154,6 +175,7 @@ class CIFAR10Binary:
         split: "train" (data_batch_1..5) or "test" (test_batch).
         transform: applied to each PIL image.
         download: fetch and unpack the official archive when the folder is missing.
+        offer_download: missing-data errors suggest `--download` (the caller has that flag).
     """
 
     def __init__(
@@ -163,8 +185,10 @@ class CIFAR10Binary:
         *,
         transform: Callable[[Any], Any] | None = None,
         download: bool = False,
+        offer_download: bool = False,
     ) -> None:
         _check_split(split)
+        self._remedy = _download_remedy(offer_download)
         self.root = Path(root)
         self.folder = self.root / CIFAR10_FOLDER
         self.split = split
@@ -182,26 +206,33 @@ class CIFAR10Binary:
         self.data = np.ascontiguousarray(np.concatenate(images))  # N x 32 x 32 x 3 uint8
         self.targets = np.concatenate(labels).tolist()
         if max(self.targets) >= len(self.classes):
-            raise _missing("CIFAR-10", self.folder, "a label is out of range")
+            raise _missing("CIFAR-10", self.folder, "a label is out of range", self._remedy)
 
     def _read_classes(self) -> list[str]:
         meta = self.folder / "batches.meta.txt"
         if not meta.is_file():
-            raise _missing("CIFAR-10", self.folder, "no batches.meta.txt")
+            raise _missing("CIFAR-10", self.folder, "no batches.meta.txt", self._remedy)
         return [line.strip() for line in meta.read_text().splitlines() if line.strip()]
 
     def _read_records(self, file_name: str) -> np.ndarray:
         path = self.folder / file_name
         if not path.is_file():
-            raise _missing("CIFAR-10", self.folder, f"no {file_name}")
+            raise _missing("CIFAR-10", self.folder, f"no {file_name}", self._remedy)
         sums_file = self.folder / "MD5SUMS"
         if sums_file.is_file():
             expected = _read_md5sums(sums_file).get(file_name)
             if expected is not None and _md5(path) != expected:
-                raise _missing("CIFAR-10", self.folder, f"{file_name} fails its MD5SUMS check")
+                raise _missing(
+                    "CIFAR-10", self.folder, f"{file_name} fails its MD5SUMS check", self._remedy
+                )
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size == 0 or raw.size % _CIFAR10_RECORD:
-            raise _missing("CIFAR-10", self.folder, f"{file_name} is not a whole number of records")
+            raise _missing(
+                "CIFAR-10",
+                self.folder,
+                f"{file_name} is not a whole number of records",
+                self._remedy,
+            )
         return raw.reshape(-1, _CIFAR10_RECORD)
 
     def __len__(self) -> int:

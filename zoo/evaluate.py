@@ -146,6 +146,7 @@ def evaluate_entry(
             data_dir=data_dir,
             transform=entry.preprocess.torch_transform(),
             download=download,
+            offer_download=True,  # `cnnzoo eval --download`
         )
         if dataset is not None:
             _map_folder_classes(data, entry.labels)

@@ -78,11 +78,14 @@ def test_cifar10_truncated_file_without_md5sums(data_dir, tmp_path):
     "name, folder", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-bin")]
 )
 def test_missing_dataset_names_folder_and_remedies(tmp_path, name, folder):
-    with pytest.raises(DatasetNotFound) as err:
-        get_dataset(name, "test", data_dir=tmp_path)
-    reason = err.value.reason
-    assert str(tmp_path / folder) in reason
-    assert "CNNZOO_DATA" in reason and "--data-dir" in reason and "--download" in reason
+    for offer_download in (False, True):
+        with pytest.raises(DatasetNotFound) as err:
+            get_dataset(name, "test", data_dir=tmp_path, offer_download=offer_download)
+        reason = err.value.reason
+        assert str(tmp_path / folder) in reason
+        assert "CNNZOO_DATA" in reason and "--data-dir" in reason
+        # only callers with a --download flag (eval, train) may suggest it; `cnnzoo job` has none
+        assert ("--download" in reason) is offer_download
     assert list(tmp_path.iterdir()) == []  # looking did not create anything
 
 
@@ -106,9 +109,17 @@ def test_image_folder_of_example_digits():
     assert image.shape == (1, 32, 32) and label == 0
 
 
-def test_missing_image_folder(tmp_path):
-    with pytest.raises(DatasetNotFound, match="no such folder"):
-        get_dataset(str(tmp_path / "nope"))
+def test_missing_image_folder_says_what_an_image_folder_is(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"")
+    for folder, detail in ((tmp_path / "nope", "no such folder"), (tmp_path / "flat", "class")):
+        for offer_download in (False, True):
+            with pytest.raises(DatasetNotFound) as err:
+                get_dataset(str(folder), offer_download=offer_download)
+            reason = err.value.reason
+            assert str(folder) in reason and detail in reason
+            assert "one subfolder of images per class" in reason
+            assert "--download" not in reason  # an image folder cannot be fetched
 
 
 def test_dataset_source_names_the_copy_without_machine_paths(data_dir, tmp_path):
