@@ -242,7 +242,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise InvalidInput("name one MODEL or pass --all")
     if args.all and (args.weights or args.version is not None):
         raise InvalidInput("--weights and --version apply to one model, not --all")
-    names = models_to_export(args.all, args.model, args.include_untrained, args.weights)
+    names = models_to_export(args.all, args.model, args.include_untrained)
     for name in names:
         summary = export_model(
             ExportOptions(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._registry import ZooEntry, get_entry, list_models
+from zoo.card import utc_now
 from zoo.errors import AlreadyExists, CnnzooError, DatasetNotFound, IntegrityError, InvalidInput
 from zoo.fileio import atomic_write_bytes, sha256_bytes, sha256_file
 from zoo.repository import (
@@ -85,9 +86,7 @@ class ExportOptions:
     skip_unchanged: bool = False
 
 
-def models_to_export(
-    all_models: bool, model: str | None, include_untrained: bool, weights: str | None = None
-) -> list[str]:
+def models_to_export(all_models: bool, model: str | None, include_untrained: bool) -> list[str]:
     """The entries an export command covers (validates the names)."""
     if not all_models:
         assert model is not None
@@ -200,8 +199,8 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
 
     Raises:
         NotFound: unknown model or weights file.
-        InvalidInput: bad weights, a repository path that is a file, a bad version number,
-            `skip_unchanged` together with `version`.
+        InvalidInput: bad weights, a repository path that is a file, a version below 1 or below
+            the latest, `skip_unchanged` together with `version`.
         AlreadyExists: the version exists, or the model's config.pbtxt differs from this export's.
         IntegrityError: the ONNX check or the parity check failed (nothing is left behind).
     """
@@ -280,7 +279,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
             "source_weights_sha256": source_sha256,
             "parity": parity,
             "max_batch_size": options.max_batch_size,
-            "created": _utc_now(),
+            "created": utc_now(),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for name, text in ((CONFIG_FILE, config_text), (LABELS_FILE, labels_text)):
@@ -324,6 +323,7 @@ def _check_model_files(model_dir: Path, config_text: str, labels_text: str) -> N
 
 
 def _next_version(model_dir: Path, requested: int | None) -> int:
+    """latest + 1, or `requested` when it is above the latest (the server serves the latest)."""
     existing = (
         sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
         if model_dir.is_dir()
@@ -331,10 +331,12 @@ def _next_version(model_dir: Path, requested: int | None) -> int:
     )
     if requested is None:
         return (existing[-1] + 1) if existing else 1
-    if requested in existing:
-        raise AlreadyExists(
-            f"{model_dir / str(requested)} already exists; versions are never overwritten "
-            f"(omit --version to write {(existing[-1] + 1)})"
+    if existing and requested <= existing[-1]:
+        latest = existing[-1]
+        error = AlreadyExists if requested in existing else InvalidInput
+        raise error(
+            f"--version {requested}: {model_dir.name} already has version {latest}; versions "
+            f"only increase and are never overwritten (omit --version to write {latest + 1})"
         )
     return requested
 
@@ -438,6 +440,15 @@ def _parity(
             f"{entry.name}: ONNX output shapes {outputs.shape}/{single.shape} do not match "
             f"PyTorch {reference.shape}"
         )
+    # inf/NaN would make every comparison below false, i.e. pass; e.g. fp16 overflow
+    broken = ~np.isfinite(outputs) & np.isfinite(reference)
+    broken_single = ~np.isfinite(single) & np.isfinite(reference[:1])
+    if broken.any() or broken_single.any():
+        hint = " (weights or activations beyond the fp16 range?)" if fp16 else ""
+        raise IntegrityError(
+            f"{entry.name}: ONNX Runtime gives inf/NaN logits where PyTorch's are finite"
+            f"{hint}; the export was discarded"
+        )
     max_abs = float(np.max(np.abs(outputs - reference)))
     agree = outputs.argmax(1) == reference.argmax(1)
     agreement = float(np.mean(agree))
@@ -485,9 +496,3 @@ def _session(onnx_path: Path, fp16: bool) -> Any:
         raise CnnzooError(
             f"ONNX Runtime's CPU provider cannot load {what} ({str(err).splitlines()[0]})"
         ) from None
-
-
-def _utc_now() -> str:
-    from zoo.card import utc_now
-
-    return utc_now()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,14 @@ def test_missing_dataset(capsys, tmp_path):
     code, _, err = _run(capsys, "eval", "resnet20-cifar10", "--weights", "x.safetensors",
                         "--data-dir", str(tmp_path))  # fmt: skip
     assert code == 3 and "x.safetensors does not exist" in _one_error_line(err, "eval")
+    code, _, err = _run(capsys, "eval", "lenet5-mnist", "--data-dir", str(tmp_path / "empty"))
+    line = _one_error_line(err, "eval")
+    assert code == 3 and "MNIST" in line and "--download" in line  # eval can fetch MNIST
+    code, _, err = _run(capsys, "eval", "lenet5-mnist", "--dataset", str(tmp_path / "nope"))
+    line = _one_error_line(err, "eval")
+    assert code == 3 and str(tmp_path / "nope") in line
+    assert "one subfolder of images per class" in line and "--download" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_corrupt_weights_file(capsys, tmp_path):
@@ -122,7 +131,7 @@ def test_export_into_existing_version_and_into_a_file(
     weights = str(run / "model.safetensors")
     code, _, err = _run(capsys, "export", "lenet5-mnist", "--weights", weights,
                         "--repository", str(repository), "--version", "1")  # fmt: skip
-    assert code == 4 and "already exists" in _one_error_line(err, "export")
+    assert code == 4 and "already has version 1" in _one_error_line(err, "export")
     assert sorted(str(p) for p in repository.rglob("*")) == before
     a_file = tmp_path / "repository.txt"
     a_file.write_text("x")
@@ -133,17 +142,34 @@ def test_export_into_existing_version_and_into_a_file(
 
 
 def test_console_script_in_a_subprocess(tmp_path, trained_lenet):
-    """The installed `cnnzoo` script, end to end: export then list and eval."""
+    """The installed `cnnzoo` script, end to end: export then list and eval.
+
+    Under umask 022 every file of the repository is 0644 and every folder 0755, so a server
+    running as another user (Triton, the compose services) can read all of it.
+    """
     _, run = trained_lenet
     script = Path(sys.executable).with_name("cnnzoo")
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     done = subprocess.run(
         [str(script), "export", "lenet5-mnist", "--repository", str(tmp_path / "repo"), "--json"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=120, umask=0o022,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["version"] == 1 and summary["parity"]["max_abs_diff"] <= 1e-4
+    modes = {
+        str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode)
+        for p in (tmp_path / "repo").rglob("*")
+    }
+    folders = {"repo/lenet5-mnist", "repo/lenet5-mnist/1"}
+    assert modes == {
+        **{name: 0o755 for name in folders},
+        **{
+            f"repo/lenet5-mnist/{name}": 0o644
+            for name in ("config.pbtxt", "labels.txt", "1/model.onnx", "1/model.safetensors",
+                         "1/manifest.json")
+        },
+    }  # fmt: skip
     done = subprocess.run([str(script), "eval", "nope"], capture_output=True, text=True, env=env)
     assert done.returncode == 3
     assert done.stderr.strip().startswith("cnnzoo eval: error: unknown model 'nope'")

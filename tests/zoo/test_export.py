@@ -8,6 +8,7 @@ import torch
 from google.protobuf import text_format
 
 import zoo
+from cnnzoo.cli import main
 from protos import model_config_pb2
 from zoo.datasets import get_dataset
 from zoo.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
@@ -149,6 +150,30 @@ def test_new_versions_increase_and_old_ones_are_never_overwritten(trained_lenet,
     with pytest.raises(AlreadyExists, match="max-batch-size"):
         export_model(ExportOptions("lenet5-mnist", tmp_path, weights=weights, max_batch_size=8))
     assert _tree(tmp_path) == before
+
+
+def test_a_requested_version_must_be_above_the_latest(trained_lenet, tmp_path, capsys):
+    """The server serves the latest version: a lower one would never be served."""
+    _, run = trained_lenet
+    weights = str(run / "model.safetensors")
+    export_model(ExportOptions("lenet5-mnist", tmp_path, weights=weights))
+    assert export_model(ExportOptions("lenet5-mnist", tmp_path, weights=weights, version=5))[
+        "version"
+    ] == 5  # fmt: skip
+    before = _tree(tmp_path)
+    with pytest.raises(InvalidInput, match="already has version 5; versions only increase"):
+        export_model(ExportOptions("lenet5-mnist", tmp_path, weights=weights, version=3))
+    with pytest.raises(AlreadyExists, match="omit --version to write 6"):
+        export_model(ExportOptions("lenet5-mnist", tmp_path, weights=weights, version=5))
+    code = main(["export", "lenet5-mnist", "--weights", weights, "--repository", str(tmp_path),
+                 "--version", "3"])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == [
+        "cnnzoo export: error: --version 3: lenet5-mnist already has version 5; versions only "
+        "increase and are never overwritten (omit --version to write 6)"
+    ]
+    assert _tree(tmp_path) == before
+    assert ModelRepository(tmp_path).versions("lenet5-mnist") == [1, 5]
 
 
 def test_verify_names_a_tampered_file(trained_lenet, tmp_path):

@@ -1,7 +1,7 @@
 """The LeNet-5 weights the package ships: produced by `cnnzoo train`, with their card."""
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import zoo
 from cnnzoo.cli import main
@@ -16,6 +16,10 @@ def test_card_matches_the_weights_and_the_target():
     card = ENTRY.card()
     assert card is not None and validate_card(card) == []
     assert card["weights"]["sha256"] == sha256_file(ENTRY.weights_file)
+    # the card travels with the package: no path of the machine it was trained on
+    folder = card["dataset"]["folder"]
+    assert not PurePosixPath(folder).is_absolute() and not PureWindowsPath(folder).is_absolute()
+    assert folder == "MNIST"
     assert card["metrics"]["top1"] >= 0.992
     assert card["metrics"]["n"] == 10_000 and card["dataset"]["n_train"] == 60_000
     assert card["dataset"]["train_subset"] is None and card["dataset"]["test_subset"] is None
