@@ -194,6 +194,7 @@ def train(options: TrainOptions) -> TrainResult:
             data_dir=options.data_dir,
             transform=entry.preprocess.torch_transform(augment),
             download=options.download,
+            offer_download=True,
         ),
         settings["train_subset"],
     )
@@ -204,6 +205,7 @@ def train(options: TrainOptions) -> TrainResult:
             data_dir=options.data_dir,
             transform=entry.preprocess.torch_transform(),
             download=options.download,
+            offer_download=True,
         ),
         settings["test_subset"],
     )
