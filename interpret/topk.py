@@ -119,11 +119,10 @@ class TopK:
 
     def merge(self, other: TopK) -> TopK:
         """The top-k of the union of both tables (k of `self`)."""
-        return self._merge(
-            TopK(
-                torch.nan_to_num(other.values, nan=float("-inf")), other.images, other.ys, other.xs
-            )
-        )
+        # NaN never enters. Not `nan_to_num`: it would also turn the -inf of empty slots into
+        # the most negative float.
+        values = other.values.masked_fill(other.values.isnan(), float("-inf"))
+        return self._merge(TopK(values, other.images, other.ys, other.xs))
 
     def _merge(self, other: TopK, in_order: bool = False) -> TopK:
         values = torch.cat([self.values, other.values], dim=1)

@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from interpret.scan import batch_ranges, iterate_batches, scan_topk
 from interpret.topk import Entry, TopK, channel_maxima
@@ -72,6 +74,52 @@ def test_merge_of_shards_equals_one_pass(tied_activations) -> None:
         idx = torch.tensor(batch)
         shards[b % 3].update(values[idx], idx, ys[idx], xs[idx])
     assert shards[2].merge(shards[0]).merge(shards[1]).equals(reference)
+
+
+@st.composite
+def activations_and_batching(draw):
+    """Per-image channel maxima on a coarse grid (many exact ties, some channels all equal),
+    k, and a batching of the images: batch size, the order the batches arrive in, and a split
+    of the batches into shards (as torchrun ranks would see them)."""
+    images = draw(st.integers(1, 40))
+    channels = draw(st.integers(1, 4))
+    grid = st.integers(-3, 3).map(lambda v: v / 2)
+    values = draw(st.lists(grid, min_size=images * channels, max_size=images * channels))
+    positions = st.lists(st.integers(0, 6), min_size=images * channels, max_size=images * channels)
+    k = draw(st.integers(1, 12))
+    batch_size = draw(st.integers(1, images))
+    count = len(batch_ranges(list(range(images)), batch_size))
+    order = draw(st.permutations(range(count)))
+    shards = draw(st.integers(1, 3))
+    return (
+        torch.tensor(values, dtype=torch.float64).view(images, channels),
+        torch.tensor(draw(positions)).view(images, channels),
+        torch.tensor(draw(positions)).view(images, channels),
+        k,
+        batch_size,
+        list(order),
+        shards,
+    )
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(activations_and_batching())
+def test_property_streaming_and_sharded_equal_brute_force(case) -> None:
+    values, ys, xs, k, batch_size, order, shards = case
+    expected = brute_force(values, ys, xs, k)
+    channels = values.shape[1]
+    top = stream(values, ys, xs, k, batch_size, order)
+    assert [top.entries(c) for c in range(channels)] == expected
+    # The same batches split over shards (batch b to shard b mod N), merged in any order.
+    tables = [TopK.empty(channels, k) for _ in range(shards)]
+    batches = batch_ranges(list(range(values.shape[0])), batch_size)
+    for position, b in enumerate(order):
+        idx = torch.tensor(batches[b])
+        tables[position % shards].update(values[idx], idx, ys[idx], xs[idx])
+    merged = tables[-1]
+    for table in tables[:-1]:
+        merged = merged.merge(table)
+    assert merged.equals(top)
 
 
 def test_fewer_images_than_k() -> None:
