@@ -41,6 +41,24 @@ def attribute(model: nn.Module, rule: Rule, x: torch.Tensor, target: int = 0) ->
     return for_method(model, rule).attribute(x, target=target)
 
 
+def plain_gradient(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """d model(x)[:, target] / dx from autograd alone, with no rule machinery involved."""
+    x = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x)[:, target].sum(), x)
+    return grad
+
+
+def assert_rule_applied(maps: torch.Tensor, model: nn.Module, rule: Rule, x, target: int) -> None:
+    """The gradient rule gives autograd's gradient; deconvnet and guided backprop must not (on
+    these random ReLU nets some ReLU is off or some gradient negative, so a rule that did nothing
+    would show here), which keeps the equality tests from passing with a no-op rule."""
+    plain = plain_gradient(model, x, target)
+    if rule is Rule.GRADIENT:
+        assert torch.allclose(maps, plain, rtol=1e-12, atol=1e-15)
+    else:
+        assert not torch.allclose(maps, plain, rtol=1e-6, atol=1e-9), f"{rule} did nothing"
+
+
 def same_weights(make, reference: nn.Module, **kwargs) -> nn.Module:
     model = make(**kwargs)
     model.load_state_dict(reference.state_dict())
@@ -229,6 +247,7 @@ def test_fact11_alone_or_in_a_batch(rule: Rule) -> None:
         model[1].running_mean.uniform_(-1, 1)
     x = ConvNet.inputs(5, pool=True)
     batch = attribute(model, rule, x, target=1)
+    assert_rule_applied(batch, model, rule, x, target=1)
     for i in range(5):
         assert torch.allclose(
             attribute(model, rule, x[i : i + 1], target=1), batch[i : i + 1], rtol=1e-12, atol=1e-15
@@ -244,6 +263,7 @@ def test_fact12_separate_shared_and_inplace_relus_agree(rule: Rule, make) -> Non
     reference = make()
     x = torch.randn(3, 1, 8, 8, dtype=DTYPE) if make is ConvNet else torch.randn(3, 4, dtype=DTYPE)
     expected = attribute(reference, rule, x)
+    assert_rule_applied(expected, reference, rule, x, target=0)
     for shared in (False, True):
         for inplace in (False, True):
             model = same_weights(make, reference, shared=shared, inplace=inplace)
@@ -275,7 +295,9 @@ def test_fact12_torchvision_resnet_reused_inplace_relu(rule: Rule) -> None:
     separate = separate_relus(model)
     relus = [m for m in separate.modules() if isinstance(m, nn.ReLU)]
     assert len(relus) == 17 and not any(m.inplace for m in relus)  # 1 stem + 8 blocks x 2 calls
-    assert torch.equal(attribute(model, rule, x, target=3), attribute(separate, rule, x, target=3))
+    maps = attribute(model, rule, x, target=3)
+    assert torch.equal(maps, attribute(separate, rule, x, target=3))
+    assert_rule_applied(maps, model, rule, x, target=3)
 
 
 @pytest.mark.parametrize("spelling", ["F.relu", "torch.relu", "Tensor.relu"])
