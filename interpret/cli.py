@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     explain.add_argument(
         "--target", type=int, help="class index to explain (default: the predicted class)"
     )
-    explain.add_argument("--out", type=Path, required=True, help="where to write the map PNG")
+    explain.add_argument(
+        "--out", type=Path, required=True, help="where to write the map (a .png file)"
+    )
     explain.add_argument("--save-map", type=Path, help="also save the raw float32 map as .npy")
     explain.set_defaults(func=_explain)
 
@@ -62,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     job.add_argument("--data-dir", help="dataset root (default: $CNNZOO_DATA, else ./data)")
     job.add_argument("--check", action="store_true", help="only validate the job file, run nothing")
+    job.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of another job or model in the output folder (without it, such "
+        "a folder is refused); the old results are deleted once the new run has finished",
+    )
     job.add_argument("--no-progress", action="store_true", help="hide progress bars")
     job.set_defaults(func=_job)
 
@@ -70,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run each job file dropped into a folder once (the compose worker)",
         description="Watches --jobs for .toml/.json job files and runs each into "
         "<results>/<job name>/, recording done/failed in <results>/.status/ so a restart skips "
-        "finished jobs and resumes interrupted ones.",
+        "finished jobs and resumes interrupted ones; an edited job file runs again and its new "
+        "results replace those of its earlier version.",
     )
     worker.add_argument("--jobs", type=Path, required=True, help="folder of job files")
     worker.add_argument("--results", type=Path, required=True, help="folder for results")
@@ -118,6 +127,8 @@ def _explain(args: argparse.Namespace) -> int:
     from zoo.errors import InvalidInput, NotFound
     from zoo.fileio import atomic_path, atomic_write_bytes
 
+    if args.out.suffix.lower() != ".png":  # the map is PNG bytes (what the Explain RPC returns)
+        raise InvalidInput(f"--out {args.out}: the map is written as PNG; name a .png file")
     if args.repository is not None:
         from zoo.repository import ModelRepository
 
@@ -160,7 +171,13 @@ def _job(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.job_file}: ok ({len(spec.analyses)} analyses on {spec.model})")
         return 0
-    index = run_job(spec, args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    index = run_job(
+        spec,
+        args.out,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

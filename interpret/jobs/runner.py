@@ -8,6 +8,13 @@ its partial top-k tables every tenth of its batches. Everything in the manifest 
 `timings` comes from the markers, so a resumed run writes the same manifest and the same PNGs as
 an uninterrupted one.
 
+Replacing: an output folder is claimed by `.state/job.json`, which records the job's fingerprint
+(the job's options and the model's weights) and its job file. A run whose fingerprint differs
+from the folder's refuses to mix its files with the other job's, unless asked to `overwrite`:
+then the previous results move aside to a hidden `.<folder>.replaced` beside the folder, the new
+job runs into the emptied folder, and the old results are deleted once it has finished. An
+interrupted replacement resumes like any run; the folder never holds files of both jobs.
+
 Sharding: under `torchrun` every rank scans its share of the batches (batch b goes to rank
 b mod N), the partial tables are gathered and merged, then rank r renders parts r, r+N, ...;
 rank 0 writes the manifest and the gallery.
@@ -16,6 +23,8 @@ rank 0 writes the manifest and the gallery.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +40,7 @@ from interpret.layers import LayerInfo, describe_layers
 from zoo.errors import AlreadyExists
 from zoo.fileio import atomic_write_json, sha256_bytes, sha256_file
 
-__all__ = ["JobContext", "run_job"]
+__all__ = ["JobContext", "output_owner", "replaced_path", "run_job"]
 
 STATE_DIR = ".state"
 MANIFEST = "manifest.json"
@@ -148,28 +157,53 @@ def _fingerprint(spec: JobSpec, model_sha: str, images: int) -> dict[str, Any]:
     job = spec.to_dict()
     job["dataset"]["images"] = images
     digest = sha256_bytes(json.dumps({"job": job, "model": model_sha}, sort_keys=True).encode())
-    return {"job": spec.name, "fingerprint": digest}
+    return {"job": spec.name, "fingerprint": digest, "source": str(spec.source)}
 
 
-def _claim_output(ctx: JobContext, fingerprint: dict[str, Any]) -> None:
-    """Make sure the output folder is new or holds this very job; every rank learns the verdict."""
+def output_owner(out_dir: str | Path) -> dict[str, Any] | None:
+    """The claim of a job output folder: {"job": name, "fingerprint", "source": job file}, `{}`
+    when the claim is unreadable, None when the folder holds no job's results."""
+    marker = Path(out_dir) / STATE_DIR / "job.json"
+    if not marker.is_file():
+        return None
+    try:
+        found = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def replaced_path(out_dir: Path) -> Path:
+    """Where an output folder's previous results wait while `overwrite` replaces them."""
+    return out_dir.parent / f".{out_dir.name}.replaced"
+
+
+def _claim_output(ctx: JobContext, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Make sure the output folder is new or holds this very job (with `overwrite`: move another
+    job's results aside); every rank learns the verdict."""
     problem = None
     if ctx.ranks.is_main:
-        marker = ctx.state_dir / "job.json"
-        if marker.is_file():
-            try:
-                found = json.loads(marker.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                found = {}
-            if found.get("fingerprint") != fingerprint["fingerprint"]:
-                problem = (
-                    f"{ctx.out_dir} holds results of another job or model ({found.get('job')!r}); "
-                    "choose another output folder or delete it"
-                )
-        elif ctx.out_dir.exists() and any(ctx.out_dir.iterdir()):
-            problem = f"{ctx.out_dir} exists and is not a job folder; choose another output folder"
+        out = ctx.out_dir
+        found = output_owner(out)
+        if found is not None and found.get("fingerprint") == fingerprint["fingerprint"]:
+            pass  # this job: resume
+        elif found is not None and not overwrite:
+            problem = (
+                f"{out} holds results of another job or model ({found.get('job')!r}); "
+                "rerun with --overwrite to replace them, or choose another output folder"
+            )
+        elif found is None and out.exists() and any(out.iterdir()):
+            problem = (
+                f"{out} exists and is not a job folder (no {STATE_DIR}/job.json), so it is "
+                "never replaced, not even with --overwrite; choose another output folder"
+            )
         else:
-            atomic_write_json(marker, fingerprint)
+            if found is not None:  # overwrite: another job's results go aside until we finish
+                aside = replaced_path(out)
+                if aside.exists():  # from an earlier replacement that was interrupted
+                    shutil.rmtree(aside)
+                os.replace(out, aside)
+            atomic_write_json(out / STATE_DIR / "job.json", fingerprint)
     problem = ctx.ranks.broadcast(problem)
     if problem:
         raise AlreadyExists(problem)
@@ -191,6 +225,7 @@ def run_job(
     *,
     data_dir: str | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Run a validated job (see `interpret.jobs.spec.load_job`); returns the gallery's path.
 
@@ -199,6 +234,8 @@ def run_job(
         out_dir: where results go (default: the job's `output`, else `./out/<name>`).
         data_dir: the dataset root (default `$CNNZOO_DATA`, else `./data`).
         progress: show progress bars.
+        overwrite: replace the results of another job or model in `out_dir` (see the module
+            docstring); without it such a folder raises `AlreadyExists`.
     """
     import zoo
     from interpret.jobs import analyses, gallery
@@ -242,7 +279,7 @@ def run_job(
             progress=progress,
         )
         model_sha = state_sha256(model)
-        _claim_output(ctx, _fingerprint(spec, model_sha, count))
+        _claim_output(ctx, _fingerprint(spec, model_sha, count), overwrite)
         sections = []
         for analysis in spec.analyses:
             start = time.perf_counter()
@@ -272,6 +309,9 @@ def run_job(
             }
             atomic_write_json(ctx.out_dir / MANIFEST, manifest)
             gallery.write_index(ctx.out_dir, manifest)
+            aside = replaced_path(ctx.out_dir)
+            if aside.exists():  # the results this run replaced
+                shutil.rmtree(aside)
         ranks.barrier()
         return index
     finally:

@@ -51,6 +51,9 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROJECTIONS = ("deconvnet", "guided-backprop", "gradient")
+# `interpret.explain.METHODS`, spelled out so that reading a job file does not import captum
+# (tests/interpret/test_jobs.py checks that the two agree).
+ATTRIBUTION_METHODS = ("gradient", "deconvnet", "guided-backprop", "occlusion")
 ZF_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of ZF Fig. 4
 
 # Per analysis kind: option -> default (None: chosen from the model at validation time).
@@ -172,6 +175,8 @@ def _unknown_keys(source: Path, where: str, given: dict[str, Any], allowed: set[
 
 def _int_list(source: Path, where: str, value: Any) -> list[int]:
     items = _expect(source, where, value, list, "a list of integers")
+    if not items:
+        raise _fail(source, f"{where} must list at least one integer")
     for item in items:
         _expect(source, where, item, int, "a list of integers")
         if item < 0:
@@ -183,6 +188,13 @@ def _positive(source: Path, where: str, value: Any) -> int:
     _expect(source, where, value, int, "a positive integer")
     if value < 1:
         raise _fail(source, f"{where} must be a positive integer, got {value}")
+    return value
+
+
+def _count(source: Path, where: str, value: Any) -> int:
+    _expect(source, where, value, int, "an integer >= 0")
+    if value < 0:
+        raise _fail(source, f"{where} must be an integer >= 0, got {value}")
     return value
 
 
@@ -224,6 +236,8 @@ def _analysis(source: Path, index: int, raw: Any) -> AnalysisSpec:
             _expect(source, at, value, str, "a string")
         elif key == "layers":
             _expect(source, at, value, list, "a list of layer names")
+            if not value:
+                raise _fail(source, f"{at} must list at least one layer (or be left out)")
             for item in value:
                 _expect(source, at, item, str, "a list of layer names")
         elif key == "channels":
@@ -241,15 +255,13 @@ def _analysis(source: Path, index: int, raw: Any) -> AnalysisSpec:
             if value not in PROJECTIONS:
                 raise _fail(source, f"{at} must be one of {', '.join(PROJECTIONS)}, got {value!r}")
         elif key == "methods":
-            from interpret.explain import METHODS
-
-            if kind == "randomisation":
-                METHODS = PROJECTIONS  # noqa: N806 (the rule-based methods only)
+            # randomisation compares the rule-based maps only
+            allowed = PROJECTIONS if kind == "randomisation" else ATTRIBUTION_METHODS
             _expect(source, at, value, list, "a list of methods")
-            bad = [m for m in value if m not in METHODS]
+            bad = [m for m in value if m not in allowed]
             if bad or not value:
                 raise _fail(
-                    source, f"{at} must list methods from {', '.join(METHODS)}, got {value!r}"
+                    source, f"{at} must list methods from {', '.join(allowed)}, got {value!r}"
                 )
     return AnalysisSpec(kind=kind, id=f"{index + 1:02d}-{kind}", options=options)
 
@@ -292,9 +304,7 @@ def read_job(path: str | Path) -> JobSpec:
             else None
         ),
         batch_size=_positive(source, "dataset.batch_size", dataset_raw.get("batch_size", 256)),
-        num_workers=_expect(
-            source, "dataset.num_workers", dataset_raw.get("num_workers", 0), int, "an integer"
-        ),
+        num_workers=_count(source, "dataset.num_workers", dataset_raw.get("num_workers", 0)),
     )
     analyses_raw = raw.get("analyses")
     if not analyses_raw:
@@ -350,13 +360,15 @@ def validate_job(spec: JobSpec, data_dir: str | None = None) -> JobSpec:
         NotFound: unknown model, missing weights file or checkpoint folder.
         LayerNotFound: unknown layer (lists the valid layer names).
         DatasetNotFound: the dataset is missing.
-        JobFileError: out-of-range channels or image indices, unusable layers.
+        JobFileError: out-of-range channels or image indices, an occlusion square larger than
+            the model's input, unusable layers.
+        InvalidInput: evolution checkpoints that do not fit the model.
     """
     import zoo
     from interpret.layers import describe_layers
     from zoo.checkpoints import list_epochs
     from zoo.datasets import get_dataset
-    from zoo.errors import NotFound
+    from zoo.errors import CnnzooError, NotFound
 
     source = spec.source
     entry = zoo.get_entry(spec.model)  # NotFound lists the zoo's names
@@ -428,6 +440,10 @@ def validate_job(spec: JobSpec, data_dir: str | None = None) -> JobSpec:
                     f"{source.name}: {where}.epochs {missing} not saved; "
                     f"available: {sorted(epochs)}"
                 )
+            try:  # the architecture must fit (the epochs of one training run share it)
+                zoo.build_model(spec.model, weights=epochs[wanted[0]])
+            except CnnzooError as err:
+                raise type(err)(f"{source.name}: {where}.checkpoints: {err.reason}") from None
             opts["checkpoints"] = str(path)
             opts["epochs"] = list(wanted)
             opts["layer"] = layer(f"{where}.layer", opts["layer"] or convs[-1])
@@ -459,6 +475,18 @@ def validate_job(spec: JobSpec, data_dir: str | None = None) -> JobSpec:
                 opts["layer"] = layer(
                     f"{where}.layer", opts["layer"] or convs[-1], need_field=False
                 )
+                if len(infos[opts["layer"]].output_shape) != 3:
+                    raise JobFileError(
+                        f"{source.name}: {where}.layer {opts['layer']!r} has no feature maps "
+                        f"to track; pick a convolution, e.g. {convs[-1]}"
+                    )
+                side = min(entry.input_shape[1:])
+                for key in ("window", "stride"):
+                    if opts[key] is not None and opts[key] > side:
+                        raise JobFileError(
+                            f"{source.name}: {where}.{key} = {opts[key]} exceeds the "
+                            f"{spec.model} input of {side} px; use at most {side}"
+                        )
         analyses.append(AnalysisSpec(kind=analysis.kind, id=analysis.id, options=opts))
     return JobSpec(**{**spec.__dict__, "analyses": tuple(analyses)})
 

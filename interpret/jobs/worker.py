@@ -3,8 +3,12 @@
 Each job file `<jobs>/<file>.toml|.json` runs into `<results>/<job name>/`. When it ends, a status
 file `<results>/.status/<file>.json` records `done` or `failed` (with the reason) and the job
 file's sha256; a restarted worker skips files whose status matches their current contents, and
-resumes (see `interpret.jobs.runner`) a job that was interrupted before it had a status. Editing
-a job file makes it run again.
+resumes (see `interpret.jobs.runner`) a job that was interrupted before it had a status.
+
+Editing a job file makes it run again: when its results folder holds the results of an earlier
+version of the same file, the new run replaces them (the old results stay in a hidden folder
+beside it until the new run has finished, so the folder never mixes the two). Results of another
+job file that happens to use the same job name are never replaced: that run fails and says so.
 """
 
 from __future__ import annotations
@@ -79,6 +83,18 @@ def pending_jobs(jobs: Path, results: Path) -> list[Path]:
     return found
 
 
+def _earlier_version(job_file: Path, results: Path, out: Path) -> bool:
+    """Whether `out` holds results of this job file (of an earlier version of it)."""
+    from interpret.jobs.runner import output_owner
+
+    owner = output_owner(out)
+    if not owner:
+        return False
+    if "source" in owner:
+        return owner["source"] == str(job_file.resolve())
+    return _status(results, job_file) is not None  # a claim that does not name its file
+
+
 def _run_one(
     job_file: Path, results: Path, data_dir: str | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -89,7 +105,9 @@ def _run_one(
     started = time.time()
     try:
         spec = load_job(job_file, data_dir=data_dir)
-        index = run_job(spec, results / spec.name, data_dir=data_dir)
+        out = results / spec.name
+        overwrite = _earlier_version(job_file, results, out)
+        index = run_job(spec, out, data_dir=data_dir, overwrite=overwrite)
         status = {"state": "done", "index": str(index.relative_to(results.resolve()))}
         log(f"{job_file.name}: done -> {index}")
     except CnnzooError as err:

@@ -16,7 +16,15 @@ from PIL import Image
 import zoo
 from cnnzoo.cli import main
 from interpret.explain import explain
-from tests.interpret.jobfiles import DIGITS, mnist_job, write_job
+from interpret.jobs import load_job, run_job
+from tests.interpret.jobfiles import (
+    DIGITS,
+    manifest_without_timings,
+    mnist_job,
+    output_files,
+    write_job,
+)
+from zoo.fileio import sha256_file
 
 SEVEN = DIGITS / "7" / "test-00000.png"
 
@@ -154,6 +162,58 @@ def test_worker_runs_each_job_once(tmp_path: Path, capsys) -> None:
         results / "broken" / "02-filters" / "features.c1.png"
     ).exists() is False  # one analysis: 01
     assert (results / "broken" / "01-filters" / "features.c1.png").is_file()
+
+
+EDITABLE_JOB = f"""
+name = "edited"
+model = "lenet5-mnist"
+
+[dataset]
+name = "{DIGITS}"
+
+[[analyses]]
+kind = "max-activations"
+layers = ["features.c1"]
+channels = [0, 1]
+top_k = 4
+"""
+
+
+def test_worker_reruns_an_edited_job_into_fresh_results(tmp_path: Path, capsys) -> None:
+    jobs, results = tmp_path / "jobs", tmp_path / "results"
+    job = write_job(jobs, EDITABLE_JOB, name="edited.toml")
+    worker = ["worker", "--jobs", str(jobs), "--results", str(results), "--once"]
+    assert main(worker) == 0
+    out = results / "edited"
+    assert (out / "01-max-activations" / "features.c1" / "channel_0001.png").is_file()
+
+    job.write_text(EDITABLE_JOB.replace("channels = [0, 1]", "channels = [3]"))
+    assert main(worker) == 0
+    status = json.loads((results / ".status" / "edited.toml.json").read_text())
+    assert status["state"] == "done" and status["sha256"] == sha256_file(job)
+    # The results are those of the edited file alone, as if it had run into a new folder.
+    clean = run_job(load_job(job), tmp_path / "clean").parent
+    assert output_files(out) == output_files(clean)
+    assert manifest_without_timings(out) == manifest_without_timings(clean)
+    assert sorted(p.name for p in results.iterdir()) == [".status", "edited"]
+
+    # Another job file with the same job name never replaces these results.
+    before = output_files(out)
+    write_job(jobs, EDITABLE_JOB.replace("top_k = 4", "top_k = 2"), name="other.toml")
+    capsys.readouterr()
+    assert main(worker) == 1
+    assert "other.toml: failed:" in capsys.readouterr().out
+    failed = json.loads((results / ".status" / "other.toml.json").read_text())
+    assert "holds results of another job" in failed["reason"]
+    assert output_files(out) == before
+
+
+def test_explain_refuses_an_out_file_that_is_not_png(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "map.jpg"
+    assert main(["explain", str(SEVEN), "--model", "lenet5-mnist", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "map.jpg: the map is written as PNG; name a .png file" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_real_script_explain(tmp_path: Path) -> None:

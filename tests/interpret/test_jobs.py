@@ -13,10 +13,13 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import torch
 from PIL import Image
 
+from cnnzoo.cli import main
 from interpret.errors import JobFileError, LayerNotFound
 from interpret.jobs import load_job, run_job
+from interpret.jobs.runner import replaced_path
 from tests.interpret.jobfiles import (
     DIGITS,
     ROOT,
@@ -26,7 +29,7 @@ from tests.interpret.jobfiles import (
     output_files,
     write_job,
 )
-from zoo.errors import AlreadyExists, DatasetNotFound, NotFound
+from zoo.errors import AlreadyExists, DatasetNotFound, InvalidInput, NotFound
 from zoo.fileio import sha256_file
 
 DIGITS_JOB = f"""
@@ -95,9 +98,6 @@ def test_outputs_and_manifest(digits_run: Path) -> None:
     randomisation = manifest["analyses"][4]["tables"]
     assert randomisation["stages"] == ["trained", "classifier.output", "features.c5"]
     assert all(values[0] == 1.0 for values in randomisation["correlation"].values())
-    randomisation = manifest["analyses"][4]["tables"]
-    assert randomisation["stages"] == ["trained", "classifier.output", "features.c5"]
-    assert all(values[0] == 1.0 for values in randomisation["correlation"].values())
 
 
 def test_gallery_references_only_existing_files(digits_run: Path) -> None:
@@ -111,13 +111,66 @@ def test_gallery_references_only_existing_files(digits_run: Path) -> None:
 
 def test_another_job_cannot_reuse_the_output(digits_run: Path, tmp_path: Path) -> None:
     other = write_job(tmp_path, DIGITS_JOB.replace("channels = [0, 5, 9]", "channels = [1]"))
-    with pytest.raises(AlreadyExists, match="another job"):
+    with pytest.raises(AlreadyExists, match="another job.*rerun with --overwrite"):
         run_job(load_job(other), digits_run)
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
-    with pytest.raises(AlreadyExists, match="not a job folder"):
-        run_job(load_job(other), stray)
+    for overwrite in (False, True):  # a folder that is no job's output is never replaced
+        with pytest.raises(AlreadyExists, match="not a job folder"):
+            run_job(load_job(other), stray, overwrite=overwrite)
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
+    assert not replaced_path(stray).exists()
+
+
+SMALL_JOB = f"""
+name = "small"
+model = "lenet5-mnist"
+
+[dataset]
+name = "{DIGITS}"
+
+[[analyses]]
+kind = "max-activations"
+layers = ["features.c1"]
+channels = [0, 1]
+top_k = 4
+
+[[analyses]]
+kind = "attributions"
+images = [0]
+methods = ["gradient"]
+"""
+
+
+def test_job_overwrite_replaces_another_jobs_results(tmp_path: Path, capsys) -> None:
+    first = write_job(tmp_path / "a", SMALL_JOB)
+    second = write_job(tmp_path / "b", SMALL_JOB.replace("channels = [0, 1]", "channels = [4]"))
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    run_job(load_job(first), out)
+    assert (out / "01-max-activations" / "features.c1" / "channel_0001.png").is_file()
+    before = output_files(out)
+
+    # Plain `cnnzoo job`: one clear error naming the flag, the results untouched.
+    assert main(["job", str(second), "--out", str(out), "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds results of another job" in err and "--overwrite" in err
+    assert output_files(out) == before
+
+    # An earlier replacement that was interrupted left the old results aside: also cleared.
+    replaced_path(out).mkdir()
+    (replaced_path(out) / "stale.png").write_bytes(b"old")
+    assert main(["job", str(second), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    run_job(load_job(second), clean)
+    # Exactly the new job's files: nothing of the first job is left in the folder or beside it.
+    assert output_files(out) == output_files(clean)
+    assert manifest_without_timings(out) == manifest_without_timings(clean)
+    assert not replaced_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "clean", "out"]
+
+    # The same job again (with or without the flag) resumes: everything is already done.
+    assert main(["job", str(second), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert output_files(out) == output_files(clean)
 
 
 # -- validation: one clear error, before any work ----------------------------------------------
@@ -197,6 +250,81 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             JobFileError,
             "no [[analyses]]",
         ),
+        # options that used to pass `--check` and fail only once the run had started
+        (
+            VALID + '[[analyses]]\nkind = "occlusion"\nwindow = 100\n',
+            ".toml",
+            JobFileError,
+            "window = 100 exceeds the lenet5-mnist input of 32 px",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "occlusion"\nwindow = 8\nstride = 33\n',
+            ".toml",
+            JobFileError,
+            "stride = 33 exceeds",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "occlusion"\nlayer = "classifier.output"\n',
+            ".toml",
+            JobFileError,
+            "'classifier.output' has no feature maps",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "occlusion"\nimages = [0, 12]\n',
+            ".toml",
+            JobFileError,
+            "[12] out of range",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "randomisation"\nimages = [10]\n',
+            ".toml",
+            JobFileError,
+            "[10] out of range",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "randomisation"\nimages = []\n',
+            ".toml",
+            JobFileError,
+            "images must list at least one",
+        ),
+        (VALID + "top_k = 0\n", ".toml", JobFileError, "top_k must be a positive integer"),
+        (VALID.replace("channels = 16", "channels = []"), ".toml", JobFileError, "at least one"),
+        (
+            VALID.replace('["features.c1", "features.c3"]', "[]"),
+            ".toml",
+            JobFileError,
+            "layers must list at least one layer",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "evolution"\nlayer = "features.c3"\nchannels = [16]\n',
+            ".toml",
+            JobFileError,
+            "[16] out of range; the layer has 16",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "attributions"\nmethods = ["gradient", "lime"]\n',
+            ".toml",
+            JobFileError,
+            "methods must list methods from gradient, deconvnet, guided-backprop, occlusion",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "attributions"\nmethods = []\n',
+            ".toml",
+            JobFileError,
+            "methods must list methods from",
+        ),
+        (
+            VALID + '[[analyses]]\nkind = "randomisation"\nmethods = ["occlusion"]\n',
+            ".toml",
+            JobFileError,
+            "methods must list methods from deconvnet, guided-backprop, gradient",
+        ),
+        (
+            VALID.replace("batch_size = 10", "batch_size = 10\nnum_workers = -1"),
+            ".toml",
+            JobFileError,
+            "num_workers must be an integer >= 0",
+        ),
     ],
 )
 def test_bad_job_files_fail_before_any_work(
@@ -208,6 +336,30 @@ def test_bad_job_files_fail_before_any_work(
     assert message in caught.value.reason
     assert "\n" not in caught.value.reason
     assert not (tmp_path / "jobs" / "out").exists() and not Path("out/valid").exists()
+
+
+def test_job_files_name_the_methods_explain_has() -> None:
+    from interpret.explain import METHODS
+    from interpret.jobs.spec import ATTRIBUTION_METHODS
+
+    assert ATTRIBUTION_METHODS == METHODS
+
+
+def test_evolution_checkpoints_must_fit_the_model(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    checkpoints = tmp_path / "run" / "epochs"
+    checkpoints.mkdir(parents=True)
+    save_file({"conv.weight": torch.zeros(4, 3, 3, 3)}, str(checkpoints / "epoch_001.safetensors"))
+    job = write_job(
+        tmp_path,
+        VALID + '[[analyses]]\nkind = "evolution"\ncheckpoints = "run"\n',
+    )
+    with pytest.raises(
+        InvalidInput,
+        match=r"analyses\[1\].checkpoints: epoch_001.safetensors does not fit the lenet5-mnist",
+    ):
+        load_job(job)
 
 
 def test_missing_mnist_names_the_folder(tmp_path: Path) -> None:
@@ -259,7 +411,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert not (killed / "manifest.json").exists() and not (state / "topk.safetensors").exists()
     # Second kill: once the first layer's grids are written, before the rest.
     run = subprocess.Popen(_cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env)
-    _kill_when(run, state / "layer-features.c1.json")
+    # (about 2 s of work, the C3 grids and the attributions, remain after this marker)
+    assert _kill_when(run, state / "layer-features.c1.json"), "the job finished before the kill"
+    assert not (killed / "manifest.json").exists()
     subprocess.run(
         _cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env, check=True
     )
