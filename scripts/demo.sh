@@ -10,12 +10,8 @@ PORT=${PORT:-8001}
 METRICS_PORT=${METRICS_PORT:-8002}
 JOB=${JOB:-examples/jobs/lenet5-digits.toml}
 
-echo "== 1. export lenet5-mnist into $REPOSITORY/"
-if [ -f "$REPOSITORY/lenet5-mnist/config.pbtxt" ]; then
-  echo "   $REPOSITORY/lenet5-mnist exists (versions: $(ls "$REPOSITORY/lenet5-mnist" | grep -E '^[0-9]+$' | tr '\n' ' '))"
-else
-  cnnzoo export lenet5-mnist --repository "$REPOSITORY"
-fi
+echo "== 1. export lenet5-mnist into $REPOSITORY/ (a new version only if the weights changed)"
+cnnzoo export lenet5-mnist --repository "$REPOSITORY" --skip-unchanged
 
 echo "== 2. serve it on 127.0.0.1:$PORT (metrics on :$METRICS_PORT)"
 cnnzoo serve --repository "$REPOSITORY" --model lenet5-mnist --port "$PORT" --metrics-port "$METRICS_PORT" &
@@ -37,4 +33,5 @@ wait $server
 trap - EXIT
 
 echo "== 5. a Zeiler-Fergus maximal-activation job over the same digits"
-cnnzoo job "$JOB"
+# --overwrite: results of an older version of the job or of the weights are replaced, not mixed
+cnnzoo job "$JOB" --overwrite
