@@ -120,38 +120,31 @@ def _layers(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     import zoo
     from interpret.explain import explain
-    from zoo.errors import InvalidInput, NotFound
+    from zoo.errors import InvalidInput
     from zoo.fileio import atomic_path, atomic_write_bytes
+    from zoo.images import read_image
 
     if args.out.suffix.lower() != ".png":  # the map is PNG bytes (what the Explain RPC returns)
         raise InvalidInput(f"--out {args.out}: the map is written as PNG; name a .png file")
+    image = read_image(args.image)  # decoded as the Explain RPC decodes uploads
     if args.repository is not None:
         from zoo.repository import ModelRepository
 
         repo = ModelRepository(args.repository)
         version = args.version if args.version is not None else repo.latest_version(args.model)
         manifest = repo.verify(args.model, version)
-        entry = zoo.get_entry(manifest["zoo_entry"])
-        weights: str | None = str(repo.version_dir(args.model, version) / "model.safetensors")
+        model = repo.torch_model(args.model, version, manifest=manifest)
         preprocess = repo.preprocess(args.model)
         labels = repo.labels(args.model)
-        model = zoo.build_model(entry.name, weights=weights)
     else:
         entry = zoo.get_entry(args.model)
         weights = None if args.weights == "none" else args.weights
         model = zoo.build_model(args.model, weights=weights)
         preprocess, labels = entry.preprocess, list(entry.labels)
-    if not args.image.is_file():
-        raise NotFound(f"image {args.image} does not exist")
-    try:
-        with Image.open(args.image) as image:
-            array = preprocess.apply(image)
-    except (UnidentifiedImageError, OSError) as err:
-        raise InvalidInput(f"{args.image} is not a readable image ({err})") from None
+    array = preprocess.apply(image)
     result = explain(model, torch.from_numpy(array).unsqueeze(0), args.method, target=args.target)
     atomic_write_bytes(args.out, result.png)
     if args.save_map is not None:

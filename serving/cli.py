@@ -148,7 +148,7 @@ def _register_classify(sub: argparse._SubParsersAction) -> None:
 
 def _classify(args: argparse.Namespace) -> int:
     from serving.client import ZooClient
-    from serving.errors import InvalidInput, NotFound
+    from serving.errors import InvalidImage, InvalidInput, NotFound
 
     if args.top_k < 1:
         raise InvalidInput(f"--top-k must be >= 1, got {args.top_k}")
@@ -158,7 +158,12 @@ def _classify(args: argparse.Namespace) -> int:
             raise NotFound(f"image file {path} does not exist")
         payloads.append(path.read_bytes())
     with ZooClient(args.server, timeout=args.timeout) as client:
-        results = client.classify(payloads, args.model, top_k=args.top_k, version=args.version)
+        try:
+            results = client.classify(payloads, args.model, top_k=args.top_k, version=args.version)
+        except InvalidImage as err:  # the server counts images; name the file instead
+            if not 0 <= err.index < len(args.images):
+                raise
+            raise InvalidInput(f"{args.images[err.index]}: {err.problem}") from None
     if args.json:
         document = [
             {

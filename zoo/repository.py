@@ -20,11 +20,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import IntegrityError, InvalidInput, NotFound
+from zoo.errors import CnnzooError, IntegrityError, InvalidInput, NotFound
 from zoo.fileio import sha256_file
 from zoo.preprocess import Preprocess
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from protos import model_config_pb2
 
 __all__ = [
@@ -185,3 +187,48 @@ class ModelRepository:
                     f"({str(expected)[:12]}...); re-export the model"
                 )
         return manifest
+
+    def torch_model(
+        self, model: str, version: int | str, *, manifest: dict[str, Any] | None = None
+    ) -> nn.Module:
+        """The PyTorch model of one version: its zoo entry with its model.safetensors, in eval
+        mode (for gradients, which the ONNX file cannot give).
+
+        Errors name the model, version and file, never the repository's folder (the server
+        sends them to its callers).
+
+        Args:
+            model: the model name.
+            version: the version number.
+            manifest: the version's manifest when the caller has read (and verified) it.
+
+        Raises:
+            NotFound: the version or its model.safetensors is gone.
+            IntegrityError: nothing names the zoo entry, or the weights do not load.
+        """
+        import zoo
+
+        validate_model_name(model)
+        if not _VERSION.match(str(version)):
+            raise NotFound(f"version {version!r} of {model!r} is not a number")
+        where = f"{model} version {int(version)}"
+        if manifest is None:
+            manifest = self.manifest(model, version)
+        entry = manifest.get("zoo_entry") or self.parameters(model).get("zoo_entry")
+        if not entry:
+            raise IntegrityError(
+                f"{where}: neither its manifest nor config.pbtxt names a zoo_entry, so its "
+                "PyTorch model cannot be rebuilt"
+            )
+        try:
+            zoo.get_entry(entry)
+        except NotFound as err:
+            raise IntegrityError(f"{where}: its zoo_entry is unknown here: {err.reason}") from None
+        path = self.root / model / str(int(version)) / WEIGHTS_FILE
+        if not path.is_file():
+            raise NotFound(f"{where}: {WEIGHTS_FILE} is missing; re-export the version")
+        try:
+            return zoo.build_model(entry, weights=path)
+        except CnnzooError as err:
+            reason = err.reason.replace(str(path), WEIGHTS_FILE)
+            raise IntegrityError(f"{where}: {WEIGHTS_FILE} does not load: {reason}") from None

@@ -14,10 +14,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from serving.errors import DeadlineExceeded, InvalidImage, Unavailable
 from zoo.errors import AlreadyExists, CnnzooError, IntegrityError, InvalidInput, NotFound
 
-__all__ = ["error_for", "grpc_errors", "status_for"]
+__all__ = ["IMAGE_INDEX_METADATA_KEY", "error_for", "grpc_errors", "status_for"]
+
+# Trailing metadata naming the unusable image of a request (its index, from 0).
+IMAGE_INDEX_METADATA_KEY = "cnnzoo-image-index"
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,6 @@ _STATUS: tuple[tuple[type[CnnzooError], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (IntegrityError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -53,7 +55,10 @@ def grpc_errors(handler: Handler) -> Handler:
         except grpc.aio.AbortError:
             raise
         except CnnzooError as err:
-            await context.abort(status_for(err), err.reason)
+            trailers = ()
+            if isinstance(err, InvalidImage):
+                trailers = ((IMAGE_INDEX_METADATA_KEY, str(err.index)),)
+            await context.abort(status_for(err), err.reason, trailing_metadata=trailers)
         except Exception:
             log.exception("%s failed", handler.__name__)
             await context.abort(
@@ -69,10 +74,22 @@ _ERRORS: dict[grpc.StatusCode, type[CnnzooError]] = {code: kind for kind, code i
 
 
 def error_for(err: grpc.RpcError, target: str) -> CnnzooError:
-    """The `CnnzooError` for a failed call (UNAVAILABLE names the server it could not reach)."""
+    """The `CnnzooError` for a failed call (UNAVAILABLE names the server it could not reach;
+    an unusable image becomes `InvalidImage` with its index)."""
     code = err.code()  # type: ignore[attr-defined]
     details = err.details() or code.name  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
         return Unavailable(f"cannot reach the server at {target}: {details}")
+    index = _image_index(err)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and index is not None:
+        return InvalidImage(index, details.removeprefix(f"image {index}: "))
     kind = _ERRORS.get(code, CnnzooError)
     return kind(f"{code.name}: {details}")
+
+
+def _image_index(err: grpc.RpcError) -> int | None:
+    trailers = getattr(err, "trailing_metadata", lambda: None)() or ()
+    for key, value in trailers:
+        if key == IMAGE_INDEX_METADATA_KEY and str(value).isdigit():
+            return int(value)
+    return None

@@ -38,7 +38,7 @@ def test_classify_errors_are_one_line(server, tmp_path):
     not_image.write_text("not an image")
     cases = [
         (["--model", "nope", str(DIGITS[0])], "unknown model 'nope'"),
-        (["--model", MODEL, str(not_image)], "not a PNG or JPEG"),
+        (["--model", MODEL, str(DIGITS[0]), str(not_image)], f"{not_image}: not a PNG or JPEG"),
         (["--model", MODEL, str(tmp_path / "missing.png")], "does not exist"),
     ]
     for args, fragment in cases:

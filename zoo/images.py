@@ -1,0 +1,94 @@
+"""Encoded images (PNG/JPEG) to PIL images, the same way for every part of cnnzoo.
+
+The server's uploads and `cnnzoo explain`'s files go through `decode_image`, so one image gives
+one model input wherever it comes from. Every way an image can be wrong becomes `InvalidInput`
+saying what is wrong: empty, not PNG/JPEG, corrupt or truncated, or larger than Pillow's
+decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) - that one is refused from the header,
+before decoding. Unusual but valid pixel formats are converted the way the training pipeline
+would see them: 16-bit greyscale is scaled to 8 bits, CMYK and palette images become RGB(A),
+alpha is dropped by the colour conversion in `Preprocess.apply` (as torchvision's loader does).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from zoo.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["FORMATS", "decode_image", "read_image"]
+
+FORMATS = ("PNG", "JPEG")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode PNG or JPEG bytes into a fully loaded PIL image in a mode `Preprocess` handles.
+
+    Raises:
+        InvalidInput: the bytes are empty, not PNG/JPEG, corrupt, truncated or too large.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidInput("the image is empty (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that; both are refused here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(
+                f"the image is too large: more than {Image.MAX_IMAGE_PIXELS} pixels "
+                "(a decompression bomb?); use a smaller image"
+            ) from None
+        except UnidentifiedImageError:
+            raise InvalidInput(
+                f"not a {' or '.join(FORMATS)} image ({len(data)} bytes starting {data[:8]!r})"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise InvalidInput(f"the image is corrupt or truncated: {err}") from None
+    return _normalise_mode(image)
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """`decode_image` for a file; errors name the file.
+
+    Raises:
+        NotFound: the file does not exist.
+        InvalidInput: the file is not a usable PNG/JPEG image (see `decode_image`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"image {path} does not exist")
+    try:
+        return decode_image(path.read_bytes())
+    except InvalidInput as err:
+        raise InvalidInput(f"{path} is not a readable image: {err.reason}") from None
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    """Bring rare pixel formats to ones `Image.convert("L"/"RGB")` handles faithfully."""
+    from PIL import Image
+
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # convert("L") would clip 16-bit values at 255 (a white image); scale them instead.
+        pixels = np.asarray(image).astype(np.uint32) >> 8
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        return image.convert("RGBA")  # keeps transparency information correct
+    if image.mode == "CMYK":
+        return image.convert("RGB")
+    if image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image), nan=0.0)
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    return image
