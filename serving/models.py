@@ -1,10 +1,14 @@
 """The models a server holds: loading, integrity checks, warm-up, lookup and hot reload.
 
-Each model in the repository is served at its latest complete version. Loading a version
+Each model in the repository is served at its newest version that loads. Loading a version
 verifies every sha256 in its manifest, reads config.pbtxt and labels.txt, creates the ONNX
 Runtime session and warms up each batch size, all in a worker thread; only then does the version
-replace the one being served. A model that fails to load is marked unavailable with the reason
-(requests for it get UNAVAILABLE naming it) while the others serve.
+replace the one being served. Versions are tried newest first: a refused one is logged with its
+reason and the next older one is tried. A model none of whose versions loads is marked
+unavailable with the reasons (requests for it get UNAVAILABLE naming it) while the others serve.
+A refusal is remembered with the size and modification time of the files it depended on, so a
+version that was still being copied in (manifest before model.onnx) is tried again on the next
+poll once its files change, and an unchanged one is not reloaded over and over.
 
 Hot reload (`poll`): a newer version directory is loaded beside the current one, swapped in with
 one assignment on the event loop, and the old version's batcher then finishes what it had
@@ -18,7 +22,6 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from serving.batcher import DynamicBatcher
@@ -28,7 +31,7 @@ from serving.spec import ModelSpec
 from serving.stats import ModelStats
 from zoo.errors import CnnzooError
 from zoo.preprocess import Preprocess
-from zoo.repository import ONNX_FILE, WEIGHTS_FILE, ModelRepository
+from zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, ModelRepository
 
 __all__ = ["LoadedVersion", "ModelManager", "ModelRecord"]
 
@@ -43,7 +46,7 @@ class LoadedVersion:
 
     name: str
     version: int
-    directory: Path
+    repository: ModelRepository
     spec: ModelSpec
     config: Any  # model_config_pb2.ModelConfig, passed through to the ModelConfig RPC
     labels: tuple[str, ...]
@@ -71,16 +74,22 @@ class LoadedVersion:
         """
         with self._torch_lock:
             if self._torch_model is None:
-                import zoo
-
-                entry = self.manifest.get("zoo_entry") or self.spec.parameters.get("zoo_entry")
-                if not entry:
-                    raise IntegrityError(
-                        f"{self.name} version {self.version}: the manifest names no zoo_entry, "
-                        "so its PyTorch model cannot be rebuilt for explanations"
-                    )
-                self._torch_model = zoo.build_model(entry, weights=self.directory / WEIGHTS_FILE)
+                self._torch_model = self.repository.torch_model(
+                    self.name, self.version, manifest=self.manifest
+                )
             return self._torch_model
+
+
+# What loading a version read: (file name, size, mtime_ns) of each of its files and the model's.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a version would not load, and the state of its files when it was tried."""
+
+    fingerprint: Fingerprint
+    reason: str
 
 
 @dataclass(eq=False)
@@ -92,7 +101,7 @@ class ModelRecord:
     reason: str = ""
     current: LoadedVersion | None = None
     versions: list[int] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)  # versions that would not load
+    failed: dict[int, Refusal] = field(default_factory=dict)  # versions that would not load
 
 
 class ModelManager:
@@ -204,37 +213,48 @@ class ModelManager:
     # -- loading ------------------------------------------------------------------------------
 
     async def _load_latest(self, record: ModelRecord) -> None:
+        """Serve the newest version of `record` that loads, if it is newer than the served one."""
         if self._closing:
             return
         try:
             record.versions = self.repository.versions(record.name)
         except CnnzooError as err:
-            self._refuse(record, None, err.reason)
+            self._refuse(record, err.reason)
             return
-        candidates = [v for v in record.versions if v not in record.failed]
-        if not candidates:
-            if record.current is None:
-                reasons = "; ".join(f"version {v}: {r}" for v, r in record.failed.items())
-                reasons = reasons or "it has no complete version"
-                self._refuse(record, None, reasons)
-            return
-        latest = candidates[-1]
-        if record.current is not None and record.current.version >= latest:
-            return
-        log.info("loading %s version %d", record.name, latest)
-        try:
-            loaded = await asyncio.to_thread(self._load_version, record.name, latest)
-        except ExecutionProviderError:
-            raise  # the device choice is wrong for every model: a start-up error
-        except CnnzooError as err:
-            self._refuse(record, latest, err.reason)
-            return
-        except Exception as err:  # e.g. onnxruntime cannot parse the file
-            log.exception("loading %s version %d failed", record.name, latest)
-            self._refuse(record, latest, f"{type(err).__name__}: {err}")
-            return
-        if self._closing:  # the server began to stop while this version was loading
-            return
+        record.failed = {v: r for v, r in record.failed.items() if v in record.versions}
+        served = record.current.version if record.current is not None else -1
+        for version in reversed(record.versions):
+            if version <= served:
+                break
+            fingerprint = self._fingerprint(record.name, version)
+            refusal = record.failed.get(version)
+            if refusal is not None and refusal.fingerprint == fingerprint:
+                continue  # refused before and unchanged since
+            log.info("loading %s version %d", record.name, version)
+            try:
+                loaded = await asyncio.to_thread(self._load_version, record.name, version)
+            except ExecutionProviderError:
+                raise  # the device choice is wrong for every model: a start-up error
+            except CnnzooError as err:
+                reason = err.reason
+            except Exception as err:  # e.g. onnxruntime cannot parse the file
+                log.exception("loading %s version %d failed", record.name, version)
+                reason = f"{type(err).__name__}: {err}"
+            else:
+                if not self._closing:  # the server may have begun to stop while loading
+                    record.failed.pop(version, None)
+                    self._serve(record, loaded)
+                return
+            record.failed[version] = Refusal(fingerprint, reason)
+            log.error("refused %s version %d: %s", record.name, version, reason)
+        if record.current is None:
+            reasons = "; ".join(
+                f"version {v}: {r.reason}" for v, r in sorted(record.failed.items(), reverse=True)
+            )
+            self._refuse(record, reasons or "it has no complete version")
+
+    def _serve(self, record: ModelRecord, loaded: LoadedVersion) -> None:
+        """Start `loaded`'s batcher and switch the model to it (on the event loop)."""
         loaded.batcher = DynamicBatcher(
             loaded.runtime.run,
             max_batch_size=loaded.spec.max_batch_size,
@@ -242,7 +262,7 @@ class ModelManager:
             batching=self._batching and loaded.spec.dynamic_batching,
             instances=loaded.spec.instance_count,
             stats=loaded.stats,
-            name=f"{record.name}-{latest}",
+            name=f"{record.name}-{loaded.version}",
         )
         loaded.batcher.start()
         previous, record.current = record.current, loaded  # the switch: one assignment
@@ -250,12 +270,23 @@ class ModelManager:
         log.info(
             "serving %s version %d on %s%s",
             record.name,
-            latest,
+            loaded.version,
             loaded.provider,
             f" (replacing version {previous.version})" if previous else "",
         )
         if previous is not None:
             self._retire(previous)
+
+    def _fingerprint(self, name: str, version: int) -> Fingerprint:
+        """Size and mtime of every file a load of `version` reads (cheap: stat calls only)."""
+        folder = self.repository.root / name
+        try:
+            paths = [folder / CONFIG_FILE, folder / LABELS_FILE]
+            paths += sorted((folder / str(version)).iterdir())
+            stats = [(path.name, path.stat()) for path in paths]
+        except OSError:
+            return ()  # the files are changing under us: never equal to a recorded refusal
+        return tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
 
     def _load_version(self, name: str, version: int) -> LoadedVersion:
         """Verify, read and open one version, then warm it up (runs in a worker thread)."""
@@ -276,8 +307,9 @@ class ModelManager:
                 f"{preprocess.input_size[0]}x{preprocess.input_size[1]} images but input "
                 f"{spec.input.name!r} has dims {list(spec.input.dims)}"
             )
-        directory = self.repository.version_dir(name, version)
-        runtime = OnnxModel(directory / ONNX_FILE, self.runtime_options)
+        runtime = OnnxModel(
+            self.repository.version_dir(name, version) / ONNX_FILE, self.runtime_options
+        )
         if runtime.input_name != spec.input.name or runtime.output_name != spec.output.name:
             raise IntegrityError(
                 f"{name} version {version}: model.onnx has input {runtime.input_name!r} and "
@@ -292,7 +324,7 @@ class ModelManager:
         return LoadedVersion(
             name=name,
             version=version,
-            directory=directory,
+            repository=self.repository,
             spec=spec,
             config=config,
             labels=labels,
@@ -302,22 +334,17 @@ class ModelManager:
             stats=stats,
         )
 
-    def _refuse(self, record: ModelRecord, version: int | None, reason: str) -> None:
-        if version is not None:
-            record.failed[version] = reason
-            reason = f"version {version}: {reason}"
-        if record.current is None:
-            if record.state == UNAVAILABLE and record.reason == reason:
-                return  # already reported (the repository poll sees it again)
-            record.state, record.reason = UNAVAILABLE, reason
-            log.error("model %s is unavailable: %s", record.name, reason)
-        else:
+    def _refuse(self, record: ModelRecord, reason: str) -> None:
+        """Report that `record` has nothing (new) to serve, once per reason."""
+        if record.current is not None:
             log.error(
-                "model %s keeps serving version %d; a newer one was refused: %s",
-                record.name,
-                record.current.version,
-                reason,
+                "model %s keeps serving version %d: %s", record.name, record.current.version, reason
             )
+            return
+        if record.state == UNAVAILABLE and record.reason == reason:
+            return  # already reported (the repository poll sees it again)
+        record.state, record.reason = UNAVAILABLE, reason
+        log.error("model %s is unavailable: %s", record.name, reason)
 
     def _retire(self, loaded: LoadedVersion) -> None:
         task = asyncio.get_running_loop().create_task(self._close_version(loaded))

@@ -1,5 +1,12 @@
 """ONNX Runtime sessions: execution-provider choice, thread settings, warm-up.
 
+Warm-up runs a set of batch sizes once before a model reports ready (the first run of a new
+input shape allocates memory and, on CUDA, picks convolution algorithms). After warm-up a
+session only ever runs those sizes: a batch of another size is padded with zero rows up to the
+next warmed size and the padding is dropped from the answer (each row of a CNN in eval mode is
+computed independently, so the real rows are unaffected). Warming every size up to the maximum
+would take minutes for the ImageNet models on a CPU; powers of two waste at most half a batch.
+
 `--device cuda` that lands on the CPU is an error here, not a log line: ONNX Runtime only logs
 a CUDA provider that failed to load and carries on with the CPU, so after creating a session we
 read `get_providers()` and, if needed, name the shared library that could not be loaded.
@@ -7,6 +14,7 @@ read `get_providers()` and, if needed, name the shared library that could not be
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import logging
@@ -148,10 +156,28 @@ class OnnxModel:
         # fp16 exports may take fp16 input; the API stays FP32 and we cast here.
         self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
         self._io_binding = self.provider == CUDA
+        self.warmed_sizes: tuple[int, ...] = ()  # set by warm_up
         log.info("loaded %s on %s", self.path, self.provider)
 
+    def run_size(self, rows: int) -> int:
+        """The batch size `rows` rows run at: the smallest warmed size that holds them (`rows`
+        itself before warm-up, or above every warmed size)."""
+        index = bisect.bisect_left(self.warmed_sizes, rows)
+        return self.warmed_sizes[index] if index < len(self.warmed_sizes) else rows
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a batch: `[N, ...input dims]` in, float32 `[N, ...output dims]` out."""
+        """Logits for a batch: `[N, ...input dims]` in, float32 `[N, ...output dims]` out.
+
+        Runs at `run_size(N)` rows (zero rows padded on, then dropped from the answer).
+        """
+        rows = len(batch)
+        size = self.run_size(rows)
+        if size != rows:
+            padding = np.zeros((size - rows, *batch.shape[1:]), dtype=batch.dtype)
+            return self._run(np.concatenate([batch, padding]))[:rows]
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != self._input_dtype:
             batch = batch.astype(self._input_dtype)
         if self._io_binding:
@@ -165,9 +191,12 @@ class OnnxModel:
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
     def warm_up(self, sample_shape: tuple[int, ...], batch_sizes: Iterable[int]) -> None:
-        """Run each batch size once so first requests do not pay for allocation or autotuning."""
-        for size in sorted(set(batch_sizes)):
-            self.run(np.zeros((size, *sample_shape), dtype=np.float32))
+        """Run each batch size once so first requests do not pay for allocation or autotuning;
+        from then on `run` uses only these sizes (see the module docstring)."""
+        sizes = tuple(sorted({size for size in batch_sizes if size > 0}))
+        for size in sizes:
+            self._run(np.zeros((size, *sample_shape), dtype=np.float32))
+        self.warmed_sizes = sizes
 
 
 def warm_up_sizes(max_batch_size: int, preferred: Iterable[int] = ()) -> list[int]:

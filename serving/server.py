@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.errors import Unavailable
+from serving.errors import InvalidInput, Unavailable
 from serving.runtime import RuntimeOptions
 
 __all__ = [
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # A batch of 64 224x224 RGB fp32 images is 38.5 MB; leave room for the message around it.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_MAX_PORT = 65535
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 ZOO_SERVICE = "cnnzoo.v1.Zoo"
@@ -81,6 +82,16 @@ class ServerOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     batching: bool = True
 
+    def __post_init__(self) -> None:
+        # The socket layer would silently take a port modulo 65536 (70000 -> 4464).
+        if not 0 <= self.port <= _MAX_PORT:
+            raise InvalidInput(f"--port must be 0-{_MAX_PORT} (0: any free port), got {self.port}")
+        if self.metrics_port != -1 and not 0 <= self.metrics_port <= _MAX_PORT:
+            raise InvalidInput(
+                f"--metrics-port must be 0-{_MAX_PORT} (0: any free port) or -1 (no metrics "
+                f"endpoint), got {self.metrics_port}"
+            )
+
 
 class InferenceServer:
     """The assembled server; `await start()`, then `await wait()` or `await stop()`."""
@@ -108,6 +119,7 @@ class InferenceServer:
         self._poller: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._health_ready = False
 
     async def start(self) -> None:
         import grpc
@@ -163,15 +175,7 @@ class InferenceServer:
         await self.models.load_all()
         if not self._stopping:
             await self._set_health(True)
-            log.info(
-                "ready: %s",
-                ", ".join(
-                    f"{r.name} v{r.current.version} ({r.current.provider})"
-                    if r.current
-                    else f"{r.name} UNAVAILABLE"
-                    for r in self.models.records()
-                ),
-            )
+            self._log_readiness()
         if self.options.poll_seconds > 0:
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll(self.options.poll_seconds)
@@ -186,7 +190,38 @@ class InferenceServer:
                 log.exception("repository poll failed")
                 continue
             if not self._stopping:
+                was_ready = self._health_ready
                 await self._set_health(True)
+                if self._health_ready and not was_ready:
+                    self._log_readiness()
+
+    def _log_readiness(self) -> None:
+        """One line saying what is served, or clearly that nothing is and why."""
+        records = self.models.records()
+        if any(r.current for r in records):
+            log.info(
+                "ready: %s",
+                ", ".join(
+                    f"{r.name} v{r.current.version} ({r.current.provider})"
+                    if r.current
+                    else f"{r.name} UNAVAILABLE ({r.reason})"
+                    for r in records
+                ),
+            )
+            return
+        root = self.models.repository.root
+        if records:
+            why = "no model could be loaded: " + "; ".join(f"{r.name}: {r.reason}" for r in records)
+        else:
+            why = (
+                f"the repository {root} holds no models (add one with "
+                f"`cnnzoo export MODEL --repository {root}`)"
+            )
+        if self.options.poll_seconds > 0:
+            later = f"; looking again every {self.options.poll_seconds:g}s"
+        else:
+            later = "; restart the server, or run it with --poll-seconds to pick them up"
+        log.warning("not ready, nothing is served: %s%s", why, later)
 
     async def _set_health(self, serving: bool) -> None:
         """Overall, per-service and per-model health (a model serves only when it is loaded)."""
@@ -194,6 +229,7 @@ class InferenceServer:
 
         yes, no = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         serving = serving and self.plane.ready()
+        self._health_ready = serving
         for service in ("", INFERENCE_SERVICE, ZOO_SERVICE):
             await self._health.set(service, yes if serving else no)
         for record in self.models.records():

@@ -5,6 +5,7 @@ These tests start their own servers (the shared one must not be reloaded or stop
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import threading
@@ -171,13 +172,133 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(repository):
         assert not plane.ready(), "ready before the load finished"
         await loading
         assert plane.ready() and plane.model_ready(MODEL)
-        assert manager.get(MODEL).stats.execution_count == 0  # warm-up is not traffic
+        served = manager.get(MODEL)
+        # Warmed before ready: powers of two up to max_batch_size 64, and every batch size the
+        # server may run maps onto one of them.
+        assert served.runtime.warmed_sizes == (1, 2, 4, 8, 16, 32, 64)
+        run_sizes = {served.runtime.run_size(n) for n in range(1, served.spec.max_batch_size + 1)}
+        assert run_sizes == set(served.runtime.warmed_sizes)
+        assert served.stats.execution_count == 0  # warm-up is not traffic
         plane.draining = True
         assert not plane.ready() and not plane.model_ready(MODEL)
         await manager.close()
         plane.close()
 
     asyncio.run(main())
+
+
+def test_the_newest_sound_version_serves_and_a_completed_copy_is_picked_up(
+    repository, tmp_path, caplog
+):
+    """Version 2 copied in non-atomically (manifest first, model.onnx last): version 1 serves
+    meanwhile, the refusal is logged once, and the next poll after the copy completes serves 2."""
+    import asyncio
+    import json
+    import logging
+
+    from serving.models import ModelManager
+    from serving.runtime import RuntimeOptions
+    from zoo.repository import ModelRepository
+
+    repo = tmp_path / "repository"
+    shutil.copytree(repository / MODEL, repo / MODEL)
+    one, two = repo / MODEL / "1", repo / MODEL / "2"
+    two.mkdir()
+    manifest = json.loads((one / "manifest.json").read_text())
+    manifest["version"] = 2
+    manifest["files"] = {
+        name.replace("1/", "2/", 1) if name.startswith("1/") else name: digest
+        for name, digest in manifest["files"].items()
+    }
+    (two / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy2(one / "model.safetensors", two)
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+
+    async def main() -> None:
+        manager = ModelManager(
+            ModelRepository(repo), RuntimeOptions(device="cpu", intra_op_threads=1)
+        )
+        manager.discover()
+        await manager.load_all()
+        assert manager.get(MODEL).version == 1
+        assert refusals() == [
+            f"refused {MODEL} version 2: {MODEL}/2/model.onnx is missing (listed in its manifest)"
+        ]
+        await manager.poll()  # nothing changed: version 2 is not tried again
+        assert manager.get(MODEL).version == 1 and len(refusals()) == 1
+        shutil.copy2(one / "model.onnx", two)  # the copy completes
+        await manager.poll()
+        assert manager.get(MODEL).version == 2
+        assert manager.record(MODEL).failed == {}
+        await manager.close()
+
+    with caplog.at_level(logging.INFO, logger="serving.models"):
+        asyncio.run(main())
+
+
+def test_ports_out_of_range_are_one_clear_error(repository):
+    from serving.errors import InvalidInput
+    from serving.server import ServerOptions
+
+    cases = [
+        ({"port": 70000}, "--port must be 0-65535 (0: any free port), got 70000"),
+        ({"port": -1}, "--port must be 0-65535"),
+        ({"metrics_port": 65536}, "--metrics-port must be 0-65535 (0: any free port) or -1"),
+        ({"metrics_port": -2}, "got -2"),
+    ]
+    for ports, fragment in cases:
+        with pytest.raises(InvalidInput, match=re.escape(fragment)):
+            ServerOptions(repository=repository, **ports)
+    ServerOptions(repository=repository, port=0, metrics_port=-1)  # any port; no metrics
+    # The command line: one line, non-zero exit (it used to serve on port 70000 - 65536).
+    result = cnnzoo("serve", "--repository", str(repository), "--port", "70000", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cnnzoo serve: error: --port must be 0-65535 (0: any free port), got 70000"
+    ]
+
+
+def test_a_server_with_nothing_to_serve_says_so(repository, tmp_path, caplog):
+    """An empty repository, and one whose only model is refused: a warning saying that nothing
+    is served and why (never a "ready:" line), and health NOT_SERVING."""
+    import asyncio
+    import logging
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from serving.server import InferenceServer, ServerOptions
+    from tests.serving.helpers import TAMPERED
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = tmp_path / "refused"
+    shutil.copytree(repository / TAMPERED, refused / TAMPERED)
+
+    async def start_and_check(root) -> str:
+        server = InferenceServer(ServerOptions(repository=root, port=0, metrics_port=-1))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10
+                )
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            await server.stop()
+        messages = [r.getMessage() for r in caplog.records if r.name == "serving.server"]
+        caplog.clear()
+        assert not any(m.startswith("ready") for m in messages), messages
+        (line,) = [m for m in messages if m.startswith("not ready")]
+        return line
+
+    with caplog.at_level(logging.INFO, logger="serving.server"):
+        line = asyncio.run(start_and_check(empty))
+        assert line.startswith("not ready, nothing is served: the repository")
+        assert f"{empty} holds no models" in line and "cnnzoo export" in line
+        line = asyncio.run(start_and_check(refused))
+        assert f"no model could be loaded: {TAMPERED}: version 1:" in line and "sha256" in line
 
 
 def test_a_client_leaving_mid_reply_is_not_logged_as_a_server_error(caplog):

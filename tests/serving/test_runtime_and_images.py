@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.errors import InvalidInput
-from serving.images import decode_image, images_to_batch
+from serving.errors import InvalidImage, InvalidInput, NotFound
+from serving.images import images_to_batch
 from serving.runtime import CPU, CUDA, OnnxModel, RuntimeOptions, warm_up_sizes
 from serving.server import DEFAULT_MAX_MESSAGE_BYTES
 from tests.serving.helpers import DIGITS, MODEL
 from tests.serving.requests import bomb_png, encode, rgb16_png
+from zoo.images import decode_image, read_image
 
 
 def test_runtime_options_are_validated():
@@ -41,6 +42,22 @@ def test_cpu_session_reports_its_provider_and_matches_onnxruntime(repository, on
     model.warm_up((1, 32, 32), [1, 5])
     np.testing.assert_allclose(
         model.run(x), onnx_reference.run(["logits"], {"input": x})[0], rtol=1e-6, atol=1e-6
+    )
+
+
+def test_after_warm_up_every_batch_runs_at_a_warmed_size(repository, onnx_reference):
+    model = OnnxModel(
+        repository / MODEL / "1" / "model.onnx", RuntimeOptions(device="cpu", intra_op_threads=1)
+    )
+    assert model.run_size(3) == 3  # nothing warmed yet: sizes run as they come
+    model.warm_up((1, 32, 32), warm_up_sizes(8))
+    assert model.warmed_sizes == (1, 2, 4, 8)
+    assert [model.run_size(n) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    x = np.random.default_rng(4).standard_normal((5, 1, 32, 32)).astype(np.float32)
+    out = model.run(x)  # runs as 8 rows; the 3 padding rows are dropped
+    assert out.shape == (5, 10)
+    np.testing.assert_allclose(
+        out, onnx_reference.run(["logits"], {"input": x})[0], rtol=1e-5, atol=1e-5
     )
 
 
@@ -93,8 +110,19 @@ def test_images_follow_the_models_preprocessing():
 def test_bad_uploads_name_the_problem(data, message):
     with pytest.raises(InvalidInput, match=message):
         decode_image(data)
-    with pytest.raises(InvalidInput, match=f"image 1: .*{message}"):
+    with pytest.raises(InvalidImage, match=f"image 1: .*{message}") as info:
         images_to_batch([DIGITS[0].read_bytes(), data], mnist_preprocess())
+    assert info.value.index == 1 and message in info.value.problem
+
+
+def test_image_files_errors_name_the_file(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InvalidInput, match=f"{text} is not a readable image: not a PNG or JPEG"):
+        read_image(text)
+    with pytest.raises(NotFound, match="does not exist"):
+        read_image(tmp_path / "missing.png")
+    assert read_image(DIGITS[0]).size == (28, 28)
 
 
 def mnist_preprocess():
