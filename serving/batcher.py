@@ -13,8 +13,11 @@ Each instance is one thread fed through a `queue.SimpleQueue` and answering with
 wake-ups per batch, not per request.
 
 Failure isolation: when a batch of several requests fails, each request is rerun alone, so
-only the request that cannot run gets the error. A caller that gave up (deadline, cancel) is
-skipped when a batch is formed and never receives a result, without disturbing its neighbours.
+only the request that cannot run gets the error. A caller that gave up (cancel) is skipped when
+a batch is formed and never receives a result, without disturbing its neighbours. Deadlines
+are the server's own business too: a request whose deadline (`time.monotonic()` seconds)
+passes while it is queued leaves the queue and is answered `DeadlineExceeded` at that moment;
+it is never run. (A request already running is answered when its batch finishes.)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serving.errors import Unavailable
+from serving.errors import DeadlineExceeded, Unavailable
 from serving.stats import ModelStats
 
 __all__ = ["DynamicBatcher"]
@@ -40,12 +43,30 @@ _LOOP_TIMER_RESOLUTION_S = 1e-3
 
 
 class _Pending:
-    __slots__ = ("data", "future", "enqueued_ns")
+    __slots__ = ("data", "future", "deadline", "expiry", "enqueued_ns")
 
-    def __init__(self, data: np.ndarray, future: asyncio.Future[np.ndarray]) -> None:
+    def __init__(
+        self, data: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float | None
+    ) -> None:
         self.data = data
         self.future = future
+        self.deadline = deadline
+        self.expiry: asyncio.TimerHandle | None = None
         self.enqueued_ns = time.perf_counter_ns()
+
+    def expire(self, name: str) -> None:
+        """Answer DEADLINE_EXCEEDED (the request was not run)."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if not self.future.done():
+            waited_ms = (time.perf_counter_ns() - self.enqueued_ns) / 1e6
+            self.future.set_exception(
+                DeadlineExceeded(
+                    f"the deadline passed after {waited_ms:.0f} ms in the queue of {name}; "
+                    "the request was not run"
+                )
+            )
 
 
 class _Job:
@@ -131,17 +152,30 @@ class DynamicBatcher:
 
     # -- requests (event loop) ----------------------------------------------------------------
 
-    def enqueue(self, data: np.ndarray) -> asyncio.Future[np.ndarray]:
+    def enqueue(
+        self, data: np.ndarray, deadline: float | None = None
+    ) -> asyncio.Future[np.ndarray]:
         """Queue one request (`[n, ...]`, n <= max_batch_size); the future gets its outputs.
 
         Synchronous on purpose: a caller that looked the model up in the same step of the
         event loop is guaranteed to reach this batcher before a hot reload can close it.
+
+        Args:
+            data: the request's rows.
+            deadline: `time.monotonic()` after which the answer is of no use (None: none).
+                A request still queued then is not run; its future raises `DeadlineExceeded`.
         """
         if self._closing:
             raise Unavailable(f"model {self._name} is being unloaded; retry")
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceeded(f"the deadline passed before the request reached {self._name}")
         loop = self._loop
         future: asyncio.Future[np.ndarray] = loop.create_future()  # type: ignore[union-attr]
-        self._queue.append(_Pending(data, future))
+        pending = _Pending(data, future, deadline)
+        if deadline is not None:
+            delay = max(0.0, deadline - time.monotonic())
+            pending.expiry = loop.call_later(delay, self._expire, pending)  # type: ignore[union-attr]
+        self._queue.append(pending)
         self._queued_rows += len(data)
         if self._idle:
             if self._delay_s and self._queued_rows < self._max_rows:
@@ -150,9 +184,9 @@ class DynamicBatcher:
                 self._dispatch()
         return future
 
-    async def submit(self, data: np.ndarray) -> np.ndarray:
+    async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """`enqueue` and wait for the outputs."""
-        return await self.enqueue(data)
+        return await self.enqueue(data, deadline)
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -163,6 +197,17 @@ class DynamicBatcher:
             self._timer = loop.call_soon(self._on_timer)  # type: ignore[union-attr]
         else:
             self._timer = loop.call_later(remaining, self._on_timer)  # type: ignore[union-attr]
+
+    def _expire(self, pending: _Pending) -> None:
+        """A queued request's deadline passed: take it out of the queue and answer it."""
+        pending.expiry = None
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return  # already taken into a batch
+        self._queued_rows -= len(pending.data)
+        pending.expire(self._name)
+        self._check_drained()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -184,6 +229,7 @@ class DynamicBatcher:
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
         rows = 0
+        now = time.monotonic()
         while self._queue:
             head = self._queue[0]
             n = len(head.data)
@@ -191,8 +237,14 @@ class DynamicBatcher:
                 break
             self._queue.popleft()
             self._queued_rows -= n
-            if head.future.done():  # the caller gave up (deadline or cancel): skip it
+            if head.future.done():  # the caller gave up (cancel): skip it
                 continue
+            if head.deadline is not None and head.deadline <= now:
+                head.expire(self._name)  # its timer has not fired yet
+                continue
+            if head.expiry is not None:
+                head.expiry.cancel()  # it runs now
+                head.expiry = None
             batch.append(head)
             rows += n
         return batch

@@ -160,8 +160,12 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Run one KServe v2 inference request (batched with concurrent ones)."""
+    async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
+        """Run one KServe v2 inference request (batched with concurrent ones).
+
+        `deadline` (`time.monotonic()` seconds): if it passes while the request waits for the
+        model, the request is not run and `DeadlineExceeded` is raised.
+        """
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
         served = self.models.get(request.model_name, request.model_version)
@@ -177,7 +181,8 @@ class DataPlane:
                 )
             batch = _decode_input(request.inputs[0], spec.input, spec.max_batch_size, served.name)
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
-            logits = await _run(served, served.batcher.enqueue(batch))  # type: ignore[union-attr]
+            future = served.batcher.enqueue(batch, deadline)  # type: ignore[union-attr]
+            logits = await _run(served, future)
             outputs = [_encode_output(logits, out, served) for out in wanted]
             ok = True
             return InferResponse(served.name, served.version_str, request.id, outputs)
@@ -185,9 +190,15 @@ class DataPlane:
             served.stats.record_request(ok, time.perf_counter_ns() - started)
 
     async def classify(
-        self, name: str, version: str, images: Sequence[bytes], top_k: int = 0
+        self,
+        name: str,
+        version: str,
+        images: Sequence[bytes],
+        top_k: int = 0,
+        deadline: float | None = None,
     ) -> ClassifyResult:
-        """Top-k classes with softmax probabilities for each encoded image."""
+        """Top-k classes with softmax probabilities for each encoded image (`deadline`: as for
+        `infer`)."""
         if not name:
             raise InvalidInput("the request names no model")
         if top_k < 0:
@@ -204,7 +215,7 @@ class DataPlane:
         try:
             step = served.spec.max_batch_size
             futures = [
-                served.batcher.enqueue(batch[i : i + step])  # type: ignore[union-attr]
+                served.batcher.enqueue(batch[i : i + step], deadline)  # type: ignore[union-attr]
                 for i in range(0, len(batch), step)
             ]
             chunks = await asyncio.gather(*futures, return_exceptions=True)

@@ -7,6 +7,8 @@ ListModels has it as a field.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from protos import inference_pb2, inference_pb2_grpc, zoo_pb2_grpc
@@ -14,11 +16,17 @@ from serving.dataplane import DataPlane
 from serving.grpc_api import codec
 from serving.grpc_api.status import grpc_errors
 
-__all__ = ["InferenceServicer", "PROVIDER_METADATA_KEY", "ZooServicer"]
+__all__ = ["InferenceServicer", "PROVIDER_METADATA_KEY", "ZooServicer", "deadline_of"]
 
 PROVIDER_METADATA_KEY = "cnnzoo-execution-provider"
 
 Context = grpc.aio.ServicerContext
+
+
+def deadline_of(context: Context) -> float | None:
+    """The caller's deadline as `time.monotonic()` seconds (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -67,7 +75,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelInfer(self, request, context: Context):
-        response = await self._plane.infer(codec.infer_request_from_pb(request))
+        response = await self._plane.infer(
+            codec.infer_request_from_pb(request), deadline=deadline_of(context)
+        )
         return codec.infer_response_to_pb(response)
 
 
@@ -80,7 +90,11 @@ class ZooServicer(zoo_pb2_grpc.ZooServicer):
     @grpc_errors
     async def Classify(self, request, context: Context):
         result = await self._plane.classify(
-            request.model, request.version, request.images, request.top_k
+            request.model,
+            request.version,
+            request.images,
+            request.top_k,
+            deadline=deadline_of(context),
         )
         return codec.classify_response_to_pb(result)
 

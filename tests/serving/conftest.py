@@ -2,7 +2,9 @@
 
 The repository is written by the real `cnnzoo export` (the shipped LeNet-5 weights). A copy of
 the model with one flipped byte in its ONNX file (`lenet5-tampered`) shows that a model whose
-sha256 does not match its manifest is refused while the others serve.
+sha256 does not match its manifest is refused while the others serve. A copy whose config makes
+a request wait up to `QUEUE_DELAY_S` for its batch to fill (`lenet5-queued`) lets a deadline
+pass while a request is queued in the server.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.serving.helpers import MODEL, TAMPERED, ServerProcess
+from tests.serving.helpers import MODEL, QUEUE_DELAY_S, QUEUED, TAMPERED, ServerProcess
 
 # The tests assert status codes and exit codes, so the default message limit of the shared
 # server is lowered to keep the oversized-message case cheap.
@@ -37,7 +39,30 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = bytearray(onnx_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(data))
+    copy_model(root, MODEL, QUEUED, max_queue_delay_us=int(QUEUE_DELAY_S * 1e6))
     return root
+
+
+def copy_model(root: Path, source: str, name: str, *, max_queue_delay_us: int) -> None:
+    """Copy model `source` as `name` with another queue delay (its manifest updated to match)."""
+    import json
+
+    from google.protobuf import text_format
+
+    from protos import model_config_pb2
+    from zoo.fileio import sha256_file
+
+    shutil.copytree(root / source, root / name)
+    config_file = root / name / "config.pbtxt"
+    config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
+    config.name = name
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config_file.write_text(text_format.MessageToString(config))
+    for manifest_file in (root / name).glob("*/manifest.json"):
+        manifest = json.loads(manifest_file.read_text())
+        manifest["model"] = name
+        manifest["files"]["config.pbtxt"] = sha256_file(config_file)
+        manifest_file.write_text(json.dumps(manifest, indent=2))
 
 
 @pytest.fixture(scope="session")

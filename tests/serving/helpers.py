@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = sorted((ROOT / "examples" / "digits").glob("*/*.png"))
 MODEL = "lenet5-mnist"
 TAMPERED = "lenet5-tampered"
+QUEUED = "lenet5-queued"  # MODEL with a long max_queue_delay (see conftest.py)
+QUEUE_DELAY_S = 0.6
 
 
 def free_port() -> int:

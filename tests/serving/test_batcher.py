@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.batcher import DynamicBatcher
-from serving.errors import Unavailable
+from serving.errors import DeadlineExceeded, Unavailable
 from serving.stats import ModelStats
 
 
@@ -171,3 +171,29 @@ def test_close_finishes_queued_requests_and_refuses_new_ones():
     results = run(main())
     for i, y in enumerate(results):
         np.testing.assert_array_equal(y, 2 * rows(1, i) + 1)
+
+
+def test_a_deadline_that_passes_in_the_queue_is_answered_then_and_never_run():
+    model = RecordingModel(seconds=0.3)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=8, name="m")
+        batcher.start()
+        busy = batcher.enqueue(rows(1, 1))  # occupies the only instance for 0.3 s
+        started = time.monotonic()
+        hasty = batcher.enqueue(rows(1, 500), deadline=started + 0.05)
+        patient = batcher.enqueue(rows(1, 7), deadline=started + 30)
+        with pytest.raises(DeadlineExceeded, match="was not run"):
+            await hasty
+        answered_after = time.monotonic() - started
+        with pytest.raises(DeadlineExceeded, match="before the request reached m"):
+            batcher.enqueue(rows(1, 9), deadline=time.monotonic() - 1)
+        await busy
+        result = await patient
+        await batcher.close()
+        return answered_after, result
+
+    answered_after, result = run(main())
+    assert answered_after < 0.2, "answered only when the model was free, not at its deadline"
+    np.testing.assert_array_equal(result, 2 * rows(1, 7) + 1)
+    assert not any(((b == 500) | (b == 9)).any() for b in model.batches)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from protos import inference_pb2, zoo_pb2
-from tests.serving.helpers import DIGITS, MODEL, TAMPERED, digit_label
+from tests.serving.helpers import DIGITS, MODEL, QUEUED, TAMPERED, digit_label
 from tests.serving.requests import (
     bomb_png,
     bytes_tensor,
@@ -318,26 +318,36 @@ def test_oversized_message_is_resource_exhausted(inference, onnx_reference):
     assert_still_serving(inference, onnx_reference)
 
 
-def test_expired_deadlines_do_not_poison_the_batcher(inference, zoo_stub, onnx_reference):
-    """Requests whose deadline passes while the server is busy fail alone; later ones are exact."""
-    busy = zoo_pb2.ClassifyRequest(model=MODEL, images=[p.read_bytes() for p in DIGITS] * 3)
-    request = infer_request(SAMPLE[:1])
-    with ThreadPoolExecutor(8) as pool:
-        blocker = [pool.submit(zoo_stub.Classify, busy, timeout=30) for _ in range(2)]
-        futures = [pool.submit(inference.ModelInfer, request, timeout=0.002) for _ in range(40)]
-        codes = []
-        for future in futures:
-            try:
-                future.result()
-                codes.append(CODE.OK)
-            except grpc.RpcError as err:
-                codes.append(err.code())
-        for future in blocker:
-            assert len(future.result().results) == len(busy.images)
-    assert set(codes) <= {CODE.OK, CODE.DEADLINE_EXCEEDED}, codes
-    assert CODE.DEADLINE_EXCEEDED in codes
-    for _ in range(5):
-        assert_still_serving(inference, onnx_reference)
+def test_a_deadline_that_passes_in_the_servers_queue_is_answered_without_running(
+    inference, onnx_reference
+):
+    """QUEUED keeps a lone request queued up to QUEUE_DELAY_S for its batch to fill. Requests
+    whose deadline is shorter reach the server, leave its queue unrun and are answered
+    DEADLINE_EXCEEDED; a neighbour with a longer deadline in the same queue is answered exactly."""
+
+    def stats():
+        request = inference_pb2.ModelStatisticsRequest(name=QUEUED)
+        (model,) = inference.ModelStatistics(request, timeout=10).model_stats
+        return model
+
+    before = stats()
+    patient = inference.ModelInfer.future(infer_request(SAMPLE[:1], model=QUEUED), timeout=30)
+    hasty = [
+        inference.ModelInfer.future(infer_request(SAMPLE[1:2], model=QUEUED), timeout=0.2)
+        for _ in range(3)
+    ]
+    for future in hasty:
+        with pytest.raises(grpc.RpcError) as info:
+            future.result()
+        assert info.value.code() == CODE.DEADLINE_EXCEEDED
+    np.testing.assert_array_equal(
+        logits_of(patient.result()), reference_logits(onnx_reference, SAMPLE[:1])
+    )
+    after = stats()
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 3
+    assert after.inference_count - before.inference_count == 1, "an expired request ran"
+    assert after.execution_count - before.execution_count == 1
+    assert_still_serving(inference, onnx_reference)
 
 
 # -- bad input: images --------------------------------------------------------------------------
