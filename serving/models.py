@@ -285,7 +285,7 @@ class ModelManager:
             paths += sorted((folder / str(version)).iterdir())
             stats = [(path.name, path.stat()) for path in paths]
         except OSError:
-            return ()  # the files are changing under us: never equal to a recorded refusal
+            return ()  # unreadable now: tried again once it can be read (a new fingerprint)
         return tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
 
     def _load_version(self, name: str, version: int) -> LoadedVersion:
