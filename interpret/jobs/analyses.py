@@ -53,6 +53,21 @@ def _section(
     }
 
 
+def _per_image_section(
+    ctx: JobContext, analysis: AnalysisSpec, render: Callable[[str], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run `render` once per image of `analysis.options["images"]` (resumable parts keyed
+    `image-<index>`) and table each part's data by image index."""
+    keys = [f"image-{i}" for i in analysis.options["images"]]
+    records = ctx.run_parts(analysis, keys, render)
+    return _section(
+        analysis,
+        records,
+        ctx,
+        tables={str(r["data"]["image"]): r["data"] for r in records.values()},
+    )
+
+
 def _box(ctx: JobContext, layer: str, entry: Entry) -> tuple[int, int, int, int]:
     field = ctx.layers[layer].receptive_field
     if field is None:
@@ -365,14 +380,7 @@ def attributions(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
             "data": {"image": index, "label": label, "methods": results},
         }
 
-    keys = [f"image-{i}" for i in analysis.options["images"]]
-    records = ctx.run_parts(analysis, keys, render)
-    return _section(
-        analysis,
-        records,
-        ctx,
-        tables={str(r["data"]["image"]): r["data"] for r in records.values()},
-    )
+    return _per_image_section(ctx, analysis, render)
 
 
 # -- ZF Fig. 7: occlusion -----------------------------------------------------------------------
@@ -439,14 +447,7 @@ def occlusion(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
             "data": data,
         }
 
-    keys = [f"image-{i}" for i in opts["images"]]
-    records = ctx.run_parts(analysis, keys, render)
-    return _section(
-        analysis,
-        records,
-        ctx,
-        tables={str(r["data"]["image"]): r["data"] for r in records.values()},
-    )
+    return _per_image_section(ctx, analysis, render)
 
 
 # -- Adebayo et al. 2018: cascading model randomisation ----------------------------------------
