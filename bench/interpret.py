@@ -11,7 +11,7 @@
 
 Prints a markdown table and writes JSON to bench/results/interpret_<device>_torch<version>.json.
 
-    CNNZOO_DATA=../shared/data .venv/bin/python bench/interpret.py [--quick]
+    CNNZOO_DATA=/path/to/data .venv/bin/python bench/interpret.py [--quick]
 """
 
 from __future__ import annotations
