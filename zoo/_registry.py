@@ -67,6 +67,8 @@ class ZooEntry:
         paper: link to the paper the architecture comes from.
         notes: what a model card should say about deviations from the paper.
         torchvision_state_dicts: accept torchvision `.pth` state dicts as weights files.
+        weights_dtype: how training stores floating-point weights ("float32", or "float16"
+            to halve a large model's files; the card measures the stored weights).
     """
 
     name: str
@@ -83,8 +85,11 @@ class ZooEntry:
     paper: str = ""
     notes: str = ""
     torchvision_state_dicts: bool = False
+    weights_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.weights_dtype not in ("float32", "float16"):
+            raise ValueError(f"{self.name}: weights_dtype must be float32 or float16")
         if len(self.labels) != self.num_classes:
             raise ValueError(
                 f"{self.name}: {len(self.labels)} labels for {self.num_classes} classes"

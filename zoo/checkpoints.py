@@ -46,14 +46,23 @@ def list_epochs(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+def save_weights(
+    model: nn.Module, path: Path, metadata: dict[str, str], dtype: str = "float32"
+) -> None:
     """Write the model's state dict as `.safetensors` atomically, with string metadata.
 
-    The same weights and metadata always give the same bytes (see `METADATA_KEY`).
+    Floating-point tensors are stored as `dtype` ("float32" or "float16"); loading casts them
+    back to the model's float32. The same weights and metadata always give the same bytes (see
+    `METADATA_KEY`).
     """
+    import torch
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    store = getattr(torch, dtype)
+    state = {
+        k: (v.to(store) if v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
     packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=packed)

@@ -116,6 +116,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "--test-subset", type=int, metavar="N", help="evaluate on the first N images"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="data-loading processes (default 0 on cpu, up to 8 on cuda); part of the recipe's "
+        "randomness: the same seed and N give the same run",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=_cmd_train)
@@ -138,6 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         threads=args.threads,
+        workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
         command=_command_line(),
@@ -284,6 +292,8 @@ def _command_line() -> str:
     """The command as typed, for model cards."""
     import shlex
 
-    argv = list(sys.argv)
-    argv[0] = Path(argv[0]).name if argv else "cnnzoo"
+    argv = list(sys.argv) or ["cnnzoo"]
+    name = Path(argv[0]).name
+    # `python -m cnnzoo` runs cnnzoo/__main__.py: the card names the console script instead.
+    argv[0] = "cnnzoo" if name == "__main__.py" else name
     return shlex.join(argv)

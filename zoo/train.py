@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "lr_factor"]
+__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "data_workers", "lr_factor"]
 
 STATE_FILE = "train_state.safetensors"
 SCHEDULES = ("onecycle", "cosine", "step")
@@ -57,6 +58,7 @@ class TrainOptions:
     train_subset: int | None = None
     test_subset: int | None = None
     threads: int | None = None
+    workers: int | None = None
     device: str = "cpu"
     progress: bool = True
     command: str | None = None
@@ -174,6 +176,8 @@ def train(options: TrainOptions) -> TrainResult:
         raise InvalidInput(f"device must be cpu or cuda, got {options.device!r}")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInput("device cuda requested but no CUDA device is available")
+    if options.workers is not None and options.workers < 0:
+        raise InvalidInput(f"--workers must be >= 0, got {options.workers}")
     state: dict[str, torch.Tensor] = {}
     saved: dict[str, Any] | None = None
     if options.resume:
@@ -210,7 +214,7 @@ def train(options: TrainOptions) -> TrainResult:
         settings["test_subset"],
     )
 
-    with torch_threads(options.threads), _deterministic():
+    with torch_threads(options.threads), _deterministic(options.device):
         return _run(entry, options, recipe, settings, train_set, test_set, model_dir, state, saved)
 
 
@@ -232,6 +236,7 @@ def _run(
 
     seed = settings["seed"]
     device = options.device
+    workers = data_workers(options)
     torch.manual_seed(seed)
     model = entry.builder_function()(num_classes=entry.num_classes)
     if saved:
@@ -240,13 +245,18 @@ def _run(
             {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         )
     model.to(device)
+    if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
+        model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(model, recipe)
     if saved:
         optimizer.load_state_dict(
             _optimizer_state_from(state, saved["optimizer_groups"], saved["_scalars"])
         )
 
-    test_loader = DataLoader(test_set, batch_size=256, shuffle=False, num_workers=0)
+    pin = device == "cuda"
+    test_loader = DataLoader(
+        test_set, batch_size=256, shuffle=False, num_workers=workers, pin_memory=pin
+    )
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     start_epoch = saved["epoch"] if saved else 0
@@ -272,29 +282,36 @@ def _run(
             batch_size=recipe.batch_size,
             shuffle=True,
             generator=generator,
-            num_workers=0,
+            num_workers=workers,  # worker w seeds from the generator: same order, same crops
+            pin_memory=pin,
             drop_last=False,
         )
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Running sums stay on the device: reading them every step would stall a GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         bar = tqdm(
             loader,
             desc=f"{entry.name} epoch {epoch}/{recipe.epochs}",
             disable=not options.progress,
             leave=False,
         )
-        for images, targets in bar:
-            images, targets = images.to(device), targets.to(device)
+        for step, (images, targets) in enumerate(bar):
+            images = images.to(device, non_blocking=pin)
+            targets = targets.to(device, non_blocking=pin)
             logits = model(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss.detach()) * targets.numel()
-            correct += int((logits.detach().argmax(1) == targets).sum())
+            loss_sum += loss.detach().double() * targets.numel()
+            correct += (logits.detach().argmax(1) == targets).sum()
             seen += targets.numel()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+            if options.progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+        loss_sum, correct = float(loss_sum), int(correct)
         lr_used = optimizer.param_groups[0]["lr"]
         metrics = evaluate(model, test_loader, entry.labels, device=device)
         seconds = time.perf_counter() - started
@@ -316,7 +333,7 @@ def _run(
             file=sys.stderr,
         )
         meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(seed)}
-        save_weights(model, epoch_path(model_dir, epoch), meta)
+        save_weights(model, epoch_path(model_dir, epoch), meta, entry.weights_dtype)
         _save_state(
             model_dir,
             model,
@@ -334,7 +351,13 @@ def _run(
         if stopping and epoch < recipe.epochs:
             return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
 
-    if not metrics:  # resumed a run whose epochs were all done: measure the final weights
+    if entry.weights_dtype != "float32":  # the card measures the weights as they are stored
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(getattr(torch, entry.weights_dtype)))
+        metrics = {}
+    if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
         metrics = evaluate(model, test_loader, entry.labels, device=device)
     card = _finish(
         entry, options, recipe, settings, model, metrics, history, wall, commands,
@@ -362,6 +385,7 @@ def _finish(
         model,
         weights,
         {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(settings["seed"])},
+        entry.weights_dtype,
     )
     source = dataset_source(entry.dataset, options.data_dir)
     card = {
@@ -386,7 +410,7 @@ def _finish(
         "epochs": recipe.epochs,
         "history": history,
         "wall_time_seconds": round(wall, 1),
-        "hardware": hardware_info(options.device),
+        "hardware": {**hardware_info(options.device), "data_workers": data_workers(options)},
         "software": software_info(),
         "command": command,
         "seed": settings["seed"],
@@ -495,15 +519,35 @@ def _command_for(options: TrainOptions) -> str:
 
 
 class _deterministic:  # noqa: N801 - used like a function
-    """Deterministic kernels for the duration of a run; the previous setting is restored."""
+    """Deterministic kernels for the duration of a run; the previous setting is restored.
+
+    On CUDA, cuBLAS needs a fixed workspace to be deterministic, and an op without a
+    deterministic kernel warns instead of ending a long run.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
 
     def __enter__(self) -> None:
         import torch
 
         self.previous = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
+        self.previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        cuda = self.device == "cuda"
+        if cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=cuda)
 
     def __exit__(self, *exc: object) -> None:
         import torch
 
-        torch.use_deterministic_algorithms(self.previous)
+        torch.use_deterministic_algorithms(self.previous, warn_only=self.previous_warn)
+
+
+def data_workers(options: TrainOptions) -> int:
+    """DataLoader worker processes: the option, else 0 on CPU (the cores compute) and up to 8
+    on CUDA (the GPU waits on decoding and augmentation otherwise)."""
+    if options.workers is not None:
+        return options.workers
+    return min(8, os.cpu_count() or 1) if options.device == "cuda" else 0

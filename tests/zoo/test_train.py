@@ -155,3 +155,53 @@ def test_same_weights_give_the_same_file_bytes_in_every_process(tmp_path):
 
     with safe_open(str(paths[0]), framework="pt") as handle:
         assert read_metadata(handle.metadata())["epoch"] == "3"
+
+
+def test_workers_option_is_checked_before_writing(tmp_path):
+    with pytest.raises(InvalidInput, match="--workers"):
+        train(short_run_options(tmp_path, workers=-1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loader_workers_give_the_same_run_every_time(tmp_path):
+    # each worker seeds its augmentation from the epoch's generator: same seed and N, same run
+    small = {"epochs": 1, "train_subset": 600, "test_subset": 100, "workers": 2}
+    runs = [train(short_run_options(tmp_path / str(i), **small)) for i in range(2)]
+    first, second = (load_file(r.model_dir / "model.safetensors") for r in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert runs[0].card["hardware"]["data_workers"] == 2
+
+
+def test_float16_entry_stores_half_weights_and_its_card_measures_them(tmp_path, data_dir):
+    from torch.utils.data import DataLoader
+
+    from zoo.train import TrainOptions
+
+    entry = zoo.get_entry("alexnet-cifar10")
+    assert entry.weights_dtype == "float16"
+    result = train(
+        TrainOptions(
+            model=entry.name, out=tmp_path, epochs=1, batch_size=32, train_subset=256,
+            test_subset=128, progress=False,
+        )
+    )  # fmt: skip
+    epochs = [path for _, path in list_epochs(result.model_dir)]
+    for path in (result.model_dir / "model.safetensors", *epochs):
+        stored = load_file(path)
+        assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    model = zoo.build_model(entry.name, weights=result.model_dir / "model.safetensors")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    test_set = zoo.datasets.get_dataset(
+        "cifar10", "test", data_dir=data_dir, transform=entry.preprocess.torch_transform()
+    )
+    loader = DataLoader(limit_dataset(test_set, 128), batch_size=256)  # as training evaluates
+    assert evaluate(model, loader, entry.labels) == result.card["metrics"]
+
+
+def test_card_names_the_console_script_under_python_dash_m(monkeypatch):
+    from zoo.cli import _command_line
+
+    monkeypatch.setattr("sys.argv", ["/x/cnnzoo/__main__.py", "train", "lenet5-mnist"])
+    assert _command_line() == "cnnzoo train lenet5-mnist"
+    monkeypatch.setattr("sys.argv", ["/venv/bin/cnnzoo", "train", "my model"])
+    assert _command_line() == "cnnzoo train 'my model'"
