@@ -49,7 +49,9 @@ def test_list_is_a_table_with_every_model(capsys):
     code, out, _ = _run(capsys, "list", "resnet*", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["model"] for r in rows] == zoo.list_models(include="resnet*")
-    assert all(r["trained"] is False for r in rows)
+    trained = {r["model"]: r["trained"] for r in rows}
+    assert trained == {name: zoo.get_entry(name).weights_file is not None for name in trained}
+    assert trained["resnet20-cifar10"] is True and trained["resnet18-imagenet"] is False
 
 
 @pytest.mark.parametrize("command", [["eval"], ["train"], ["export", "--repository", "r"]])

@@ -69,15 +69,20 @@ def test_skip_unchanged_writes_a_version_only_when_something_changed(
     manifest = ModelRepository(tmp_path).verify(MODEL, 3)
     assert manifest["source_weights_sha256"] == sha256_file(shipped) != sha256_file(trained)
 
-    # the CLI with --all (the shipped entries): one line naming the up-to-date version
-    before = _snapshot(tmp_path)
+    # the CLI with --all (the shipped entries): one line naming the up-to-date version, while
+    # the shipped models the repository lacks get their version 1
+    before = _snapshot(tmp_path / MODEL)
     code = main(["export", "--all", "--skip-unchanged", "--repository", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith(f"{MODEL}:"))
     assert "up to date, version 3" in line and "nothing written" in line
     assert sha256_file(shipped)[:12] in line
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(tmp_path / MODEL) == before
+    others = [
+        name for name in zoo.list_models() if name != MODEL and zoo.get_entry(name).weights_file
+    ]
+    assert others and all(ModelRepository(tmp_path).versions(name) == [1] for name in others)
 
     # another precision: a new version
     half = _export(tmp_path, shipped, fp16=True, skip_unchanged=True)
