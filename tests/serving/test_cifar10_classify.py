@@ -1,0 +1,85 @@
+"""The shipped CIFAR-10 models, exported by `cnnzoo export` and served: `Classify` on real
+CIFAR-10 test images sent as PNG bytes answers what PyTorch answers, and mostly right."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from protos import zoo_pb2, zoo_pb2_grpc
+from tests.serving.helpers import ROOT, ServerProcess, cnnzoo, png_bytes
+from zoo.datasets import get_dataset
+
+MODELS = ("resnet20-cifar10", "alexnet-cifar10")
+N_IMAGES = 200  # the first 200 test images, as PNG files
+
+
+@pytest.fixture(scope="module")
+def cifar_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zoo_pb2_grpc.ZooStub]:
+    repository = tmp_path_factory.mktemp("cifar-repository")
+    for name in MODELS:
+        done = cnnzoo("export", name, "--repository", str(repository))
+        assert done.returncode == 0, done.stderr
+    log = tmp_path_factory.mktemp("cifar-logs") / "server.log"
+    server = ServerProcess(repository, log).wait_ready()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            yield zoo_pb2_grpc.ZooStub(channel)
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="module")
+def test_pngs() -> tuple[list[bytes], list[int]]:
+    test_set = get_dataset("cifar10", "test")
+    images = [png_bytes(test_set.data[i]) for i in range(N_IMAGES)]
+    return images, test_set.targets[:N_IMAGES]
+
+
+def _torch_top1(name: str, images: list[bytes]) -> list[int]:
+    """What the shipped PyTorch weights answer for the same PNG bytes (decoded the same way)."""
+    from PIL import Image
+
+    entry = zoo.get_entry(name)
+    model = zoo.build_model(name, weights=entry.weights_file).eval()
+    batch = np.stack([entry.preprocess.apply(Image.open(io.BytesIO(data))) for data in images])
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).argmax(1).tolist()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_classify_cifar10_test_pngs_like_pytorch(name, cifar_stub, test_pngs):
+    images, targets = test_pngs
+    response = cifar_stub.Classify(zoo_pb2.ClassifyRequest(model=name, images=images, top_k=1))
+    assert response.model == name and response.version == "1"
+    served = [result.predictions[0].index for result in response.results]
+    labels = zoo.get_entry(name).labels
+    assert [r.predictions[0].label for r in response.results] == [labels[i] for i in served]
+    # ONNX Runtime and PyTorch agree image for image (up to a near-tie or two)
+    reference = _torch_top1(name, images)
+    assert sum(a != b for a, b in zip(served, reference, strict=True)) <= 1
+    accuracy = np.mean(np.array(served) == np.array(targets))
+    card_top1 = zoo.get_entry(name).card()["metrics"]["top1"]
+    assert accuracy >= card_top1 - 0.06, f"{name}: {accuracy:.3f} on {N_IMAGES} test images"
+
+
+def test_classify_the_example_cifar10_images(cifar_stub):
+    files = sorted((ROOT / "examples" / "cifar10").glob("*/*.png"))
+    assert len(files) == 10
+    response = cifar_stub.Classify(
+        zoo_pb2.ClassifyRequest(
+            model="resnet20-cifar10", images=[p.read_bytes() for p in files], top_k=3
+        )
+    )
+    pairs = zip(files, response.results, strict=True)
+    correct = [result.predictions[0].label == path.parent.name for path, result in pairs]
+    assert sum(correct) >= 7
+    for result in response.results:
+        probabilities = [p.probability for p in result.predictions]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
