@@ -533,16 +533,18 @@ class _deterministic:  # noqa: N801 - used like a function
 
         self.previous = torch.are_deterministic_algorithms_enabled()
         self.previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        self.previous_benchmark = torch.backends.cudnn.benchmark
         cuda = self.device == "cuda"
         if cuda:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.benchmark = False  # autotuning may pick another kernel per run
         torch.use_deterministic_algorithms(True, warn_only=cuda)
 
     def __exit__(self, *exc: object) -> None:
         import torch
 
         torch.use_deterministic_algorithms(self.previous, warn_only=self.previous_warn)
+        torch.backends.cudnn.benchmark = self.previous_benchmark
 
 
 def data_workers(options: TrainOptions) -> int:
