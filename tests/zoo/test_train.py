@@ -205,3 +205,16 @@ def test_card_names_the_console_script_under_python_dash_m(monkeypatch):
     assert _command_line() == "cnnzoo train lenet5-mnist"
     monkeypatch.setattr("sys.argv", ["/venv/bin/cnnzoo", "train", "my model"])
     assert _command_line() == "cnnzoo train 'my model'"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+def test_cuda_training_is_deterministic_and_recorded(tmp_path, data_dir):
+    small = {"epochs": 1, "train_subset": 2000, "device": "cuda", "workers": 2}
+    runs = [train(short_run_options(tmp_path / str(i), **small)) for i in range(2)]
+    first, second = (load_file(r.model_dir / "model.safetensors") for r in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    card = runs[0].card
+    assert card["hardware"]["device"] == "cuda" and card["hardware"]["gpu"]
+    assert card["metrics"]["top1"] > _untrained_accuracy(data_dir) + 0.3
+    assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
