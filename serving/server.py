@@ -285,7 +285,22 @@ async def _run(options: ServerOptions) -> int:
             await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        await _let_handlers_finish()
     return 0
+
+
+async def _let_handlers_finish(timeout: float = 2.0) -> None:
+    """Wait briefly for the tasks still running when the server has stopped.
+
+    grpc.aio's stop() returns once every call is answered, but the task of a handler that has just
+    answered may still be closing; asyncio.run would cancel it and grpc logs a traceback for that.
+    """
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        if still:
+            log.warning("%d task(s) still running at exit", len(still))
 
 
 def serve(options: ServerOptions) -> int:
