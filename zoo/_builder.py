@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._registry import ZooEntry, get_entry
-from zoo.checkpoints import read_metadata
+from zoo.checkpoints import decode_state, read_metadata
 from zoo.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -72,12 +72,12 @@ def read_state_dict(path: Path, entry: ZooEntry) -> tuple[dict[str, torch.Tensor
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = read_metadata(handle.metadata())
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            stored = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as err:  # SafetensorError, OSError, ValueError on a damaged header
         raise InvalidInput(
             f"{path} is not a valid .safetensors file (corrupt or truncated?): {err}"
         ) from None
-    return state, metadata
+    return decode_state(stored), metadata
 
 
 def load_weights_file(model: nn.Module, entry: ZooEntry, path: Path) -> dict[str, str]:

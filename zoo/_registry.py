@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.checkpoints import WEIGHT_DTYPES
 from zoo.errors import AlreadyExists, NotFound
 from zoo.preprocess import Preprocess
 
@@ -67,8 +68,9 @@ class ZooEntry:
         paper: link to the paper the architecture comes from.
         notes: what a model card should say about deviations from the paper.
         torchvision_state_dicts: accept torchvision `.pth` state dicts as weights files.
-        weights_dtype: how training stores floating-point weights ("float32", or "float16"
-            to halve a large model's files; the card measures the stored weights).
+        weights_dtype: how training stores floating-point weights: "float32", or "float16" /
+            "int8" to shrink a large model's files (see `zoo.checkpoints.encode_state`); the
+            card measures the weights as stored.
     """
 
     name: str
@@ -88,8 +90,8 @@ class ZooEntry:
     weights_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.weights_dtype not in ("float32", "float16"):
-            raise ValueError(f"{self.name}: weights_dtype must be float32 or float16")
+        if self.weights_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"{self.name}: weights_dtype must be one of {WEIGHT_DTYPES}")
         if len(self.labels) != self.num_classes:
             raise ValueError(
                 f"{self.name}: {len(self.labels)} labels for {self.num_classes} classes"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from zoo._registry import Recipe, ZooEntry, get_entry
 from zoo.augment import build_augmentation
 from zoo.card import hardware_info, software_info, utc_now, validate_card
-from zoo.checkpoints import epoch_path, save_weights
+from zoo.checkpoints import decode_state, encode_state, epoch_path, save_weights
 from zoo.datasets import dataset_source, get_dataset
 from zoo.errors import AlreadyExists, InvalidInput, NotFound
 from zoo.evaluate import evaluate, limit_dataset, torch_threads
@@ -352,10 +352,7 @@ def _run(
             return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
 
     if entry.weights_dtype != "float32":  # the card measures the weights as they are stored
-        with torch.no_grad():
-            for tensor in model.state_dict().values():
-                if tensor.is_floating_point():
-                    tensor.copy_(tensor.to(getattr(torch, entry.weights_dtype)))
+        model.load_state_dict(decode_state(encode_state(model.state_dict(), entry.weights_dtype)))
         metrics = {}
     if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
         metrics = evaluate(model, test_loader, entry.labels, device=device)

@@ -19,7 +19,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SHIPPED = {
     "lenet5-mnist": ("MNIST", 60_000, 0.992, "all"),
     "resnet20-cifar10": ("cifar-10-batches-bin", 50_000, 0.88, (1, 2, 5, 10, 20, 30, 40, 80)),
-    # 7.5 M parameters (15 MB per file in float16): only the final weights are shipped.
+    # 7.5 M parameters (7.2 MiB per file in int8): only the final weights are shipped.
     "alexnet-cifar10": ("cifar-10-batches-bin", 50_000, 0.88, ()),
 }
 # Cards measured on a GPU (cuDNN's TF32 convolutions) may differ from a CPU evaluation by a few

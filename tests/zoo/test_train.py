@@ -172,13 +172,13 @@ def test_loader_workers_give_the_same_run_every_time(tmp_path):
     assert runs[0].card["hardware"]["data_workers"] == 2
 
 
-def test_float16_entry_stores_half_weights_and_its_card_measures_them(tmp_path, data_dir):
+def test_int8_entry_stores_quantised_weights_and_its_card_measures_them(tmp_path, data_dir):
     from torch.utils.data import DataLoader
 
     from zoo.train import TrainOptions
 
     entry = zoo.get_entry("alexnet-cifar10")
-    assert entry.weights_dtype == "float16"
+    assert entry.weights_dtype == "int8"
     result = train(
         TrainOptions(
             model=entry.name, out=tmp_path, epochs=1, batch_size=32, train_subset=256,
@@ -188,7 +188,9 @@ def test_float16_entry_stores_half_weights_and_its_card_measures_them(tmp_path, 
     epochs = [path for _, path in list_epochs(result.model_dir)]
     for path in (result.model_dir / "model.safetensors", *epochs):
         stored = load_file(path)
-        assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+        conv = stored["features.0.weight"]
+        assert conv.dtype == torch.int8 and stored["features.0.weight:scale"].shape == (64,)
+        assert stored["features.0.bias"].dtype == torch.float32  # 1-D tensors stay exact
     model = zoo.build_model(entry.name, weights=result.model_dir / "model.safetensors")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     test_set = zoo.datasets.get_dataset(
@@ -196,6 +198,29 @@ def test_float16_entry_stores_half_weights_and_its_card_measures_them(tmp_path, 
     )
     loader = DataLoader(limit_dataset(test_set, 128), batch_size=256)  # as training evaluates
     assert evaluate(model, loader, entry.labels) == result.card["metrics"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_stored_weights_decode_close_to_the_originals(dtype):
+    from zoo.checkpoints import decode_state, encode_state
+
+    torch.manual_seed(0)
+    state = zoo.build_model("resnet20-cifar10").state_dict()
+    state["conv1.weight"][3] = 0.0  # an all-zero channel must survive int8 scaling
+    decoded = decode_state(encode_state(state, dtype))
+    assert decoded.keys() == state.keys()
+    for key, value in state.items():
+        exact = dtype == "float32" or (dtype == "int8" and value.ndim < 2)
+        if not value.is_floating_point() or exact:
+            assert torch.equal(decoded[key].to(value.dtype), value), key
+            continue
+        error = (decoded[key].float() - value).abs()
+        if dtype == "float16":  # 11 significant bits
+            assert (error <= value.abs() / 2048 + 1e-7).all(), key
+        else:  # half a quantisation step of the channel
+            step = value.abs().flatten(1).amax(1) / 127
+            assert (error.flatten(1) <= step.view(-1, 1) / 2 + 1e-8).all(), key
+    assert torch.equal(decoded["conv1.weight"][3], torch.zeros_like(state["conv1.weight"][3]))
 
 
 def test_card_names_the_console_script_under_python_dash_m(monkeypatch):
