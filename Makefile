@@ -26,12 +26,13 @@ demo: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 protos: venv
-	$(PY) -m protos.codegen
+	$(PY) -m cnnzoo.protos.codegen
 
 lint: venv
 	$(PY) -m pip install --quiet 'ruff==0.17.6'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/lint_imports.py
 
 bench: venv
 	$(PY) bench/serving.py

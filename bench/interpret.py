@@ -36,13 +36,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import zoo  # noqa: E402
-from interpret.attribution import GuidedBackprop  # noqa: E402
-from interpret.jobs import load_job, run_job  # noqa: E402
-from interpret.projection import Unit, project_units  # noqa: E402
-from interpret.rules import left_as_found  # noqa: E402
-from interpret.scan import scan_topk  # noqa: E402
-from zoo.datasets import get_dataset  # noqa: E402
+from cnnzoo import zoo  # noqa: E402
+from cnnzoo.interpret.attribution import GuidedBackprop  # noqa: E402
+from cnnzoo.interpret.jobs import load_job, run_job  # noqa: E402
+from cnnzoo.interpret.projection import Unit, project_units  # noqa: E402
+from cnnzoo.interpret.rules import left_as_found  # noqa: E402
+from cnnzoo.interpret.scan import scan_topk  # noqa: E402
+from cnnzoo.zoo.datasets import get_dataset  # noqa: E402
 
 FIG2_JOB = ROOT / "examples" / "jobs" / "lenet5-mnist-fig2.toml"
 

@@ -106,9 +106,9 @@ def median(results: list[dict]) -> dict:
 
 
 def infer_request(model: str, x: np.ndarray):
-    from protos import inference_pb2
+    from cnnzoo.protos import grpc_service_pb2
 
-    request = inference_pb2.ModelInferRequest(model_name=model)
+    request = grpc_service_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
     request.raw_input_contents.append(x.astype("<f4").tobytes())
     return request
@@ -119,7 +119,7 @@ def grpc_load(target: str, model: str, x: np.ndarray, concurrency: int, seconds:
     """Closed-loop load: `concurrency` callers, each sending the next request when answered."""
     import grpc
 
-    from protos import inference_pb2_grpc
+    from cnnzoo.protos import grpc_service_pb2_grpc
 
     request = infer_request(model, x)
 
@@ -128,7 +128,7 @@ def grpc_load(target: str, model: str, x: np.ndarray, concurrency: int, seconds:
         options = [("grpc.max_send_message_length", limit),
                    ("grpc.max_receive_message_length", limit)]  # fmt: skip
         async with grpc.aio.insecure_channel(target, options=options) as channel:
-            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             await stub.ModelInfer(request)
             latencies: list[float] = []
             errors = 0
@@ -160,7 +160,7 @@ def grpc_load(target: str, model: str, x: np.ndarray, concurrency: int, seconds:
 def in_process_load(model_path: Path, device: str, x: np.ndarray, concurrency: int,
                     seconds: float, warmup: float) -> dict:  # fmt: skip
     """The same closed loop calling an ONNX Runtime session directly from `concurrency` threads."""
-    from serving.runtime import OnnxModel, RuntimeOptions
+    from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions
 
     session = OnnxModel(model_path, RuntimeOptions(device=device))
     session.run(x)
@@ -218,7 +218,7 @@ def conditions(device: str) -> dict:
     import grpc
     import onnxruntime as ort
 
-    from serving.runtime import CPU, CUDA, available_cores, cuda_unavailable_reason
+    from cnnzoo.serving.runtime import CPU, CUDA, available_cores, cuda_unavailable_reason
 
     provider = CPU if device == "cpu" or cuda_unavailable_reason() else CUDA
     return {

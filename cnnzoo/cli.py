@@ -1,11 +1,11 @@
 """The `cnnzoo` console script.
 
-It only mounts the subcommands that each package owns (`zoo.cli`, `serving.cli`,
-`interpret.cli`); a package's `register(subparsers)` adds its commands and binds each to a
+It only mounts the subcommands that each package owns (`cnnzoo.zoo.cli`, `cnnzoo.serving.cli`,
+`cnnzoo.interpret.cli`); a package's `register(subparsers)` adds its commands and binds each to a
 handler with `set_defaults(func=...)`. Handlers import torch, onnxruntime and grpc themselves,
 so `cnnzoo --help` stays fast.
 
-Errors the project raises on purpose (`zoo.errors.CnnzooError`) become one line on stderr and
+Errors the project raises on purpose (`cnnzoo.errors.CnnzooError`) become one line on stderr and
 a non-zero exit code; anything else propagates so that bugs stay visible.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from cnnzoo import __version__
 
 # Packages whose `cli.register` contributes subcommands, in help order.
-_COMMAND_PACKAGES = ("zoo", "serving", "interpret")
+_COMMAND_PACKAGES = ("cnnzoo.zoo", "cnnzoo.serving", "cnnzoo.interpret")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zoo.errors import CnnzooError
+    from cnnzoo.errors import CnnzooError
 
     parser = build_parser()
     args = parser.parse_args(argv)

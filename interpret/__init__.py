@@ -1,11 +1,9 @@
 """interpret: Zeiler & Fergus (2014)-style views of the zoo's CNNs.
 
-Gradient, deconvnet and guided-backprop attribution (`interpret.attribution`, rules in
-`interpret.rules`), batched unit projections (`interpret.projection`), receptive fields
-(`interpret.layers`, `interpret.receptive_field`), streaming top-k activations
-(`interpret.topk`, `interpret.scan`), occlusion (`interpret.occlusion`), pictures
-(`interpret.render`), `explain` for one image (`interpret.explain`) and batch jobs
-(`interpret.jobs`).
+Modules (all under `cnnzoo.interpret`): gradient, deconvnet and guided-backprop attribution
+(`attribution`, rules in `rules`), batched unit projections (`projection`), receptive fields
+(`layers`, `receptive_field`), streaming top-k activations (`topk`, `scan`), occlusion
+(`occlusion`), pictures (`render`), `explain` for one image (`explain`) and batch jobs (`jobs`).
 
 Names below are imported on first use, so `import interpret` (and `cnnzoo --help`) does not
 import torch.
@@ -17,26 +15,26 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Deconvnet": "interpret.attribution",
-    "Gradient": "interpret.attribution",
-    "GuidedBackprop": "interpret.attribution",
-    "ReluRuleAttribution": "interpret.attribution",
-    "Rule": "interpret.rules",
-    "relu_rule": "interpret.rules",
-    "left_as_found": "interpret.rules",
-    "Unit": "interpret.projection",
-    "project_units": "interpret.projection",
-    "ReceptiveField": "interpret.receptive_field",
-    "support_box": "interpret.receptive_field",
-    "LayerInfo": "interpret.layers",
-    "describe_layers": "interpret.layers",
-    "TopK": "interpret.topk",
-    "scan_topk": "interpret.scan",
-    "occlusion_maps": "interpret.occlusion",
-    "METHODS": "interpret.explain",
-    "Explanation": "interpret.explain",
-    "load_job": "interpret.jobs",
-    "run_job": "interpret.jobs",
+    "Deconvnet": "cnnzoo.interpret.attribution",
+    "Gradient": "cnnzoo.interpret.attribution",
+    "GuidedBackprop": "cnnzoo.interpret.attribution",
+    "ReluRuleAttribution": "cnnzoo.interpret.attribution",
+    "Rule": "cnnzoo.interpret.rules",
+    "relu_rule": "cnnzoo.interpret.rules",
+    "left_as_found": "cnnzoo.interpret.rules",
+    "Unit": "cnnzoo.interpret.projection",
+    "project_units": "cnnzoo.interpret.projection",
+    "ReceptiveField": "cnnzoo.interpret.receptive_field",
+    "support_box": "cnnzoo.interpret.receptive_field",
+    "LayerInfo": "cnnzoo.interpret.layers",
+    "describe_layers": "cnnzoo.interpret.layers",
+    "TopK": "cnnzoo.interpret.topk",
+    "scan_topk": "cnnzoo.interpret.scan",
+    "occlusion_maps": "cnnzoo.interpret.occlusion",
+    "METHODS": "cnnzoo.interpret.explain",
+    "Explanation": "cnnzoo.interpret.explain",
+    "load_job": "cnnzoo.interpret.jobs",
+    "run_job": "cnnzoo.interpret.jobs",
 }
 
 __all__ = sorted(_EXPORTS)

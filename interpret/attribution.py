@@ -2,7 +2,7 @@
 
 One parent (`ReluRuleAttribution`, a Captum `GradientAttribution`) takes the ReLU rule; the three
 named methods only pick it. Captum supplies the attribution contract, target selection and the
-gradient computation (`GradientAttribution.gradient_func`); `interpret.rules.relu_rule` supplies
+gradient computation (`GradientAttribution.gradient_func`); `rules.relu_rule` supplies
 the ReLU hooks (see its docstring for why these and not Captum's own).
 """
 
@@ -14,7 +14,7 @@ import torch
 from captum.attr import GradientAttribution
 from torch import nn
 
-from interpret.rules import Rule, relu_rule
+from cnnzoo.interpret.rules import Rule, relu_rule
 
 __all__ = ["Deconvnet", "Gradient", "GuidedBackprop", "ReluRuleAttribution", "for_method"]
 
@@ -27,7 +27,7 @@ class ReluRuleAttribution(GradientAttribution):
 
     Args:
         model: the network; every ReLU must be an `nn.ReLU` module (reused and in-place modules
-            are fine; functional `F.relu` raises `interpret.errors.UnsupportedModel`).
+            are fine; functional `F.relu` raises `cnnzoo.errors.UnsupportedModel`).
         rule: the ReLU backward rule.
 
     The model is run in eval mode with frozen parameters; its flags and hooks are as before

@@ -92,8 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    import zoo
-    from interpret.layers import describe_layers
+    from cnnzoo import zoo
+    from cnnzoo.interpret.layers import describe_layers
 
     entry = zoo.get_entry(args.model)
     infos = describe_layers(zoo.build_model(args.model), tuple(entry.input_shape))
@@ -121,17 +121,17 @@ def _explain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    import zoo
-    from interpret.explain import explain
-    from zoo.errors import InvalidInput
-    from zoo.fileio import atomic_path, atomic_write_bytes
-    from zoo.images import read_image
+    from cnnzoo import zoo
+    from cnnzoo.errors import InvalidInput
+    from cnnzoo.fileio import atomic_path, atomic_write_bytes
+    from cnnzoo.interpret.explain import explain
+    from cnnzoo.zoo.images import read_image
 
     if args.out.suffix.lower() != ".png":  # the map is PNG bytes (what the Explain RPC returns)
         raise InvalidInput(f"--out {args.out}: the map is written as PNG; name a .png file")
     image = read_image(args.image)  # decoded as the Explain RPC decodes uploads
     if args.repository is not None:
-        from zoo.repository import ModelRepository
+        from cnnzoo.zoo.repository import ModelRepository
 
         repo = ModelRepository(args.repository)
         version = args.version if args.version is not None else repo.latest_version(args.model)
@@ -157,8 +157,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> int:
-    from interpret.jobs.runner import run_job
-    from interpret.jobs.spec import load_job
+    from cnnzoo.interpret.jobs.runner import run_job
+    from cnnzoo.interpret.jobs.spec import load_job
 
     spec = load_job(args.job_file, data_dir=args.data_dir)
     if args.check:
@@ -179,7 +179,7 @@ def _job(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from interpret.jobs.worker import run_worker
+    from cnnzoo.interpret.jobs.worker import run_worker
 
     failed = run_worker(
         args.jobs,

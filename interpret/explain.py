@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from interpret.attribution import for_method
-from interpret.occlusion import occlusion_attribution
-from interpret.render import attribution_rgb, png_bytes
-from interpret.rules import Rule, left_as_found
-from zoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.attribution import for_method
+from cnnzoo.interpret.occlusion import occlusion_attribution
+from cnnzoo.interpret.render import attribution_rgb, png_bytes
+from cnnzoo.interpret.rules import Rule, left_as_found
 
 __all__ = ["METHODS", "Explanation", "explain"]
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from interpret.errors import UnsupportedModel
-from interpret.layers import get_layer
+from cnnzoo.errors import UnsupportedModel
+from cnnzoo.interpret.layers import get_layer
 
 __all__ = ["forward_to"]
 

@@ -2,7 +2,7 @@
 
 The model is traced with `torch.fx` (the graph gives the execution order, which module each
 operation belongs to, and how branches join) and run once on a zero input (`ShapeProp`) for the
-output shapes. Receptive fields come from `interpret.receptive_field`.
+output shapes. Receptive fields come from `cnnzoo.interpret.receptive_field`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from interpret.errors import LayerNotFound, UnsupportedModel
-from interpret.receptive_field import (
+from cnnzoo.errors import LayerNotFound, UnsupportedModel
+from cnnzoo.interpret.receptive_field import (
     SPATIAL,
     ReceptiveField,
     as_receptive_field,

@@ -18,9 +18,9 @@ import torch
 from captum.attr import Occlusion
 from torch import nn
 
-from interpret.layers import get_layer
-from interpret.rules import left_as_found
-from zoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.layers import get_layer
+from cnnzoo.interpret.rules import left_as_found
 
 __all__ = ["OcclusionMaps", "default_window", "occlusion_attribution", "occlusion_maps"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from interpret.forward import forward_to
-from interpret.rules import Rule, relu_rule
-from zoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.forward import forward_to
+from cnnzoo.interpret.rules import Rule, relu_rule
 
 __all__ = ["Unit", "project_units"]
 
@@ -48,7 +48,7 @@ def project_units(
     """The rule-modified gradient of each unit with respect to its image.
 
     Args:
-        model: the network (nn.ReLU modules only; see `interpret.rules`).
+        model: the network (nn.ReLU modules only; see `cnnzoo.interpret.rules`).
         layer: the module whose output holds the units; it must run once per forward pass.
         images: preprocessed images `[N, C, H, W]`.
         units: the units to project; `Unit.image` indexes `images`.

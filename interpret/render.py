@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
-from zoo.fileio import atomic_path
+from cnnzoo.fileio import atomic_path
 
 __all__ = [
     "attribution_rgb",

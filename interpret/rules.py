@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from interpret.errors import UnsupportedModel
+from cnnzoo.errors import UnsupportedModel
 
 __all__ = ["Rule", "left_as_found", "model_lock", "relu_rule"]
 

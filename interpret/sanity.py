@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from interpret.attribution import for_method
-from interpret.layers import get_layer
-from interpret.rules import Rule
+from cnnzoo.interpret.attribution import for_method
+from cnnzoo.interpret.layers import get_layer
+from cnnzoo.interpret.rules import Rule
 
 __all__ = ["RandomisationResult", "cascading_randomisation", "rank_correlation"]
 

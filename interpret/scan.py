@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from interpret.forward import forward_to
-from interpret.rules import left_as_found
-from interpret.topk import TopK, channel_maxima
+from cnnzoo.interpret.forward import forward_to
+from cnnzoo.interpret.rules import left_as_found
+from cnnzoo.interpret.topk import TopK, channel_maxima
 
 __all__ = ["batch_ranges", "iterate_batches", "scan_topk"]
 

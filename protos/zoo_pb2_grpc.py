@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import zoo_pb2 as protos_dot_zoo__pb2
+from cnnzoo.protos import zoo_pb2 as cnnzoo_dot_protos_dot_zoo__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/zoo_pb2_grpc.py depends on'
+        + ' but the generated code in cnnzoo/protos/zoo_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class ZooStub:
         """
         self.Classify = channel.unary_unary(
                 '/cnnzoo.v1.Zoo/Classify',
-                request_serializer=protos_dot_zoo__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=protos_dot_zoo__pb2.ClassifyResponse.FromString,
+                request_serializer=cnnzoo_dot_protos_dot_zoo__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=cnnzoo_dot_protos_dot_zoo__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/cnnzoo.v1.Zoo/ListModels',
-                request_serializer=protos_dot_zoo__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=protos_dot_zoo__pb2.ListModelsResponse.FromString,
+                request_serializer=cnnzoo_dot_protos_dot_zoo__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cnnzoo_dot_protos_dot_zoo__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.Explain = channel.unary_unary(
                 '/cnnzoo.v1.Zoo/Explain',
-                request_serializer=protos_dot_zoo__pb2.ExplainRequest.SerializeToString,
-                response_deserializer=protos_dot_zoo__pb2.ExplainResponse.FromString,
+                request_serializer=cnnzoo_dot_protos_dot_zoo__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=cnnzoo_dot_protos_dot_zoo__pb2.ExplainResponse.FromString,
                 _registered_method=True)
 
 
@@ -80,18 +80,18 @@ def add_ZooServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
-                    request_deserializer=protos_dot_zoo__pb2.ClassifyRequest.FromString,
-                    response_serializer=protos_dot_zoo__pb2.ClassifyResponse.SerializeToString,
+                    request_deserializer=cnnzoo_dot_protos_dot_zoo__pb2.ClassifyRequest.FromString,
+                    response_serializer=cnnzoo_dot_protos_dot_zoo__pb2.ClassifyResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=protos_dot_zoo__pb2.ListModelsRequest.FromString,
-                    response_serializer=protos_dot_zoo__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=cnnzoo_dot_protos_dot_zoo__pb2.ListModelsRequest.FromString,
+                    response_serializer=cnnzoo_dot_protos_dot_zoo__pb2.ListModelsResponse.SerializeToString,
             ),
             'Explain': grpc.unary_unary_rpc_method_handler(
                     servicer.Explain,
-                    request_deserializer=protos_dot_zoo__pb2.ExplainRequest.FromString,
-                    response_serializer=protos_dot_zoo__pb2.ExplainResponse.SerializeToString,
+                    request_deserializer=cnnzoo_dot_protos_dot_zoo__pb2.ExplainRequest.FromString,
+                    response_serializer=cnnzoo_dot_protos_dot_zoo__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -119,8 +119,8 @@ class Zoo:
             request,
             target,
             '/cnnzoo.v1.Zoo/Classify',
-            protos_dot_zoo__pb2.ClassifyRequest.SerializeToString,
-            protos_dot_zoo__pb2.ClassifyResponse.FromString,
+            cnnzoo_dot_protos_dot_zoo__pb2.ClassifyRequest.SerializeToString,
+            cnnzoo_dot_protos_dot_zoo__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -146,8 +146,8 @@ class Zoo:
             request,
             target,
             '/cnnzoo.v1.Zoo/ListModels',
-            protos_dot_zoo__pb2.ListModelsRequest.SerializeToString,
-            protos_dot_zoo__pb2.ListModelsResponse.FromString,
+            cnnzoo_dot_protos_dot_zoo__pb2.ListModelsRequest.SerializeToString,
+            cnnzoo_dot_protos_dot_zoo__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,8 +173,8 @@ class Zoo:
             request,
             target,
             '/cnnzoo.v1.Zoo/Explain',
-            protos_dot_zoo__pb2.ExplainRequest.SerializeToString,
-            protos_dot_zoo__pb2.ExplainResponse.FromString,
+            cnnzoo_dot_protos_dot_zoo__pb2.ExplainRequest.SerializeToString,
+            cnnzoo_dot_protos_dot_zoo__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ Layers, each with one job (nothing below the servicers touches protobuf):
 - `models`     the repository's models: integrity checks, loading, lookup, hot reload.
 - `images`     PNG/JPEG bytes to model inputs (Pillow + the model's `Preprocess`).
 - `dataplane`  live/ready/metadata/infer/classify/explain, transport-neutral.
-- `explain`    the one bridge to `interpret.explain`.
+- `explain`    the one bridge to `cnnzoo.interpret.explain`.
 - `metrics`    Prometheus `/metrics` with Triton's metric names.
 - `grpc_api`   protobuf codecs, error-to-status mapping, thin servicers.
 - `server`     assembly: health, reflection, metrics, polling, graceful SIGTERM.

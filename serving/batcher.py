@@ -32,8 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serving.errors import DeadlineExceeded, Unavailable
-from serving.stats import ModelStats
+from cnnzoo.errors import DeadlineExceeded, Unavailable
+from cnnzoo.serving.stats import ModelStats
 
 __all__ = ["DynamicBatcher"]
 

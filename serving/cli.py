@@ -97,9 +97,9 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    from serving.errors import InvalidInput
-    from serving.runtime import RuntimeOptions
-    from serving.server import ServerOptions, serve
+    from cnnzoo.errors import InvalidInput
+    from cnnzoo.serving.runtime import RuntimeOptions
+    from cnnzoo.serving.server import ServerOptions, serve
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -147,8 +147,8 @@ def _register_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from serving.client import ZooClient
-    from serving.errors import InvalidImage, InvalidInput, NotFound
+    from cnnzoo.errors import InvalidImage, InvalidInput, NotFound
+    from cnnzoo.serving.client import ZooClient
 
     if args.top_k < 1:
         raise InvalidInput(f"--top-k must be >= 1, got {args.top_k}")
@@ -222,7 +222,7 @@ def _register_health(sub: argparse._SubParsersAction) -> None:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from serving.client import ZooClient
+    from cnnzoo.serving.client import ZooClient
 
     with ZooClient(args.server, timeout=args.timeout) as client:
         status = client.health(args.service)

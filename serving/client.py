@@ -11,10 +11,10 @@ from types import TracebackType
 
 import grpc
 
-from protos import zoo_pb2, zoo_pb2_grpc
-from serving.grpc_api.status import error_for
-from serving.server import DEFAULT_MAX_MESSAGE_BYTES
-from serving.types import ClassPrediction
+from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
+from cnnzoo.serving.grpc_api.status import error_for
+from cnnzoo.serving.server import DEFAULT_MAX_MESSAGE_BYTES
+from cnnzoo.serving.types import ClassPrediction
 
 __all__ = ["ZooClient"]
 

@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serving.errors import CnnzooError, InvalidInput
-from serving.images import images_to_batch
-from serving.models import LoadedVersion, ModelManager
-from serving.spec import TensorSpec
-from serving.stats import ModelStats
-from serving.types import (
+from cnnzoo.errors import CnnzooError, InvalidInput
+from cnnzoo.serving.images import images_to_batch
+from cnnzoo.serving.models import LoadedVersion, ModelManager
+from cnnzoo.serving.spec import TensorSpec
+from cnnzoo.serving.stats import ModelStats
+from cnnzoo.serving.types import (
     ClassifyResult,
     ClassPrediction,
     ExplainResult,
@@ -239,8 +239,8 @@ class DataPlane:
     async def explain(
         self, name: str, version: str, image: bytes, method: str, target: int | None
     ) -> ExplainResult:
-        """An attribution map for one image (see `serving.explain`)."""
-        from serving.explain import explain_image
+        """An attribution map for one image (see `cnnzoo.serving.explain`)."""
+        from cnnzoo.serving.explain import explain_image
 
         served = self.models.get(name, version)
         loop = asyncio.get_running_loop()

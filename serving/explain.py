@@ -1,15 +1,15 @@
 """The Explain RPC's one contact with `interpret`: image bytes + served model in, map out.
 
 The ONNX session cannot give gradients, so the version's PyTorch model is rebuilt from its
-`model.safetensors` (once, lazily) and handed to `interpret.explain.explain`.
+`model.safetensors` (once, lazily) and handed to `cnnzoo.interpret.explain.explain`.
 """
 
 from __future__ import annotations
 
-from serving.errors import InvalidInput
-from serving.images import images_to_batch
-from serving.models import LoadedVersion
-from serving.types import ExplainResult
+from cnnzoo.errors import InvalidInput
+from cnnzoo.serving.images import images_to_batch
+from cnnzoo.serving.models import LoadedVersion
+from cnnzoo.serving.types import ExplainResult
 
 __all__ = ["explain_image"]
 
@@ -23,7 +23,8 @@ def explain_image(
         InvalidInput: unknown method, target outside the model's classes, or a bad image.
     """
     import torch
-    from interpret.explain import METHODS, explain
+
+    from cnnzoo.interpret.explain import METHODS, explain
 
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}; methods: {', '.join(METHODS)}")

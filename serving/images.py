@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.errors import InvalidImage, InvalidInput
-from zoo.images import decode_image
+from cnnzoo.errors import InvalidImage, InvalidInput
+from cnnzoo.zoo.images import decode_image
 
 if TYPE_CHECKING:
-    from zoo.preprocess import Preprocess
+    from cnnzoo.zoo.preprocess import Preprocess
 
 __all__ = ["decode_image", "images_to_batch"]
 

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from serving.models import ModelManager
-from serving.stats import ModelStats
+from cnnzoo.serving.models import ModelManager
+from cnnzoo.serving.stats import ModelStats
 
 __all__ = ["MetricsServer", "ServingCollector"]
 
@@ -122,7 +122,7 @@ class MetricsServer:
         try:
             self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as err:
-            from serving.errors import Unavailable
+            from cnnzoo.errors import Unavailable
 
             raise Unavailable(f"cannot serve metrics on {host}:{port}: {err.strerror}") from None
         self.port = self._httpd.server_port

@@ -24,14 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.batcher import DynamicBatcher
-from serving.errors import ExecutionProviderError, IntegrityError, NotFound, Unavailable
-from serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
-from serving.spec import ModelSpec
-from serving.stats import ModelStats
-from zoo.errors import CnnzooError
-from zoo.preprocess import Preprocess
-from zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, ModelRepository
+from cnnzoo.errors import CnnzooError, ExecutionProviderError, IntegrityError, NotFound, Unavailable
+from cnnzoo.serving.batcher import DynamicBatcher
+from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
+from cnnzoo.serving.spec import ModelSpec
+from cnnzoo.serving.stats import ModelStats
+from cnnzoo.zoo.preprocess import Preprocess
+from cnnzoo.zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, ModelRepository
 
 __all__ = ["LoadedVersion", "ModelManager", "ModelRecord"]
 

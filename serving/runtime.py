@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.errors import ExecutionProviderError, InvalidInput
+from cnnzoo.errors import ExecutionProviderError, InvalidInput
 
 __all__ = [
     "CPU",

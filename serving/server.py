@@ -14,8 +14,8 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.errors import InvalidInput, Unavailable
-from serving.runtime import RuntimeOptions
+from cnnzoo.errors import InvalidInput, Unavailable
+from cnnzoo.serving.runtime import RuntimeOptions
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -98,9 +98,9 @@ class InferenceServer:
 
     def __init__(self, options: ServerOptions) -> None:
         import cnnzoo
-        from serving.dataplane import DataPlane
-        from serving.models import ModelManager
-        from zoo.repository import ModelRepository
+        from cnnzoo.serving.dataplane import DataPlane
+        from cnnzoo.serving.models import ModelManager
+        from cnnzoo.zoo.repository import ModelRepository
 
         self.options = options
         self.models = ModelManager(
@@ -126,10 +126,10 @@ class InferenceServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
-        from protos import inference_pb2, inference_pb2_grpc, zoo_pb2, zoo_pb2_grpc
-        from serving.grpc_api.servicers import InferenceServicer, ZooServicer
-        from serving.metrics import MetricsServer
-        from serving.runtime import check_device
+        from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
+        from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
+        from cnnzoo.serving.metrics import MetricsServer
+        from cnnzoo.serving.runtime import check_device
 
         check_device(self.options.runtime)  # --device cuda without CUDA fails here, first
         grpc_log = logging.getLogger("grpc._cython.cygrpc")
@@ -143,14 +143,14 @@ class InferenceServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.plane), server
         )
         zoo_pb2_grpc.add_ZooServicer_to_server(ZooServicer(self.plane), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
-            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             zoo_pb2.DESCRIPTOR.services_by_name["Zoo"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
 
 __all__ = ["DATATYPES", "ModelSpec", "TensorSpec"]
 
@@ -76,7 +76,7 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, config: Any) -> ModelSpec:
-        """Build from a `model_config_pb2.ModelConfig` (as `zoo.repository` returns it).
+        """Build from a `model_config_pb2.ModelConfig` (as `cnnzoo.zoo.repository` returns it).
 
         Raises:
             InvalidInput: the config does not describe one input and one output.

@@ -4,14 +4,14 @@ Importing `zoo` is cheap (no torch): the registry is plain data and `build_model
 when it is called.
 """
 
-from zoo import _entries as _entries  # registers the zoo's entries
-from zoo._builder import build_model as build_model
-from zoo._registry import Recipe as Recipe
-from zoo._registry import ZooEntry as ZooEntry
-from zoo._registry import get_entry as get_entry
-from zoo._registry import list_models as list_models
-from zoo._registry import register_model as register_model
-from zoo.preprocess import Preprocess as Preprocess
+from cnnzoo.zoo import _entries as _entries  # registers the zoo's entries
+from cnnzoo.zoo._builder import build_model as build_model
+from cnnzoo.zoo._registry import Recipe as Recipe
+from cnnzoo.zoo._registry import ZooEntry as ZooEntry
+from cnnzoo.zoo._registry import get_entry as get_entry
+from cnnzoo.zoo._registry import list_models as list_models
+from cnnzoo.zoo._registry import register_model as register_model
+from cnnzoo.zoo.preprocess import Preprocess as Preprocess
 
 __all__ = [
     "Preprocess",

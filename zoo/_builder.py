@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo._registry import ZooEntry, get_entry
-from zoo.checkpoints import decode_state, read_metadata
-from zoo.errors import InvalidInput, NotFound
+from cnnzoo.errors import InvalidInput, NotFound
+from cnnzoo.zoo._registry import ZooEntry, get_entry
+from cnnzoo.zoo.checkpoints import decode_state, read_metadata
 
 if TYPE_CHECKING:
     import torch

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo._registry import Recipe, ZooEntry, register_model, shipped_weights_dir
-from zoo.preprocess import Preprocess
+from cnnzoo.zoo._registry import Recipe, ZooEntry, register_model, shipped_weights_dir
+from cnnzoo.zoo.preprocess import Preprocess
 
 _LABELS_DIR = Path(__file__).resolve().parent / "labels"
 
@@ -57,7 +57,7 @@ def _register_all() -> None:
                 augment="mnist-affine",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("lenet5-mnist"),
-            builder="zoo.lenet:lenet5",
+            builder="cnnzoo.zoo.lenet:lenet5",
             architecture="LeNet-5 (C1 6@5x5, S2, C3 16@5x5, S4, C5 120, F6 84, 10) with ReLU "
             "and max-pooling, 61,706 parameters",
             paper="http://yann.lecun.com/exdb/publis/pdf/lecun-98.pdf",
@@ -85,7 +85,7 @@ def _register_all() -> None:
                 augment="cifar-crop-flip",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("alexnet-cifar10"),
-            builder="zoo.alexnet:alexnet_cifar",
+            builder="cnnzoo.zoo.alexnet:alexnet_cifar",
             weights_dtype="int8",  # 7.5 M parameters: 7.2 MiB per file instead of 30 MB
             architecture="AlexNet-style for 32x32: 5 conv (3x3) + 3 FC, ReLU, max-pooling, "
             "dropout, batch norm after conv1-2",
@@ -112,7 +112,7 @@ def _register_all() -> None:
                 augment="cifar-crop-flip",
             ),  # fmt: skip
             weights_dir=shipped_weights_dir("resnet20-cifar10"),
-            builder="zoo.resnet:resnet20_cifar",
+            builder="cnnzoo.zoo.resnet:resnet20_cifar",
             architecture="CIFAR ResNet-20 (3 stages x 3 basic blocks, 16/32/64 filters, "
             "option-A identity shortcuts)",
             paper="https://arxiv.org/abs/1512.03385",
@@ -120,11 +120,11 @@ def _register_all() -> None:
         )
     )
     for name, builder, architecture, paper in (
-        ("alexnet-imagenet", "zoo.alexnet:alexnet_imagenet", "torchvision AlexNet",
+        ("alexnet-imagenet", "cnnzoo.zoo.alexnet:alexnet_imagenet", "torchvision AlexNet",
          "https://papers.nips.cc/paper/4824"),
-        ("resnet18-imagenet", "zoo.resnet:resnet18_imagenet", "torchvision ResNet-18",
+        ("resnet18-imagenet", "cnnzoo.zoo.resnet:resnet18_imagenet", "torchvision ResNet-18",
          "https://arxiv.org/abs/1512.03385"),
-        ("resnet50-imagenet", "zoo.resnet:resnet50_imagenet", "torchvision ResNet-50",
+        ("resnet50-imagenet", "cnnzoo.zoo.resnet:resnet50_imagenet", "torchvision ResNet-50",
          "https://arxiv.org/abs/1512.03385"),
     ):  # fmt: skip
         register_model(

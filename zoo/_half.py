@@ -1,4 +1,4 @@
-"""The fp16 export wrapper (imports torch, so `zoo.export` loads it only when needed)."""
+"""The fp16 export wrapper (imports torch, so `cnnzoo.zoo.export` loads it only when needed)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.checkpoints import WEIGHT_DTYPES
-from zoo.errors import AlreadyExists, NotFound
-from zoo.preprocess import Preprocess
+from cnnzoo.errors import AlreadyExists, NotFound
+from cnnzoo.zoo.checkpoints import WEIGHT_DTYPES
+from cnnzoo.zoo.preprocess import Preprocess
 
 __all__ = ["Recipe", "ZooEntry", "register_model", "list_models", "get_entry", "WEIGHTS_ROOT"]
 
@@ -30,7 +30,7 @@ class Recipe:
     """Training defaults of an entry; every field can be overridden on the `cnnzoo train` line.
 
     `schedule` is "onecycle", "cosine" or "step" (x0.1 at 50% and 75% of the epochs);
-    `augment` names a training augmentation in `zoo.augment`.
+    `augment` names a training augmentation in `cnnzoo.zoo.augment`.
     """
 
     epochs: int
@@ -69,7 +69,7 @@ class ZooEntry:
         notes: what a model card should say about deviations from the paper.
         torchvision_state_dicts: accept torchvision `.pth` state dicts as weights files.
         weights_dtype: how training stores floating-point weights: "float32", or "float16" /
-            "int8" to shrink a large model's files (see `zoo.checkpoints.encode_state`); the
+            "int8" to shrink a large model's files (see `cnnzoo.zoo.checkpoints.encode_state`); the
             card measures the weights as stored.
     """
 

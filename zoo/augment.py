@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
 
 __all__ = ["AUGMENTATIONS", "build_augmentation"]
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zoo.fileio import atomic_path
+from cnnzoo.fileio import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -105,8 +105,8 @@ def save_weights(
     """Write the model's state dict as `.safetensors` atomically, with string metadata.
 
     Floating-point weights are stored as `dtype` (see `encode_state`); loading
-    (`zoo.build_model`) decodes them to float32. The same weights and metadata always give the
-    same bytes (see `METADATA_KEY`).
+    (`cnnzoo.zoo.build_model`) decodes them to float32. The same weights and metadata always
+    give the same bytes (see `METADATA_KEY`).
     """
     from safetensors.torch import save_file
 

@@ -37,7 +37,7 @@ def _register_list(sub: argparse._SubParsersAction) -> None:
 
 
 def _list_row(name: str) -> dict[str, Any]:
-    from zoo import get_entry
+    from cnnzoo.zoo import get_entry
 
     entry = get_entry(name)
     card = entry.card() or {}
@@ -55,7 +55,7 @@ def _list_row(name: str) -> dict[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from zoo import list_models
+    from cnnzoo.zoo import list_models
 
     rows = [_list_row(name) for name in list_models(include=args.patterns or None)]
     if args.json:
@@ -129,7 +129,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from zoo.train import TrainOptions, train
+    from cnnzoo.zoo.train import TrainOptions, train
 
     options = TrainOptions(
         model=args.model,
@@ -184,7 +184,7 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from zoo.evaluate import evaluate_entry
+    from cnnzoo.zoo.evaluate import evaluate_entry
 
     report = evaluate_entry(
         args.model,
@@ -243,8 +243,8 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from zoo.errors import InvalidInput
-    from zoo.export import ExportOptions, export_model, models_to_export
+    from cnnzoo.errors import InvalidInput
+    from cnnzoo.zoo.export import ExportOptions, export_model, models_to_export
 
     if args.all == (args.model is not None):
         raise InvalidInput("name one MODEL or pass --all")

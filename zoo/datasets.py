@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import DatasetNotFound, InvalidInput
+from cnnzoo.errors import DatasetNotFound, InvalidInput
 
 __all__ = [
     "DATASETS",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
 
 if TYPE_CHECKING:
     from torch import nn
@@ -129,9 +129,9 @@ def evaluate_entry(
     """
     from torch.utils.data import DataLoader
 
-    from zoo import build_model, get_entry
-    from zoo.datasets import get_dataset
-    from zoo.fileio import sha256_file
+    from cnnzoo.fileio import sha256_file
+    from cnnzoo.zoo import build_model, get_entry
+    from cnnzoo.zoo.datasets import get_dataset
 
     entry = get_entry(name)
     if batch_size < 1:

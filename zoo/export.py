@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo._registry import ZooEntry, get_entry, list_models
-from zoo.card import utc_now
-from zoo.errors import AlreadyExists, CnnzooError, DatasetNotFound, IntegrityError, InvalidInput
-from zoo.fileio import atomic_write_bytes, sha256_bytes, sha256_file
-from zoo.repository import (
+from cnnzoo.errors import AlreadyExists, CnnzooError, DatasetNotFound, IntegrityError, InvalidInput
+from cnnzoo.fileio import atomic_write_bytes, sha256_bytes, sha256_file
+from cnnzoo.zoo._registry import ZooEntry, get_entry, list_models
+from cnnzoo.zoo.card import utc_now
+from cnnzoo.zoo.repository import (
     CONFIG_FILE,
     INPUT_NAME,
     LABELS_FILE,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from protos import model_config_pb2
+    from cnnzoo.protos import model_config_pb2
 
 __all__ = [
     "ExportOptions",
@@ -100,7 +100,7 @@ def models_to_export(all_models: bool, model: str | None, include_untrained: boo
 
 def build_config(entry: ZooEntry, max_batch_size: int) -> model_config_pb2.ModelConfig:
     """The ModelConfig of `entry` (written as config.pbtxt with text_format)."""
-    from protos import model_config_pb2 as pb
+    from cnnzoo.protos import model_config_pb2 as pb
 
     config = pb.ModelConfig(
         name=entry.name, platform="onnxruntime_onnx", max_batch_size=max_batch_size
@@ -168,7 +168,7 @@ def up_to_date_version(
     Returns:
         The version number, or None when there is no version or the latest one differs.
     """
-    from zoo.repository import ModelRepository
+    from cnnzoo.zoo.repository import ModelRepository
 
     if not (repository / model / CONFIG_FILE).is_file():
         return None
@@ -206,7 +206,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
     """
     from google.protobuf import text_format
 
-    from zoo import build_model
+    from cnnzoo.zoo import build_model
 
     started = time.perf_counter()
     entry = get_entry(options.model)
@@ -353,7 +353,7 @@ def _write_version(
     """Write model.onnx and model.safetensors into `folder`; returns the parity figures."""
     import onnx
 
-    from zoo.checkpoints import save_weights
+    from cnnzoo.zoo.checkpoints import save_weights
 
     meta = {"zoo_entry": entry.name, "source_weights_sha256": source_sha256 or ""}
     save_weights(model, folder / WEIGHTS_FILE, meta)
@@ -379,7 +379,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, fp16: b
     import torch
     from torch.export import Dim
 
-    from zoo._half import HalfPrecision
+    from cnnzoo.zoo._half import HalfPrecision
 
     module: nn.Module = HalfPrecision(model) if fp16 else model
     module.eval()
@@ -401,7 +401,7 @@ def _parity_batch(entry: ZooEntry, data_dir: Path | None) -> tuple[torch.Tensor,
     """A batch of the entry's test set; seeded random input where the dataset is not available."""
     import torch
 
-    from zoo.datasets import get_dataset
+    from cnnzoo.zoo.datasets import get_dataset
 
     count = _PARITY_BATCH.get(entry.input_shape[-1], 8)
     try:

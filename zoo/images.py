@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zoo.errors import InvalidInput, NotFound
+from cnnzoo.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput
 
 if TYPE_CHECKING:
     from PIL import Image

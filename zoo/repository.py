@@ -20,14 +20,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import CnnzooError, IntegrityError, InvalidInput, NotFound
-from zoo.fileio import sha256_file
-from zoo.preprocess import Preprocess
+from cnnzoo.errors import CnnzooError, IntegrityError, InvalidInput, NotFound
+from cnnzoo.fileio import sha256_file
+from cnnzoo.zoo.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from protos import model_config_pb2
+    from cnnzoo.protos import model_config_pb2
 
 __all__ = [
     "CONFIG_FILE",
@@ -131,7 +131,7 @@ class ModelRepository:
         """The parsed config.pbtxt."""
         from google.protobuf import text_format
 
-        from protos import model_config_pb2
+        from cnnzoo.protos import model_config_pb2
 
         path = self.model_dir(model) / CONFIG_FILE
         try:
@@ -206,7 +206,7 @@ class ModelRepository:
             NotFound: the version or its model.safetensors is gone.
             IntegrityError: nothing names the zoo entry, or the weights do not load.
         """
-        import zoo
+        from cnnzoo import zoo
 
         validate_model_name(model)
         if not _VERSION.match(str(version)):

@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo._registry import Recipe, ZooEntry, get_entry
-from zoo.augment import build_augmentation
-from zoo.card import hardware_info, software_info, utc_now, validate_card
-from zoo.checkpoints import decode_state, encode_state, epoch_path, save_weights
-from zoo.datasets import dataset_source, get_dataset
-from zoo.errors import AlreadyExists, InvalidInput, NotFound
-from zoo.evaluate import evaluate, limit_dataset, torch_threads
-from zoo.fileio import atomic_path, atomic_write_json, sha256_file
+from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
+from cnnzoo.fileio import atomic_path, atomic_write_json, sha256_file
+from cnnzoo.zoo._registry import Recipe, ZooEntry, get_entry
+from cnnzoo.zoo.augment import build_augmentation
+from cnnzoo.zoo.card import hardware_info, software_info, utc_now, validate_card
+from cnnzoo.zoo.checkpoints import decode_state, encode_state, epoch_path, save_weights
+from cnnzoo.zoo.datasets import dataset_source, get_dataset
+from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 
 if TYPE_CHECKING:
     import torch

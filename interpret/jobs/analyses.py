@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from interpret.jobs.runner import JobContext
-from interpret.jobs.spec import AnalysisSpec
-from interpret.projection import Unit, project_units
-from interpret.render import (
+from cnnzoo.fileio import atomic_path
+from cnnzoo.interpret.jobs.runner import JobContext
+from cnnzoo.interpret.jobs.spec import AnalysisSpec
+from cnnzoo.interpret.projection import Unit, project_units
+from cnnzoo.interpret.render import (
     attribution_rgb,
     crop_padded,
     filter_grid,
@@ -25,10 +26,9 @@ from interpret.render import (
     tile_grid,
     upscale,
 )
-from interpret.rules import Rule
-from interpret.scan import batch_ranges, iterate_batches, scan_topk
-from interpret.topk import Entry, TopK
-from zoo.fileio import atomic_path
+from cnnzoo.interpret.rules import Rule
+from cnnzoo.interpret.scan import batch_ranges, iterate_batches, scan_topk
+from cnnzoo.interpret.topk import Entry, TopK
 
 __all__ = ["RUNNERS"]
 
@@ -280,8 +280,8 @@ def filters(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
 def evolution(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
-    import zoo
-    from zoo.checkpoints import list_epochs
+    from cnnzoo import zoo
+    from cnnzoo.zoo.checkpoints import list_epochs
 
     opts = analysis.options
     layer, channels = opts["layer"], opts["channels"]
@@ -352,7 +352,7 @@ _SHOW = 128  # smallest side of a displayed image in overlays
 
 
 def attributions(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
-    from interpret.explain import explain
+    from cnnzoo.interpret.explain import explain
 
     methods = analysis.options["methods"]
 
@@ -387,7 +387,7 @@ def attributions(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
 
 
 def occlusion(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
-    from interpret.occlusion import occlusion_maps
+    from cnnzoo.interpret.occlusion import occlusion_maps
 
     opts = analysis.options
     colours = label_colours(len(ctx.entry.labels))
@@ -454,7 +454,7 @@ def occlusion(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
 
 
 def randomisation(ctx: JobContext, analysis: AnalysisSpec) -> dict[str, Any]:
-    from interpret.sanity import cascading_randomisation
+    from cnnzoo.interpret.sanity import cascading_randomisation
 
     opts = analysis.options
 

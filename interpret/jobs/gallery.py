@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from zoo.fileio import atomic_write_text
+from cnnzoo.fileio import atomic_write_text
 
 __all__ = ["render_index", "write_index"]
 

@@ -34,11 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from interpret.jobs.distributed import Ranks, join
-from interpret.jobs.spec import AnalysisSpec, JobSpec
-from interpret.layers import LayerInfo, describe_layers
-from zoo.errors import AlreadyExists
-from zoo.fileio import atomic_write_json, sha256_bytes, sha256_file
+from cnnzoo.errors import AlreadyExists
+from cnnzoo.fileio import atomic_write_json, sha256_bytes, sha256_file
+from cnnzoo.interpret.jobs.distributed import Ranks, join
+from cnnzoo.interpret.jobs.spec import AnalysisSpec, JobSpec
+from cnnzoo.interpret.layers import LayerInfo, describe_layers
 
 __all__ = ["JobContext", "output_owner", "replaced_path", "run_job"]
 
@@ -90,7 +90,7 @@ class JobContext:
 
     def display(self, image: torch.Tensor) -> torch.Tensor:
         """A preprocessed image as RGB in [0, 1]."""
-        from interpret.render import denormalise
+        from cnnzoo.interpret.render import denormalise
 
         return denormalise(image, self.entry.preprocess.mean, self.entry.preprocess.std)
 
@@ -146,7 +146,7 @@ class JobContext:
 
     def write_png(self, picture: torch.Tensor, relative: str, caption: str) -> dict[str, str]:
         """Save a picture under the output folder; its file record for the manifest."""
-        from interpret.render import save_png
+        from cnnzoo.interpret.render import save_png
 
         path = self.out_dir / relative
         save_png(picture, path)
@@ -213,7 +213,7 @@ def _device(requested: str, ranks: Ranks) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from zoo.errors import InvalidInput
+        from cnnzoo.errors import InvalidInput
 
         raise InvalidInput("device cuda requested but no CUDA device is available")
     return torch.device("cuda", ranks.local_rank)
@@ -227,7 +227,7 @@ def run_job(
     progress: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Run a validated job (see `interpret.jobs.spec.load_job`); returns the gallery's path.
+    """Run a validated job (see `cnnzoo.interpret.jobs.spec.load_job`); returns the gallery's path.
 
     Args:
         spec: the job.
@@ -237,9 +237,9 @@ def run_job(
         overwrite: replace the results of another job or model in `out_dir` (see the module
             docstring); without it such a folder raises `AlreadyExists`.
     """
-    import zoo
-    from interpret.jobs import analyses, gallery
-    from zoo.datasets import get_dataset
+    from cnnzoo import zoo
+    from cnnzoo.interpret.jobs import analyses, gallery
+    from cnnzoo.zoo.datasets import get_dataset
 
     out = Path(out_dir) if out_dir is not None else (spec.output or Path("out") / spec.name)
     device_name = (

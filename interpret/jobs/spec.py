@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interpret.errors import JobFileError, LayerNotFound
+from cnnzoo.errors import JobFileError, LayerNotFound
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +51,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PROJECTIONS = ("deconvnet", "guided-backprop", "gradient")
-# `interpret.explain.METHODS`, spelled out so that reading a job file does not import captum
+# `cnnzoo.interpret.explain.METHODS`, spelled out so that reading a job file does not import captum
 # (tests/interpret/test_jobs.py checks that the two agree).
 ATTRIBUTION_METHODS = ("gradient", "deconvnet", "guided-backprop", "occlusion")
 ZF_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the epochs of ZF Fig. 4
@@ -88,7 +88,7 @@ _DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True)
 class DatasetSpec:
     """Which images: a dataset name or ImageFolder path, a split, and optionally the first
-    `subset` images. `batch_size` fixes the scan's batches (see `interpret.scan`)."""
+    `subset` images. `batch_size` fixes the scan's batches (see `cnnzoo.interpret.scan`)."""
 
     name: str
     split: str = "test"
@@ -364,11 +364,11 @@ def validate_job(spec: JobSpec, data_dir: str | None = None) -> JobSpec:
             the model's input, unusable layers.
         InvalidInput: evolution checkpoints that do not fit the model.
     """
-    import zoo
-    from interpret.layers import describe_layers
-    from zoo.checkpoints import list_epochs
-    from zoo.datasets import get_dataset
-    from zoo.errors import CnnzooError, NotFound
+    from cnnzoo import zoo
+    from cnnzoo.errors import CnnzooError, NotFound
+    from cnnzoo.interpret.layers import describe_layers
+    from cnnzoo.zoo.checkpoints import list_epochs
+    from cnnzoo.zoo.datasets import get_dataset
 
     source = spec.source
     entry = zoo.get_entry(spec.model)  # NotFound lists the zoo's names

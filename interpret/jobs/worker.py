@@ -3,7 +3,7 @@
 Each job file `<jobs>/<file>.toml|.json` runs into `<results>/<job name>/`. When it ends, a status
 file `<results>/.status/<file>.json` records `done` or `failed` (with the reason) and the job
 file's sha256; a restarted worker skips files whose status matches their current contents, and
-resumes (see `interpret.jobs.runner`) a job that was interrupted before it had a status.
+resumes (see `cnnzoo.interpret.jobs.runner`) a job that was interrupted before it had a status.
 
 Editing a job file makes it run again: when its results folder holds the results of an earlier
 version of the same file, the new run replaces them (the old results stay in a hidden folder
@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import CnnzooError
-from zoo.fileio import atomic_write_json, sha256_file
+from cnnzoo.errors import CnnzooError
+from cnnzoo.fileio import atomic_write_json, sha256_file
 
 __all__ = ["pending_jobs", "run_worker", "status_path"]
 
@@ -85,7 +85,7 @@ def pending_jobs(jobs: Path, results: Path) -> list[Path]:
 
 def _earlier_version(job_file: Path, results: Path, out: Path) -> bool:
     """Whether `out` holds results of this job file (of an earlier version of it)."""
-    from interpret.jobs.runner import output_owner
+    from cnnzoo.interpret.jobs.runner import output_owner
 
     owner = output_owner(out)
     if not owner:
@@ -98,8 +98,8 @@ def _earlier_version(job_file: Path, results: Path, out: Path) -> bool:
 def _run_one(
     job_file: Path, results: Path, data_dir: str | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    from interpret.jobs.runner import run_job
-    from interpret.jobs.spec import load_job
+    from cnnzoo.interpret.jobs.runner import run_job
+    from cnnzoo.interpret.jobs.spec import load_job
 
     digest = sha256_file(job_file)
     started = time.time()
@@ -143,7 +143,7 @@ def run_worker(
     """
     jobs, results = Path(jobs), Path(results)
     if not jobs.is_dir():
-        from zoo.errors import NotFound
+        from cnnzoo.errors import NotFound
 
         raise NotFound(f"jobs folder {jobs} does not exist")
     results.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from protos import inference_pb2, zoo_pb2
-from serving.errors import InvalidInput
-from serving.stats import BatchSizeStats, Duration, ModelStats
-from serving.types import (
+from cnnzoo.errors import InvalidInput
+from cnnzoo.protos import grpc_service_pb2, zoo_pb2
+from cnnzoo.serving.stats import BatchSizeStats, Duration, ModelStats
+from cnnzoo.serving.types import (
     ClassifyResult,
     ExplainResult,
     InferInput,
@@ -46,7 +46,7 @@ _CONTENTS_FIELD = {
 }
 
 
-def infer_request_from_pb(request: inference_pb2.ModelInferRequest) -> InferRequest:
+def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferRequest:
     """Raises InvalidInput for malformed requests; never returns None."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -81,7 +81,7 @@ def infer_request_from_pb(request: inference_pb2.ModelInferRequest) -> InferRequ
     )
 
 
-def _classification(name: str, parameters: Mapping[str, inference_pb2.InferParameter]) -> int:
+def _classification(name: str, parameters: Mapping[str, grpc_service_pb2.InferParameter]) -> int:
     if "classification" not in parameters:
         return 0
     param = parameters["classification"]
@@ -101,9 +101,9 @@ def _classification(name: str, parameters: Mapping[str, inference_pb2.InferParam
     return int(value)
 
 
-def infer_response_to_pb(response: InferResponse) -> inference_pb2.ModelInferResponse:
-    tensor = inference_pb2.ModelInferResponse.InferOutputTensor
-    return inference_pb2.ModelInferResponse(
+def infer_response_to_pb(response: InferResponse) -> grpc_service_pb2.ModelInferResponse:
+    tensor = grpc_service_pb2.ModelInferResponse.InferOutputTensor
+    return grpc_service_pb2.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
         id=response.id,
@@ -112,9 +112,9 @@ def infer_response_to_pb(response: InferResponse) -> inference_pb2.ModelInferRes
     )
 
 
-def model_metadata_to_pb(metadata: ModelMetadata) -> inference_pb2.ModelMetadataResponse:
-    tensor = inference_pb2.ModelMetadataResponse.TensorMetadata
-    return inference_pb2.ModelMetadataResponse(
+def model_metadata_to_pb(metadata: ModelMetadata) -> grpc_service_pb2.ModelMetadataResponse:
+    tensor = grpc_service_pb2.ModelMetadataResponse.TensorMetadata
+    return grpc_service_pb2.ModelMetadataResponse(
         name=metadata.name,
         versions=list(metadata.versions),
         platform=metadata.platform,
@@ -123,12 +123,12 @@ def model_metadata_to_pb(metadata: ModelMetadata) -> inference_pb2.ModelMetadata
     )
 
 
-def _duration(d: Duration) -> inference_pb2.StatisticDuration:
-    return inference_pb2.StatisticDuration(count=d.count, ns=d.ns)
+def _duration(d: Duration) -> grpc_service_pb2.StatisticDuration:
+    return grpc_service_pb2.StatisticDuration(count=d.count, ns=d.ns)
 
 
-def _batch(size: int, b: BatchSizeStats) -> inference_pb2.InferBatchStatistics:
-    return inference_pb2.InferBatchStatistics(
+def _batch(size: int, b: BatchSizeStats) -> grpc_service_pb2.InferBatchStatistics:
+    return grpc_service_pb2.InferBatchStatistics(
         batch_size=size,
         compute_input=_duration(b.compute_input),
         compute_infer=_duration(b.compute_infer),
@@ -136,16 +136,16 @@ def _batch(size: int, b: BatchSizeStats) -> inference_pb2.InferBatchStatistics:
     )
 
 
-def model_statistics_to_pb(stats: Sequence[ModelStats]) -> inference_pb2.ModelStatisticsResponse:
-    return inference_pb2.ModelStatisticsResponse(
+def model_statistics_to_pb(stats: Sequence[ModelStats]) -> grpc_service_pb2.ModelStatisticsResponse:
+    return grpc_service_pb2.ModelStatisticsResponse(
         model_stats=[
-            inference_pb2.ModelStatistics(
+            grpc_service_pb2.ModelStatistics(
                 name=s.model,
                 version=s.version,
                 last_inference=s.last_inference_ms,
                 inference_count=s.inference_count,
                 execution_count=s.execution_count,
-                inference_stats=inference_pb2.InferStatistics(
+                inference_stats=grpc_service_pb2.InferStatistics(
                     success=_duration(s.success),
                     fail=_duration(s.fail),
                     queue=_duration(s.queue),

@@ -11,10 +11,10 @@ import time
 
 import grpc
 
-from protos import inference_pb2, inference_pb2_grpc, zoo_pb2_grpc
-from serving.dataplane import DataPlane
-from serving.grpc_api import codec
-from serving.grpc_api.status import grpc_errors
+from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2_grpc
+from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.grpc_api import codec
+from cnnzoo.serving.grpc_api.status import grpc_errors
 
 __all__ = ["InferenceServicer", "PROVIDER_METADATA_KEY", "ZooServicer", "deadline_of"]
 
@@ -29,7 +29,7 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` (KServe v2 / Open Inference Protocol)."""
 
     def __init__(self, plane: DataPlane) -> None:
@@ -37,23 +37,23 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ServerLive(self, request, context: Context):
-        return inference_pb2.ServerLiveResponse(live=self._plane.live())
+        return grpc_service_pb2.ServerLiveResponse(live=self._plane.live())
 
     @grpc_errors
     async def ServerReady(self, request, context: Context):
-        return inference_pb2.ServerReadyResponse(ready=self._plane.ready())
+        return grpc_service_pb2.ServerReadyResponse(ready=self._plane.ready())
 
     @grpc_errors
     async def ModelReady(self, request, context: Context):
         ready = self._plane.model_ready(request.name, request.version)
-        return inference_pb2.ModelReadyResponse(ready=ready)
+        return grpc_service_pb2.ModelReadyResponse(ready=ready)
 
     @grpc_errors
     async def ServerMetadata(self, request, context: Context):
         name, version, extensions = self._plane.server_metadata()
         providers = ",".join(self._plane.execution_providers())
         context.set_trailing_metadata(((PROVIDER_METADATA_KEY, providers),))
-        return inference_pb2.ServerMetadataResponse(
+        return grpc_service_pb2.ServerMetadataResponse(
             name=name, version=version, extensions=list(extensions)
         )
 
@@ -66,7 +66,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelConfig(self, request, context: Context):
         config = self._plane.model_config(request.name, request.version)
-        return inference_pb2.ModelConfigResponse(config=config)
+        return grpc_service_pb2.ModelConfigResponse(config=config)
 
     @grpc_errors
     async def ModelStatistics(self, request, context: Context):

@@ -14,8 +14,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from serving.errors import DeadlineExceeded, InvalidImage, Unavailable
-from zoo.errors import AlreadyExists, CnnzooError, IntegrityError, InvalidInput, NotFound
+from cnnzoo.errors import (
+    AlreadyExists,
+    CnnzooError,
+    DeadlineExceeded,
+    IntegrityError,
+    InvalidImage,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 
 __all__ = ["IMAGE_INDEX_METADATA_KEY", "error_for", "grpc_errors", "status_for"]
 

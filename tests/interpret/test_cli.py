@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-import zoo
+from cnnzoo import zoo
 from cnnzoo.cli import main
-from interpret.explain import explain
-from interpret.jobs import load_job, run_job
+from cnnzoo.fileio import sha256_file
+from cnnzoo.interpret.explain import explain
+from cnnzoo.interpret.jobs import load_job, run_job
 from tests.interpret.jobfiles import (
     DIGITS,
     manifest_without_timings,
@@ -24,7 +25,6 @@ from tests.interpret.jobfiles import (
     output_files,
     write_job,
 )
-from zoo.fileio import sha256_file
 
 SEVEN = DIGITS / "7" / "test-00000.png"
 
@@ -244,7 +244,7 @@ def test_explain_from_a_model_repository(tmp_path: Path, capsys) -> None:
     Explain RPC uses), and gives the same map as the zoo's shipped weights they came from."""
     repository = tmp_path / "repo"
     assert main(["export", "lenet5-mnist", "--repository", str(repository)]) == 0
-    from_repo, from_zoo = tmp_path / "repo.png", tmp_path / "zoo.png"
+    from_repo, from_zoo = tmp_path / "repo.png", tmp_path / "cnnzoo.zoo.png"
     args = [str(SEVEN), "--model", "lenet5-mnist", "--method", "guided-backprop"]
     assert main(["explain", *args, "--repository", str(repository), "--out", str(from_repo)]) == 0
     assert main(["explain", *args, "--out", str(from_zoo)]) == 0

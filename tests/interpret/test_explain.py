@@ -1,4 +1,4 @@
-"""`interpret.explain.explain`, the function the CLI and the server's Explain RPC share."""
+"""`cnnzoo.interpret.explain.explain`, the function the CLI and the server's Explain RPC share."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import zoo
-from interpret.attribution import Deconvnet, Gradient, GuidedBackprop
-from interpret.errors import UnsupportedModel
-from interpret.explain import METHODS, Explanation, explain
+from cnnzoo import zoo
+from cnnzoo.errors import InvalidInput, UnsupportedModel
+from cnnzoo.interpret.attribution import Deconvnet, Gradient, GuidedBackprop
+from cnnzoo.interpret.explain import METHODS, Explanation, explain
 from tests.interpret.helpers import FunctionalRelu, flags, hooks_left
 from tests.interpret.jobfiles import DIGITS
-from zoo.errors import InvalidInput
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,17 @@ import torch
 from PIL import Image
 
 from cnnzoo.cli import main
-from interpret.errors import JobFileError, LayerNotFound
-from interpret.jobs import load_job, run_job
-from interpret.jobs.runner import replaced_path
+from cnnzoo.errors import (
+    AlreadyExists,
+    DatasetNotFound,
+    InvalidInput,
+    JobFileError,
+    LayerNotFound,
+    NotFound,
+)
+from cnnzoo.fileio import sha256_file
+from cnnzoo.interpret.jobs import load_job, run_job
+from cnnzoo.interpret.jobs.runner import replaced_path
 from tests.interpret.jobfiles import (
     DIGITS,
     ROOT,
@@ -29,8 +37,6 @@ from tests.interpret.jobfiles import (
     output_files,
     write_job,
 )
-from zoo.errors import AlreadyExists, DatasetNotFound, InvalidInput, NotFound
-from zoo.fileio import sha256_file
 
 DIGITS_JOB = f"""
 name = "digits"
@@ -339,8 +345,8 @@ def test_bad_job_files_fail_before_any_work(
 
 
 def test_job_files_name_the_methods_explain_has() -> None:
-    from interpret.explain import METHODS
-    from interpret.jobs.spec import ATTRIBUTION_METHODS
+    from cnnzoo.interpret.explain import METHODS
+    from cnnzoo.interpret.jobs.spec import ATTRIBUTION_METHODS
 
     assert ATTRIBUTION_METHODS == METHODS
 

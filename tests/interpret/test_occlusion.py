@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from interpret.occlusion import default_window, occlusion_attribution, occlusion_maps
+from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.occlusion import default_window, occlusion_attribution, occlusion_maps
 from tests.interpret.helpers import DTYPE
-from zoo.errors import InvalidInput
 
 
 def test_fact16_one_pixel_occlusion_of_a_linear_model_is_w_times_x() -> None:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from interpret.errors import LayerNotFound, UnsupportedModel
-from interpret.layers import describe_layers, receptive_field
-from interpret.receptive_field import ReceptiveField, support_box
+from cnnzoo.errors import LayerNotFound, UnsupportedModel
+from cnnzoo.interpret.layers import describe_layers, receptive_field
+from cnnzoo.interpret.receptive_field import ReceptiveField, support_box
 from tests.interpret.helpers import lenet_stack, slim_resnet50
 
 

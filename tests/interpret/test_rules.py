@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from interpret.attribution import Deconvnet, Gradient, GuidedBackprop, for_method
-from interpret.errors import UnsupportedModel
-from interpret.projection import Unit, project_units
-from interpret.rules import Rule, relu_rule
+from cnnzoo.errors import UnsupportedModel
+from cnnzoo.interpret.attribution import Deconvnet, Gradient, GuidedBackprop, for_method
+from cnnzoo.interpret.projection import Unit, project_units
+from cnnzoo.interpret.rules import Rule, relu_rule
 from tests.interpret.helpers import (
     DTYPE,
     Boom,

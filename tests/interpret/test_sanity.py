@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interpret.rules import Rule
-from interpret.sanity import cascading_randomisation, rank_correlation
+from cnnzoo.interpret.rules import Rule
+from cnnzoo.interpret.sanity import cascading_randomisation, rank_correlation
 from tests.interpret.helpers import DTYPE, ConvNet
 
 

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interpret.scan import batch_ranges, iterate_batches, scan_topk
-from interpret.topk import Entry, TopK, channel_maxima
+from cnnzoo.interpret.scan import batch_ranges, iterate_batches, scan_topk
+from cnnzoo.interpret.topk import Entry, TopK, channel_maxima
 
 
 def brute_force(
@@ -149,8 +149,8 @@ def test_channel_maxima_first_position_on_ties() -> None:
 
 @pytest.fixture(scope="module")
 def lenet_and_mnist():
-    import zoo
-    from zoo.datasets import get_dataset
+    from cnnzoo import zoo
+    from cnnzoo.zoo.datasets import get_dataset
 
     entry = zoo.get_entry("lenet5-mnist")
     model = zoo.build_model("lenet5-mnist", weights="default")

@@ -127,7 +127,7 @@ def test_services_run_the_project_as_the_image_installs_it(stack):
         assert Path(service.argv[0]).parent == service.bin_dir
     python = stack["services"]["server"].bin_dir / "python"
     where = subprocess.run(
-        [str(python), "-c", "import serving, interpret, zoo; print(zoo.__file__)"],
+        [str(python), "-c", "from cnnzoo import interpret, serving, zoo; print(zoo.__file__)"],
         cwd=stack["home"],
         capture_output=True,
         text=True,
@@ -137,13 +137,27 @@ def test_services_run_the_project_as_the_image_installs_it(stack):
     assert Path(where.stdout.strip()).is_relative_to(stack["root"] / "image")
 
 
+def test_the_wheel_installs_one_top_level_package_cnnzoo(stack):
+    """Nothing generic (zoo, serving, protos, ...) lands in a user's site-packages."""
+    venv = stack["root"] / "image" / "venv"
+    [record] = venv.glob("lib/python*/site-packages/cnnzoo-*.dist-info/RECORD")
+    files = [line.rsplit(",", 2)[0] for line in record.read_text().splitlines()]
+    in_site_packages = [f for f in files if not f.startswith("..")]  # `..`: the console script
+    top_level = {
+        f.split("/")[0] for f in in_site_packages if not f.split("/")[0].endswith(".dist-info")
+    }
+    assert top_level == {"cnnzoo"}
+    for package in ("zoo", "serving", "interpret", "protos", "serving/grpc_api", "interpret/jobs"):
+        assert f"cnnzoo/{package}/__init__.py" in files
+
+
 def test_repository_service_builds_the_model_repository(stack):
     repository: LocalService = stack["services"]["repository"]
     result = _run(repository, stack["home"], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     models = stack["root"] / "volume-models"
     assert (models / SHIPPED_MODEL / "config.pbtxt").is_file()
-    from zoo.repository import ModelRepository
+    from cnnzoo.zoo.repository import ModelRepository
 
     repo = ModelRepository(models)
     assert SHIPPED_MODEL in repo.models()
@@ -159,7 +173,7 @@ def test_repository_service_exits_zero_again_and_without_a_dataset(stack):
     config = resolve(env={**stack["env"], "CNNZOO_DATA": str(empty)})
     repository = local_service(config, "repository", stack["volumes"], stack["bin_dir"])
     models = stack["root"] / "volume-models"
-    from zoo.repository import ModelRepository
+    from cnnzoo.zoo.repository import ModelRepository
 
     versions = {m: ModelRepository(models).versions(m) for m in ModelRepository(models).models()}
     before = _snapshot(models)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from protos import codegen
+from cnnzoo.protos import codegen
 
 
 def test_every_proto_has_committed_stubs():

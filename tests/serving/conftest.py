@@ -49,8 +49,8 @@ def copy_model(root: Path, source: str, name: str, *, max_queue_delay_us: int) -
 
     from google.protobuf import text_format
 
-    from protos import model_config_pb2
-    from zoo.fileio import sha256_file
+    from cnnzoo.fileio import sha256_file
+    from cnnzoo.protos import model_config_pb2
 
     shutil.copytree(root / source, root / name)
     config_file = root / name / "config.pbtxt"
@@ -87,14 +87,14 @@ def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
 
 @pytest.fixture(scope="session")
 def inference(channel: grpc.Channel):
-    from protos import inference_pb2_grpc
+    from cnnzoo.protos import grpc_service_pb2_grpc
 
-    return inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture(scope="session")
 def zoo_stub(channel: grpc.Channel):
-    from protos import zoo_pb2_grpc
+    from cnnzoo.protos import zoo_pb2_grpc
 
     return zoo_pb2_grpc.ZooStub(channel)
 

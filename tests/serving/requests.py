@@ -24,9 +24,9 @@ def infer_request(
     outputs: list[tuple[str, int]] = (),
 ):
     """A ModelInferRequest for `x` (raw contents unless `typed`), overridable field by field."""
-    from protos import inference_pb2
+    from cnnzoo.protos import grpc_service_pb2
 
-    request = inference_pb2.ModelInferRequest(model_name=model, model_version=version)
+    request = grpc_service_pb2.ModelInferRequest(model_name=model, model_version=version)
     tensor = request.inputs.add(name=name, datatype=datatype)
     if x is not None:
         tensor.shape.extend(shape if shape is not None else x.shape)

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from serving.batcher import DynamicBatcher
-from serving.errors import DeadlineExceeded, Unavailable
-from serving.stats import ModelStats
+from cnnzoo.errors import DeadlineExceeded, Unavailable
+from cnnzoo.serving.batcher import DynamicBatcher
+from cnnzoo.serving.stats import ModelStats
 
 
 class RecordingModel:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import zoo
-from protos import zoo_pb2, zoo_pb2_grpc
+from cnnzoo import zoo
+from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
+from cnnzoo.zoo.datasets import get_dataset
 from tests.serving.helpers import ROOT, ServerProcess, cnnzoo, png_bytes
-from zoo.datasets import get_dataset
 
 MODELS = ("resnet20-cifar10", "alexnet-cifar10")
 N_IMAGES = 200  # the first 200 test images, as PNG files

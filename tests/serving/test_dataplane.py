@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.dataplane import DataPlane
-from serving.errors import DeadlineExceeded, NotFound
-from serving.models import ModelManager
-from serving.runtime import RuntimeOptions
-from serving.types import InferInput, InferRequest
+from cnnzoo.errors import DeadlineExceeded, NotFound
+from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.models import ModelManager
+from cnnzoo.serving.runtime import RuntimeOptions
+from cnnzoo.serving.types import InferInput, InferRequest
+from cnnzoo.zoo.repository import ModelRepository
 from tests.serving.helpers import DIGITS, MODEL, QUEUE_DELAY_S, QUEUED
-from zoo.repository import ModelRepository
 
 X = np.random.default_rng(11).standard_normal((1, 1, 32, 32)).astype(np.float32)
 

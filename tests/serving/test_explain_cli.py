@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from cnnzoo.cli import main
-from protos import zoo_pb2
+from cnnzoo.protos import zoo_pb2
 from tests.serving.helpers import DIGITS, MODEL
 from tests.serving.requests import bomb_png, encode
 

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from protos import inference_pb2, inference_pb2_grpc, zoo_pb2, zoo_pb2_grpc
+from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
 from tests.serving.conftest import export
 from tests.serving.helpers import DIGITS, MODEL, ROOT, ServerProcess, cnnzoo
 from tests.serving.requests import infer_request
@@ -39,7 +39,7 @@ class Load:
 
     def __init__(self, target: str, workers: int = 3) -> None:
         self._channel = grpc.insecure_channel(target)
-        self._inference = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._zoo = zoo_pb2_grpc.ZooStub(self._channel)
         self._stop = threading.Event()
         self.outcomes: dict[int, list[tuple[str, str, bytes]]] = defaultdict(list)
@@ -123,8 +123,8 @@ def test_hot_reload_under_load_then_sigterm_drain(repository, tmp_path):
                 assert len(future.result().results) == len(big.images)
             assert max(finished) > signalled, "nothing was in flight when SIGTERM arrived"
             with pytest.raises(grpc.RpcError) as info:
-                inference_pb2_grpc.GRPCInferenceServiceStub(channel).ServerReady(
-                    inference_pb2.ServerReadyRequest(), timeout=5
+                grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerReady(
+                    grpc_service_pb2.ServerReadyRequest(), timeout=5
                 )
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert server.proc.wait(30) == 0, server.log()
@@ -134,7 +134,7 @@ def test_hot_reload_under_load_then_sigterm_drain(repository, tmp_path):
 
 
 def test_start_up_errors_are_one_line(repository, tmp_path):
-    from serving.runtime import cuda_unavailable_reason
+    from cnnzoo.serving.runtime import cuda_unavailable_reason
 
     unknown = cnnzoo("serve", "--repository", str(repository), "--model", "nope", "--port", "0")
     assert unknown.returncode != 0
@@ -155,10 +155,10 @@ def test_start_up_errors_are_one_line(repository, tmp_path):
 def test_not_ready_until_every_model_is_loaded_and_warmed_up(repository):
     import asyncio
 
-    from serving.dataplane import DataPlane
-    from serving.models import ModelManager
-    from serving.runtime import RuntimeOptions
-    from zoo.repository import ModelRepository
+    from cnnzoo.serving.dataplane import DataPlane
+    from cnnzoo.serving.models import ModelManager
+    from cnnzoo.serving.runtime import RuntimeOptions
+    from cnnzoo.zoo.repository import ModelRepository
 
     async def main() -> None:
         manager = ModelManager(
@@ -196,9 +196,9 @@ def test_the_newest_sound_version_serves_and_a_completed_copy_is_picked_up(
     import json
     import logging
 
-    from serving.models import ModelManager
-    from serving.runtime import RuntimeOptions
-    from zoo.repository import ModelRepository
+    from cnnzoo.serving.models import ModelManager
+    from cnnzoo.serving.runtime import RuntimeOptions
+    from cnnzoo.zoo.repository import ModelRepository
 
     repo = tmp_path / "repository"
     shutil.copytree(repository / MODEL, repo / MODEL)
@@ -234,13 +234,13 @@ def test_the_newest_sound_version_serves_and_a_completed_copy_is_picked_up(
         assert manager.record(MODEL).failed == {}
         await manager.close()
 
-    with caplog.at_level(logging.INFO, logger="serving.models"):
+    with caplog.at_level(logging.INFO, logger="cnnzoo.serving.models"):
         asyncio.run(main())
 
 
 def test_ports_out_of_range_are_one_clear_error(repository):
-    from serving.errors import InvalidInput
-    from serving.server import ServerOptions
+    from cnnzoo.errors import InvalidInput
+    from cnnzoo.serving.server import ServerOptions
 
     cases = [
         ({"port": 70000}, "--port must be 0-65535 (0: any free port), got 70000"),
@@ -268,7 +268,7 @@ def test_a_server_with_nothing_to_serve_says_so(repository, tmp_path, caplog):
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from serving.server import InferenceServer, ServerOptions
+    from cnnzoo.serving.server import InferenceServer, ServerOptions
     from tests.serving.helpers import TAMPERED
 
     empty = tmp_path / "empty"
@@ -287,13 +287,13 @@ def test_a_server_with_nothing_to_serve_says_so(repository, tmp_path, caplog):
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         finally:
             await server.stop()
-        messages = [r.getMessage() for r in caplog.records if r.name == "serving.server"]
+        messages = [r.getMessage() for r in caplog.records if r.name == "cnnzoo.serving.server"]
         caplog.clear()
         assert not any(m.startswith("ready") for m in messages), messages
         (line,) = [m for m in messages if m.startswith("not ready")]
         return line
 
-    with caplog.at_level(logging.INFO, logger="serving.server"):
+    with caplog.at_level(logging.INFO, logger="cnnzoo.serving.server"):
         line = asyncio.run(start_and_check(empty))
         assert line.startswith("not ready, nothing is served: the repository")
         assert f"{empty} holds no models" in line and "cnnzoo export" in line
@@ -305,7 +305,7 @@ def test_a_client_leaving_mid_reply_is_not_logged_as_a_server_error(caplog):
     """grpc reports a reply the caller no longer waits for as ExecuteBatchError + traceback."""
     import logging
 
-    from serving.server import ClientGoneFilter
+    from cnnzoo.serving.server import ClientGoneFilter
 
     logger = logging.getLogger("tests.serving.grpc-core-like")
     logger.addFilter(ClientGoneFilter())

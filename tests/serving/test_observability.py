@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from protos import inference_pb2
+from cnnzoo.protos import grpc_service_pb2
 from tests.serving.helpers import MODEL
 from tests.serving.requests import infer_request
 
@@ -60,7 +60,7 @@ def test_metrics_count_requests_inferences_and_time(server, inference):
 
 def test_batching_is_observed_under_concurrency(server, inference):
     before = scrape(server)
-    stats_before = inference.ModelStatistics(inference_pb2.ModelStatisticsRequest(name=MODEL))
+    stats_before = inference.ModelStatistics(grpc_service_pb2.ModelStatisticsRequest(name=MODEL))
     request = infer_request(X[:1])
     futures = [inference.ModelInfer.future(request) for _ in range(128)]
     expected = futures[0].result()
@@ -72,7 +72,7 @@ def test_batching_is_observed_under_concurrency(server, inference):
     executions = delta(before, after, "nv_inference_exec_count")
     assert 1 <= executions < 128, f"{executions} executions for 128 concurrent requests"
 
-    stats = inference.ModelStatistics(inference_pb2.ModelStatisticsRequest(name=MODEL))
+    stats = inference.ModelStatistics(grpc_service_pb2.ModelStatisticsRequest(name=MODEL))
     (model,) = stats.model_stats
     (model_before,) = stats_before.model_stats
     assert model.name == MODEL and model.version == "1"

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.errors import InvalidImage, InvalidInput, NotFound
-from serving.images import images_to_batch
-from serving.runtime import CPU, CUDA, OnnxModel, RuntimeOptions, warm_up_sizes
-from serving.server import DEFAULT_MAX_MESSAGE_BYTES
+from cnnzoo.errors import InvalidImage, InvalidInput, NotFound
+from cnnzoo.serving.images import images_to_batch
+from cnnzoo.serving.runtime import CPU, CUDA, OnnxModel, RuntimeOptions, warm_up_sizes
+from cnnzoo.serving.server import DEFAULT_MAX_MESSAGE_BYTES
+from cnnzoo.zoo.images import decode_image, read_image
 from tests.serving.helpers import DIGITS, MODEL
 from tests.serving.requests import bomb_png, encode, rgb16_png
-from zoo.images import decode_image, read_image
 
 
 def test_runtime_options_are_validated():
@@ -63,7 +63,7 @@ def test_after_warm_up_every_batch_runs_at_a_warmed_size(repository, onnx_refere
 
 @pytest.mark.gpu
 def test_cuda_session_runs_on_the_gpu(repository, onnx_reference):
-    from serving.runtime import cuda_unavailable_reason
+    from cnnzoo.serving.runtime import cuda_unavailable_reason
 
     reason = cuda_unavailable_reason()
     if reason is not None:
@@ -86,7 +86,7 @@ def test_sixteen_bit_images_scale_to_eight_bits():
 
 
 def test_images_follow_the_models_preprocessing():
-    from zoo import get_entry
+    from cnnzoo.zoo import get_entry
 
     grey = DIGITS[0].read_bytes()
     imagenet = get_entry("resnet18-imagenet").preprocess
@@ -126,6 +126,6 @@ def test_image_files_errors_name_the_file(tmp_path):
 
 
 def mnist_preprocess():
-    from zoo import get_entry
+    from cnnzoo.zoo import get_entry
 
     return get_entry(MODEL).preprocess

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from protos import inference_pb2, zoo_pb2
+from cnnzoo.protos import grpc_service_pb2, zoo_pb2
 from tests.serving.helpers import DIGITS, MODEL, QUEUED, TAMPERED, digit_label
 from tests.serving.requests import (
     bomb_png,
@@ -52,12 +52,12 @@ def assert_still_serving(inference, onnx_reference) -> None:
 
 
 def test_live_ready_and_server_metadata(inference):
-    assert inference.ServerLive(inference_pb2.ServerLiveRequest()).live
-    assert inference.ServerReady(inference_pb2.ServerReadyRequest()).ready
-    assert inference.ModelReady(inference_pb2.ModelReadyRequest(name=MODEL)).ready
-    assert inference.ModelReady(inference_pb2.ModelReadyRequest(name=MODEL, version="1")).ready
-    assert not inference.ModelReady(inference_pb2.ModelReadyRequest(name=TAMPERED)).ready
-    response, call = inference.ServerMetadata.with_call(inference_pb2.ServerMetadataRequest())
+    assert inference.ServerLive(grpc_service_pb2.ServerLiveRequest()).live
+    assert inference.ServerReady(grpc_service_pb2.ServerReadyRequest()).ready
+    assert inference.ModelReady(grpc_service_pb2.ModelReadyRequest(name=MODEL)).ready
+    assert inference.ModelReady(grpc_service_pb2.ModelReadyRequest(name=MODEL, version="1")).ready
+    assert not inference.ModelReady(grpc_service_pb2.ModelReadyRequest(name=TAMPERED)).ready
+    response, call = inference.ServerMetadata.with_call(grpc_service_pb2.ServerMetadataRequest())
     assert response.name == "cnnzoo"
     assert {"classification", "statistics", "model_configuration"} <= set(response.extensions)
     trailers = dict(call.trailing_metadata())
@@ -67,10 +67,10 @@ def test_live_ready_and_server_metadata(inference):
 def test_model_metadata_and_config_match_the_repository(inference, repository):
     from google.protobuf import text_format
 
-    from protos import model_config_pb2
+    from cnnzoo.protos import model_config_pb2
 
     metadata, call = inference.ModelMetadata.with_call(
-        inference_pb2.ModelMetadataRequest(name=MODEL)
+        grpc_service_pb2.ModelMetadataRequest(name=MODEL)
     )
     assert metadata.name == MODEL and list(metadata.versions) == ["1"]
     assert metadata.platform == "onnxruntime_onnx"
@@ -81,7 +81,7 @@ def test_model_metadata_and_config_match_the_repository(inference, repository):
         ("logits", "FP32", [-1, 10])
     ]
     assert dict(call.trailing_metadata())["cnnzoo-execution-provider"] == "CPUExecutionProvider"
-    config = inference.ModelConfig(inference_pb2.ModelConfigRequest(name=MODEL)).config
+    config = inference.ModelConfig(grpc_service_pb2.ModelConfigRequest(name=MODEL)).config
     on_disk = text_format.Parse(
         (repository / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
@@ -145,7 +145,7 @@ def test_nan_and_inf_inputs_are_answered(inference, onnx_reference):
 def _classify_reference(onnx_reference, repository, images: list[bytes]) -> np.ndarray:
     import io
 
-    from zoo.repository import ModelRepository
+    from cnnzoo.zoo.repository import ModelRepository
 
     preprocess = ModelRepository(repository).preprocess(MODEL)
     batch = np.stack([preprocess.apply(Image.open(io.BytesIO(data))) for data in images])
@@ -257,12 +257,12 @@ BAD_INFER = {
         ["at least 1"],
     ),
     "empty request": (
-        lambda: inference_pb2.ModelInferRequest(),
+        lambda: grpc_service_pb2.ModelInferRequest(),
         CODE.INVALID_ARGUMENT,
         ["names no model"],
     ),
     "no inputs": (
-        lambda: inference_pb2.ModelInferRequest(model_name=MODEL),
+        lambda: grpc_service_pb2.ModelInferRequest(model_name=MODEL),
         CODE.INVALID_ARGUMENT,
         ["takes 1 input", "'input'"],
     ),
@@ -300,10 +300,10 @@ def test_bad_classification_parameter(inference, onnx_reference):
 
 def test_unknown_model_metadata_config_and_readiness(inference):
     for call, request in (
-        (inference.ModelMetadata, inference_pb2.ModelMetadataRequest(name="../../etc")),
-        (inference.ModelConfig, inference_pb2.ModelConfigRequest(name="nope")),
-        (inference.ModelReady, inference_pb2.ModelReadyRequest(name="nope")),
-        (inference.ModelStatistics, inference_pb2.ModelStatisticsRequest(name="nope")),
+        (inference.ModelMetadata, grpc_service_pb2.ModelMetadataRequest(name="../../etc")),
+        (inference.ModelConfig, grpc_service_pb2.ModelConfigRequest(name="nope")),
+        (inference.ModelReady, grpc_service_pb2.ModelReadyRequest(name="nope")),
+        (inference.ModelStatistics, grpc_service_pb2.ModelStatisticsRequest(name="nope")),
     ):
         assert_status(lambda c=call, r=request: c(r), CODE.NOT_FOUND)
 
@@ -326,7 +326,7 @@ def test_a_deadline_that_passes_in_the_servers_queue_is_answered_without_running
     DEADLINE_EXCEEDED; a neighbour with a longer deadline in the same queue is answered exactly."""
 
     def stats():
-        request = inference_pb2.ModelStatisticsRequest(name=QUEUED)
+        request = grpc_service_pb2.ModelStatisticsRequest(name=QUEUED)
         (model,) = inference.ModelStatistics(request, timeout=10).model_stats
         return model
 
@@ -493,9 +493,9 @@ def test_explain_over_grpc_equals_the_in_process_call(zoo_stub, repository):
 
     import torch
 
-    import zoo
-    from interpret.explain import METHODS, explain
-    from zoo.repository import ModelRepository
+    from cnnzoo import zoo
+    from cnnzoo.interpret.explain import METHODS, explain
+    from cnnzoo.zoo.repository import ModelRepository
 
     model = zoo.build_model(MODEL, weights=repository / MODEL / "1" / "model.safetensors")
     image = DIGITS[0].read_bytes()

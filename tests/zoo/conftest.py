@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo.export import ExportOptions, export_model
-from zoo.train import TrainOptions, train
+from cnnzoo.zoo.export import ExportOptions, export_model
+from cnnzoo.zoo.train import TrainOptions, train
 
 # A short run on real MNIST that still learns: 2 epochs over 3,000 training images
 # (batch 32: ~190 optimizer steps, enough to get past 85% from chance).

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-import zoo
+from cnnzoo import zoo
 
 
 def _params(model: nn.Module) -> int:
@@ -57,7 +57,7 @@ def test_resnet20_is_he_et_al_cifar_resnet():
 
 
 def test_option_a_shortcut_is_subsample_and_zero_pad():
-    from zoo.resnet import PadShortcut
+    from cnnzoo.zoo.resnet import PadShortcut
 
     x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
     out = PadShortcut(extra_channels=2)(x)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import zoo
+from cnnzoo import zoo
 from cnnzoo.cli import main
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import zoo
-from zoo.datasets import CIFAR10Binary, dataset_source, get_dataset, resolve_data_dir
-from zoo.errors import DatasetNotFound, InvalidInput
+from cnnzoo import zoo
+from cnnzoo.errors import DatasetNotFound, InvalidInput
+from cnnzoo.zoo.datasets import CIFAR10Binary, dataset_source, get_dataset, resolve_data_dir
 
 
 def test_data_dir_precedence(monkeypatch, tmp_path):

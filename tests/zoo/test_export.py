@@ -7,14 +7,14 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-import zoo
+from cnnzoo import zoo
 from cnnzoo.cli import main
-from protos import model_config_pb2
-from zoo.datasets import get_dataset
-from zoo.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
-from zoo.export import ExportOptions, export_model, models_to_export
-from zoo.fileio import sha256_file
-from zoo.repository import ModelRepository
+from cnnzoo.errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
+from cnnzoo.fileio import sha256_file
+from cnnzoo.protos import model_config_pb2
+from cnnzoo.zoo.datasets import get_dataset
+from cnnzoo.zoo.export import ExportOptions, export_model, models_to_export
+from cnnzoo.zoo.repository import ModelRepository
 
 
 def _tree(root):

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import zoo
-from zoo.checkpoints import save_weights
-from zoo.errors import IntegrityError
-from zoo.export import FP32_TOLERANCE, ExportOptions, export_model
-from zoo.fileio import sha256_file
+from cnnzoo import zoo
+from cnnzoo.errors import IntegrityError
+from cnnzoo.fileio import sha256_file
+from cnnzoo.zoo.checkpoints import save_weights
+from cnnzoo.zoo.export import FP32_TOLERANCE, ExportOptions, export_model
 
 SMALL_ENTRIES = [n for n in zoo.list_models() if zoo.get_entry(n).input_shape[1:] == (32, 32)]
 # AlexNet's export takes a few seconds on one thread

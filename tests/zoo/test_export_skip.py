@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-import zoo
+from cnnzoo import zoo
 from cnnzoo.cli import main
-from zoo.errors import InvalidInput
-from zoo.export import ExportOptions, export_model
-from zoo.fileio import sha256_file
-from zoo.repository import ModelRepository
+from cnnzoo.errors import InvalidInput
+from cnnzoo.fileio import sha256_file
+from cnnzoo.zoo.export import ExportOptions, export_model
+from cnnzoo.zoo.repository import ModelRepository
 
 MODEL = "lenet5-mnist"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zoo.fileio import (
+from cnnzoo.fileio import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import zoo
-from zoo.errors import InvalidInput
-from zoo.preprocess import Preprocess
+from cnnzoo import zoo
+from cnnzoo.errors import InvalidInput
+from cnnzoo.zoo.preprocess import Preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGIT = ROOT / "examples" / "digits" / "7" / "test-00000.png"

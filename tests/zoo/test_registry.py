@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-import zoo
-from zoo._registry import WEIGHTS_ROOT
-from zoo.errors import AlreadyExists, NotFound
+from cnnzoo import zoo
+from cnnzoo.errors import AlreadyExists, NotFound
+from cnnzoo.zoo._registry import WEIGHTS_ROOT
 
 EXPECTED = [
     "alexnet-cifar10",

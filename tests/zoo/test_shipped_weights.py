@@ -7,11 +7,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pytest
 
-import zoo
+from cnnzoo import zoo
 from cnnzoo.cli import main
-from zoo.card import validate_card
-from zoo.checkpoints import list_epochs
-from zoo.fileio import sha256_file
+from cnnzoo.fileio import sha256_file
+from cnnzoo.zoo.card import validate_card
+from cnnzoo.zoo.checkpoints import list_epochs
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -89,7 +89,7 @@ def test_example_cifar10_images_are_the_first_test_image_of_each_class():
     import numpy as np
     from PIL import Image
 
-    from zoo.datasets import get_dataset
+    from cnnzoo.zoo.datasets import get_dataset
 
     test_set = get_dataset("cifar10", "test")
     files = sorted((EXAMPLES / "cifar10").glob("*/*.png"))

@@ -4,13 +4,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import zoo
-from zoo.card import validate_card
-from zoo.checkpoints import list_epochs
-from zoo.errors import AlreadyExists, InvalidInput, NotFound
-from zoo.evaluate import evaluate, limit_dataset
-from zoo.fileio import sha256_file
-from zoo.train import STATE_FILE, train
+from cnnzoo import zoo
+from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
+from cnnzoo.fileio import sha256_file
+from cnnzoo.zoo.card import validate_card
+from cnnzoo.zoo.checkpoints import list_epochs
+from cnnzoo.zoo.evaluate import evaluate, limit_dataset
+from cnnzoo.zoo.train import STATE_FILE, train
 
 from .conftest import SHORT_RUN, short_run_options
 
@@ -151,7 +151,7 @@ def test_same_weights_give_the_same_file_bytes_in_every_process(tmp_path):
     assert model is not None
     from safetensors import safe_open
 
-    from zoo.checkpoints import read_metadata
+    from cnnzoo.zoo.checkpoints import read_metadata
 
     with safe_open(str(paths[0]), framework="pt") as handle:
         assert read_metadata(handle.metadata())["epoch"] == "3"
@@ -175,7 +175,7 @@ def test_loader_workers_give_the_same_run_every_time(tmp_path):
 def test_int8_entry_stores_quantised_weights_and_its_card_measures_them(tmp_path, data_dir):
     from torch.utils.data import DataLoader
 
-    from zoo.train import TrainOptions
+    from cnnzoo.zoo.train import TrainOptions
 
     entry = zoo.get_entry("alexnet-cifar10")
     assert entry.weights_dtype == "int8"
@@ -202,7 +202,7 @@ def test_int8_entry_stores_quantised_weights_and_its_card_measures_them(tmp_path
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_stored_weights_decode_close_to_the_originals(dtype):
-    from zoo.checkpoints import decode_state, encode_state
+    from cnnzoo.zoo.checkpoints import decode_state, encode_state
 
     torch.manual_seed(0)
     state = zoo.build_model("resnet20-cifar10").state_dict()
@@ -224,7 +224,7 @@ def test_stored_weights_decode_close_to_the_originals(dtype):
 
 
 def test_card_names_the_console_script_under_python_dash_m(monkeypatch):
-    from zoo.cli import _command_line
+    from cnnzoo.zoo.cli import _command_line
 
     monkeypatch.setattr("sys.argv", ["/x/cnnzoo/__main__.py", "train", "lenet5-mnist"])
     assert _command_line() == "cnnzoo train lenet5-mnist"

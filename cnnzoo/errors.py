@@ -1,0 +1,94 @@
+"""Errors the project raises on purpose: the one hierarchy every package uses.
+
+Each carries a `reason` a person can act on (names, counts, allowed values, the flag that fixes
+it). The CLI prints the reason as one line and exits with `exit_code`; the gRPC layer maps each
+class to one status code in one place (`cnnzoo.serving.grpc_api.status`), so handlers never pick
+codes themselves. Exit codes: 1 other, 2 invalid input, 3 not found, 4 already exists,
+5 integrity, 6 unavailable, 8 deadline exceeded, 9 execution provider.
+"""
+
+from __future__ import annotations
+
+
+class CnnzooError(Exception):
+    """Base class. Status: INTERNAL unless a subclass says otherwise."""
+
+    exit_code = 1
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidInput(CnnzooError):
+    """A request, argument or file is malformed. Status: INVALID_ARGUMENT."""
+
+    exit_code = 2
+
+
+class NotFound(CnnzooError):
+    """A named model, version, layer or file does not exist. Status: NOT_FOUND."""
+
+    exit_code = 3
+
+
+class DatasetNotFound(NotFound):
+    """A dataset is missing or corrupted under the data directory. Status: NOT_FOUND."""
+
+
+class AlreadyExists(CnnzooError):
+    """Refusing to overwrite something that exists (an exported version). Status: ALREADY_EXISTS."""
+
+    exit_code = 4
+
+
+class IntegrityError(CnnzooError):
+    """A file's sha256 or contents do not match what was recorded. Status: FAILED_PRECONDITION."""
+
+    exit_code = 5
+
+
+class Unavailable(CnnzooError):
+    """The server or a model cannot answer now (loading, refused, draining). Status: UNAVAILABLE."""
+
+    exit_code = 6
+
+
+class DeadlineExceeded(CnnzooError):
+    """The caller's deadline passed before the answer was ready. Status: DEADLINE_EXCEEDED."""
+
+    exit_code = 8
+
+
+class ExecutionProviderError(CnnzooError):
+    """The requested ONNX Runtime execution provider is unusable (a start-up error)."""
+
+    exit_code = 9
+
+
+class InvalidImage(InvalidInput):
+    """Image number `index` (from 0) of a request is unusable. Status: INVALID_ARGUMENT.
+
+    The index travels to the client in the trailing metadata (`IMAGE_INDEX_METADATA_KEY`), so
+    `cnnzoo classify` can name the file instead of its position.
+    """
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(f"image {index}: {problem}")
+        self.index = index
+        self.problem = problem
+
+
+class UnsupportedModel(InvalidInput):
+    """The model cannot be explained faithfully (e.g. it calls functional `F.relu`, which no
+    hook can see, so the deconvnet/guided rules would silently fall back to the plain gradient).
+    Status: INVALID_ARGUMENT."""
+
+
+class LayerNotFound(NotFound):
+    """A layer name that the model does not have; the reason lists the valid names.
+    Status: NOT_FOUND."""
+
+
+class JobFileError(InvalidInput):
+    """A job file that cannot be read or does not follow the schema. Status: INVALID_ARGUMENT."""
