@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from cnnzoo import __version__
+from cnnzoo.errors import CnnzooError
 
 # Packages whose `cli.register` contributes subcommands, in help order.
 _COMMAND_PACKAGES = ("cnnzoo.zoo", "cnnzoo.serving", "cnnzoo.interpret")
@@ -38,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cnnzoo.errors import CnnzooError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cnnzoo.errors import CnnzooError, InvalidInput
+from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
-from cnnzoo.serving.models import LoadedVersion, ModelManager
+from cnnzoo.serving.model_manager import LoadedVersion, ModelManager
 from cnnzoo.serving.spec import TensorSpec
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.types import (
@@ -43,6 +44,7 @@ __all__ = [
     "classification_strings",
     "serialize_bytes_tensor",
     "softmax",
+    "top_k_indices",
 ]
 
 # Protocol extensions this server implements (ServerMetadata.extensions).
@@ -181,7 +183,7 @@ class DataPlane:
                 )
             batch = _decode_input(request.inputs[0], spec.input, spec.max_batch_size, served.name)
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
-            future = served.batcher.enqueue(batch, deadline)  # type: ignore[union-attr]
+            future = served.batcher.enqueue(batch, deadline)
             logits = await _run(served, future)
             outputs = [_encode_output(logits, out, served) for out in wanted]
             ok = True
@@ -215,7 +217,7 @@ class DataPlane:
         try:
             step = served.spec.max_batch_size
             futures = [
-                served.batcher.enqueue(batch[i : i + step], deadline)  # type: ignore[union-attr]
+                served.batcher.enqueue(batch[i : i + step], deadline)
                 for i in range(0, len(batch), step)
             ]
             chunks = await asyncio.gather(*futures, return_exceptions=True)
@@ -225,12 +227,10 @@ class DataPlane:
             logits = np.concatenate(chunks)
             probabilities = softmax(logits)
             k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
-            results = []
-            for row in probabilities:
-                order = np.argsort(-row, kind="stable")[:k]
-                results.append(
-                    [ClassPrediction(int(i), served.labels[i], float(row[i])) for i in order]
-                )
+            results = [
+                [ClassPrediction(int(i), served.labels[i], float(row[i])) for i in order]
+                for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True)
+            ]
             ok = True
             return ClassifyResult(served.name, served.version_str, results)
         finally:
@@ -240,8 +240,6 @@ class DataPlane:
         self, name: str, version: str, image: bytes, method: str, target: int | None
     ) -> ExplainResult:
         """An attribution map for one image (see `cnnzoo.serving.explain`)."""
-        from cnnzoo.serving.explain import explain_image
-
         served = self.models.get(name, version)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
@@ -355,12 +353,18 @@ def classification_strings(scores: np.ndarray, k: int, labels: Sequence[str]) ->
     `score` is the output tensor's value (here the logit), formatted as Triton does (`%f`).
     """
     out: list[bytes] = []
-    for row in scores:
-        for index in np.argsort(-row, kind="stable")[:k]:
+    for row, order in zip(scores, top_k_indices(scores, k), strict=True):
+        for index in order:
             label = labels[index] if index < len(labels) else ""
             text = f"{row[index]:f}:{index}:{label}" if label else f"{row[index]:f}:{index}"
             out.append(text.encode("utf-8"))
     return out
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row of `scores` `[N, C]`, the indices of the `k` largest, best first (ties: lower
+    index first), as `[N, k]`."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def serialize_bytes_tensor(elements: Sequence[bytes]) -> bytes:

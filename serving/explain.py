@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cnnzoo.errors import InvalidInput
 from cnnzoo.serving.images import images_to_batch
-from cnnzoo.serving.models import LoadedVersion
+from cnnzoo.serving.model_manager import LoadedVersion
 from cnnzoo.serving.types import ExplainResult
 
 __all__ = ["explain_image"]

@@ -18,7 +18,7 @@ from cnnzoo.zoo.images import decode_image
 if TYPE_CHECKING:
     from cnnzoo.zoo.preprocess import Preprocess
 
-__all__ = ["decode_image", "images_to_batch"]
+__all__ = ["images_to_batch"]
 
 
 def images_to_batch(images: Sequence[bytes], preprocess: Preprocess) -> np.ndarray:

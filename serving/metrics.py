@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cnnzoo.serving.models import ModelManager
+from cnnzoo.errors import Unavailable
+from cnnzoo.serving.model_manager import ModelManager
 from cnnzoo.serving.stats import ModelStats
 
 __all__ = ["MetricsServer", "ServingCollector"]
@@ -102,7 +103,7 @@ class ServingCollector:
             if current is None:
                 continue
             labels = [record.name, current.version_str]
-            queued = current.batcher.queued if current.batcher is not None else 0
+            queued = current.batcher.queued
             pending.add_metric(labels, queued)
             ready.add_metric(labels, 1)
             provider.add_metric([*labels, current.provider], 1)
@@ -122,8 +123,6 @@ class MetricsServer:
         try:
             self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as err:
-            from cnnzoo.errors import Unavailable
-
             raise Unavailable(f"cannot serve metrics on {host}:{port}: {err.strerror}") from None
         self.port = self._httpd.server_port
         log.info("metrics on http://%s:%d/metrics", host, self.port)

@@ -14,8 +14,19 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import cnnzoo
 from cnnzoo.errors import InvalidInput, Unavailable
-from cnnzoo.serving.runtime import RuntimeOptions
+from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
+from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
+from cnnzoo.serving.metrics import MetricsServer
+from cnnzoo.serving.model_manager import ModelManager
+from cnnzoo.serving.runtime import RuntimeOptions, check_device
+from cnnzoo.zoo.repository import ModelRepository
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -97,11 +108,6 @@ class InferenceServer:
     """The assembled server; `await start()`, then `await wait()` or `await stop()`."""
 
     def __init__(self, options: ServerOptions) -> None:
-        import cnnzoo
-        from cnnzoo.serving.dataplane import DataPlane
-        from cnnzoo.serving.models import ModelManager
-        from cnnzoo.zoo.repository import ModelRepository
-
         self.options = options
         self.models = ModelManager(
             ModelRepository(options.repository),
@@ -122,15 +128,6 @@ class InferenceServer:
         self._health_ready = False
 
     async def start(self) -> None:
-        import grpc
-        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection
-
-        from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
-        from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
-        from cnnzoo.serving.metrics import MetricsServer
-        from cnnzoo.serving.runtime import check_device
-
         check_device(self.options.runtime)  # --device cuda without CUDA fails here, first
         grpc_log = logging.getLogger("grpc._cython.cygrpc")
         if _CLIENT_GONE_FILTER not in grpc_log.filters:

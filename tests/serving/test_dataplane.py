@@ -13,7 +13,7 @@ import pytest
 
 from cnnzoo.errors import DeadlineExceeded, NotFound
 from cnnzoo.serving.dataplane import DataPlane
-from cnnzoo.serving.models import ModelManager
+from cnnzoo.serving.model_manager import ModelManager
 from cnnzoo.serving.runtime import RuntimeOptions
 from cnnzoo.serving.types import InferInput, InferRequest
 from cnnzoo.zoo.repository import ModelRepository

@@ -156,7 +156,7 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(repository):
     import asyncio
 
     from cnnzoo.serving.dataplane import DataPlane
-    from cnnzoo.serving.models import ModelManager
+    from cnnzoo.serving.model_manager import ModelManager
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.zoo.repository import ModelRepository
 
@@ -196,7 +196,7 @@ def test_the_newest_sound_version_serves_and_a_completed_copy_is_picked_up(
     import json
     import logging
 
-    from cnnzoo.serving.models import ModelManager
+    from cnnzoo.serving.model_manager import ModelManager
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.zoo.repository import ModelRepository
 
@@ -234,7 +234,7 @@ def test_the_newest_sound_version_serves_and_a_completed_copy_is_picked_up(
         assert manager.record(MODEL).failed == {}
         await manager.close()
 
-    with caplog.at_level(logging.INFO, logger="cnnzoo.serving.models"):
+    with caplog.at_level(logging.INFO, logger="cnnzoo.serving.model_manager"):
         asyncio.run(main())
 
 

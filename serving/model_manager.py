@@ -53,7 +53,7 @@ class LoadedVersion:
     manifest: dict[str, Any]
     runtime: OnnxModel
     stats: ModelStats
-    batcher: DynamicBatcher | None = None
+    batcher: DynamicBatcher  # started when the version begins to serve, closed when retired
     _torch_model: Any = None
     _torch_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -254,15 +254,6 @@ class ModelManager:
 
     def _serve(self, record: ModelRecord, loaded: LoadedVersion) -> None:
         """Start `loaded`'s batcher and switch the model to it (on the event loop)."""
-        loaded.batcher = DynamicBatcher(
-            loaded.runtime.run,
-            max_batch_size=loaded.spec.max_batch_size,
-            max_queue_delay_us=loaded.spec.max_queue_delay_us,
-            batching=self._batching and loaded.spec.dynamic_batching,
-            instances=loaded.spec.instance_count,
-            stats=loaded.stats,
-            name=f"{record.name}-{loaded.version}",
-        )
         loaded.batcher.start()
         previous, record.current = record.current, loaded  # the switch: one assignment
         record.state, record.reason = READY, ""
@@ -320,6 +311,15 @@ class ModelManager:
                 spec.input.dims, warm_up_sizes(spec.max_batch_size, spec.preferred_batch_sizes)
             )
         stats = self._stats.setdefault((name, version), ModelStats(name, str(version)))
+        batcher = DynamicBatcher(
+            runtime.run,
+            max_batch_size=spec.max_batch_size,
+            max_queue_delay_us=spec.max_queue_delay_us,
+            batching=self._batching and spec.dynamic_batching,
+            instances=spec.instance_count,
+            stats=stats,
+            name=f"{name}-{version}",
+        )
         return LoadedVersion(
             name=name,
             version=version,
@@ -331,6 +331,7 @@ class ModelManager:
             manifest=manifest,
             runtime=runtime,
             stats=stats,
+            batcher=batcher,
         )
 
     def _refuse(self, record: ModelRecord, reason: str) -> None:
@@ -352,8 +353,7 @@ class ModelManager:
 
     @staticmethod
     async def _close_version(loaded: LoadedVersion) -> None:
-        if loaded.batcher is not None:
-            await loaded.batcher.close()  # finishes every request it had queued
+        await loaded.batcher.close()  # finishes every request it had queued
         log.info("unloaded %s version %d", loaded.name, loaded.version)
 
     # -- shutdown -----------------------------------------------------------------------------
