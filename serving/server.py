@@ -16,12 +16,12 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 import cnnzoo
 from cnnzoo.errors import InvalidInput, Unavailable
 from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
 from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
 from cnnzoo.serving.metrics import MetricsServer
 from cnnzoo.serving.model_manager import ModelManager
@@ -150,9 +150,8 @@ class InferenceServer:
             grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             zoo_pb2.DESCRIPTOR.services_by_name["Zoo"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(services, server)
+        enable_reflection(services, server)
         address = f"{self.options.host}:{self.options.port}"
         try:
             self.port = server.add_insecure_port(address)

@@ -15,6 +15,7 @@ from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2_grpc
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.grpc_api import codec
 from cnnzoo.serving.grpc_api.status import grpc_errors
+from cnnzoo.serving.grpc_api.unimplemented import answer_unimplemented
 
 __all__ = ["InferenceServicer", "PROVIDER_METADATA_KEY", "ZooServicer", "deadline_of"]
 
@@ -29,8 +30,30 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+_SEND_TENSORS = "send tensors in the request itself (raw_input_contents)"
+# What a client can use instead of each RPC this server leaves out.
+_INSTEAD = {
+    "ModelStreamInfer": "send unary ModelInfer requests (they are batched dynamically)",
+    "CudaSharedMemoryStatus": _SEND_TENSORS,
+    "CudaSharedMemoryRegister": _SEND_TENSORS,
+    "CudaSharedMemoryUnregister": _SEND_TENSORS,
+    "SystemSharedMemoryStatus": _SEND_TENSORS,
+    "SystemSharedMemoryRegister": _SEND_TENSORS,
+    "SystemSharedMemoryUnregister": _SEND_TENSORS,
+    "TraceSetting": "per-model latencies are in ModelStatistics and on the metrics endpoint "
+    "(/metrics)",
+    "LogSettings": "set the log level when starting the server (--log-level or CNNZOO_LOG_LEVEL)",
+}
+
+
+@answer_unimplemented(
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    _INSTEAD,
+    default="ServerMetadata lists the protocol extensions it supports",
+)
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    """`inference.GRPCInferenceService` (KServe v2 / Open Inference Protocol)."""
+    """`inference.GRPCInferenceService` (KServe v2 / Open Inference Protocol); the RPCs it
+    does not define answer UNIMPLEMENTED (see `answer_unimplemented`)."""
 
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
