@@ -30,7 +30,7 @@ from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
 from cnnzoo.serving.spec import ModelSpec
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.zoo.preprocess import Preprocess
-from cnnzoo.zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, ModelRepository
+from cnnzoo.zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, Manifest, ModelRepository
 
 __all__ = ["LoadedVersion", "ModelManager", "ModelRecord"]
 
@@ -50,7 +50,7 @@ class LoadedVersion:
     config: Any  # model_config_pb2.ModelConfig, passed through to the ModelConfig RPC
     labels: tuple[str, ...]
     preprocess: Preprocess
-    manifest: dict[str, Any]
+    manifest: Manifest
     runtime: OnnxModel
     stats: ModelStats
     batcher: DynamicBatcher  # started when the version begins to serve, closed when retired

@@ -1,14 +1,32 @@
-"""Model cards: the JSON written beside trained weights (`card.json`) and its schema."""
+"""Model cards: the JSON written beside trained weights (`card.json`), its schema and assembly."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CARD_SCHEMA", "hardware_info", "software_info", "utc_now", "validate_card"]
+from cnnzoo import __version__
+from cnnzoo.fileio import sha256_file
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from cnnzoo.zoo.recipe import Recipe
+    from cnnzoo.zoo.registry import ZooEntry
+
+__all__ = [
+    "CARD_SCHEMA",
+    "build_card",
+    "hardware_info",
+    "software_info",
+    "utc_now",
+    "validate_card",
+]
 
 # Required keys, and the required keys of nested objects. Cards may not carry other top-level keys.
 CARD_SCHEMA: dict[str, tuple[str, ...] | None] = {
@@ -91,8 +109,6 @@ def software_info() -> dict[str, str]:
     import torch
     import torchvision
 
-    from cnnzoo import __version__
-
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -104,3 +120,67 @@ def software_info() -> dict[str, str]:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_card(
+    entry: ZooEntry,
+    *,
+    model: nn.Module,
+    weights: Path,
+    recipe: Recipe,
+    seed: int,
+    dataset: dict[str, Any],
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    wall_time_seconds: float,
+    hardware: dict[str, Any],
+    command: str,
+) -> dict[str, Any]:
+    """The card of a finished run of `entry` whose final weights are the file `weights`.
+
+    Args:
+        entry: what was trained.
+        model: the trained model (its parameters are counted).
+        weights: the final weights file (its sha256 and size are recorded).
+        recipe: the recipe the run used.
+        seed: the run's seed.
+        dataset: the card's `dataset` section (see `CARD_SCHEMA`).
+        metrics: the test metrics of the final weights (`cnnzoo.zoo.evaluate.evaluate`).
+        history: one record per epoch.
+        wall_time_seconds: training time over all sessions of the run.
+        hardware: `hardware_info(...)` plus anything the run adds.
+        command: the command line(s) that made the run.
+
+    Raises:
+        AssertionError: the card breaks the schema (a bug in the caller, not a user error).
+    """
+    card = {
+        "model": entry.name,
+        "family": entry.family,
+        "architecture": entry.architecture,
+        "paper": entry.paper,
+        "notes": entry.notes,
+        "dataset": dataset,
+        "metrics": metrics,
+        "epochs": recipe.epochs,
+        "history": history,
+        "wall_time_seconds": round(wall_time_seconds, 1),
+        "hardware": hardware,
+        "software": software_info(),
+        "command": command,
+        "seed": seed,
+        "recipe": recipe.to_dict(),
+        "weights": {
+            "file": weights.name,
+            "sha256": sha256_file(weights),
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "bytes": weights.stat().st_size,
+        },
+        "input_shape": list(entry.input_shape),
+        "preprocess": asdict(entry.preprocess),
+        "labels": list(entry.labels),
+        "created": utc_now(),
+    }
+    problems = validate_card(card)
+    assert not problems, problems
+    return card

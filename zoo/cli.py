@@ -1,15 +1,21 @@
 """`cnnzoo` subcommands owned by the `zoo` package: list, train, eval, export.
 
-Handlers import torch and friends themselves, so building the parser stays cheap.
+The registry is plain data, so `list` and the parsers import nothing heavy; the handlers of
+train, eval and export import their modules (torch, onnx) when they run, so that building the
+parser (`cnnzoo --help`) stays cheap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from cnnzoo.errors import InvalidInput
+from cnnzoo.zoo import get_entry, list_models
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +43,6 @@ def _register_list(sub: argparse._SubParsersAction) -> None:
 
 
 def _list_row(name: str) -> dict[str, Any]:
-    from cnnzoo.zoo import get_entry
-
     entry = get_entry(name)
     card = entry.card() or {}
     metrics = card.get("metrics", {})
@@ -55,8 +59,6 @@ def _list_row(name: str) -> dict[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from cnnzoo.zoo import list_models
-
     rows = [_list_row(name) for name in list_models(include=args.patterns or None)]
     if args.json:
         for row in rows:
@@ -129,7 +131,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cnnzoo.zoo.train import TrainOptions, train
+    from cnnzoo.zoo.train import TrainOptions, train  # imports torch: only when training
 
     options = TrainOptions(
         model=args.model,
@@ -184,18 +186,20 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from cnnzoo.zoo.evaluate import evaluate_entry
+    from cnnzoo.zoo.evaluate import EvalOptions, evaluate_entry  # imports torch: only when run
 
     report = evaluate_entry(
-        args.model,
-        weights=args.weights,
-        data_dir=args.data_dir,
-        dataset=args.dataset,
-        download=args.download,
-        subset=args.subset,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        progress=not (args.no_progress or args.json),
+        EvalOptions(
+            model=args.model,
+            weights=args.weights,
+            data_dir=args.data_dir,
+            dataset=args.dataset,
+            download=args.download,
+            subset=args.subset,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            progress=not (args.no_progress or args.json),
+        )
     )
     if args.json:
         print(json.dumps(report, sort_keys=True))
@@ -243,7 +247,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cnnzoo.errors import InvalidInput
+    # imports torch, onnx and onnxruntime: only when exporting
     from cnnzoo.zoo.export import ExportOptions, export_model, models_to_export
 
     if args.all == (args.model is not None):
@@ -290,8 +294,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _command_line() -> str:
     """The command as typed, for model cards."""
-    import shlex
-
     argv = list(sys.argv) or ["cnnzoo"]
     name = Path(argv[0]).name
     # `python -m cnnzoo` runs cnnzoo/__main__.py: the card names the console script instead.

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from cnnzoo.errors import InvalidInput
+from cnnzoo.fileio import sha256_file
+from cnnzoo.zoo.datasets import get_dataset
+from cnnzoo.zoo.registry import build_model, get_entry
 
-if TYPE_CHECKING:
-    from torch import nn
-    from torch.utils.data import DataLoader
-
-__all__ = ["evaluate", "evaluate_entry", "limit_dataset", "torch_threads"]
+__all__ = ["EvalOptions", "evaluate", "evaluate_entry", "limit_dataset", "torch_threads"]
 
 
 def evaluate(
@@ -31,10 +37,6 @@ def evaluate(
         {"top1", "top5", "n", "loss", "per_class": {label: accuracy}}; top-5 is top-k with
         k = min(5, classes).
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
-
     num_classes = len(labels)
     k = min(5, num_classes)
     correct1 = correct5 = seen = 0
@@ -81,8 +83,6 @@ def limit_dataset(dataset: Any, count: int | None) -> Any:
         return dataset
     if count <= 0:
         raise InvalidInput(f"a subset needs at least 1 image, got {count}")
-    from torch.utils.data import Subset
-
     return Subset(dataset, range(min(count, len(dataset))))
 
 
@@ -96,65 +96,80 @@ class torch_threads:  # noqa: N801 - used like a function
         self.previous: int | None = None
 
     def __enter__(self) -> None:
-        import torch
-
         if self.threads is not None:
             self.previous = torch.get_num_threads()
             torch.set_num_threads(self.threads)
 
     def __exit__(self, *exc: object) -> None:
-        import torch
-
         if self.previous is not None:
             torch.set_num_threads(self.previous)
 
 
-def evaluate_entry(
-    name: str,
-    *,
-    weights: str | os.PathLike[str] | None = "default",
-    data_dir: str | os.PathLike[str] | None = None,
-    dataset: str | None = None,
-    download: bool = False,
-    subset: int | None = None,
-    batch_size: int = 256,
-    threads: int | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a zoo entry on its test set (or on an ImageFolder `dataset`).
+@dataclass
+class EvalOptions:
+    """One `cnnzoo eval`.
+
+    Attributes:
+        model: zoo entry name.
+        weights: "default" (the shipped weights), None (random init) or a weights file.
+        data_dir: the data folder (see `cnnzoo.zoo.datasets.resolve_data_dir`).
+        dataset: an image folder to evaluate on instead of the entry's test set; its class
+            folders are matched to the entry's labels by name.
+        download: fetch the entry's dataset when it is missing.
+        subset: evaluate on the first N images.
+        batch_size: images per batch.
+        threads: torch CPU threads (default: torch's).
+        progress: show a progress bar.
+
+    Raises:
+        InvalidInput: a batch size, subset or thread count below 1.
+    """
+
+    model: str
+    weights: str | os.PathLike[str] | None = "default"
+    data_dir: str | os.PathLike[str] | None = None
+    dataset: str | None = None
+    download: bool = False
+    subset: int | None = None
+    batch_size: int = 256
+    threads: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "subset", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+
+
+def evaluate_entry(options: EvalOptions) -> dict[str, Any]:
+    """Evaluate a zoo entry on its test set (or on an image folder, `options.dataset`).
 
     Returns:
         {"model", "dataset", "split", "weights", "weights_sha256", "top1", "top5", "n", "loss",
         "per_class"}.
     """
-    from torch.utils.data import DataLoader
-
-    from cnnzoo.fileio import sha256_file
-    from cnnzoo.zoo import build_model, get_entry
-    from cnnzoo.zoo.datasets import get_dataset
-
-    entry = get_entry(name)
-    if batch_size < 1:
-        raise InvalidInput(f"--batch-size must be >= 1, got {batch_size}")
-    with torch_threads(threads):
-        model = build_model(name, weights=weights)
+    entry = get_entry(options.model)
+    weights = options.weights
+    with torch_threads(options.threads):
+        model = build_model(entry.name, weights=weights)
         weights_path = entry.weights_file if weights == "default" else weights
-        source = dataset or entry.dataset
+        source = options.dataset or entry.dataset
         data = get_dataset(
             source,
             "test",
-            data_dir=data_dir,
+            data_dir=options.data_dir,
             transform=entry.preprocess.torch_transform(),
-            download=download,
+            download=options.download,
             offer_download=True,  # `cnnzoo eval --download`
         )
-        if dataset is not None:
+        if options.dataset is not None:
             _map_folder_classes(data, entry.labels)
-        data = limit_dataset(data, subset)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
-        metrics = evaluate(model, loader, entry.labels, progress=progress)
+        data = limit_dataset(data, options.subset)
+        loader = DataLoader(data, batch_size=options.batch_size, shuffle=False, num_workers=0)
+        metrics = evaluate(model, loader, entry.labels, progress=options.progress)
     return {
-        "model": name,
+        "model": entry.name,
         "dataset": str(source),
         "split": "test",
         "weights": None if weights_path is None else str(weights_path),

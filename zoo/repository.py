@@ -1,4 +1,5 @@
-"""Read a Triton-layout model repository written by `cnnzoo export`.
+"""A Triton-layout model repository: its layout, config.pbtxt, the typed manifest, reading and
+verifying versions, and writing new versions transactionally.
 
 ```
 <root>/<model>/config.pbtxt              ModelConfig, protobuf text format
@@ -8,8 +9,11 @@
 <root>/<model>/<version>/manifest.json   sha256 of every file above, parity figures, provenance
 ```
 
-A version counts only once its manifest is there (versions appear atomically, by rename).
-Names from outside (requests, command lines) are validated before they touch the file system.
+A version counts only once its manifest is there: `VersionWriter` builds a version in a hidden
+folder beside the others and renames it into place only when it is complete, so readers (a
+server polling the repository) never see half a version. Names from outside (requests, command
+lines) are validated before they touch the file system. This is the one module of the zoo that
+reads or writes protobuf (config.pbtxt, with `google.protobuf.text_format`).
 """
 
 from __future__ import annotations
@@ -17,17 +21,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from cnnzoo.errors import CnnzooError, IntegrityError, InvalidInput, NotFound
-from cnnzoo.fileio import sha256_file
+from google.protobuf import text_format
+
+from cnnzoo.errors import AlreadyExists, CnnzooError, IntegrityError, InvalidInput, NotFound
+from cnnzoo.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from cnnzoo.protos import model_config_pb2
 from cnnzoo.zoo.preprocess import Preprocess
+from cnnzoo.zoo.registry import build_model, get_entry
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from cnnzoo.protos import model_config_pb2
 
 __all__ = [
     "CONFIG_FILE",
@@ -37,7 +48,12 @@ __all__ = [
     "WEIGHTS_FILE",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "Manifest",
     "ModelRepository",
+    "VersionWriter",
+    "build_config",
+    "config_text",
+    "up_to_date_version",
     "validate_model_name",
 ]
 
@@ -58,6 +74,104 @@ def validate_model_name(name: str) -> str:
     if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
         raise NotFound(f"no model named {name!r} (model names match [A-Za-z0-9][A-Za-z0-9_.-]*)")
     return name
+
+
+# -- config.pbtxt ---------------------------------------------------------------------------
+
+
+def build_config(
+    name: str,
+    *,
+    input_dims: tuple[int, ...],
+    num_classes: int,
+    parameters: Mapping[str, str],
+    max_batch_size: int,
+) -> model_config_pb2.ModelConfig:
+    """The ModelConfig of a classifier: one FP32 input of `input_dims` (no batch axis), FP32
+    logits with the label file, dynamic batching, and `parameters` as string parameters."""
+    pb = model_config_pb2
+    config = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    config.input.add(name=INPUT_NAME, data_type=pb.TYPE_FP32, dims=list(input_dims))
+    config.output.add(
+        name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE
+    )
+    config.dynamic_batching.SetInParent()
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def config_text(config: model_config_pb2.ModelConfig) -> str:
+    """config.pbtxt's text for `config` (protobuf text format)."""
+    return text_format.MessageToString(config)
+
+
+# -- manifest.json --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A version's manifest.json: the sha256 of each of its files, and where it came from.
+
+    Attributes:
+        model: the model's name in the repository.
+        version: the version number.
+        files: sha256 by path relative to the model folder (config.pbtxt, labels.txt and
+            every file of the version folder except the manifest itself).
+        zoo_entry: the zoo model the version was exported from (rebuilds its PyTorch model).
+        precision: "fp32" or "fp16" (the graph inside; inputs and outputs are FP32).
+        trained: False for an export of a random initialisation.
+        source_weights: the weights file exported, as given.
+        source_weights_sha256: its sha256 (None for an untrained export).
+        parity: ONNX Runtime against PyTorch (see `cnnzoo.zoo.export`).
+        max_batch_size: config.pbtxt's max_batch_size at export.
+        created: UTC time of the export (ISO 8601).
+    """
+
+    model: str
+    version: int
+    files: Mapping[str, str]
+    zoo_entry: str | None = None
+    precision: str = "fp32"
+    trained: bool = False
+    source_weights: str | None = None
+    source_weights_sha256: str | None = None
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    max_batch_size: int | None = None
+    created: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, model: str, version: int) -> Manifest:
+        """Parse manifest.json of `model` version `version`; keys it does not know are ignored.
+
+        Raises:
+            IntegrityError: not JSON, no files listed, or a value of the wrong type.
+        """
+        where = f"manifest of {model} version {version}"
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise IntegrityError(f"{where} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise IntegrityError(f"{where} is not a JSON object")
+        files = data.get("files")
+        if not isinstance(files, dict) or not files:
+            raise IntegrityError(f"{where} lists no files")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise IntegrityError(f"{where}: files must map paths to sha256 strings")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("model", model)
+        values.setdefault("version", version)
+        manifest = cls(**values)
+        types = {"model": str, "version": int, "precision": str, "trained": bool}
+        wrong = [k for k, t in types.items() if not isinstance(getattr(manifest, k), t)]
+        if wrong:
+            raise IntegrityError(f"{where}: {', '.join(wrong)} of the wrong type")
+        return manifest
 
 
 class ModelRepository:
@@ -129,10 +243,6 @@ class ModelRepository:
 
     def config(self, model: str) -> model_config_pb2.ModelConfig:
         """The parsed config.pbtxt."""
-        from google.protobuf import text_format
-
-        from cnnzoo.protos import model_config_pb2
-
         path = self.model_dir(model) / CONFIG_FILE
         try:
             return text_format.Parse(
@@ -154,14 +264,16 @@ class ModelRepository:
     def preprocess(self, model: str) -> Preprocess:
         return Preprocess.from_parameters(self.parameters(model))
 
-    def manifest(self, model: str, version: int | str) -> dict[str, Any]:
+    def manifest(self, model: str, version: int | str) -> Manifest:
+        """The version's manifest, parsed (not verified: see `verify`)."""
         path = self.version_dir(model, version) / MANIFEST_FILE
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
             raise IntegrityError(f"{path} is not valid JSON: {err}") from None
+        return Manifest.from_json(text, model, int(version))
 
-    def verify(self, model: str, version: int | str) -> dict[str, Any]:
+    def verify(self, model: str, version: int | str) -> Manifest:
         """Check every sha256 the manifest records; returns the manifest.
 
         Raises:
@@ -169,10 +281,7 @@ class ModelRepository:
         """
         manifest = self.manifest(model, version)
         folder = self.model_dir(model)
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise IntegrityError(f"manifest of {model} version {version} lists no files")
-        for relative, expected in sorted(files.items()):
+        for relative, expected in sorted(manifest.files.items()):
             path = (folder / relative).resolve()
             if folder.resolve() not in path.parents:
                 raise IntegrityError(
@@ -189,7 +298,7 @@ class ModelRepository:
         return manifest
 
     def torch_model(
-        self, model: str, version: int | str, *, manifest: dict[str, Any] | None = None
+        self, model: str, version: int | str, *, manifest: Manifest | None = None
     ) -> nn.Module:
         """The PyTorch model of one version: its zoo entry with its model.safetensors, in eval
         mode (for gradients, which the ONNX file cannot give).
@@ -206,29 +315,202 @@ class ModelRepository:
             NotFound: the version or its model.safetensors is gone.
             IntegrityError: nothing names the zoo entry, or the weights do not load.
         """
-        from cnnzoo import zoo
-
         validate_model_name(model)
         if not _VERSION.match(str(version)):
             raise NotFound(f"version {version!r} of {model!r} is not a number")
         where = f"{model} version {int(version)}"
         if manifest is None:
             manifest = self.manifest(model, version)
-        entry = manifest.get("zoo_entry") or self.parameters(model).get("zoo_entry")
+        entry = manifest.zoo_entry or self.parameters(model).get("zoo_entry")
         if not entry:
             raise IntegrityError(
                 f"{where}: neither its manifest nor config.pbtxt names a zoo_entry, so its "
                 "PyTorch model cannot be rebuilt"
             )
         try:
-            zoo.get_entry(entry)
+            get_entry(entry)
         except NotFound as err:
             raise IntegrityError(f"{where}: its zoo_entry is unknown here: {err.reason}") from None
         path = self.root / model / str(int(version)) / WEIGHTS_FILE
         if not path.is_file():
             raise NotFound(f"{where}: {WEIGHTS_FILE} is missing; re-export the version")
         try:
-            return zoo.build_model(entry, weights=path)
+            return build_model(entry, weights=path)
         except CnnzooError as err:
             reason = err.reason.replace(str(path), WEIGHTS_FILE)
             raise IntegrityError(f"{where}: {WEIGHTS_FILE} does not load: {reason}") from None
+
+
+# -- writing versions -----------------------------------------------------------------------
+
+
+class VersionWriter:
+    """Writes one new version of a model so that it appears whole or not at all.
+
+    The version is built in a hidden folder beside the others (`<model>/.tmp-<version>-<hex>`);
+    `commit` hashes its files, writes the manifest (and the model's config.pbtxt and labels.txt
+    when they are new) and renames the folder to `<version>`. Leaving the `with` block without
+    a commit (an error, an interrupt) removes everything the writer created::
+
+        with VersionWriter(root, "lenet5-mnist", config=..., labels=...) as writer:
+            write_files_into(writer.folder)
+            manifest = writer.commit(zoo_entry="lenet5-mnist", precision="fp32", ...)
+
+    Args:
+        root: the repository folder (created when missing).
+        model: the model's name.
+        config: the model's config.pbtxt text.
+        labels: its labels.txt text.
+        version: the version to write; None means latest + 1.
+
+    Raises:
+        InvalidInput: `root` is a file; a version below 1 or below the latest.
+        AlreadyExists: the version exists, or the model's config.pbtxt or labels.txt exist
+            with other contents (they are shared by its versions and never change).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        model: str,
+        *,
+        config: str,
+        labels: str,
+        version: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidInput(f"model repository {self.root} is a file, not a folder")
+        self.model = validate_model_name(model)
+        self.model_dir = self.root / model
+        self._texts = {CONFIG_FILE: config, LABELS_FILE: labels}
+        for name, text in self._texts.items():
+            path = self.model_dir / name
+            if path.exists() and path.read_text(encoding="utf-8") != text:
+                raise AlreadyExists(
+                    f"{path} exists with different contents (other settings, e.g. "
+                    "--max-batch-size); export into another repository"
+                )
+        self.version = _next_version(self.model_dir, version)
+        self.folder = self.model_dir / f".tmp-{self.version}-{uuid.uuid4().hex[:8]}"
+        self._created: list[Path] = []
+        self._committed = False
+
+    def __enter__(self) -> VersionWriter:
+        if not self.model_dir.exists():
+            self.model_dir.mkdir(parents=True)
+            self._created.append(self.model_dir)
+        self.folder.mkdir()
+        return self
+
+    def commit(self, **provenance: Any) -> Manifest:
+        """Write the manifest and put the version in place; `provenance` are `Manifest` fields.
+
+        Raises:
+            AlreadyExists: another writer took this version meanwhile.
+        """
+        files = {name: sha256_bytes(text.encode("utf-8")) for name, text in self._texts.items()}
+        for path in sorted(self.folder.iterdir()):
+            files[f"{self.version}/{path.name}"] = sha256_file(path)
+        manifest = Manifest(model=self.model, version=self.version, files=files, **provenance)
+        atomic_write_text(self.folder / MANIFEST_FILE, manifest.to_json())
+        for name, text in self._texts.items():
+            if not (self.model_dir / name).exists():
+                atomic_write_bytes(self.model_dir / name, text.encode("utf-8"))
+                self._created.append(self.model_dir / name)
+        final = self.model_dir / str(self.version)
+        try:
+            os.rename(self.folder, final)  # fails if another export took this version meanwhile
+        except OSError:
+            raise AlreadyExists(f"{final} appeared during the export; not overwriting it") from None
+        self._committed = True
+        return manifest
+
+    @property
+    def path(self) -> Path:
+        """Where the version is once committed."""
+        return self.model_dir / str(self.version)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._committed:
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)
+        for path in reversed(self._created):
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _next_version(model_dir: Path, requested: int | None) -> int:
+    """latest + 1, or `requested` when it is above the latest (the server serves the latest)."""
+    if requested is not None and requested < 1:
+        raise InvalidInput(f"--version must be >= 1, got {requested}")
+    existing = (
+        sorted(int(p.name) for p in model_dir.iterdir() if _VERSION.match(p.name))
+        if model_dir.is_dir()
+        else []
+    )
+    if requested is None:
+        return (existing[-1] + 1) if existing else 1
+    if existing and requested <= existing[-1]:
+        latest = existing[-1]
+        error = AlreadyExists if requested in existing else InvalidInput
+        raise error(
+            f"--version {requested}: {model_dir.name} already has version {latest}; versions "
+            f"only increase and are never overwritten (omit --version to write {latest + 1})"
+        )
+    return requested
+
+
+def up_to_date_version(
+    root: Path,
+    model: str,
+    *,
+    source_sha256: str | None,
+    precision: str,
+    config: str,
+    labels: str,
+) -> int | None:
+    """The model's latest version if it holds exactly this export, else None.
+
+    Up to date means: the latest version's manifest records the same `source_weights_sha256`
+    (None for an untrained export: a re-export would only be another random initialisation),
+    the same precision, and the sha256 of the same config.pbtxt and labels.txt; and every file
+    still matches the sha256 its manifest records.
+
+    Args:
+        root: the model repository folder (may not exist yet).
+        model: the model's name.
+        source_sha256: sha256 of the weights file to export, None for random init.
+        precision: "fp32" or "fp16".
+        config: the config.pbtxt text this export would write.
+        labels: the labels.txt text this export would write.
+
+    Returns:
+        The version number, or None when there is no version or the latest one differs.
+    """
+    if not (root / model / CONFIG_FILE).is_file():
+        return None
+    repo = ModelRepository(root)
+    versions = repo.versions(model)
+    if not versions:
+        return None
+    latest = versions[-1]
+    try:
+        manifest = repo.verify(model, latest)
+    except IntegrityError:
+        return None  # damaged: export a sound version instead of pointing at this one
+    same = (
+        manifest.source_weights_sha256 == source_sha256
+        and manifest.precision == precision
+        and manifest.files.get(CONFIG_FILE) == sha256_bytes(config.encode("utf-8"))
+        and manifest.files.get(LABELS_FILE) == sha256_bytes(labels.encode("utf-8"))
+    )
+    return latest if same else None

@@ -2,8 +2,12 @@
 
 Output, in `<out>/<model>/`:
 - `epochs/epoch_NNN.safetensors` after every epoch (kept: feature evolution is drawn from them),
-- `train_state.safetensors` while the run is unfinished (weights, optimizer state, history),
-- `model.safetensors` and `card.json` when the last epoch is done (the state file is removed).
+- `train_state.safetensors` while the run is unfinished (weights, optimizer state, history;
+  the format is `cnnzoo.zoo.checkpoints.save_train_state`'s),
+- `model.safetensors` and `card.json` (`cnnzoo.zoo.card.build_card`) when the last epoch is
+  done (the state file is removed).
+
+The optimizer and learning-rate schedule come from the entry's recipe (`cnnzoo.zoo.recipe`).
 
 Determinism: every epoch seeds its own RNGs from (seed, epoch): the shuffling order, the
 augmentation and dropout of epoch e do not depend on what ran before, so a resumed run equals an
@@ -12,38 +16,50 @@ uninterrupted one bit for bit on the same machine and thread count.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
-from cnnzoo.fileio import atomic_path, atomic_write_json, sha256_file
-from cnnzoo.zoo._registry import Recipe, ZooEntry, get_entry
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cnnzoo.errors import AlreadyExists, InvalidInput
+from cnnzoo.fileio import atomic_write_json
 from cnnzoo.zoo.augment import build_augmentation
-from cnnzoo.zoo.card import hardware_info, software_info, utc_now, validate_card
-from cnnzoo.zoo.checkpoints import decode_state, encode_state, epoch_path, save_weights
+from cnnzoo.zoo.card import build_card, hardware_info
+from cnnzoo.zoo.checkpoints import (
+    STATE_FILE,
+    decode_state,
+    encode_state,
+    epoch_path,
+    load_train_state,
+    save_train_state,
+    save_weights,
+)
 from cnnzoo.zoo.datasets import dataset_source, get_dataset
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
+from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
+from cnnzoo.zoo.registry import ZooEntry, get_entry
 
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "data_workers"]
 
-__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "data_workers", "lr_factor"]
-
-STATE_FILE = "train_state.safetensors"
-SCHEDULES = ("onecycle", "cosine", "step")
-OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
 class TrainOptions:
-    """What `cnnzoo train` was asked to do; None means the recipe's value (or the resumed run's)."""
+    """What `cnnzoo train` was asked to do; None means the recipe's value (or the resumed run's).
+
+    Raises:
+        InvalidInput: a count below 1 (epochs, batch size, stop-after, subsets, threads), a
+            learning rate that is not positive, negative workers or an unknown device.
+    """
 
     model: str
     out: Path = Path("runs")
@@ -62,6 +78,19 @@ class TrainOptions:
     device: str = "cpu"
     progress: bool = True
     command: str | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for key in ("epochs", "batch_size", "stop_after", "train_subset", "test_subset", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise InvalidInput(f"--lr must be > 0, got {self.lr}")
+        if self.workers is not None and self.workers < 0:
+            raise InvalidInput(f"--workers must be >= 0, got {self.workers}")
+        if self.device not in DEVICES:
+            raise InvalidInput(f"device must be cpu or cuda, got {self.device!r}")
 
 
 @dataclass
@@ -92,23 +121,6 @@ class TrainResult:
         )
 
 
-def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
-    """Learning-rate multiplier at optimizer step `step` (0-based) of `total_steps`.
-
-    onecycle: torch's OneCycleLR curve (cosine warm-up from lr/25 over the first 30%, cosine
-    decay to lr/25e4); cosine: cosine decay to 0; step: x0.1 at 50% and again at 75%.
-    """
-    progress = min(step / max(total_steps, 1), 1.0)
-    if recipe.schedule == "onecycle":
-        start, end, warm = 1 / 25, 1 / 25e4, 0.3
-        if progress < warm:
-            return start + (1 - start) * (1 - math.cos(math.pi * progress / warm)) / 2
-        return end + (1 - end) * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))) / 2
-    if recipe.schedule == "cosine":
-        return (1 + math.cos(math.pi * progress)) / 2
-    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
-
-
 def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | None) -> Recipe:
     recipe = Recipe(**saved["recipe"]) if saved else entry.recipe
     overrides = {
@@ -127,17 +139,7 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | 
                 "--resume continues the run with its own settings; it used "
                 + ", ".join(f"--{k.replace('_', '-')} {getattr(recipe, k)}" for k in changed)
             )
-    recipe = replace(recipe, **overrides)
-    for key in ("epochs", "batch_size"):
-        if getattr(recipe, key) < 1:
-            raise InvalidInput(
-                f"--{key.replace('_', '-')} must be >= 1, got {getattr(recipe, key)}"
-            )
-    if not recipe.lr > 0:
-        raise InvalidInput(f"--lr must be > 0, got {recipe.lr}")
-    if recipe.schedule not in SCHEDULES or recipe.optimizer not in OPTIMIZERS:
-        raise InvalidInput(f"recipe of {entry.name}: unknown schedule or optimizer in {recipe}")
-    return recipe
+    return replace(recipe, **overrides)
 
 
 def _settings(options: TrainOptions, saved: dict[str, Any] | None) -> dict[str, Any]:
@@ -162,31 +164,23 @@ def train(options: TrainOptions) -> TrainResult:
         NotFound: unknown model, or --resume with nothing to resume.
         AlreadyExists: the output folder already holds a run (and --resume is not set).
         DatasetNotFound: the dataset is missing.
-        InvalidInput: a bad option.
+        InvalidInput: a bad option, or CUDA asked for where there is none.
     """
-    import torch
-
     entry = get_entry(options.model)
-    model_dir = Path(options.out) / entry.name
-    if Path(options.out).exists() and not Path(options.out).is_dir():
+    model_dir = options.out / entry.name
+    if options.out.exists() and not options.out.is_dir():
         raise InvalidInput(f"--out {options.out} is a file, not a folder")
-    if options.stop_after is not None and options.stop_after < 1:
-        raise InvalidInput(f"--stop-after must be >= 1, got {options.stop_after}")
-    if options.device not in ("cpu", "cuda"):
-        raise InvalidInput(f"device must be cpu or cuda, got {options.device!r}")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInput("device cuda requested but no CUDA device is available")
-    if options.workers is not None and options.workers < 0:
-        raise InvalidInput(f"--workers must be >= 0, got {options.workers}")
-    state: dict[str, torch.Tensor] = {}
-    saved: dict[str, Any] | None = None
+    resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None = None
     if options.resume:
-        state, saved = _load_state(model_dir)
+        resumed = load_train_state(model_dir)
     elif model_dir.exists() and any(model_dir.iterdir()):
         raise AlreadyExists(
             f"{model_dir} already holds a training run; continue it with --resume or choose "
             f"another --out"
         )
+    saved = resumed[2] if resumed else None
     recipe = _recipe_for(entry, options, saved)
     settings = _settings(options, saved["settings"] if saved else None)
 
@@ -215,7 +209,7 @@ def train(options: TrainOptions) -> TrainResult:
     )
 
     with torch_threads(options.threads), _deterministic(options.device):
-        return _run(entry, options, recipe, settings, train_set, test_set, model_dir, state, saved)
+        return _run(entry, options, recipe, settings, train_set, test_set, model_dir, resumed)
 
 
 def _run(
@@ -226,44 +220,31 @@ def _run(
     train_set: Any,
     test_set: Any,
     model_dir: Path,
-    state: dict[str, torch.Tensor],
-    saved: dict[str, Any] | None,
+    resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None,
 ) -> TrainResult:
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
     seed = settings["seed"]
     device = options.device
     workers = data_workers(options)
     torch.manual_seed(seed)
     model = entry.builder_function()(num_classes=entry.num_classes)
-    if saved:
-        prefix = "model/"
-        model.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        )
+    if resumed:
+        model.load_state_dict(resumed[0])
     model.to(device)
     if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
         model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, recipe)
-    if saved:
-        optimizer.load_state_dict(
-            _optimizer_state_from(state, saved["optimizer_groups"], saved["_scalars"])
-        )
+    optimizer = make_optimizer(model, recipe)
+    if resumed:
+        optimizer.load_state_dict(resumed[1])
+    saved = resumed[2] if resumed else None
 
     pin = device == "cuda"
     test_loader = DataLoader(
         test_set, batch_size=256, shuffle=False, num_workers=workers, pin_memory=pin
     )
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
     start_epoch = saved["epoch"] if saved else 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(recipe, step, total_steps),
-        last_epoch=start_epoch * steps_per_epoch - 1,
+    scheduler = make_scheduler(
+        optimizer, recipe, steps_per_epoch * recipe.epochs, start_epoch * steps_per_epoch
     )
     history: list[dict[str, Any]] = saved["history"] if saved else []
     wall = float(saved["wall_time_seconds"]) if saved else 0.0
@@ -334,7 +315,7 @@ def _run(
         )
         meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(seed)}
         save_weights(model, epoch_path(model_dir, epoch), meta, entry.weights_dtype)
-        _save_state(
+        save_train_state(
             model_dir,
             model,
             optimizer,
@@ -356,42 +337,22 @@ def _run(
         metrics = {}
     if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
         metrics = evaluate(model, test_loader, entry.labels, device=device)
-    card = _finish(
-        entry, options, recipe, settings, model, metrics, history, wall, commands,
-        train_set, test_set, model_dir,
-    )  # fmt: skip
-    return TrainResult(entry.name, model_dir, recipe.epochs, recipe.epochs, card)
 
-
-def _finish(
-    entry: ZooEntry,
-    options: TrainOptions,
-    recipe: Recipe,
-    settings: dict[str, Any],
-    model: nn.Module,
-    metrics: dict[str, Any],
-    history: list[dict[str, Any]],
-    wall: float,
-    command: str,
-    train_set: Any,
-    test_set: Any,
-    model_dir: Path,
-) -> dict[str, Any]:
     weights = model_dir / "model.safetensors"
     save_weights(
         model,
         weights,
-        {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(settings["seed"])},
+        {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(seed)},
         entry.weights_dtype,
     )
     source = dataset_source(entry.dataset, options.data_dir)
-    card = {
-        "model": entry.name,
-        "family": entry.family,
-        "architecture": entry.architecture,
-        "paper": entry.paper,
-        "notes": entry.notes,
-        "dataset": {
+    card = build_card(
+        entry,
+        model=model,
+        weights=weights,
+        recipe=recipe,
+        seed=seed,
+        dataset={
             "name": entry.dataset,
             "train_split": "train",
             "test_split": "test",
@@ -403,97 +364,15 @@ def _finish(
             "train_subset": settings["train_subset"],
             "test_subset": settings["test_subset"],
         },
-        "metrics": metrics,
-        "epochs": recipe.epochs,
-        "history": history,
-        "wall_time_seconds": round(wall, 1),
-        "hardware": {**hardware_info(options.device), "data_workers": data_workers(options)},
-        "software": software_info(),
-        "command": command,
-        "seed": settings["seed"],
-        "recipe": recipe.to_dict(),
-        "weights": {
-            "file": weights.name,
-            "sha256": sha256_file(weights),
-            "num_params": sum(p.numel() for p in model.parameters()),
-            "bytes": weights.stat().st_size,
-        },
-        "input_shape": list(entry.input_shape),
-        "preprocess": asdict(entry.preprocess),
-        "labels": list(entry.labels),
-        "created": utc_now(),
-    }
-    problems = validate_card(card)
-    assert not problems, problems  # a bug in this module, not a user error
+        metrics=metrics,
+        history=history,
+        wall_time_seconds=wall,
+        hardware={**hardware_info(device), "data_workers": workers},
+        command=commands,
+    )
     atomic_write_json(model_dir / "card.json", card)
     (model_dir / STATE_FILE).unlink(missing_ok=True)
-    return card
-
-
-def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    import torch
-
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov,
-        weight_decay=recipe.weight_decay,
-    )
-
-
-def _save_state(model_dir: Path, model: nn.Module, optimizer: Any, info: dict[str, Any]) -> None:
-    """Weights + optimizer tensors as safetensors; everything else as JSON metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    scalars: dict[str, Any] = {}
-    for index, values in opt_state["state"].items():
-        for key, value in values.items():
-            if hasattr(value, "detach"):
-                tensors[f"optimizer/{index}/{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}/{key}"] = value
-    info = {**info, "optimizer_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
-    with atomic_path(model_dir / STATE_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"train_state": json.dumps(info)})
-
-
-def _load_state(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
-    path = model_dir / STATE_FILE
-    if not path.is_file():
-        finished = (model_dir / "card.json").is_file()
-        raise NotFound(
-            f"nothing to resume in {model_dir}: "
-            + ("that run is finished" if finished else f"no {STATE_FILE}; start without --resume")
-        )
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            info = json.loads((handle.metadata() or {})["train_state"])
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as err:
-        raise InvalidInput(f"{path} is damaged ({err}); start the run again") from None
-    info["_scalars"] = info.pop("optimizer_scalars", {})
-    return tensors, info
-
-
-def _optimizer_state_from(
-    state: dict[str, Any], groups: list[dict[str, Any]], scalars: dict[str, Any]
-) -> dict[str, Any]:
-    per_param: dict[int, dict[str, Any]] = {}
-    for key, value in scalars.items():
-        index, name = key.split("/", 1)
-        per_param.setdefault(int(index), {})[name] = value
-    for key, value in state.items():
-        if key.startswith("optimizer/"):
-            _, index, name = key.split("/", 2)
-            per_param.setdefault(int(index), {})[name] = value
-    return {"state": per_param, "param_groups": groups}
+    return TrainResult(entry.name, model_dir, recipe.epochs, recipe.epochs, card)
 
 
 def _command_for(options: TrainOptions) -> str:
@@ -526,8 +405,6 @@ class _deterministic:  # noqa: N801 - used like a function
         self.device = device
 
     def __enter__(self) -> None:
-        import torch
-
         self.previous = torch.are_deterministic_algorithms_enabled()
         self.previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
         self.previous_benchmark = torch.backends.cudnn.benchmark
@@ -538,8 +415,6 @@ class _deterministic:  # noqa: N801 - used like a function
         torch.use_deterministic_algorithms(True, warn_only=cuda)
 
     def __exit__(self, *exc: object) -> None:
-        import torch
-
         torch.use_deterministic_algorithms(self.previous, warn_only=self.previous_warn)
         torch.backends.cudnn.benchmark = self.previous_benchmark
 

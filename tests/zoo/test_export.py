@@ -14,7 +14,7 @@ from cnnzoo.fileio import sha256_file
 from cnnzoo.protos import model_config_pb2
 from cnnzoo.zoo.datasets import get_dataset
 from cnnzoo.zoo.export import ExportOptions, export_model, models_to_export
-from cnnzoo.zoo.repository import ModelRepository
+from cnnzoo.zoo.repository import Manifest, ModelRepository, VersionWriter
 
 
 def _tree(root):
@@ -121,7 +121,7 @@ def test_repository_reader(exported_lenet):
     assert "lenet5-mnist" in repo.models()
     assert repo.versions("lenet5-mnist")[0] == 1
     assert repo.labels("lenet5-mnist") == [str(d) for d in range(10)]
-    assert repo.verify("lenet5-mnist", 1)["version"] == 1
+    assert repo.verify("lenet5-mnist", 1).version == 1
     for bad in ("../../etc", "..", "a/b", ".hidden", "nope"):
         with pytest.raises(NotFound):
             repo.versions(bad)
@@ -143,7 +143,7 @@ def test_new_versions_increase_and_old_ones_are_never_overwritten(trained_lenet,
     repo = ModelRepository(tmp_path)
     assert repo.versions("lenet5-mnist") == [1, 2]
     repo.verify("lenet5-mnist", 1)
-    assert repo.verify("lenet5-mnist", 2)["precision"] == "fp16"
+    assert repo.verify("lenet5-mnist", 2).precision == "fp16"
     before = _tree(tmp_path)
     with pytest.raises(AlreadyExists, match="never overwritten"):
         export_model(ExportOptions("lenet5-mnist", tmp_path, weights=weights, version=1))
@@ -215,3 +215,60 @@ def test_which_models_export_all_covers():
     assert models_to_export(True, None, include_untrained=True) == zoo.list_models()
     with pytest.raises(NotFound):
         models_to_export(False, "nope", include_untrained=False)
+
+
+def test_manifest_is_typed_and_a_malformed_one_is_refused(exported_lenet, tmp_path):
+    repository, summary = exported_lenet
+    manifest = ModelRepository(repository).verify("lenet5-mnist", 1)
+    assert isinstance(manifest, Manifest)
+    assert (manifest.model, manifest.version, manifest.zoo_entry) == (
+        "lenet5-mnist",
+        1,
+        "lenet5-mnist",
+    )
+    assert manifest.trained and manifest.parity["max_abs_diff"] == summary["parity"]["max_abs_diff"]
+    text = (repository / "lenet5-mnist" / "1" / "manifest.json").read_text()
+    assert Manifest.from_json(text, "lenet5-mnist", 1).to_json() == text  # same bytes back
+    for bad, problem in (
+        ("{not json", "not valid JSON"),
+        ("[]", "not a JSON object"),
+        ('{"files": {}}', "lists no files"),
+        ('{"files": {"1/model.onnx": 5}}', "sha256 strings"),
+        ('{"files": {"a": "b"}, "version": "one"}', "version of the wrong type"),
+    ):
+        with pytest.raises(IntegrityError, match=problem):
+            Manifest.from_json(bad, "m", 1)
+
+
+def test_an_uncommitted_version_leaves_nothing_behind(tmp_path):
+    """Leaving the writer without a commit (an error, an interrupt) removes all it created."""
+    writer = VersionWriter(tmp_path / "repo", "m", config="c\n", labels="a\nb\n")
+    with pytest.raises(KeyboardInterrupt), writer:
+        (writer.folder / "model.onnx").write_bytes(b"half a graph")
+        raise KeyboardInterrupt
+    assert list((tmp_path / "repo").iterdir()) == []
+    with VersionWriter(tmp_path / "repo", "m", config="c\n", labels="a\nb\n") as writer:
+        (writer.folder / "model.onnx").write_bytes(b"graph")
+        manifest = writer.commit(precision="fp32")
+    assert manifest.files == {
+        "config.pbtxt": sha256_file(tmp_path / "repo" / "m" / "config.pbtxt"),
+        "labels.txt": sha256_file(tmp_path / "repo" / "m" / "labels.txt"),
+        "1/model.onnx": sha256_file(tmp_path / "repo" / "m" / "1" / "model.onnx"),
+    }
+    assert ModelRepository(tmp_path / "repo").verify("m", 1) == manifest
+    with pytest.raises(AlreadyExists, match="different contents"):
+        VersionWriter(tmp_path / "repo", "m", config="other\n", labels="a\nb\n")
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ({"max_batch_size": 0}, "--max-batch-size must be between 1 and 4096"),
+        ({"max_batch_size": 5000}, "--max-batch-size must be between 1 and 4096"),
+        ({"version": 0}, "--version must be >= 1"),
+        ({"version": 2, "skip_unchanged": True}, "--skip-unchanged"),
+    ],
+)
+def test_export_options_are_checked_when_made(tmp_path, options, problem):
+    with pytest.raises(InvalidInput, match=problem):
+        ExportOptions("lenet5-mnist", tmp_path, **options)

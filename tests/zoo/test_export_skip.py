@@ -67,7 +67,7 @@ def test_skip_unchanged_writes_a_version_only_when_something_changed(
     other = _export(tmp_path, shipped, skip_unchanged=True)
     assert (other["version"], other["skipped"]) == (3, False)
     manifest = ModelRepository(tmp_path).verify(MODEL, 3)
-    assert manifest["source_weights_sha256"] == sha256_file(shipped) != sha256_file(trained)
+    assert manifest.source_weights_sha256 == sha256_file(shipped) != sha256_file(trained)
 
     # the CLI with --all (the shipped entries): one line naming the up-to-date version, while
     # the shipped models the repository lacks get their version 1
@@ -96,7 +96,7 @@ def test_skip_unchanged_writes_a_version_only_when_something_changed(
     onnx_file.write_bytes(onnx_file.read_bytes()[:-16])
     repaired = _export(tmp_path, shipped, skip_unchanged=True)
     assert (repaired["version"], repaired["skipped"]) == (6, False)
-    assert ModelRepository(tmp_path).verify(MODEL, 6)["version"] == 6
+    assert ModelRepository(tmp_path).verify(MODEL, 6).version == 6
 
 
 def test_skip_unchanged_json_summary_and_bad_combinations(exported_lenet, trained_lenet, capsys):

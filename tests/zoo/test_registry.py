@@ -4,7 +4,7 @@ import pytest
 
 from cnnzoo import zoo
 from cnnzoo.errors import AlreadyExists, NotFound
-from cnnzoo.zoo._registry import WEIGHTS_ROOT
+from cnnzoo.zoo.registry import WEIGHTS_ROOT
 
 EXPECTED = [
     "alexnet-cifar10",
@@ -91,8 +91,8 @@ def test_import_zoo_does_not_import_torch():
     import sys
 
     code = (
-        "import sys, zoo; zoo.list_models(); zoo.get_entry('lenet5-mnist').card(); "
-        "print('torch' in sys.modules)"
+        "import sys; from cnnzoo import zoo; zoo.list_models(); "
+        "zoo.get_entry('lenet5-mnist').card(); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

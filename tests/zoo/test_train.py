@@ -134,9 +134,10 @@ def test_same_weights_give_the_same_file_bytes_in_every_process(tmp_path):
     import sys
 
     script = (
-        "import sys, torch, zoo\n"
+        "import sys, torch\n"
         "from pathlib import Path\n"
-        "from zoo.checkpoints import save_weights\n"
+        "from cnnzoo import zoo\n"
+        "from cnnzoo.zoo.checkpoints import save_weights\n"
         "torch.manual_seed(0)\n"
         "model = zoo.build_model('lenet5-mnist')\n"
         "meta = {'zoo_entry': 'lenet5-mnist', 'epoch': '3', 'seed': '0', 'x': 'y'}\n"
@@ -243,3 +244,32 @@ def test_cuda_training_is_deterministic_and_recorded(tmp_path, data_dir):
     assert card["hardware"]["device"] == "cuda" and card["hardware"]["gpu"]
     assert card["metrics"]["top1"] > _untrained_accuracy(data_dir) + 0.3
     assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ({"epochs": 0}, "--epochs must be >= 1"),
+        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"lr": 0.0}, "--lr must be > 0"),
+        ({"stop_after": 0}, "--stop-after must be >= 1"),
+        ({"train_subset": 0}, "--train-subset must be >= 1"),
+        ({"threads": 0}, "--threads must be >= 1"),
+        ({"workers": -1}, "--workers must be >= 0"),
+        ({"device": "tpu"}, "device must be cpu or cuda"),
+    ],
+)
+def test_train_options_are_checked_when_made(tmp_path, options, problem):
+    from cnnzoo.zoo.train import TrainOptions
+
+    with pytest.raises(InvalidInput, match=problem):
+        TrainOptions(model="lenet5-mnist", out=tmp_path, **options)
+
+
+def test_recipes_are_checked_when_made():
+    from cnnzoo.zoo.recipe import Recipe
+
+    with pytest.raises(InvalidInput, match="unknown schedule 'linear'"):
+        Recipe(epochs=1, batch_size=1, lr=0.1, schedule="linear")
+    with pytest.raises(InvalidInput, match="unknown augment"):
+        Recipe(epochs=1, batch_size=1, lr=0.1, augment="mixup")

@@ -10,42 +10,32 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import json
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnzoo.errors import AlreadyExists, NotFound
-from cnnzoo.zoo.checkpoints import WEIGHT_DTYPES
+from cnnzoo.zoo.checkpoints import WEIGHT_DTYPES, load_weights_file
 from cnnzoo.zoo.preprocess import Preprocess
+from cnnzoo.zoo.recipe import Recipe
 
-__all__ = ["Recipe", "ZooEntry", "register_model", "list_models", "get_entry", "WEIGHTS_ROOT"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "WEIGHTS_ROOT",
+    "ZooEntry",
+    "build_model",
+    "get_entry",
+    "list_models",
+    "register_model",
+    "shipped_weights_dir",
+]
 
 # Shipped weights live in the package: zoo/weights/<entry>/{model.safetensors, card.json, epochs/}.
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training defaults of an entry; every field can be overridden on the `cnnzoo train` line.
-
-    `schedule` is "onecycle", "cosine" or "step" (x0.1 at 50% and 75% of the epochs);
-    `augment` names a training augmentation in `cnnzoo.zoo.augment`.
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    augment: str = "none"
-    label_smoothing: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -114,7 +104,11 @@ class ZooEntry:
         return json.loads((self.weights_dir / "card.json").read_text(encoding="utf-8"))
 
     def builder_function(self) -> Callable[..., Any]:
-        """Import and return the builder (imports torch)."""
+        """Import and return the builder (imports torch).
+
+        The builder is named as "module:function" and imported here, on first use, so that
+        listing the zoo and `cnnzoo --help` never import torch.
+        """
         module_name, _, function = self.builder.partition(":")
         return getattr(importlib.import_module(module_name), function)
 
@@ -168,3 +162,32 @@ def get_entry(name: str) -> ZooEntry:
         raise NotFound(
             f"unknown model {name!r}; known models: {', '.join(list_models())}"
         ) from None
+
+
+def build_model(name: str, *, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Build the zoo model `name`, in eval mode.
+
+    Args:
+        name: a registered entry (see `list_models()`).
+        weights: None for random initialisation, "default" for the weights the zoo ships, or
+            a path to a `.safetensors` state dict (a torchvision `.pth` state dict is accepted
+            for the torchvision entries).
+
+    Raises:
+        NotFound: unknown model, no shipped weights, or a missing weights file.
+        InvalidInput: a corrupt weights file or one made for another architecture.
+    """
+    entry = get_entry(name)
+    model = entry.builder_function()(num_classes=entry.num_classes)
+    if weights is not None:
+        if isinstance(weights, str) and weights == "default":
+            if entry.weights_file is None:
+                raise NotFound(
+                    f"{name} has no shipped weights; train it with `cnnzoo train {name}` "
+                    "or pass a weights file"
+                )
+            weights = entry.weights_file
+        load_weights_file(
+            model, Path(weights), entry.name, accept_pth=entry.torchvision_state_dicts
+        )
+    return model.eval()

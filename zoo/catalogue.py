@@ -1,4 +1,4 @@
-"""The six entries of the zoo.
+"""The catalogue: every model the zoo offers. Add a model by registering a `ZooEntry` here.
 
 Preprocessing statistics: MNIST and CIFAR-10 use the usual training-set mean/std; ImageNet uses
 torchvision's. Each preprocess ends in a crop so any image size maps to the model input size.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnzoo.zoo._registry import Recipe, ZooEntry, register_model, shipped_weights_dir
 from cnnzoo.zoo.preprocess import Preprocess
+from cnnzoo.zoo.recipe import Recipe
+from cnnzoo.zoo.registry import ZooEntry, register_model, shipped_weights_dir
 
 _LABELS_DIR = Path(__file__).resolve().parent / "labels"
 
