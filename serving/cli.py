@@ -55,10 +55,28 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         help="serve only this model (repeatable; default: every model in the repository)",
     )
     p.add_argument(
+        "--model-control-mode",
+        choices=("none", "poll", "explicit"),
+        default="",
+        help="Triton's model control: none (load every model at start-up), poll (also pick "
+        "up new models and versions every --poll-seconds), explicit (load only --load-model "
+        "models, then what clients load and unload with RepositoryModelLoad/Unload); default: "
+        "poll with --poll-seconds, else none",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --model-control-mode explicit: load this model at start-up (repeatable; "
+        "'*' loads every model)",
+    )
+    p.add_argument(
         "--poll-seconds",
         type=float,
         default=0.0,
-        help="look for new model versions this often and switch to them (default: never)",
+        help="look for new models and versions this often and switch to them (implies "
+        "--model-control-mode poll; default: never, or 15 with --model-control-mode poll)",
     )
     p.add_argument(
         "--grace-seconds",
@@ -123,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace_seconds,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         batching=not args.no_batching,
+        model_control=args.model_control_mode,
+        load_models=tuple(args.load_model),
     )
     return serve(options)
 

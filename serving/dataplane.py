@@ -12,12 +12,12 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from cnnzoo.errors import CnnzooError, InvalidInput
+from cnnzoo.errors import CnnzooError, InvalidInput, NotFound
 from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.model_manager import LoadedVersion, ModelManager
@@ -27,6 +27,7 @@ from cnnzoo.serving.types import (
     ClassifyResult,
     ClassPrediction,
     ExplainResult,
+    IndexEntry,
     InferInput,
     InferOutput,
     InferRequest,
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 # Protocol extensions this server implements (ServerMetadata.extensions).
-EXTENSIONS = ("classification", "model_configuration", "statistics")
+EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
 DEFAULT_TOP_K = 5
 
 
@@ -66,6 +67,8 @@ class DataPlane:
         self.server_name = server_name
         self.server_version = server_version
         self.draining = False
+        # Called after a client loaded or unloaded a model (the server updates health).
+        self.on_models_changed: Callable[[], Awaitable[None]] | None = None
         # Decoding uploads is CPU work in Pillow (releases the GIL); explanations hook the
         # torch model, so they run one at a time on their own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
@@ -84,6 +87,8 @@ class DataPlane:
         return not self.draining and self.models.ready
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        if self.models.loadable(name):
+            return False  # in the repository, not loaded (explicit model control)
         record = self.models.record(name)
         current = record.current
         if self.draining or current is None:
@@ -159,6 +164,44 @@ class DataPlane:
                     )
                 )
         return summaries
+
+    # -- model control ------------------------------------------------------------------------
+
+    def repository_index(self, repository: str = "", ready_only: bool = False) -> list[IndexEntry]:
+        self._check_repository(repository)
+        return self.models.index(ready_only=ready_only)
+
+    async def load_model(self, repository: str, name: str, parameters: Sequence[str] = ()) -> None:
+        """Load (or reload) `name`; `parameters` are the names of the request's parameters."""
+        self._check_repository(repository)
+        overrides = sorted(p for p in parameters if p == "config" or p.startswith("file:"))
+        if overrides:
+            raise InvalidInput(
+                f"load parameters {', '.join(map(repr, overrides))} (configuration and file "
+                "overrides) are not supported; change the model's files in the repository and "
+                "load it again"
+            )
+        try:
+            await self.models.load(name)
+        finally:
+            await self._models_changed()
+
+    async def unload_model(self, repository: str, name: str) -> None:
+        self._check_repository(repository)
+        await self.models.unload(name)
+        await self._models_changed()
+
+    def _check_repository(self, repository: str) -> None:
+        """One repository is served; a request may name it by its folder's name."""
+        if repository and repository != self.models.repository.root.name:
+            raise NotFound(
+                f"no repository {repository!r}; this server serves one repository, "
+                f"{self.models.repository.root.name!r} (or leave repository_name empty)"
+            )
+
+    async def _models_changed(self) -> None:
+        if self.on_models_changed is not None:
+            await self.on_models_changed()
 
     # -- inference ----------------------------------------------------------------------------
 

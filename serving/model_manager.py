@@ -10,6 +10,14 @@ A refusal is remembered with the size and modification time of the files it depe
 version that was still being copied in (manifest before model.onnx) is tried again on the next
 poll once its files change, and an unchanged one is not reloaded over and over.
 
+Model control follows Triton's `--model-control-mode`: `none` loads every model at start-up and
+never looks again; `poll` also looks for new models and versions every `--poll-seconds`;
+`explicit` loads only the models named at start-up (`--load-model`, `*` for all) and then
+whatever a client asks for with `load` / `unload` (RepositoryModelLoad / RepositoryModelUnload).
+A `load` of a model already served reads the repository again and replaces the served version
+with the newest one that loads; an `unload` retires the served version (its queued requests
+finish) and leaves the model UNAVAILABLE with the reason "unloaded".
+
 Hot reload (`poll`): a newer version directory is loaded beside the current one, swapped in with
 one assignment on the event loop, and the old version's batcher then finishes what it had
 queued before it is closed, so no request is dropped or failed by the switch.
@@ -24,19 +32,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnnzoo.errors import CnnzooError, ExecutionProviderError, IntegrityError, NotFound, Unavailable
+from cnnzoo.errors import (
+    CnnzooError,
+    ExecutionProviderError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
 from cnnzoo.serving.spec import ModelSpec
 from cnnzoo.serving.stats import ModelStats
+from cnnzoo.serving.types import IndexEntry
 from cnnzoo.zoo.preprocess import Preprocess
 from cnnzoo.zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, Manifest, ModelRepository
 
-__all__ = ["LoadedVersion", "ModelManager", "ModelRecord"]
+__all__ = [
+    "CONTROL_MODES",
+    "EXPLICIT",
+    "LoadedVersion",
+    "ModelManager",
+    "ModelRecord",
+    "NONE",
+    "POLL",
+]
 
 log = logging.getLogger(__name__)
 
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
+UNLOADED = "unloaded"  # Triton's reason for a model unloaded on request
+
+NONE, POLL, EXPLICIT = "none", "poll", "explicit"
+CONTROL_MODES = (NONE, POLL, EXPLICIT)
 
 
 @dataclass(eq=False)
@@ -112,6 +140,8 @@ class ModelManager:
         models: serve only these model names (default: every model in the repository).
         batching: False disables dynamic batching for every model (each request runs alone).
         warm_up: run each served batch size once before a version reports ready.
+        control: the model control mode, `none`, `poll` or `explicit` (see the module doc).
+        load_at_start: in `explicit` mode, the models loaded at start-up (`*`: all).
     """
 
     def __init__(
@@ -122,8 +152,12 @@ class ModelManager:
         models: Sequence[str] = (),
         batching: bool = True,
         warm_up: bool = True,
+        control: str = NONE,
+        load_at_start: Sequence[str] = (),
     ) -> None:
         self.repository = repository
+        self.control = control
+        self._load_at_start = tuple(load_at_start)
         self.runtime_options = runtime
         self._only = tuple(models)
         self._batching = batching
@@ -131,21 +165,24 @@ class ModelManager:
         self._records: dict[str, ModelRecord] = {}
         self._stats: dict[tuple[str, int], ModelStats] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
         self.loaded = False  # the start-up load has finished
         self._closing = False
 
     # -- start-up -----------------------------------------------------------------------------
 
     def discover(self) -> list[str]:
-        """Register the model names to serve (checks `--model` names exist)."""
+        """Register the model names to load at start-up (checks `--model` and `--load-model`
+        names exist)."""
         available = self.repository.models()
         names = list(self._only) or available
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise NotFound(
-                f"model {', '.join(map(repr, missing))} is not in {self.repository.root} "
-                f"(models: {', '.join(available) or 'none'})"
-            )
+        _check_named(names, available, self.repository)
+        if self.control == EXPLICIT:
+            if "*" not in self._load_at_start:
+                _check_named(self._load_at_start, names, self.repository)
+                names = [n for n in names if n in self._load_at_start]
+            elif not self._load_at_start:
+                names = []
         for name in names:
             self._records.setdefault(name, ModelRecord(name))
         return names
@@ -194,8 +231,98 @@ class ModelManager:
 
     @property
     def ready(self) -> bool:
-        """Start-up finished and at least one model serves."""
-        return self.loaded and any(r.current is not None for r in self._records.values())
+        """Start-up finished and at least one model serves (in `explicit` mode: start-up
+        finished, since serving nothing until a client loads a model is normal there)."""
+        if not self.loaded:
+            return False
+        return self.control == EXPLICIT or any(r.current is not None for r in self.records())
+
+    # -- model control ------------------------------------------------------------------------
+
+    def index(self, *, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model of the repository (`--model` limits them) with its state, as Triton's
+        RepositoryIndex: a served version READY, refused versions UNAVAILABLE with their
+        reason, a model never loaded with no state."""
+        entries: list[IndexEntry] = []
+        for name in sorted(set(self._candidates()) | set(self._records)):
+            record = self._records.get(name)
+            if record is None:
+                if not ready_only:
+                    entries.append(IndexEntry(name))
+                continue
+            if record.current is not None:
+                entries.append(IndexEntry(name, record.current.version_str, READY))
+            if ready_only:
+                continue
+            for version, refusal in sorted(record.failed.items(), reverse=True):
+                entries.append(IndexEntry(name, str(version), UNAVAILABLE, refusal.reason))
+            if record.current is None and not record.failed:
+                entries.append(IndexEntry(name, "", record.state, record.reason))
+        return entries
+
+    async def load(self, name: str) -> LoadedVersion:
+        """Load `name` (or read it again and serve its newest version that loads).
+
+        Raises:
+            Unavailable: the control mode is not `explicit`.
+            NotFound: the repository has no such model.
+            InvalidInput: no version of it loads (the reasons, per version).
+        """
+        self._require_explicit()
+        if name not in self._candidates():
+            known = ", ".join(self._candidates()) or "none"
+            raise NotFound(f"no model {name!r} in the repository (models: {known})")
+        record = self._records.setdefault(name, ModelRecord(name))
+        previous = record.current
+        await self._load_latest(record, reload=True)
+        if record.current is None or record.current is previous:
+            failed = "; ".join(
+                f"version {v}: {r.reason}" for v, r in sorted(record.failed.items(), reverse=True)
+            )
+            raise InvalidInput(f"load failed for model {name!r}: {failed or record.reason}")
+        return record.current
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`; its queued requests finish first (unloading a model that is not
+        loaded does nothing, as in Triton).
+
+        Raises:
+            Unavailable: the control mode is not `explicit`.
+            NotFound: the repository has no such model and none by that name is served.
+        """
+        self._require_explicit()
+        record = self._records.get(name)
+        if record is None:
+            if name not in self._candidates():
+                raise NotFound(f"no model {name!r} is served or in the repository")
+            return
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if record.current is not None:
+                log.info("unloading %s version %d on request", name, record.current.version)
+                self._retire(record.current)
+                record.current = None
+            record.state, record.reason = UNAVAILABLE, UNLOADED
+
+    def loadable(self, name: str) -> bool:
+        """`name` is in the repository but was never loaded (explicit model control)."""
+        return name not in self._records and name in self._candidates()
+
+    def _require_explicit(self) -> None:
+        if self.control != EXPLICIT:
+            raise Unavailable(
+                "explicit model load / unload is not allowed: the server runs with "
+                f"--model-control-mode {self.control} (start it with --model-control-mode "
+                "explicit to load and unload models on request)"
+            )
+
+    def _candidates(self) -> list[str]:
+        """Model names this server may serve: the repository's, limited by `--model`."""
+        try:
+            available = self.repository.models()
+        except OSError as err:
+            log.error("cannot list the repository: %s", err)
+            return list(self._records)
+        return [n for n in available if n in self._only] if self._only else available
 
     # -- hot reload ---------------------------------------------------------------------------
 
@@ -211,10 +338,21 @@ class ModelManager:
 
     # -- loading ------------------------------------------------------------------------------
 
-    async def _load_latest(self, record: ModelRecord) -> None:
-        """Serve the newest version of `record` that loads, if it is newer than the served one."""
+    async def _load_latest(self, record: ModelRecord, *, reload: bool = False) -> None:
+        """Serve the newest version of `record` that loads, if it is newer than the served one
+        (with `reload`, also the served version again, and refused ones are retried). One load
+        of a model at a time: a client's load may arrive while start-up loads the same model."""
+        lock = self._locks.setdefault(record.name, asyncio.Lock())
+        async with lock:
+            await self._load_newest(record, reload)
+
+    async def _load_newest(self, record: ModelRecord, reload: bool) -> None:
         if self._closing:
             return
+        if reload:
+            record.failed.clear()
+            if record.current is None:
+                record.state, record.reason = LOADING, ""
         try:
             record.versions = self.repository.versions(record.name)
         except CnnzooError as err:
@@ -223,7 +361,7 @@ class ModelManager:
         record.failed = {v: r for v, r in record.failed.items() if v in record.versions}
         served = record.current.version if record.current is not None else -1
         for version in reversed(record.versions):
-            if version <= served:
+            if version < served or (version == served and not reload):
                 break
             fingerprint = self._fingerprint(record.name, version)
             refusal = record.failed.get(version)
@@ -368,3 +506,14 @@ class ModelManager:
                 record.reason = "the server is shutting down"
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _check_named(
+    names: Sequence[str], available: Sequence[str], repository: ModelRepository
+) -> None:
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise NotFound(
+            f"model {', '.join(map(repr, missing))} is not in {repository.root} "
+            f"(models: {', '.join(available) or 'none'})"
+        )

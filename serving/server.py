@@ -24,7 +24,7 @@ from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
 from cnnzoo.serving.metrics import MetricsServer
-from cnnzoo.serving.model_manager import ModelManager
+from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
 from cnnzoo.serving.runtime import RuntimeOptions, check_device
 from cnnzoo.zoo.repository import ModelRepository
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # A batch of 64 224x224 RGB fp32 images is 38.5 MB; leave room for the message around it.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _MAX_PORT = 65535
+DEFAULT_POLL_SECONDS = 15.0  # Triton's --repository-poll-secs
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 ZOO_SERVICE = "cnnzoo.v1.Zoo"
@@ -80,6 +81,10 @@ class ServerOptions:
         grace_seconds: how long in-flight calls may take to finish on shutdown.
         max_message_bytes: largest request or response accepted.
         batching: False turns dynamic batching off for every model.
+        model_control: Triton's model control mode, `none`, `poll` or `explicit` ("" picks
+            `poll` when `poll_seconds` is set, else `none`); `poll` without `poll_seconds`
+            looks every 15 s, Triton's default.
+        load_models: in `explicit` mode, the models to load at start-up (`*`: all).
     """
 
     repository: Path
@@ -92,8 +97,25 @@ class ServerOptions:
     grace_seconds: float = 20.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     batching: bool = True
+    model_control: str = ""
+    load_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        mode = self.model_control or (POLL if self.poll_seconds > 0 else NONE)
+        if mode not in CONTROL_MODES:
+            raise InvalidInput(
+                f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, got {mode!r}"
+            )
+        if mode != POLL and self.poll_seconds > 0:
+            raise InvalidInput(
+                f"--poll-seconds looks for new versions, which --model-control-mode {mode} does "
+                "not do; use --model-control-mode poll (or leave the mode out)"
+            )
+        if self.load_models and mode != EXPLICIT:
+            raise InvalidInput("--load-model needs --model-control-mode explicit")
+        object.__setattr__(self, "model_control", mode)  # frozen: normalise once, here
+        if mode == POLL and self.poll_seconds <= 0:
+            object.__setattr__(self, "poll_seconds", DEFAULT_POLL_SECONDS)
         # The socket layer would silently take a port modulo 65536 (70000 -> 4464).
         if not 0 <= self.port <= _MAX_PORT:
             raise InvalidInput(f"--port must be 0-{_MAX_PORT} (0: any free port), got {self.port}")
@@ -114,9 +136,12 @@ class InferenceServer:
             options.runtime,
             models=options.models,
             batching=options.batching,
+            control=options.model_control,
+            load_at_start=options.load_models,
         )
         self.models.discover()
         self.plane = DataPlane(self.models, "cnnzoo", cnnzoo.__version__)
+        self.plane.on_models_changed = self._refresh_health
         self.port = 0
         self.metrics_port = 0
         self._server = None
@@ -191,10 +216,15 @@ class InferenceServer:
                 if self._health_ready and not was_ready:
                     self._log_readiness()
 
+    async def _refresh_health(self) -> None:
+        """After a client loaded or unloaded a model: health follows the models served."""
+        if not self._stopping and self.models.loaded:
+            await self._set_health(True)
+
     def _log_readiness(self) -> None:
         """One line saying what is served, or clearly that nothing is and why."""
         records = self.models.records()
-        if any(r.current for r in records):
+        if any(r.current for r in records) or self.models.control == EXPLICIT:
             log.info(
                 "ready: %s",
                 ", ".join(
@@ -202,7 +232,9 @@ class InferenceServer:
                     if r.current
                     else f"{r.name} UNAVAILABLE ({r.reason})"
                     for r in records
-                ),
+                )
+                or "no model loaded yet (explicit model control: load them with "
+                "RepositoryModelLoad)",
             )
             return
         root = self.models.repository.root

@@ -12,6 +12,7 @@ __all__ = [
     "ClassPrediction",
     "ExplainResult",
     "ClassifyResult",
+    "IndexEntry",
     "InferInput",
     "InferOutput",
     "InferRequest",
@@ -125,3 +126,13 @@ class ExplainResult:
     score: float
     png: bytes
     attribution: np.ndarray  # float32 [H, W]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index: a model (and version) and its state ("" = not loaded)."""
+
+    name: str
+    version: str = ""
+    state: str = ""
+    reason: str = ""

@@ -11,6 +11,7 @@ from cnnzoo.serving.stats import BatchSizeStats, Duration, ModelStats
 from cnnzoo.serving.types import (
     ClassifyResult,
     ExplainResult,
+    IndexEntry,
     InferInput,
     InferRequest,
     InferResponse,
@@ -27,6 +28,7 @@ __all__ = [
     "model_metadata_to_pb",
     "model_statistics_to_pb",
     "model_summaries_to_pb",
+    "repository_index_to_pb",
 ]
 
 # Which InferTensorContents field carries each datatype's typed values.
@@ -210,4 +212,15 @@ def explain_response_to_pb(result: ExplainResult) -> zoo_pb2.ExplainResponse:
         png=result.png,
         shape=list(attribution.shape),
         attribution=attribution.ravel().tolist(),
+    )
+
+
+def repository_index_to_pb(
+    entries: Sequence[IndexEntry],
+) -> grpc_service_pb2.RepositoryIndexResponse:
+    index = grpc_service_pb2.RepositoryIndexResponse.ModelIndex
+    return grpc_service_pb2.RepositoryIndexResponse(
+        models=[
+            index(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries
+        ]
     )

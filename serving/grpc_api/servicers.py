@@ -97,6 +97,23 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return codec.model_statistics_to_pb(stats)
 
     @grpc_errors
+    async def RepositoryIndex(self, request, context: Context):
+        entries = self._plane.repository_index(request.repository_name, request.ready)
+        return codec.repository_index_to_pb(entries)
+
+    @grpc_errors
+    async def RepositoryModelLoad(self, request, context: Context):
+        await self._plane.load_model(
+            request.repository_name, request.model_name, list(request.parameters)
+        )
+        return grpc_service_pb2.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(self, request, context: Context):
+        await self._plane.unload_model(request.repository_name, request.model_name)
+        return grpc_service_pb2.RepositoryModelUnloadResponse()
+
+    @grpc_errors
     async def ModelInfer(self, request, context: Context):
         response = await self._plane.infer(
             codec.infer_request_from_pb(request), deadline=deadline_of(context)
