@@ -205,11 +205,11 @@ def bench_guided(device: torch.device, repeats: int, batch: int) -> dict[str, An
 
 
 def bench_fig2_job() -> dict[str, Any]:
-    spec = load_job(FIG2_JOB)
+    job = load_job(FIG2_JOB)
     result: dict[str, Any] = {"job": str(FIG2_JOB.relative_to(ROOT))}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run_job(spec, Path(tmp) / "one")
+        run_job(job, Path(tmp) / "one")
         result["one_process_seconds"] = time.perf_counter() - start
         manifest = json.loads((Path(tmp) / "one" / "manifest.json").read_text())
         result["one_process_timings"] = manifest["timings"]

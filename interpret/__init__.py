@@ -1,11 +1,13 @@
 """interpret: Zeiler & Fergus (2014)-style views of the zoo's CNNs.
 
-Modules (all under `cnnzoo.interpret`): gradient, deconvnet and guided-backprop attribution
-(`attribution`, rules in `rules`), batched unit projections (`projection`), receptive fields
-(`layers`, `receptive_field`), streaming top-k activations (`topk`, `scan`), occlusion
-(`occlusion`), pictures (`render`), `explain` for one image (`explain`) and batch jobs (`jobs`).
+Modules (all under `cnnzoo.interpret`): the method table (`methods`, torch-free); gradient,
+deconvnet and guided-backprop attribution (`attribution`, rules in `rules`), occlusion
+(`occlusion`), Grad-CAM (`gradcam`); batched unit projections (`projection`); modules by name
+(`modules`), layers and receptive fields (`layers`, `receptive_field`); streaming top-k
+activations (`topk`, `scan`); pictures (`render`); `explain` for one image (`explain`) and batch
+jobs (`jobs`).
 
-Names below are imported on first use, so `import interpret` (and `cnnzoo --help`) does not
+Names below are imported on first use, so `import cnnzoo.interpret` (and `cnnzoo --help`) does not
 import torch.
 """
 
@@ -31,7 +33,12 @@ _EXPORTS = {
     "TopK": "cnnzoo.interpret.topk",
     "scan_topk": "cnnzoo.interpret.scan",
     "occlusion_maps": "cnnzoo.interpret.occlusion",
-    "METHODS": "cnnzoo.interpret.explain",
+    "METHODS": "cnnzoo.interpret.methods",
+    "get_method": "cnnzoo.interpret.methods",
+    "OcclusionSensitivity": "cnnzoo.interpret.occlusion",
+    "GradCam": "cnnzoo.interpret.gradcam",
+    "GuidedGradCam": "cnnzoo.interpret.gradcam",
+    "explain": "cnnzoo.interpret.explain",
     "Explanation": "cnnzoo.interpret.explain",
     "load_job": "cnnzoo.interpret.jobs",
     "run_job": "cnnzoo.interpret.jobs",
@@ -43,7 +50,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'interpret' has no attribute {name!r}")
+    raise AttributeError(f"module 'cnnzoo.interpret' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+from cnnzoo import zoo
+from cnnzoo.errors import InvalidInput
+from cnnzoo.fileio import atomic_path, atomic_write_bytes
+from cnnzoo.interpret.methods import METHODS, TABLE
+from cnnzoo.zoo.images import read_image
+from cnnzoo.zoo.repository import ModelRepository
+
+METHOD_HELP = "; ".join(f"{method.name}: {method.summary}" for method in TABLE)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     explain = sub.add_parser(
         "explain",
         help="attribute one image to a class and save the map as PNG",
-        description="Gradient, deconvnet, guided backprop or occlusion map of one image, the same "
+        description="An attribution map of one image (any method of the table below), the same "
         "map the server's Explain RPC returns.",
     )
     explain.add_argument("image", type=Path, help="a PNG/JPEG file")
@@ -40,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     explain.add_argument(
         "--method",
         default="guided-backprop",
-        choices=("gradient", "deconvnet", "guided-backprop", "occlusion"),
+        choices=METHODS,
+        help=f"{METHOD_HELP} (default: guided-backprop)",
     )
     explain.add_argument(
         "--target", type=int, help="class index to explain (default: the predicted class)"
@@ -92,8 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from cnnzoo import zoo
-    from cnnzoo.interpret.layers import describe_layers
+    from cnnzoo.interpret.layers import describe_layers  # torch: kept out of `cnnzoo --help`
 
     entry = zoo.get_entry(args.model)
     infos = describe_layers(zoo.build_model(args.model), tuple(entry.input_shape))
@@ -121,18 +131,12 @@ def _explain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from cnnzoo import zoo
-    from cnnzoo.errors import InvalidInput
-    from cnnzoo.fileio import atomic_path, atomic_write_bytes
-    from cnnzoo.interpret.explain import explain
-    from cnnzoo.zoo.images import read_image
+    from cnnzoo.interpret.explain import explain  # torch: kept out of `cnnzoo --help`
 
     if args.out.suffix.lower() != ".png":  # the map is PNG bytes (what the Explain RPC returns)
         raise InvalidInput(f"--out {args.out}: the map is written as PNG; name a .png file")
     image = read_image(args.image)  # decoded as the Explain RPC decodes uploads
     if args.repository is not None:
-        from cnnzoo.zoo.repository import ModelRepository
-
         repo = ModelRepository(args.repository)
         version = args.version if args.version is not None else repo.latest_version(args.model)
         manifest = repo.verify(args.model, version)
@@ -157,29 +161,23 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> int:
+    # torch: kept out of `cnnzoo --help`
     from cnnzoo.interpret.jobs.runner import run_job
     from cnnzoo.interpret.jobs.spec import load_job
 
-    spec = load_job(args.job_file, data_dir=args.data_dir)
+    job = load_job(args.job_file, data_dir=args.data_dir)
     if args.check:
+        spec = job.spec
         print(f"{args.job_file}: ok ({len(spec.analyses)} analyses on {spec.model})")
         return 0
-    index = run_job(
-        spec,
-        args.out,
-        data_dir=args.data_dir,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
-    import os
-
+    index = run_job(job, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(index)
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from cnnzoo.interpret.jobs.worker import run_worker
+    from cnnzoo.interpret.jobs.worker import run_worker  # torch: kept out of `cnnzoo --help`
 
     failed = run_worker(
         args.jobs,

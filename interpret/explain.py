@@ -11,16 +11,11 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import InvalidInput
-from cnnzoo.interpret.attribution import for_method
-from cnnzoo.interpret.occlusion import occlusion_attribution
+from cnnzoo.interpret.methods import METHODS, get_method
 from cnnzoo.interpret.render import attribution_rgb, png_bytes
-from cnnzoo.interpret.rules import Rule, left_as_found
+from cnnzoo.interpret.rules import left_as_found
 
 __all__ = ["METHODS", "Explanation", "explain"]
-
-METHODS = ("gradient", "deconvnet", "guided-backprop", "occlusion")
-
-_RULES = {"gradient": Rule.GRADIENT, "deconvnet": Rule.DECONVNET, "guided-backprop": Rule.GUIDED}
 
 
 @dataclass
@@ -28,12 +23,13 @@ class Explanation:
     """What `explain` returns.
 
     Attributes:
-        method: one of `METHODS`.
+        method: one of `cnnzoo.interpret.methods.METHODS`.
         target: the class explained.
         score: softmax probability of `target` for the image.
-        attribution: float32 `[H, W]` map. For gradient, deconvnet and guided backprop the sum
-            over input channels of the rule-modified gradient; for occlusion the mean drop of the
-            target probability when a grey square covers the pixel.
+        attribution: float32 `[H, W]` map: the method's attribution summed over input channels
+            (for gradient, deconvnet and guided backprop the rule-modified gradient; for
+            occlusion the mean drop of the target probability when a grey square covers the
+            pixel; for Grad-CAM the upsampled class activation map).
         png: `attribution` rendered image-sized (white = 0, red = positive, blue = negative).
     """
 
@@ -50,17 +46,16 @@ def explain(
     """Attribute one preprocessed image to a class.
 
     Args:
-        model: the classifier (nn.ReLU modules only for deconvnet and guided backprop).
+        model: the classifier (nn.ReLU modules only for the ReLU-rule methods).
         x: one preprocessed image `[1, C, H, W]`, float32.
-        method: one of `METHODS`.
+        method: one of `cnnzoo.interpret.methods.METHODS`.
         target: class index; None explains the predicted class.
 
     Raises:
         InvalidInput: an unknown method, a badly shaped input or a target out of range.
-        interpret.errors.UnsupportedModel: the model calls functional ReLU (deconvnet/guided).
+        UnsupportedModel: the model calls functional ReLU (deconvnet/guided).
     """
-    if method not in METHODS:
-        raise InvalidInput(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    implementation = get_method(method).load()  # InvalidInput lists the methods
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise InvalidInput(f"explain takes one preprocessed image [1, C, H, W], got {shape}")
@@ -79,15 +74,8 @@ def explain(
         elif not 0 <= int(target) < classes:
             raise InvalidInput(f"target {target} is out of range: the model has {classes} classes")
         target = int(target)
-        if method == "occlusion":
-            with left_as_found(model):
-                maps = occlusion_attribution(
-                    lambda batch: torch.softmax(model(batch), dim=1), x, target
-                )
-            attribution = maps[0].mean(dim=0)
-        else:
-            maps = for_method(model, _RULES[method]).attribute(x, target=target)
-            attribution = maps[0].sum(dim=0)
+        maps = implementation(model).attribute(x, target=target)
+        attribution = maps[0].sum(dim=0)
     array = attribution.detach().float().cpu().numpy().astype(np.float32)
     return Explanation(
         method=method,

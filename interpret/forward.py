@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import UnsupportedModel
-from cnnzoo.interpret.layers import get_layer
+from cnnzoo.interpret.modules import get_layer
 
 __all__ = ["forward_to"]
 

@@ -13,7 +13,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from cnnzoo.errors import LayerNotFound, UnsupportedModel
+from cnnzoo.errors import UnsupportedModel
+from cnnzoo.interpret.modules import get_layer
 from cnnzoo.interpret.receptive_field import (
     SPATIAL,
     ReceptiveField,
@@ -28,7 +29,6 @@ __all__ = [
     "LayerInfo",
     "ReceptiveField",
     "describe_layers",
-    "get_layer",
     "receptive_field",
 ]
 
@@ -140,20 +140,6 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
             )
         )
     return infos
-
-
-def _layer_names(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_modules() if name]
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called `name`; `LayerNotFound` lists the valid names otherwise."""
-    modules = dict(model.named_modules())
-    if not name or name not in modules:
-        raise LayerNotFound(
-            f"unknown layer {name!r}; valid layers: {', '.join(_layer_names(model))}"
-        )
-    return modules[name]
 
 
 def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, ...]) -> ReceptiveField:

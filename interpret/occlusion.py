@@ -5,13 +5,12 @@ each position of the square one records (a) the total activation of the feature 
 strongest in the unoccluded image, (b) the probability of the true class and (c) the top label.
 If the class depends on the object, (b) drops where the square covers it.
 
-`occlusion_attribution` is the per-pixel version used by `explain`: Captum's `Occlusion` with the
-same square, each pixel getting the mean probability drop over the positions that cover it.
+`OcclusionSensitivity` is the per-pixel version that `explain` uses: Captum's `Occlusion` with
+the same square, each pixel getting the mean probability drop over the positions that cover it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +18,10 @@ from captum.attr import Occlusion
 from torch import nn
 
 from cnnzoo.errors import InvalidInput
-from cnnzoo.interpret.layers import get_layer
+from cnnzoo.interpret.modules import get_layer
 from cnnzoo.interpret.rules import left_as_found
 
-__all__ = ["OcclusionMaps", "default_window", "occlusion_attribution", "occlusion_maps"]
+__all__ = ["OcclusionMaps", "OcclusionSensitivity", "default_window", "occlusion_maps"]
 
 
 def default_window(size: int) -> tuple[int, int]:
@@ -42,41 +41,60 @@ def _check_window(size: tuple[int, int], window: int, stride: int) -> None:
         raise InvalidInput(f"occlusion stride must be at least 1, got {stride}")
 
 
-def occlusion_attribution(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    target: int,
-    window: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Per-pixel drop of `forward(x)[:, target]` when a grey (zero) square covers the pixel,
-    averaged over the square's positions that cover it (Captum's `Occlusion`).
+class OcclusionSensitivity(Occlusion):
+    r"""Per-pixel drop of the target's softmax probability when a grey (zero) square covers the
+    pixel, averaged over the square's positions that cover it: Captum's `Occlusion` with the
+    square of Zeiler & Fergus (2014) Fig. 7 covering every channel at once.
 
     Args:
-        forward: the function to watch, e.g. a model's softmax probabilities.
-        x: one preprocessed image `[1, C, H, W]`.
-        target: the output index.
-        window, stride: the square's side and step in pixels (default: `default_window`).
+        model: the classifier (run in eval mode; its flags are restored after each call).
+        window, stride: the square's side and step in pixels (default: `default_window` of the
+            image's shorter side).
         batch_size: occluded copies per forward pass.
-
-    Returns:
-        `[1, C, H, W]` (every channel equal: the square covers all channels).
+        scores: "probability" (softmax of the logits, what `explain` maps) or "logit".
     """
-    channels, height, width = x.shape[1:]
-    default = default_window(min(height, width))
-    window = window or default[0]
-    stride = stride or default[1]
-    _check_window((height, width), window, stride)
-    with torch.no_grad():
-        return Occlusion(forward).attribute(
-            x.detach(),
-            sliding_window_shapes=(channels, window, window),
-            strides=(channels, stride, stride),
-            baselines=0.0,
-            target=target,
-            perturbations_per_eval=batch_size,
-        )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int | None = None,
+        stride: int | None = None,
+        batch_size: int = 64,
+        scores: str = "probability",
+    ) -> None:
+        if scores not in ("probability", "logit"):
+            raise InvalidInput(f"scores must be 'probability' or 'logit', got {scores!r}")
+        forward = model if scores == "logit" else (lambda x: torch.softmax(model(x), dim=1))
+        super().__init__(forward)
+        self.model = model
+        self.window = window
+        self.stride = stride
+        self.batch_size = batch_size
+
+    def attribute(self, inputs: torch.Tensor, target: int) -> torch.Tensor:  # type: ignore[override]
+        r"""
+        Args:
+            inputs: preprocessed images `[N, C, H, W]`.
+            target: the output index.
+
+        Returns:
+            `[N, 1, H, W]`: one value per pixel (the square covers all channels alike).
+        """
+        channels, height, width = inputs.shape[1:]
+        default = default_window(min(height, width))
+        window = self.window or default[0]
+        stride = self.stride or default[1]
+        _check_window((height, width), window, stride)
+        with left_as_found(self.model), torch.no_grad():
+            maps = super().attribute(
+                inputs.detach(),
+                sliding_window_shapes=(channels, window, window),
+                strides=(channels, stride, stride),
+                baselines=0.0,
+                target=target,
+                perturbations_per_eval=self.batch_size,
+            )
+        return maps[:, :1]
 
 
 @dataclass(frozen=True)

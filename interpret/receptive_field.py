@@ -25,6 +25,7 @@ import torch
 from torch import fx, nn
 
 from cnnzoo.errors import UnsupportedModel
+from cnnzoo.interpret.forward import forward_to
 
 __all__ = ["ReceptiveField", "as_receptive_field", "node_fields", "support_box"]
 
@@ -214,8 +215,6 @@ def support_box(
         image_size: (height, width) of the input to use.
         unit: the unit's (y, x) position in the layer's output.
     """
-    from cnnzoo.interpret.forward import forward_to  # forward imports layers, which imports us
-
     skeleton = _skeleton(model)
     x = torch.ones((1, 1, *image_size), dtype=torch.float64, requires_grad=True)
     out = forward_to(skeleton, [layer], x)[layer]

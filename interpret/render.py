@@ -6,6 +6,7 @@ nothing but pixels, so the same tensors always give the same bytes.
 
 from __future__ import annotations
 
+import colorsys
 import io
 import math
 from collections.abc import Sequence
@@ -111,8 +112,6 @@ def heat_rgb(m: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 def label_colours(count: int) -> torch.Tensor:
     """`count` distinguishable colours `[count, 3]` (evenly spaced hues)."""
-    import colorsys
-
     colours = [colorsys.hsv_to_rgb(i / max(count, 1), 0.75, 0.95) for i in range(count)]
     return torch.tensor(colours, dtype=torch.float32)
 

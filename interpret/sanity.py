@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cnnzoo.interpret.attribution import for_method
-from cnnzoo.interpret.layers import get_layer
+from cnnzoo.interpret.modules import get_layer
 from cnnzoo.interpret.rules import Rule
 
 __all__ = ["RandomisationResult", "cascading_randomisation", "rank_correlation"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from cnnzoo.interpret.forward import forward_to
 from cnnzoo.interpret.rules import left_as_found
@@ -29,8 +30,6 @@ def iterate_batches(
     dataset: Any, batches: Sequence[Sequence[int]], num_workers: int = 0
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """(images, dataset indices) for each batch of indices, in the order given."""
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=num_workers)
     for batch, (images, _labels) in zip(batches, loader, strict=True):
         yield images, torch.tensor(list(batch), dtype=torch.int64)

@@ -7,6 +7,7 @@ The ONNX session cannot give gradients, so the version's PyTorch model is rebuil
 from __future__ import annotations
 
 from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.methods import METHODS
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.model_manager import LoadedVersion
 from cnnzoo.serving.types import ExplainResult
@@ -24,7 +25,7 @@ def explain_image(
     """
     import torch
 
-    from cnnzoo.interpret.explain import METHODS, explain
+    from cnnzoo.interpret.explain import explain  # torch: loaded on the first Explain call
 
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}; methods: {', '.join(METHODS)}")

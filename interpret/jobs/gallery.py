@@ -15,15 +15,6 @@ from cnnzoo.fileio import atomic_write_text
 
 __all__ = ["render_index", "write_index"]
 
-_TITLES = {
-    "max-activations": "Maximal activations (Zeiler & Fergus 2014, Fig. 2)",
-    "filters": "First-layer filters (Krizhevsky et al. 2012, Fig. 3)",
-    "evolution": "Feature evolution during training (Zeiler & Fergus 2014, Fig. 4)",
-    "attributions": "Attributions: gradient, deconvnet, guided backprop, occlusion",
-    "occlusion": "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7)",
-    "randomisation": "Model-randomisation sanity check (Adebayo et al. 2018)",
-}
-
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
@@ -64,7 +55,7 @@ def render_index(manifest: dict[str, Any]) -> str:
         f'<p class="note">{e(_NOTE)}</p>',
     ]
     for section in manifest["analyses"]:
-        title = _TITLES.get(section["kind"], section["kind"])
+        title = section.get("title", section["kind"])
         parts.append(f'<section id="{e(section["id"])}"><h2>{e(title)}</h2>')
         for item in section["files"]:
             src = quote(item["path"])

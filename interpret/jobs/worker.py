@@ -14,6 +14,7 @@ job file that happens to use the same job name are never replaced: that run fail
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -23,8 +24,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import CnnzooError, NotFound
 from cnnzoo.fileio import atomic_write_json, sha256_file
+from cnnzoo.interpret.jobs.runner import output_owner, run_job
+from cnnzoo.interpret.jobs.spec import load_job
 
 __all__ = ["pending_jobs", "run_worker", "status_path"]
 
@@ -62,8 +65,6 @@ def status_path(results: Path, job_file: Path) -> Path:
 
 
 def _status(results: Path, job_file: Path) -> dict[str, Any] | None:
-    import json
-
     path = status_path(results, job_file)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -85,8 +86,6 @@ def pending_jobs(jobs: Path, results: Path) -> list[Path]:
 
 def _earlier_version(job_file: Path, results: Path, out: Path) -> bool:
     """Whether `out` holds results of this job file (of an earlier version of it)."""
-    from cnnzoo.interpret.jobs.runner import output_owner
-
     owner = output_owner(out)
     if not owner:
         return False
@@ -98,16 +97,13 @@ def _earlier_version(job_file: Path, results: Path, out: Path) -> bool:
 def _run_one(
     job_file: Path, results: Path, data_dir: str | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    from cnnzoo.interpret.jobs.runner import run_job
-    from cnnzoo.interpret.jobs.spec import load_job
-
     digest = sha256_file(job_file)
     started = time.time()
     try:
-        spec = load_job(job_file, data_dir=data_dir)
-        out = results / spec.name
+        job = load_job(job_file, data_dir=data_dir)
+        out = results / job.spec.name
         overwrite = _earlier_version(job_file, results, out)
-        index = run_job(spec, out, data_dir=data_dir, overwrite=overwrite)
+        index = run_job(job, out, overwrite=overwrite)
         status = {"state": "done", "index": str(index.relative_to(results.resolve()))}
         log(f"{job_file.name}: done -> {index}")
     except CnnzooError as err:
@@ -143,8 +139,6 @@ def run_worker(
     """
     jobs, results = Path(jobs), Path(results)
     if not jobs.is_dir():
-        from cnnzoo.errors import NotFound
-
         raise NotFound(f"jobs folder {jobs} does not exist")
     results.mkdir(parents=True, exist_ok=True)
     log(f"worker: watching {jobs} for .toml/.json job files, results in {results}")

@@ -18,6 +18,7 @@ from cnnzoo.cli import main
 from cnnzoo.fileio import sha256_file
 from cnnzoo.interpret.explain import explain
 from cnnzoo.interpret.jobs import load_job, run_job
+from cnnzoo.interpret.methods import METHODS
 from tests.interpret.jobfiles import (
     DIGITS,
     manifest_without_timings,
@@ -52,7 +53,7 @@ def test_unknown_model_is_one_line(capsys) -> None:
     assert err.startswith("cnnzoo layers: error:") and "\n" not in err and "lenet5-mnist" in err
 
 
-@pytest.mark.parametrize("method", ["gradient", "deconvnet", "guided-backprop", "occlusion"])
+@pytest.mark.parametrize("method", METHODS)
 def test_explain_writes_the_map_that_explain_returns(tmp_path: Path, method: str, capsys) -> None:
     out, raw = tmp_path / "map.png", tmp_path / "map.npy"
     assert (
@@ -81,6 +82,14 @@ def test_explain_writes_the_map_that_explain_returns(tmp_path: Path, method: str
     assert np.array_equal(np.load(raw), expected.attribution)
     with Image.open(out) as picture:
         assert picture.size == (32, 32)
+
+
+def test_explain_offers_every_method_of_the_table() -> None:
+    from cnnzoo.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    method = next(a for a in sub.choices["explain"]._actions if a.dest == "method")
+    assert tuple(method.choices) == METHODS
 
 
 def test_explain_target_and_errors(tmp_path: Path, capsys) -> None:

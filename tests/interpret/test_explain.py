@@ -26,7 +26,14 @@ def lenet_and_two() -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def test_methods_contract() -> None:
-    assert METHODS == ("gradient", "deconvnet", "guided-backprop", "occlusion")
+    assert METHODS == (
+        "gradient",
+        "deconvnet",
+        "guided-backprop",
+        "occlusion",
+        "grad-cam",
+        "guided-grad-cam",
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -305,7 +305,7 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             VALID + '[[analyses]]\nkind = "evolution"\nlayer = "features.c3"\nchannels = [16]\n',
             ".toml",
             JobFileError,
-            "[16] out of range; the layer has 16",
+            "channel(s) [16] out of range for layer 'features.c3', which has 16 channels",
         ),
         (
             VALID + '[[analyses]]\nkind = "attributions"\nmethods = ["gradient", "lime"]\n',
@@ -323,7 +323,7 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             VALID + '[[analyses]]\nkind = "randomisation"\nmethods = ["occlusion"]\n',
             ".toml",
             JobFileError,
-            "methods must list methods from deconvnet, guided-backprop, gradient",
+            "methods must list methods from gradient, deconvnet, guided-backprop, got",
         ),
         (
             VALID.replace("batch_size = 10", "batch_size = 10\nnum_workers = -1"),
@@ -344,11 +344,15 @@ def test_bad_job_files_fail_before_any_work(
     assert not (tmp_path / "jobs" / "out").exists() and not Path("out/valid").exists()
 
 
-def test_job_files_name_the_methods_explain_has() -> None:
-    from cnnzoo.interpret.explain import METHODS
-    from cnnzoo.interpret.jobs.spec import ATTRIBUTION_METHODS
+def test_job_files_take_every_method_of_the_table() -> None:
+    from cnnzoo.interpret.jobs.kinds.attributions import AttributionsOptions
+    from cnnzoo.interpret.jobs.kinds.randomisation import RandomisationOptions
+    from cnnzoo.interpret.methods import METHODS, RULE_METHODS
+    from cnnzoo.interpret.rules import Rule
 
-    assert ATTRIBUTION_METHODS == METHODS
+    assert AttributionsOptions.parse({"methods": list(METHODS)}, "job").methods == METHODS
+    assert AttributionsOptions().methods == METHODS
+    assert RandomisationOptions().methods == RULE_METHODS == tuple(rule.value for rule in Rule)
 
 
 def test_evolution_checkpoints_must_fit_the_model(tmp_path: Path) -> None:
@@ -363,7 +367,8 @@ def test_evolution_checkpoints_must_fit_the_model(tmp_path: Path) -> None:
     )
     with pytest.raises(
         InvalidInput,
-        match=r"analyses\[1\].checkpoints: epoch_001.safetensors does not fit the lenet5-mnist",
+        match=r"analyses\[1\] \(evolution\): checkpoints: epoch_001.safetensors does not fit "
+        "the lenet5-mnist",
     ):
         load_job(job)
 

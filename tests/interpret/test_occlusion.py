@@ -7,14 +7,15 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import InvalidInput
-from cnnzoo.interpret.occlusion import default_window, occlusion_attribution, occlusion_maps
+from cnnzoo.interpret.occlusion import OcclusionSensitivity, default_window, occlusion_maps
 from tests.interpret.helpers import DTYPE
 
 
 def test_fact16_one_pixel_occlusion_of_a_linear_model_is_w_times_x() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(25, 3)).to(DTYPE)
     x = torch.randn(1, 1, 5, 5, dtype=DTYPE)
-    attribution = occlusion_attribution(model, x, target=2, window=1, stride=1)
+    occlusion = OcclusionSensitivity(model, window=1, stride=1, scores="logit")
+    attribution = occlusion.attribute(x, target=2)
     expected = model[1].weight[2].view(5, 5) * x[0, 0]
     # Captum's Occlusion divides its sums in float32, hence the tolerance.
     assert torch.allclose(attribution[0, 0].double(), expected, rtol=1e-6, atol=1e-6)
@@ -58,4 +59,4 @@ def test_default_window_covers_the_image() -> None:
 
 def test_bad_window_is_refused() -> None:
     with pytest.raises(InvalidInput, match="window"):
-        occlusion_attribution(nn.Flatten(), torch.zeros(1, 1, 4, 4), target=0, window=9)
+        OcclusionSensitivity(nn.Flatten(), window=9).attribute(torch.zeros(1, 1, 4, 4), target=0)

@@ -1,0 +1,1 @@
+"""One module per analysis kind (see `cnnzoo.interpret.jobs.analysis`)."""

@@ -1,0 +1,94 @@
+"""The attribution methods by name: the one table that `cnnzoo explain`, its `--method` choices,
+job files and the server's Explain RPC all read.
+
+The table is plain data (no torch): each row names its implementation as "module:Class",
+imported on first use, so listing the methods costs nothing (`cnnzoo --help`, reading a job
+file, refusing an unknown method in the server before any image is decoded).
+
+Every implementation is built from the model alone, `Class(model)`, and has Captum's
+`attribute(inputs, target)`: per-pixel maps `[N, C, H, W]`, or `[N, 1, H, W]` where one value
+covers every channel; `cnnzoo.interpret.explain` sums them over channels. Adding a method is its
+module and one row here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from cnnzoo.errors import InvalidInput
+
+__all__ = ["METHODS", "RULE_METHODS", "TABLE", "Method", "get_method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One attribution method.
+
+    Attributes:
+        name: how the CLI, job files and the Explain RPC spell it.
+        implementation: "module:Class" of the class that computes it.
+        summary: one line for help texts.
+        rule: whether it is a ReLU backward rule (`cnnzoo.interpret.rules.Rule`), which can also
+            project single units of a layer back to pixels (max-activation projections).
+    """
+
+    name: str
+    implementation: str
+    summary: str
+    rule: bool = False
+
+    def load(self) -> Any:
+        """The implementing class (imports its module, and so torch)."""
+        module, _, cls = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+TABLE: tuple[Method, ...] = (
+    Method(
+        "gradient",
+        "cnnzoo.interpret.attribution:Gradient",
+        "plain input gradient (Simonyan et al. 2014)",
+        rule=True,
+    ),
+    Method(
+        "deconvnet",
+        "cnnzoo.interpret.attribution:Deconvnet",
+        "Zeiler & Fergus 2014 deconvnet: ReLUs pass relu(g) back",
+        rule=True,
+    ),
+    Method(
+        "guided-backprop",
+        "cnnzoo.interpret.attribution:GuidedBackprop",
+        "guided backpropagation (Springenberg et al. 2015): relu(g) where the input was positive",
+        rule=True,
+    ),
+    Method(
+        "occlusion",
+        "cnnzoo.interpret.occlusion:OcclusionSensitivity",
+        "drop of the class probability under a sliding grey square (Zeiler & Fergus 2014)",
+    ),
+    Method(
+        "grad-cam",
+        "cnnzoo.interpret.gradcam:GradCam",
+        "Grad-CAM (Selvaraju et al. 2017) of the last spatial layer, upsampled to the input",
+    ),
+    Method(
+        "guided-grad-cam",
+        "cnnzoo.interpret.gradcam:GuidedGradCam",
+        "guided backprop times the upsampled Grad-CAM (Selvaraju et al. 2017)",
+    ),
+)
+
+METHODS: tuple[str, ...] = tuple(method.name for method in TABLE)
+RULE_METHODS: tuple[str, ...] = tuple(method.name for method in TABLE if method.rule)
+_BY_NAME = {method.name: method for method in TABLE}
+
+
+def get_method(name: str) -> Method:
+    """The row for `name`; `InvalidInput` lists the valid names otherwise."""
+    method = _BY_NAME.get(name)
+    if method is None:
+        raise InvalidInput(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return method
