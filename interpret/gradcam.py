@@ -75,7 +75,7 @@ class GradCam(GradientAttribution):
         return LayerAttribution.interpolate(cam.detach(), size, interpolate_mode="bilinear")
 
 
-class GuidedGradCam(GradientAttribution):
+class GuidedGradCam(GradCam):
     r"""Guided backprop times the upsampled Grad-CAM of `layer`.
 
     Args:
@@ -83,15 +83,10 @@ class GuidedGradCam(GradientAttribution):
         layer: the Grad-CAM layer (default: `cam_layer`).
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None) -> None:
-        GradientAttribution.__init__(self, model)
-        self.model = model
-        self.layer = layer
-
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:  # type: ignore[override]
         r"""
         Returns:
             `[N, C, H, W]`: guided backprop's map times the upsampled Grad-CAM, per channel.
         """
         guided = GuidedBackprop(self.model).attribute(inputs, target=target)
-        return guided * GradCam(self.model, self.layer).attribute(inputs, target=target)
+        return guided * super().attribute(inputs, target=target)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cnnzoo.errors import JobFileError
+from cnnzoo.interpret.methods import RULE_METHODS
 
 __all__ = [
     "Check",
@@ -31,6 +32,7 @@ __all__ = [
     "one_of",
     "option",
     "positive",
+    "projection_option",
     "some_of",
     "text",
 ]
@@ -47,6 +49,12 @@ class OptionError(Exception):
 def option(default: Any, check: Check) -> Any:
     """A dataclass field with its default and its check."""
     return field(default=default, metadata={"check": check})
+
+
+def projection_option() -> Any:
+    """The `projection` field of kinds that project single units back to pixels: a ReLU rule,
+    the deconvnet of Zeiler & Fergus by default."""
+    return option("deconvnet", one_of(RULE_METHODS))
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,12 @@ from cnnzoo.interpret.jobs.options import (
     Options,
     channels_of_a_layer,
     index_list,
-    one_of,
     option,
     positive,
+    projection_option,
     text,
 )
 from cnnzoo.interpret.jobs.world import World
-from cnnzoo.interpret.methods import RULE_METHODS
 from cnnzoo.interpret.projection import Unit, project_units
 from cnnzoo.interpret.render import crop_padded, projection_rgb, tile_grid, upscale
 from cnnzoo.interpret.rules import Rule
@@ -53,7 +52,7 @@ class EvolutionOptions(Options):
     channels: Any = option(6, channels_of_a_layer)  # resolved: (channel, ...)
     epochs: tuple[int, ...] | None = option(None, index_list)
     subset: int = option(2000, positive)
-    projection: str = option("deconvnet", one_of(RULE_METHODS))
+    projection: str = projection_option()
 
 
 class Evolution(Analysis[EvolutionOptions]):

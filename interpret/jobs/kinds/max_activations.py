@@ -31,12 +31,11 @@ from cnnzoo.interpret.jobs.options import (
     Options,
     channel_choice,
     name_list,
-    one_of,
     option,
     positive,
+    projection_option,
 )
 from cnnzoo.interpret.jobs.world import World
-from cnnzoo.interpret.methods import RULE_METHODS
 from cnnzoo.interpret.projection import Unit, project_units
 from cnnzoo.interpret.render import crop_padded, projection_rgb, side_by_side, tile_grid, upscale
 from cnnzoo.interpret.rules import Rule
@@ -54,7 +53,7 @@ class MaxActivationsOptions(Options):
     layers: tuple[str, ...] | None = option(None, name_list)
     channels: Any = option(_CHANNELS, channel_choice)  # resolved: {layer: (channel, ...)}
     top_k: int = option(9, positive)
-    projection: str = option("deconvnet", one_of(RULE_METHODS))
+    projection: str = projection_option()
 
 
 class MaxActivations(Analysis[MaxActivationsOptions]):
