@@ -26,3 +26,16 @@ def require_tool(name: str, how_to_get: str, *candidates: str | Path) -> Path:
     if REQUIRE_TOOLS:
         pytest.fail(f"{message} (CNNZOO_REQUIRE_TOOLS=1)", pytrace=False)
     pytest.skip(message)
+
+
+TOOLS_BIN = Path(__file__).resolve().parents[1] / ".tools" / "bin"
+
+
+def require_perf_analyzer() -> Path:
+    """Triton's perf_analyzer (installed into .tools/ by scripts/install_perf_analyzer.sh)."""
+    return require_tool(
+        "perf_analyzer",
+        "run scripts/install_perf_analyzer.sh (tritonclient 2.51.0's binary into .tools/; "
+        "needs Debian's libb64-0d)",
+        TOOLS_BIN / "perf_analyzer",
+    )
