@@ -4,7 +4,7 @@ Each carries a `reason` a person can act on (names, counts, allowed values, the 
 it). The CLI prints the reason as one line and exits with `exit_code`; the gRPC layer maps each
 class to one status code in one place (`cnnzoo.serving.grpc_api.status`), so handlers never pick
 codes themselves. Exit codes: 1 other, 2 invalid input, 3 not found, 4 already exists,
-5 integrity, 6 unavailable, 8 deadline exceeded, 9 execution provider.
+5 integrity, 6 unavailable, 7 resource exhausted, 8 deadline exceeded, 9 execution provider.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ class Unavailable(CnnzooError):
     """The server or a model cannot answer now (loading, refused, draining). Status: UNAVAILABLE."""
 
     exit_code = 6
+
+
+class ResourceExhausted(CnnzooError):
+    """A bounded resource is full (e.g. the shared-memory regions a server holds); the reason
+    names the limit. Status: RESOURCE_EXHAUSTED."""
+
+    exit_code = 7
 
 
 class DeadlineExceeded(CnnzooError):

@@ -22,6 +22,7 @@ from cnnzoo.errors import (
     InvalidImage,
     InvalidInput,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -37,6 +38,7 @@ _STATUS: tuple[tuple[type[CnnzooError], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (IntegrityError, grpc.StatusCode.FAILED_PRECONDITION),
