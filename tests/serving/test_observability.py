@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 import grpc
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from cnnzoo.protos import grpc_service_pb2
+from tests.serving.checks import scrape
 from tests.serving.helpers import MODEL
 from tests.serving.requests import infer_request
 
 X = np.random.default_rng(3).standard_normal((2, 1, 32, 32)).astype(np.float32)
-
-
-def scrape(server) -> dict[tuple[str, str], float]:
-    """`/metrics` parsed with prometheus-client's own parser: {(sample name, model): value}."""
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, sample.labels.get("model", ""))] = sample.value
-    return samples
 
 
 def delta(before, after, name: str) -> float:

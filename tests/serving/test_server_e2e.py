@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cnnzoo.protos import grpc_service_pb2, zoo_pb2
+from tests.serving.checks import SAMPLE, assert_status, assert_still_serving, reference_logits
 from tests.serving.helpers import DIGITS, MODEL, QUEUED, TAMPERED, digit_label
 from tests.serving.requests import (
     bomb_png,
@@ -25,27 +26,6 @@ from tests.serving.requests import (
 )
 
 CODE = grpc.StatusCode
-SAMPLE = np.random.default_rng(7).standard_normal((3, 1, 32, 32)).astype(np.float32)
-
-
-def reference_logits(onnx_reference, x: np.ndarray) -> np.ndarray:
-    return onnx_reference.run(["logits"], {"input": x})[0]
-
-
-def assert_status(call, code: grpc.StatusCode, *fragments: str) -> str:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    details = info.value.details()
-    assert info.value.code() == code, f"{info.value.code()}: {details}"
-    for fragment in fragments:
-        assert fragment in details, details
-    assert "Traceback" not in details
-    return details
-
-
-def assert_still_serving(inference, onnx_reference) -> None:
-    response = inference.ModelInfer(infer_request(SAMPLE[:1]), timeout=10)
-    np.testing.assert_array_equal(logits_of(response), reference_logits(onnx_reference, SAMPLE[:1]))
 
 
 # -- health, metadata, config -------------------------------------------------------------------
