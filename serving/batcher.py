@@ -298,6 +298,9 @@ class DynamicBatcher:
                     job.batch
                 )
             loop.call_soon_threadsafe(self._finished, job)  # type: ignore[union-attr]
+            # Waiting for the next job must not keep this one's inputs (which may be views of a
+            # client's shared memory) alive.
+            job = None
 
     def _execute(self, job: _Job) -> None:
         batch = job.batch

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from cnnzoo.errors import CnnzooError, InvalidInput, NotFound
+from cnnzoo.errors import CnnzooError, InvalidInput, NotFound, Unavailable
 from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.model_manager import LoadedVersion, ModelManager
+from cnnzoo.serving.shared_memory import SystemSharedMemory
 from cnnzoo.serving.spec import TensorSpec
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.types import (
@@ -35,6 +36,7 @@ from cnnzoo.serving.types import (
     ModelMetadata,
     ModelSummary,
     RequestedOutput,
+    SharedMemoryRef,
     TensorInfo,
 )
 
@@ -48,8 +50,16 @@ __all__ = [
     "top_k_indices",
 ]
 
-# Protocol extensions this server implements (ServerMetadata.extensions).
-EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
+# Protocol extensions this server implements (ServerMetadata.extensions); the data plane adds
+# "system_shared_memory" where it has a shared-memory registry.
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "binary_tensor_data",
+)
+SYSTEM_SHARED_MEMORY = "system_shared_memory"
 DEFAULT_TOP_K = 5
 
 
@@ -60,12 +70,23 @@ class DataPlane:
         models: the loaded models.
         server_name: ServerMetadata name.
         server_version: ServerMetadata version.
+        shared_memory: the system shared-memory regions tensors may name (None: not offered).
     """
 
-    def __init__(self, models: ModelManager, server_name: str, server_version: str) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        server_name: str,
+        server_version: str,
+        shared_memory: SystemSharedMemory | None = None,
+    ) -> None:
         self.models = models
         self.server_name = server_name
         self.server_version = server_version
+        self.shared_memory = shared_memory
+        self.extensions = EXTENSIONS + (
+            (SYSTEM_SHARED_MEMORY,) if shared_memory is not None else ()
+        )
         self.draining = False
         # Called after a client loaded or unloaded a model (the server updates health).
         self.on_models_changed: Callable[[], Awaitable[None]] | None = None
@@ -77,6 +98,8 @@ class DataPlane:
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._explain_pool.shutdown(wait=False, cancel_futures=True)
+        if self.shared_memory is not None:
+            self.shared_memory.close()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -96,7 +119,17 @@ class DataPlane:
         return not version or version == current.version_str
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
-        return self.server_name, self.server_version, EXTENSIONS
+        return self.server_name, self.server_version, self.extensions
+
+    def shared_memory_registry(self) -> SystemSharedMemory:
+        """The system shared-memory regions (Register/Status/Unregister act on it).
+
+        Raises:
+            Unavailable: this server does not offer the extension (no `/dev/shm`).
+        """
+        if self.shared_memory is None:
+            raise Unavailable("this server does not offer system shared memory (no /dev/shm)")
+        return self.shared_memory
 
     def execution_providers(self) -> list[str]:
         return sorted({r.current.provider for r in self.models.records() if r.current})
@@ -209,7 +242,8 @@ class DataPlane:
         """Run one KServe v2 inference request (batched with concurrent ones).
 
         `deadline` (`time.monotonic()` seconds): if it passes while the request waits for the
-        model, the request is not run and `DeadlineExceeded` is raised.
+        model, the request is not run and `DeadlineExceeded` is raised. A request's own
+        `timeout_us` shortens it.
         """
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
@@ -224,15 +258,27 @@ class DataPlane:
                     f"{spec.input.datatype} {spec.input.shape_with_batch()}), "
                     f"the request has {len(request.inputs)}"
                 )
-            batch = _decode_input(request.inputs[0], spec.input, spec.max_batch_size, served.name)
+            if request.timeout_us > 0:
+                timeout = time.monotonic() + request.timeout_us / 1e6
+                deadline = timeout if deadline is None else min(deadline, timeout)
+            batch = _decode_input(
+                request.inputs[0], spec.input, spec.max_batch_size, served.name, self._region
+            )
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
+            targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
             future = served.batcher.enqueue(batch, deadline)
             logits = await _run(served, future)
-            outputs = [_encode_output(logits, out, served) for out in wanted]
+            outputs = [
+                _encode_output(logits, out, target, served)
+                for out, target in zip(wanted, targets, strict=True)
+            ]
             ok = True
             return InferResponse(served.name, served.version_str, request.id, outputs)
         finally:
             served.stats.record_request(ok, time.perf_counter_ns() - started)
+
+    def _region(self, ref: SharedMemoryRef) -> memoryview:
+        return self.shared_memory_registry().view(ref)
 
     async def classify(
         self,
@@ -312,9 +358,14 @@ def _tensor_info(spec: TensorSpec) -> TensorInfo:
 
 
 def _decode_input(
-    tensor: InferInput, spec: TensorSpec, max_batch_size: int, model: str
+    tensor: InferInput,
+    spec: TensorSpec,
+    max_batch_size: int,
+    model: str,
+    region: Callable[[SharedMemoryRef], memoryview],
 ) -> np.ndarray:
-    """Check one input tensor against the model and return it as an array."""
+    """Check one input tensor against the model and return it as an array (a view of the
+    request's bytes or of a shared-memory region: no copy)."""
     where = f"input {tensor.name!r} of model {model!r}"
     expected_shape = spec.shape_with_batch()
     if tensor.name != spec.name:
@@ -341,8 +392,21 @@ def _decode_input(
         )
     count = math.prod(shape)
     dtype = spec.dtype.newbyteorder("<")
+    needed = count * dtype.itemsize
+    if tensor.shared_memory is not None:
+        ref = tensor.shared_memory
+        if tensor.raw is not None or tensor.values:
+            raise InvalidInput(
+                f"{where} names shared-memory region {ref.region!r} and also carries data; "
+                "send one or the other"
+            )
+        if ref.byte_size != needed:
+            raise InvalidInput(
+                f"{where} has shared_memory_byte_size {ref.byte_size}; shape {list(shape)} "
+                f"{spec.datatype} needs {needed}"
+            )
+        return np.frombuffer(region(ref), dtype=dtype).reshape(shape)
     if tensor.raw is not None:
-        needed = count * dtype.itemsize
         if len(tensor.raw) != needed:
             raise InvalidInput(
                 f"{where} has {len(tensor.raw)} bytes of raw data; shape {list(shape)} "
@@ -357,7 +421,8 @@ def _decode_input(
             )
         return np.asarray(tensor.values, dtype=dtype).reshape(shape)
     raise InvalidInput(
-        f"{where} carries no data: send it in raw_input_contents or in its typed contents"
+        f"{where} carries no data: send it in raw_input_contents, in its typed contents or in "
+        "a shared-memory region"
     )
 
 
@@ -376,18 +441,36 @@ def _requested_outputs(
                 f"classification for output {output.name!r} must be a class count >= 1, "
                 f"got {output.classification}"
             )
+        if output.classification and output.shared_memory is not None:
+            raise InvalidInput(
+                f"output {output.name!r} asks for classification and a shared-memory region; "
+                "classification answers are sent in the response"
+            )
     return requested
 
 
 def _encode_output(
-    logits: np.ndarray, output: RequestedOutput, served: LoadedVersion
+    logits: np.ndarray,
+    output: RequestedOutput,
+    target: memoryview | None,
+    served: LoadedVersion,
 ) -> InferOutput:
     if output.classification:
         k = min(output.classification, logits.shape[1])
         strings = classification_strings(logits, k, served.labels)
         return InferOutput(output.name, "BYTES", (len(logits), k), serialize_bytes_tensor(strings))
-    data = logits.astype("<f4", copy=False).tobytes()
-    return InferOutput(output.name, served.spec.output.datatype, logits.shape, data)
+    data = np.ascontiguousarray(logits, dtype="<f4")
+    datatype = served.spec.output.datatype
+    if target is None:
+        return InferOutput(output.name, datatype, logits.shape, data.tobytes())
+    ref = output.shared_memory
+    if data.nbytes > len(target):
+        raise InvalidInput(
+            f"output {output.name!r} needs {data.nbytes} bytes; shared-memory region "
+            f"{ref.region!r} was given shared_memory_byte_size {len(target)}"  # type: ignore[union-attr]
+        )
+    target[: data.nbytes] = memoryview(data).cast("B")
+    return InferOutput(output.name, datatype, logits.shape, b"", ref)
 
 
 def classification_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:

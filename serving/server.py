@@ -26,6 +26,8 @@ from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
 from cnnzoo.serving.metrics import MetricsServer
 from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
 from cnnzoo.serving.runtime import RuntimeOptions, check_device
+from cnnzoo.serving.shared_memory import SystemSharedMemory
+from cnnzoo.serving.shared_memory import supported as shared_memory_supported
 from cnnzoo.zoo.repository import ModelRepository
 
 __all__ = [
@@ -140,7 +142,12 @@ class InferenceServer:
             load_at_start=options.load_models,
         )
         self.models.discover()
-        self.plane = DataPlane(self.models, "cnnzoo", cnnzoo.__version__)
+        self.plane = DataPlane(
+            self.models,
+            "cnnzoo",
+            cnnzoo.__version__,
+            shared_memory=SystemSharedMemory() if shared_memory_supported() else None,
+        )
         self.plane.on_models_changed = self._refresh_health
         self.port = 0
         self.metrics_port = 0

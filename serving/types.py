@@ -20,45 +20,64 @@ __all__ = [
     "ModelMetadata",
     "ModelSummary",
     "RequestedOutput",
+    "SharedMemoryRef",
     "TensorInfo",
 ]
 
 
+@dataclass(frozen=True)
+class SharedMemoryRef:
+    """Where a tensor lies in a registered shared-memory region (instead of in the message)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
 @dataclass
 class InferInput:
-    """One input tensor as sent: exactly one of `raw` (little-endian bytes) or `values`
-    (the typed contents, a flat sequence) carries the data."""
+    """One input tensor as sent: exactly one of `raw` (little-endian bytes, or any buffer),
+    `values` (the typed contents, a flat sequence) or `shared_memory` carries the data."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
-    raw: bytes | None = None
+    raw: bytes | memoryview | None = None
     values: Sequence[Any] | None = None
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass
 class RequestedOutput:
-    """An output the caller wants; `classification` > 0 asks for the top-k classes instead."""
+    """An output the caller wants; `classification` > 0 asks for the top-k classes instead;
+    `shared_memory` asks for it to be written into a registered region."""
 
     name: str
     classification: int = 0
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass
 class InferRequest:
+    """`timeout_us` (> 0): Triton's per-request `timeout` parameter, in microseconds."""
+
     model_name: str
     model_version: str = ""
     id: str = ""
     inputs: list[InferInput] = field(default_factory=list)
     outputs: list[RequestedOutput] = field(default_factory=list)
+    timeout_us: int = 0
 
 
 @dataclass
 class InferOutput:
+    """`raw` is empty when the output was written to `shared_memory`."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
     raw: bytes
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass

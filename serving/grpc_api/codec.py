@@ -7,6 +7,7 @@ from typing import Any
 
 from cnnzoo.errors import InvalidInput
 from cnnzoo.protos import grpc_service_pb2, zoo_pb2
+from cnnzoo.serving.shared_memory import RegionStatus
 from cnnzoo.serving.stats import BatchSizeStats, Duration, ModelStats
 from cnnzoo.serving.types import (
     ClassifyResult,
@@ -18,6 +19,7 @@ from cnnzoo.serving.types import (
     ModelMetadata,
     ModelSummary,
     RequestedOutput,
+    SharedMemoryRef,
 )
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "model_statistics_to_pb",
     "model_summaries_to_pb",
     "repository_index_to_pb",
+    "shared_memory_status_to_pb",
 ]
 
 # Which InferTensorContents field carries each datatype's typed values.
@@ -47,19 +50,35 @@ _CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 
+# Triton's tensor parameters naming a shared-memory region.
+_REGION, _OFFSET, _BYTE_SIZE = (
+    "shared_memory_region",
+    "shared_memory_offset",
+    "shared_memory_byte_size",
+)
+
 
 def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferRequest:
-    """Raises InvalidInput for malformed requests; never returns None."""
+    """Raises InvalidInput for malformed requests; never returns None.
+
+    As in Triton, `raw_input_contents` holds one entry per input that is not in shared memory.
+    """
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    regions = [_shared_memory(t.name, t.parameters) for t in request.inputs]
+    carried = sum(ref is None for ref in regions)
+    if raw and len(raw) != carried:
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
-            "send one entry per input, in order"
+            f"raw_input_contents has {len(raw)} entries for {carried} inputs that are not in "
+            "shared memory; send one entry per such input, in order"
         )
     inputs = []
-    for i, tensor in enumerate(request.inputs):
-        values = None
-        if not raw and tensor.HasField("contents"):
+    next_raw = 0
+    for tensor, region in zip(request.inputs, regions, strict=True):
+        values = data = None
+        if region is None and raw:
+            data = raw[next_raw]
+            next_raw += 1
+        elif region is None and tensor.HasField("contents"):
             field = _CONTENTS_FIELD.get(tensor.datatype)
             values = getattr(tensor.contents, field) if field else None
         inputs.append(
@@ -67,12 +86,16 @@ def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferR
                 name=tensor.name,
                 datatype=tensor.datatype,
                 shape=tuple(tensor.shape),
-                raw=raw[i] if raw else None,
+                raw=data,
                 values=values,
+                shared_memory=region,
             )
         )
     outputs = [
-        RequestedOutput(o.name, _classification(o.name, o.parameters)) for o in request.outputs
+        RequestedOutput(
+            o.name, _classification(o.name, o.parameters), _shared_memory(o.name, o.parameters)
+        )
+        for o in request.outputs
     ]
     return InferRequest(
         model_name=request.model_name,
@@ -80,7 +103,47 @@ def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferR
         id=request.id,
         inputs=inputs,
         outputs=outputs,
+        timeout_us=_timeout(request.parameters),
     )
+
+
+def _shared_memory(
+    name: str, parameters: Mapping[str, grpc_service_pb2.InferParameter]
+) -> SharedMemoryRef | None:
+    """Triton's `shared_memory_region` / `_offset` / `_byte_size` tensor parameters."""
+    if not parameters:
+        return None
+    region = parameters.get(_REGION)
+    offset = parameters.get(_OFFSET)
+    size = parameters.get(_BYTE_SIZE)
+    if region is None:
+        if offset is not None or size is not None:
+            raise InvalidInput(
+                f"tensor {name!r} has shared_memory_offset or shared_memory_byte_size without "
+                "shared_memory_region"
+            )
+        return None
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInput(f"parameter {_REGION!r} of tensor {name!r} must be a string")
+    if size is None:
+        raise InvalidInput(f"tensor {name!r} names a shared-memory region without {_BYTE_SIZE!r}")
+    for key, param in ((_OFFSET, offset), (_BYTE_SIZE, size)):
+        if param is not None and param.WhichOneof("parameter_choice") != "int64_param":
+            raise InvalidInput(f"parameter {key!r} of tensor {name!r} must be an int64")
+    return SharedMemoryRef(
+        region.string_param, offset.int64_param if offset is not None else 0, size.int64_param
+    )
+
+
+def _timeout(parameters: Mapping[str, grpc_service_pb2.InferParameter]) -> int:
+    """Triton's request parameter `timeout` (microseconds; 0: none)."""
+    param = parameters.get("timeout") if parameters else None
+    if param is None:
+        return 0
+    choice = param.WhichOneof("parameter_choice")
+    if choice not in ("int64_param", "uint64_param") or getattr(param, choice) < 0:
+        raise InvalidInput("request parameter 'timeout' must be a number of microseconds >= 0")
+    return int(getattr(param, choice))
 
 
 def _classification(name: str, parameters: Mapping[str, grpc_service_pb2.InferParameter]) -> int:
@@ -111,6 +174,18 @@ def infer_response_to_pb(response: InferResponse) -> grpc_service_pb2.ModelInfer
         id=response.id,
         outputs=[tensor(name=o.name, datatype=o.datatype, shape=o.shape) for o in response.outputs],
         raw_output_contents=[o.raw for o in response.outputs],
+    )
+
+
+def shared_memory_status_to_pb(
+    regions: Sequence[RegionStatus],
+) -> grpc_service_pb2.SystemSharedMemoryStatusResponse:
+    status = grpc_service_pb2.SystemSharedMemoryStatusResponse.RegionStatus
+    return grpc_service_pb2.SystemSharedMemoryStatusResponse(
+        regions={
+            r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            for r in regions
+        }
     )
 
 

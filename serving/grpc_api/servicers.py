@@ -11,10 +11,12 @@ import time
 
 import grpc
 
+from cnnzoo.errors import NotFound
 from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2_grpc
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.grpc_api import codec
 from cnnzoo.serving.grpc_api.status import grpc_errors
+from cnnzoo.serving.grpc_api.streaming import stream_infer
 from cnnzoo.serving.grpc_api.unimplemented import answer_unimplemented
 
 __all__ = ["InferenceServicer", "PROVIDER_METADATA_KEY", "ZooServicer", "deadline_of"]
@@ -30,16 +32,10 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-_SEND_TENSORS = "send tensors in the request itself (raw_input_contents)"
 # What a client can use instead of each RPC this server leaves out.
 _INSTEAD = {
-    "ModelStreamInfer": "send unary ModelInfer requests (they are batched dynamically)",
-    "CudaSharedMemoryStatus": _SEND_TENSORS,
-    "CudaSharedMemoryRegister": _SEND_TENSORS,
-    "CudaSharedMemoryUnregister": _SEND_TENSORS,
-    "SystemSharedMemoryStatus": _SEND_TENSORS,
-    "SystemSharedMemoryRegister": _SEND_TENSORS,
-    "SystemSharedMemoryUnregister": _SEND_TENSORS,
+    "CudaSharedMemoryRegister": "use system shared memory (SystemSharedMemoryRegister) or send "
+    "tensors in the request itself (raw_input_contents)",
     "TraceSetting": "per-model latencies are in ModelStatistics and on the metrics endpoint "
     "(/metrics)",
     "LogSettings": "set the log level when starting the server (--log-level or CNNZOO_LOG_LEVEL)",
@@ -119,6 +115,40 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             codec.infer_request_from_pb(request), deadline=deadline_of(context)
         )
         return codec.infer_response_to_pb(response)
+
+    @grpc_errors
+    async def ModelStreamInfer(self, request_iterator, context: Context):
+        await stream_infer(self._plane, context, deadline_of(context))
+
+    @grpc_errors
+    async def SystemSharedMemoryRegister(self, request, context: Context):
+        self._plane.shared_memory_registry().register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return grpc_service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @grpc_errors
+    async def SystemSharedMemoryStatus(self, request, context: Context):
+        regions = self._plane.shared_memory_registry().status(request.name)
+        return codec.shared_memory_status_to_pb(regions)
+
+    @grpc_errors
+    async def SystemSharedMemoryUnregister(self, request, context: Context):
+        self._plane.shared_memory_registry().unregister(request.name)
+        return grpc_service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    # No CUDA shared-memory region can be registered here, so (as in Triton without GPUs) the
+    # status lists none and unregistering succeeds: perf_analyzer and tritonclient unregister
+    # both kinds when they finish.
+    @grpc_errors
+    async def CudaSharedMemoryStatus(self, request, context: Context):
+        if request.name:
+            raise NotFound(f"no CUDA shared-memory region {request.name!r} is registered")
+        return grpc_service_pb2.CudaSharedMemoryStatusResponse()
+
+    @grpc_errors
+    async def CudaSharedMemoryUnregister(self, request, context: Context):
+        return grpc_service_pb2.CudaSharedMemoryUnregisterResponse()
 
 
 class ZooServicer(zoo_pb2_grpc.ZooServicer):

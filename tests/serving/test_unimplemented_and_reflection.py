@@ -9,8 +9,11 @@ from tritonclient.utils import InferenceServerException
 
 # (tritonclient call, RPC name, a fragment of the advice)
 LEFT_OUT = [
-    (lambda c: c.get_cuda_shared_memory_status(), "CudaSharedMemoryStatus", "raw_input_contents"),
-    (lambda c: c.unregister_cuda_shared_memory("r"), "CudaSharedMemoryUnregister", "raw_input"),
+    (
+        lambda c: c.register_cuda_shared_memory("r", b"\0" * 64, 0, 64),
+        "CudaSharedMemoryRegister",
+        "SystemSharedMemoryRegister",
+    ),
     (lambda c: c.get_trace_settings(), "TraceSetting", "ModelStatistics"),
     (lambda c: c.update_log_settings({"log_info": True}), "LogSettings", "--log-level"),
 ]
