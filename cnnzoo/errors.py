@@ -67,6 +67,10 @@ class DeadlineExceeded(CnnzooError):
     exit_code = 8
 
 
+class ModelExecutionError(CnnzooError):
+    """The model failed to run a well-formed request (ONNX Runtime raised). Status: INTERNAL."""
+
+
 class ExecutionProviderError(CnnzooError):
     """The requested ONNX Runtime execution provider is unusable (a start-up error)."""
 

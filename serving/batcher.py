@@ -263,13 +263,15 @@ class DynamicBatcher:
                 pending.future.set_result(result)
         if self._stats is not None and job.computed_ns:
             done = time.perf_counter_ns()
+            queued = [job.started_ns - p.enqueued_ns for p in job.batch]
             self._stats.record_execution(
                 rows,
                 len(job.batch),
-                sum(job.started_ns - p.enqueued_ns for p in job.batch),
+                sum(queued),
                 job.assembled_ns - job.started_ns,
                 job.computed_ns - job.assembled_ns,
                 done - job.computed_ns,
+                queued,
             )
         if self._queue:
             if self._delay_s and self._queued_rows < self._max_rows and not self._closing:

@@ -104,6 +104,22 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         help="ONNX Runtime threads across operators (default %(default)s)",
     )
     p.add_argument(
+        "--metrics-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Triton's latency metric settings (repeatable): summary_latencies=true (quantile "
+        "summaries over the last 60 s), summary_quantiles=0.5:0.05,0.99:0.001, "
+        "histogram_latencies=true (nv_inference_first_response_histogram_ms), "
+        "counter_latencies=false",
+    )
+    p.add_argument(
+        "--metrics-interval-ms",
+        type=int,
+        default=2000,
+        help="how often CPU and GPU metrics are sampled (default %(default)s)",
+    )
+    p.add_argument(
         "--no-batching",
         action="store_true",
         help="turn dynamic batching off for every model (each request runs alone)",
@@ -116,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from cnnzoo.errors import InvalidInput
+    from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.serving.server import ServerOptions, serve
 
@@ -126,6 +143,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--max-message-mb must be positive, got {args.max_message_mb}")
     if args.poll_seconds < 0 or args.grace_seconds < 0:
         raise InvalidInput("--poll-seconds and --grace-seconds must be >= 0")
+    if args.metrics_interval_ms < 1:
+        raise InvalidInput(f"--metrics-interval-ms must be >= 1, got {args.metrics_interval_ms}")
     options = ServerOptions(
         repository=args.repository,
         host=args.host,
@@ -143,6 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
         model_control=args.model_control_mode,
         load_models=tuple(args.load_model),
+        metrics_config=MetricsConfig.parse(args.metrics_config),
+        metrics_interval_s=args.metrics_interval_ms / 1000,
     )
     return serve(options)
 

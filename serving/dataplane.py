@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from cnnzoo.errors import CnnzooError, InvalidInput, NotFound, Unavailable
+from cnnzoo.errors import CnnzooError, InvalidInput, ModelExecutionError, NotFound, Unavailable
 from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.model_manager import LoadedVersion, ModelManager
 from cnnzoo.serving.shared_memory import SystemSharedMemory
 from cnnzoo.serving.spec import TensorSpec
-from cnnzoo.serving.stats import ModelStats
+from cnnzoo.serving.stats import ModelStats, failure_reason
 from cnnzoo.serving.types import (
     ClassifyResult,
     ClassPrediction,
@@ -249,7 +249,7 @@ class DataPlane:
             raise InvalidInput("the request names no model (model_name is empty)")
         served = self.models.get(request.model_name, request.model_version)
         started = time.perf_counter_ns()
-        ok = False
+        ok, reason = False, ""
         try:
             spec = served.spec
             if len(request.inputs) != 1:
@@ -274,8 +274,11 @@ class DataPlane:
             ]
             ok = True
             return InferResponse(served.name, served.version_str, request.id, outputs)
+        except BaseException as err:
+            reason = failure_reason(err, deadline)
+            raise
         finally:
-            served.stats.record_request(ok, time.perf_counter_ns() - started)
+            served.stats.record_request(ok, time.perf_counter_ns() - started, reason)
 
     def _region(self, ref: SharedMemoryRef) -> memoryview:
         return self.shared_memory_registry().view(ref)
@@ -302,7 +305,7 @@ class DataPlane:
         # Look the model up again: a hot reload may have switched versions while decoding.
         served = self.models.get(name, version)
         started = time.perf_counter_ns()
-        ok = False
+        ok, reason = False, ""
         try:
             step = served.spec.max_batch_size
             futures = [
@@ -322,8 +325,11 @@ class DataPlane:
             ]
             ok = True
             return ClassifyResult(served.name, served.version_str, results)
+        except BaseException as err:
+            reason = failure_reason(err, deadline)
+            raise
         finally:
-            served.stats.record_request(ok, time.perf_counter_ns() - started)
+            served.stats.record_request(ok, time.perf_counter_ns() - started, reason)
 
     async def explain(
         self, name: str, version: str, image: bytes, method: str, target: int | None
@@ -347,10 +353,12 @@ async def _run(served: LoadedVersion, future: asyncio.Future[np.ndarray]) -> np.
 
 
 def _failure(served: LoadedVersion, err: BaseException) -> BaseException:
-    """Errors from the model call become a CnnzooError naming the model (status INTERNAL)."""
+    """Errors from the model call become a `ModelExecutionError` naming the model."""
     if isinstance(err, CnnzooError) or not isinstance(err, Exception):
         return err  # ours already, or a cancellation
-    return CnnzooError(f"model {served.name!r} version {served.version} failed to run: {err}")
+    return ModelExecutionError(
+        f"model {served.name!r} version {served.version} failed to run: {err}"
+    )
 
 
 def _tensor_info(spec: TensorSpec) -> TensorInfo:

@@ -41,6 +41,7 @@ from cnnzoo.errors import (
     Unavailable,
 )
 from cnnzoo.serving.batcher import DynamicBatcher
+from cnnzoo.serving.latency import LatencyRecorder, MetricsConfig
 from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
 from cnnzoo.serving.spec import ModelSpec
 from cnnzoo.serving.stats import ModelStats
@@ -142,6 +143,7 @@ class ModelManager:
         warm_up: run each served batch size once before a version reports ready.
         control: the model control mode, `none`, `poll` or `explicit` (see the module doc).
         load_at_start: in `explicit` mode, the models loaded at start-up (`*`: all).
+        metrics: which optional latency metrics each version records (`--metrics-config`).
     """
 
     def __init__(
@@ -154,9 +156,11 @@ class ModelManager:
         warm_up: bool = True,
         control: str = NONE,
         load_at_start: Sequence[str] = (),
+        metrics: MetricsConfig | None = None,
     ) -> None:
         self.repository = repository
         self.control = control
+        self._metrics = metrics or MetricsConfig()
         self._load_at_start = tuple(load_at_start)
         self.runtime_options = runtime
         self._only = tuple(models)
@@ -448,7 +452,12 @@ class ModelManager:
             runtime.warm_up(
                 spec.input.dims, warm_up_sizes(spec.max_batch_size, spec.preferred_batch_sizes)
             )
-        stats = self._stats.setdefault((name, version), ModelStats(name, str(version)))
+        stats = self._stats.get((name, version))
+        if stats is None:
+            latency = None
+            if self._metrics.summary_latencies or self._metrics.histogram_latencies:
+                latency = LatencyRecorder(self._metrics, spec.histogram_buckets)
+            stats = self._stats[(name, version)] = ModelStats(name, str(version), latency=latency)
         batcher = DynamicBatcher(
             runtime.run,
             max_batch_size=spec.max_batch_size,

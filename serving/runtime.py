@@ -35,6 +35,7 @@ __all__ = [
     "RuntimeOptions",
     "available_cores",
     "check_device",
+    "uses_cuda",
     "cuda_unavailable_reason",
     "warm_up_sizes",
 ]
@@ -107,6 +108,11 @@ def _providers_for(device: str) -> list[str]:
     if device == "cuda":
         raise ExecutionProviderError(f"--device cuda: {reason}")
     return [CPU]
+
+
+def uses_cuda(options: RuntimeOptions) -> bool:
+    """Whether sessions made with `options` run on the CUDA execution provider."""
+    return options.device != "cpu" and cuda_unavailable_reason() is None
 
 
 def check_device(options: RuntimeOptions) -> None:

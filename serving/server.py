@@ -23,9 +23,10 @@ from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
+from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.metrics import MetricsServer
 from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
-from cnnzoo.serving.runtime import RuntimeOptions, check_device
+from cnnzoo.serving.runtime import RuntimeOptions, check_device, uses_cuda
 from cnnzoo.serving.shared_memory import SystemSharedMemory
 from cnnzoo.serving.shared_memory import supported as shared_memory_supported
 from cnnzoo.zoo.repository import ModelRepository
@@ -87,6 +88,8 @@ class ServerOptions:
             `poll` when `poll_seconds` is set, else `none`); `poll` without `poll_seconds`
             looks every 15 s, Triton's default.
         load_models: in `explicit` mode, the models to load at start-up (`*`: all).
+        metrics_config: Triton's `--metrics-config` latency settings.
+        metrics_interval_s: how often CPU and GPU metrics are sampled.
     """
 
     repository: Path
@@ -101,6 +104,8 @@ class ServerOptions:
     batching: bool = True
     model_control: str = ""
     load_models: tuple[str, ...] = ()
+    metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         mode = self.model_control or (POLL if self.poll_seconds > 0 else NONE)
@@ -140,6 +145,7 @@ class InferenceServer:
             batching=options.batching,
             control=options.model_control,
             load_at_start=options.load_models,
+            metrics=options.metrics_config,
         )
         self.models.discover()
         self.plane = DataPlane(
@@ -198,7 +204,14 @@ class InferenceServer:
             self.port,
         )
         if self.options.metrics_port >= 0:
-            self._metrics = MetricsServer(self.models, self.options.host, self.options.metrics_port)
+            self._metrics = MetricsServer(
+                self.models,
+                self.options.host,
+                self.options.metrics_port,
+                config=self.options.metrics_config,
+                gpu=uses_cuda(self.options.runtime),
+                interval_s=self.options.metrics_interval_s,
+            )
             self.metrics_port = self._metrics.port
         await self.models.load_all()
         if not self._stopping:

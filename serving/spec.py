@@ -73,6 +73,8 @@ class ModelSpec:
     preferred_batch_sizes: tuple[int, ...]
     instance_count: int
     parameters: Mapping[str, str]
+    # model_metrics' buckets for nv_inference_first_response_histogram_ms (None: Triton's)
+    histogram_buckets: tuple[float, ...] | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> ModelSpec:
@@ -120,4 +122,19 @@ class ModelSpec:
             else (),
             instance_count=instances,
             parameters={k: v.string_value for k, v in config.parameters.items()},
+            histogram_buckets=_histogram_buckets(config),
         )
+
+
+def _histogram_buckets(config: Any) -> tuple[float, ...] | None:
+    """Buckets a config.pbtxt sets for the first-response histogram (Triton's `model_metrics`)."""
+    for control in config.model_metrics.metric_control:
+        if control.metric_identifier.family == "nv_inference_first_response_histogram_ms":
+            buckets = tuple(control.histogram_options.buckets)
+            if buckets != tuple(sorted(set(buckets))):
+                raise InvalidInput(
+                    f"config.pbtxt of {config.name!r}: histogram buckets must increase, got "
+                    f"{list(buckets)}"
+                )
+            return buckets or None
+    return None

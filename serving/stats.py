@@ -8,10 +8,36 @@ nanoseconds, as Triton's statistics are; the Prometheus collector converts to mi
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["BatchSizeStats", "Duration", "ModelStats"]
+from cnnzoo.errors import DeadlineExceeded, ModelExecutionError
+from cnnzoo.serving.latency import LatencyRecorder
+
+__all__ = ["FAILURE_REASONS", "BatchSizeStats", "Duration", "ModelStats", "failure_reason"]
+
+# Triton's `reason` label of nv_inference_request_failure.
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+
+def failure_reason(err: BaseException, deadline: float | None = None) -> str:
+    """Triton's failure category: REJECTED (the request timed out: its deadline passed before
+    it was answered), CANCELED (the caller cancelled it), BACKEND (the model failed to run it),
+    OTHER (a malformed request, an unavailable model, ...).
+
+    `deadline` (`time.monotonic()` seconds) tells the two cancellations apart: grpc cancels a
+    call whose deadline passed as it cancels one its caller gave up on.
+    """
+    if isinstance(err, DeadlineExceeded):
+        return "REJECTED"
+    if isinstance(err, asyncio.CancelledError):
+        timed_out = deadline is not None and time.monotonic() >= deadline
+        return "REJECTED" if timed_out else "CANCELED"
+    if isinstance(err, ModelExecutionError):
+        return "BACKEND"
+    return "OTHER"
 
 
 @dataclass
@@ -42,7 +68,9 @@ class ModelStats:
     `success`/`fail` count requests and their end-to-end time in the server; `queue` and the
     `compute_*` durations are per request (a batch's compute time is charged to each of its
     requests, as Triton does); `inference_count` counts samples (batch rows) and
-    `execution_count` model executions.
+    `execution_count` model executions. `failures` counts failed requests by Triton's
+    reason; `latency` (when `--metrics-config` asks for summaries or histograms) records each
+    duration as well.
     """
 
     model: str
@@ -57,14 +85,31 @@ class ModelStats:
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    latency: LatencyRecorder | None = None
 
-    def record_request(self, ok: bool, ns: int) -> None:
-        (self.success if ok else self.fail).add(ns)
+    def record_request(self, ok: bool, ns: int, reason: str = "OTHER") -> None:
+        """One request answered (`ok`) or failed, for `reason` (see `failure_reason`)."""
+        if ok:
+            self.success.add(ns)
+            if self.latency is not None:
+                self.latency.request(ns)
+        else:
+            self.fail.add(ns)
+            self.failures[reason] += 1
 
     def record_execution(
-        self, rows: int, requests: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
+        self,
+        rows: int,
+        requests: int,
+        queue_ns: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+        queue_each: Sequence[int] = (),
     ) -> None:
-        """One model execution of `rows` samples that served `requests` requests."""
+        """One model execution of `rows` samples that served `requests` requests (`queue_ns`
+        their queue time in total, `queue_each` per request)."""
         self.execution_count += 1
         self.inference_count += rows
         self.last_inference_ms = time.time_ns() // 1_000_000
@@ -78,3 +123,6 @@ class ModelStats:
         per_size.compute_input.add(input_ns)
         per_size.compute_infer.add(infer_ns)
         per_size.compute_output.add(output_ns)
+        if self.latency is not None:
+            each = queue_each or [queue_ns // max(1, requests)] * requests
+            self.latency.execution(each, input_ns, infer_ns, output_ns)

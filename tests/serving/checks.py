@@ -36,7 +36,8 @@ def assert_still_serving(inference, onnx_reference) -> None:
 
 
 def scrape(server) -> dict[tuple[str, str], float]:
-    """`/metrics` parsed with prometheus-client's own parser: {(sample name, model): value}."""
+    """`/metrics` parsed with prometheus-client's own parser: {(sample name, model): value},
+    summed over the other labels (a failure count is per reason)."""
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
@@ -44,5 +45,6 @@ def scrape(server) -> dict[tuple[str, str], float]:
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, sample.labels.get("model", ""))] = sample.value
+            key = (sample.name, sample.labels.get("model", ""))
+            samples[key] = samples.get(key, 0.0) + sample.value
     return samples

@@ -10,8 +10,9 @@ pass while a request is queued in the server.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -43,8 +44,16 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def copy_model(root: Path, source: str, name: str, *, max_queue_delay_us: int) -> None:
-    """Copy model `source` as `name` with another queue delay (its manifest updated to match)."""
+def copy_model(
+    root: Path,
+    source: str,
+    name: str,
+    *,
+    max_queue_delay_us: int = 0,
+    edit: Callable[[Any], None] | None = None,
+) -> None:
+    """Copy model `source` as `name` with another queue delay and whatever `edit` changes in its
+    ModelConfig (its manifest updated to match)."""
     import json
 
     from google.protobuf import text_format
@@ -57,6 +66,8 @@ def copy_model(root: Path, source: str, name: str, *, max_queue_delay_us: int) -
     config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
     config.name = name
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if edit is not None:
+        edit(config)
     config_file.write_text(text_format.MessageToString(config))
     for manifest_file in (root / name).glob("*/manifest.json"):
         manifest = json.loads(manifest_file.read_text())
