@@ -36,6 +36,12 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8001, help="gRPC port (default %(default)s)")
     p.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="KServe v2 REST port (default %(default)s; -1 disables it)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=8002,
@@ -149,6 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
         repository=args.repository,
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         metrics_port=args.metrics_port,
         models=tuple(args.model),
         runtime=RuntimeOptions(

@@ -23,6 +23,7 @@ from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
+from cnnzoo.serving.http_api.app import HttpServer
 from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.metrics import MetricsServer
 from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
@@ -75,8 +76,9 @@ class ServerOptions:
 
     Args:
         repository: the model repository folder.
-        host: address to listen on (gRPC and metrics).
+        host: address to listen on (gRPC, REST and metrics).
         port: gRPC port (0: any free port).
+        http_port: KServe v2 REST port (0: any free port, -1: no REST API).
         metrics_port: Prometheus port (0: any free port, -1: no metrics endpoint).
         models: serve only these models (default: all).
         runtime: ONNX Runtime device and threads.
@@ -95,6 +97,7 @@ class ServerOptions:
     repository: Path
     host: str = "127.0.0.1"
     port: int = 8001
+    http_port: int = 8000
     metrics_port: int = 8002
     models: tuple[str, ...] = ()
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
@@ -131,6 +134,11 @@ class ServerOptions:
                 f"--metrics-port must be 0-{_MAX_PORT} (0: any free port) or -1 (no metrics "
                 f"endpoint), got {self.metrics_port}"
             )
+        if self.http_port != -1 and not 0 <= self.http_port <= _MAX_PORT:
+            raise InvalidInput(
+                f"--http-port must be 0-{_MAX_PORT} (0: any free port) or -1 (no REST API), "
+                f"got {self.http_port}"
+            )
 
 
 class InferenceServer:
@@ -156,7 +164,9 @@ class InferenceServer:
         )
         self.plane.on_models_changed = self._refresh_health
         self.port = 0
+        self.http_port = 0
         self.metrics_port = 0
+        self._http: HttpServer | None = None
         self._server = None
         self._health = None
         self._metrics = None
@@ -203,6 +213,10 @@ class InferenceServer:
             self.options.host,
             self.port,
         )
+        if self.options.http_port >= 0:
+            self._http = HttpServer(self.plane, self.options.host, self.options.http_port, limit)
+            await self._http.start(self.options.grace_seconds)
+            self.http_port = self._http.port
         if self.options.metrics_port >= 0:
             self._metrics = MetricsServer(
                 self.models,
@@ -295,8 +309,11 @@ class InferenceServer:
             self._poller.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(self.options.grace_seconds)
+        # Both front ends stop taking calls and finish theirs, at the same time.
+        await asyncio.gather(
+            *([self._server.stop(self.options.grace_seconds)] if self._server else []),
+            *([self._http.stop()] if self._http else []),
+        )
         await self.models.close()
         self.plane.close()
         if self._metrics is not None:
@@ -324,7 +341,8 @@ async def _run(options: ServerOptions) -> int:
         await server.start()
         print(
             f"serving on {options.host}:{server.port} "
-            f"(metrics: {server.metrics_port if server.metrics_port else 'off'})",
+            f"(REST: {server.http_port if server.http_port else 'off'}, "
+            f"metrics: {server.metrics_port if server.metrics_port else 'off'})",
             flush=True,
         )
         await server.wait()

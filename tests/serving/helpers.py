@@ -44,6 +44,7 @@ class ServerProcess:
 
     def __init__(self, repository: Path, log_path: Path, *extra: str) -> None:
         self.port = free_port()
+        self.http_port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
@@ -53,6 +54,7 @@ class ServerProcess:
                 sys.executable, "-m", "cnnzoo", "serve",
                 "--repository", str(repository),
                 "--port", str(self.port),
+                "--http-port", str(self.http_port),
                 "--metrics-port", str(self.metrics_port),
                 "--intra-op-threads", "1",
                 *extra,

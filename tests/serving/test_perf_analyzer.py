@@ -1,6 +1,7 @@
 """Triton's perf_analyzer (its C++ clients, unchanged) against the shared server: unary gRPC,
-`--streaming`, `--shared-memory system`. Short fixed-count runs: they check that the tool works
-and that the server's statistics count what it sent, not speed (bench/serving.py measures that)."""
+`--streaming`, `--shared-memory system`, and REST (`-i http`) with binary and JSON tensors.
+Short fixed-count runs: they check that the tool works and that the server's statistics count
+what it sent, not speed (bench/serving.py measures that)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,12 @@ def perf_analyzer(tmp_path: Path, inference, url: str, *flags: str) -> dict[str,
 )
 def test_perf_analyzer_grpc(server, inference, tmp_path, flags):
     perf_analyzer(tmp_path, inference, server.target, "-i", "grpc", *flags)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [(), ("--input-tensor-format", "json", "--output-tensor-format", "json")],
+    ids=["binary", "json"],
+)
+def test_perf_analyzer_http(server, inference, tmp_path, flags):
+    perf_analyzer(tmp_path, inference, f"127.0.0.1:{server.http_port}", "-i", "http", *flags)

@@ -1,0 +1,272 @@
+"""The KServe v2 / Open Inference Protocol REST API (Triton's HTTP endpoints) over the data plane.
+
+aiohttp serves it on the server's own event loop, beside grpc.aio: both front ends call the same
+`DataPlane`, so REST requests share the models' dynamic batchers, statistics and shared-memory
+regions with gRPC ones, and no thread hand-off sits between a REST handler and the data plane.
+
+Errors are Triton's: a JSON body `{"error": "..."}` with the HTTP code of the status the same error
+gets over gRPC (400 invalid argument, 404 not found, 503 unavailable, ...; see `HTTP_CODES`);
+unknown routes 404, a wrong method 405 (with `Allow`), a body over the limit 413 naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from cnnzoo.errors import CnnzooError, NotFound, Unavailable
+from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.grpc_api.status import status_for
+from cnnzoo.serving.http_api import codec
+from cnnzoo.serving.http_api.model_config import model_config_to_json
+
+__all__ = ["HTTP_CODES", "HttpServer", "make_app"]
+
+log = logging.getLogger(__name__)
+
+# The HTTP code of each gRPC status (Triton's mapping where it has one: ALREADY_EXISTS and
+# FAILED_PRECONDITION are 400; google.rpc's otherwise).
+HTTP_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_JSON = "application/json"
+_MAX_BODY = web.AppKey("max_body_bytes", int)
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(text=_dumps(document), status=status, content_type=_JSON)
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=_dumps({"error": message}), status=status, content_type=_JSON, headers=headers
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes Triton's `{"error": ...}` with its HTTP code, never a traceback."""
+    try:
+        return await handler(request)
+    except CnnzooError as err:
+        return _error(err.reason, HTTP_CODES.get(status_for(err), 500))
+    except web.HTTPMethodNotAllowed as err:
+        allowed = ", ".join(sorted(err.allowed_methods))
+        return _error(
+            f"{request.method} is not allowed on {request.path}; use {allowed}",
+            405,
+            {"Allow": allowed},
+        )
+    except web.HTTPNotFound:
+        return _error(f"no such endpoint: {request.method} {request.path[:200]}", 404)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[_MAX_BODY]
+        return _error(
+            f"the request body is larger than this server's limit of {limit} bytes "
+            f"({limit / 2**20:g} MiB, --max-message-mb)",
+            413,
+        )
+    except web.HTTPException as err:
+        return _error(err.reason, err.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error("the request failed inside the server; the server log has the details", 500)
+
+
+class _Routes:
+    """One method per endpoint: read the request, call the data plane, write the answer."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.plane.live() else 400)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.plane.ready() else 400)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        self.plane.models.record(name)  # an unknown model is 404, not "not ready"
+        return web.Response(status=200 if self.plane.model_ready(name, version) else 400)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        name, version, extensions = self.plane.server_metadata()
+        return _json({"name": name, "version": version, "extensions": list(extensions)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        metadata = self.plane.model_metadata(*_model(request))
+        return _json(codec.model_metadata_to_json(metadata))
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return _json(model_config_to_json(self.plane.model_config(*_model(request))))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        stats = self.plane.model_statistics(*_model(request))
+        return _json(codec.model_statistics_to_json(stats))
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = _model(request)
+        self.plane.models.get(name, version)  # an unknown model is 404 whatever the body
+        body = await request.read()
+        header_length = request.headers.get(codec.HEADER_LENGTH)
+        infer_request, binary = codec.infer_request_from_body(name, version, body, header_length)
+        response = await self.plane.infer(infer_request)
+        flags = [binary[i] if i < len(binary) else binary[-1] for i in range(len(response.outputs))]
+        data, json_length = codec.infer_response_to_body(response, flags)
+        if json_length is None:
+            answer = web.Response(body=data, content_type=_JSON)
+        else:
+            answer = web.Response(
+                body=data,
+                content_type="application/octet-stream",
+                headers={codec.HEADER_LENGTH: str(json_length)},
+            )
+        if request.headers.get("Accept-Encoding"):
+            answer.enable_compression()  # gzip or deflate, as the client accepts
+        return answer
+
+    # -- system shared memory -----------------------------------------------------------------
+
+    async def shm_status(self, request: web.Request) -> web.Response:
+        regions = self.plane.shared_memory_registry().status(request.match_info.get("name", ""))
+        return _json(
+            [
+                {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                for r in regions
+            ]
+        )
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        document = codec.parse_json_object(await request.read(), "the register request")
+        key, offset, size = (document.get(k) for k in ("key", "offset", "byte_size"))
+        if not isinstance(key, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (offset or 0, size)
+        ):
+            raise codec.InvalidInput(
+                'a register request is {"key": string, "offset": integer, "byte_size": integer}'
+            )
+        self.plane.shared_memory_registry().register(
+            request.match_info["name"], key, offset or 0, size
+        )
+        return web.Response()
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.plane.shared_memory_registry().unregister(request.match_info.get("name", ""))
+        return web.Response()
+
+    # No CUDA region can be registered here: as over gRPC, none is listed and unregistering
+    # succeeds.
+    async def cuda_status(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("name", "")
+        if name:
+            raise NotFound(f"no CUDA shared-memory region {name!r} is registered")
+        return _json([])
+
+    async def cuda_unregister(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def cuda_register(self, request: web.Request) -> web.Response:
+        return _error(
+            "CUDA shared memory is not implemented by this server; use system shared memory "
+            "(/v2/systemsharedmemory) or send tensors in the request",
+            501,
+        )
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info.get("model", ""), request.match_info.get("version", "")
+
+
+def make_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
+    """The aiohttp application (routes, error middleware, the body limit)."""
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
+    app[_MAX_BODY] = max_body_bytes
+    r = _Routes(plane)
+    get, post = web.get, web.post
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes = [
+        get("/v2/health/live", r.live, allow_head=False),
+        get("/v2/health/ready", r.ready, allow_head=False),
+        get("/v2", r.server_metadata, allow_head=False),
+        get("/v2/models/stats", r.model_statistics, allow_head=False),
+        get("/v2/systemsharedmemory/status", r.shm_status, allow_head=False),
+        get("/v2/systemsharedmemory/region/{name}/status", r.shm_status, allow_head=False),
+        post("/v2/systemsharedmemory/region/{name}/register", r.shm_register),
+        post("/v2/systemsharedmemory/unregister", r.shm_unregister),
+        post("/v2/systemsharedmemory/region/{name}/unregister", r.shm_unregister),
+        get("/v2/cudasharedmemory/status", r.cuda_status, allow_head=False),
+        get("/v2/cudasharedmemory/region/{name}/status", r.cuda_status, allow_head=False),
+        post("/v2/cudasharedmemory/region/{name}/register", r.cuda_register),
+        post("/v2/cudasharedmemory/unregister", r.cuda_unregister),
+        post("/v2/cudasharedmemory/region/{name}/unregister", r.cuda_unregister),
+    ]
+    for prefix in (model, versioned):
+        routes += [
+            get(prefix, r.model_metadata, allow_head=False),
+            get(f"{prefix}/ready", r.model_ready, allow_head=False),
+            get(f"{prefix}/config", r.model_config, allow_head=False),
+            get(f"{prefix}/stats", r.model_statistics, allow_head=False),
+            post(f"{prefix}/infer", r.infer),
+        ]
+    app.add_routes(routes)
+    return app
+
+
+class HttpServer:
+    """The REST port: aiohttp on the running event loop; `await start()`, `await stop()`."""
+
+    def __init__(self, plane: DataPlane, host: str, port: int, max_body_bytes: int) -> None:
+        self._app = make_app(plane, max_body_bytes)
+        self._host, self._requested_port = host, port
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, shutdown_timeout: float) -> None:
+        runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            raise Unavailable(
+                f"cannot serve HTTP on {self._host}:{self._requested_port} (is the port in "
+                f"use?): {err.strerror}"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        log.info("HTTP (KServe v2 REST) listening on %s:%d", self._host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (up to the shutdown timeout)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
