@@ -6,41 +6,77 @@ handler with `set_defaults(func=...)`. Handlers import torch, onnxruntime and gr
 so `cnnzoo --help` stays fast.
 
 Errors the project raises on purpose (`cnnzoo.errors.CnnzooError`) become one line on stderr and
-a non-zero exit code; anything else propagates so that bugs stay visible.
+a non-zero exit code (`cnnzoo.errors.EXIT_CODES`, listed by `cnnzoo --help`); anything else
+propagates so that bugs stay visible. `--log-level` (or `CNNZOO_LOG_LEVEL`) works before or after
+any command; a command's default is WARNING, or what it sets as `default_log_level` (`serve`:
+INFO).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from cnnzoo import __version__
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import EXIT_CODES, CnnzooError
 
 # Packages whose `cli.register` contributes subcommands, in help order.
 _COMMAND_PACKAGES = ("cnnzoo.zoo", "cnnzoo.serving", "cnnzoo.interpret")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_ENV = "CNNZOO_LOG_LEVEL"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LOG_HELP = f"log level: {', '.join(LOG_LEVELS)} (default: ${LOG_ENV}, else the command's own)"
+
+
+def _exit_codes() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnzoo",
         description="Train, serve and understand convolutional image classifiers.",
+        epilog=_exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help=_LOG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for package in _COMMAND_PACKAGES:
         module = importlib.import_module(f"{package}.cli")
         module.register(sub)
+    for command in sub.choices.values():  # after the command too: `cnnzoo serve --log-level X`
+        command.add_argument(
+            "--log-level",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            default=argparse.SUPPRESS,
+            help=_LOG_HELP,
+        )
     return parser
+
+
+def _log_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    if args.log_level:
+        return args.log_level
+    from_env = os.environ.get(LOG_ENV, "").strip().upper()
+    if from_env:
+        if from_env not in LOG_LEVELS:
+            parser.error(f"{LOG_ENV}={from_env!r} is not one of {', '.join(LOG_LEVELS)}")
+        return from_env
+    return getattr(args, "default_log_level", "WARNING")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=_log_level(parser, args), format=LOG_FORMAT)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit

@@ -3,11 +3,13 @@
 Each carries a `reason` a person can act on (names, counts, allowed values, the flag that fixes
 it). The CLI prints the reason as one line and exits with `exit_code`; the gRPC layer maps each
 class to one status code in one place (`cnnzoo.serving.grpc_api.status`), so handlers never pick
-codes themselves. Exit codes: 1 other, 2 invalid input, 3 not found, 4 already exists,
-5 integrity, 6 unavailable, 7 resource exhausted, 8 deadline exceeded, 9 execution provider.
+codes themselves. `EXIT_CODES` lists every exit status of the command (`cnnzoo --help` and
+the README show it).
 """
 
 from __future__ import annotations
+
+import re
 
 
 class CnnzooError(Exception):
@@ -77,6 +79,11 @@ class ExecutionProviderError(CnnzooError):
     exit_code = 9
 
 
+class ModelIncomplete(IntegrityError):
+    """The model lacks what an operation needs (preprocessing parameters, its PyTorch weights),
+    though it serves others (ModelInfer). Status: FAILED_PRECONDITION."""
+
+
 class InvalidImage(InvalidInput):
     """Image number `index` (from 0) of a request is unusable. Status: INVALID_ARGUMENT.
 
@@ -103,3 +110,31 @@ class LayerNotFound(NotFound):
 
 class JobFileError(InvalidInput):
     """A job file that cannot be read or does not follow the schema. Status: INVALID_ARGUMENT."""
+
+
+def _meaning(kind: type[CnnzooError]) -> str:
+    """The first sentence of a class's docstring, without its status."""
+    first = re.split(r"\.\s+(?=[A-Z])", " ".join((kind.__doc__ or "").split()))[0]
+    text = first.split(" Status:")[0].rstrip(".").strip()
+    return text[:1].lower() + text[1:]
+
+
+def _first_class_per_exit_code() -> list[type[CnnzooError]]:
+    """The most general class of each exit code (in definition order: a base before its
+    subclasses), so a new error class with a new code is listed without editing a table."""
+    kinds: dict[int, type[CnnzooError]] = {}
+    for value in list(globals().values()):
+        if isinstance(value, type) and issubclass(value, CnnzooError):
+            kinds.setdefault(value.exit_code, value)
+    return [kinds[code] for code in sorted(kinds)]
+
+
+# Every exit status of the `cnnzoo` command: `cnnzoo --help` and the README list these.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success (`cnnzoo health`: the server or service is SERVING)"),
+    (1, "any other error (`cnnzoo health`: not SERVING)"),
+    (2, f"{_meaning(InvalidInput)}, or a usage error"),
+    *((kind.exit_code, _meaning(kind)) for kind in _first_class_per_exit_code()[2:]),
+    (130, "interrupted (Ctrl-C)"),
+    (141, "the reader of the output went away (a closed pipe)"),
+)

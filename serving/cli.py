@@ -110,6 +110,12 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         help="ONNX Runtime threads across operators (default %(default)s)",
     )
     p.add_argument(
+        "--require-manifest",
+        action="store_true",
+        help="serve only versions with a manifest.json to verify (as cnnzoo export writes); "
+        "default: a Triton repository's config.pbtxt and model.onnx are enough",
+    )
+    p.add_argument(
         "--metrics-config",
         action="append",
         default=[],
@@ -130,21 +136,15 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="turn dynamic batching off for every model (each request runs alone)",
     )
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    p.set_defaults(func=_serve)
+    p.set_defaults(func=_serve, default_log_level="INFO")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import logging
-
     from cnnzoo.errors import InvalidInput
     from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.serving.server import ServerOptions, serve
 
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     if args.max_message_mb <= 0:
         raise InvalidInput(f"--max-message-mb must be positive, got {args.max_message_mb}")
     if args.poll_seconds < 0 or args.grace_seconds < 0:
@@ -171,6 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         metrics_config=MetricsConfig.parse(args.metrics_config),
         metrics_interval_s=args.metrics_interval_ms / 1000,
+        require_manifest=args.require_manifest,
     )
     return serve(options)
 
@@ -263,7 +264,8 @@ def _register_health(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--service",
         default="",
-        help="a service or model name (default: the whole server)",
+        help="a service (inference.GRPCInferenceService, cnnzoo.v1.Zoo) or a served model's "
+        "name (default: the whole server); an unknown one is answered with the list",
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
     p.set_defaults(func=_health)

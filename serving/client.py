@@ -11,9 +11,10 @@ from types import TracebackType
 
 import grpc
 
+from cnnzoo.errors import NotFound
 from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
 from cnnzoo.serving.grpc_api.status import error_for
-from cnnzoo.serving.server import DEFAULT_MAX_MESSAGE_BYTES
+from cnnzoo.serving.server import DEFAULT_MAX_MESSAGE_BYTES, SERVICES
 from cnnzoo.serving.types import ClassPrediction
 
 __all__ = ["ZooClient"]
@@ -92,8 +93,22 @@ class ZooClient:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self._channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = stub.Check(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise error_for(err, self.server) from None
+            raise NotFound(
+                f"the server reports no health for {service!r}; ask for "
+                f"{', '.join(self.health_services())}"
+            ) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def health_services(self) -> list[str]:
+        """What `health` can be asked about: the whole server, each service, each model."""
+        models = [m.name for m in self.list_models().models]
+        return ["'' (the whole server)", *SERVICES, *(f"{m} (a model)" for m in models)]
 
     def _call(self, method, request):  # noqa: ANN001, ANN202 - any unary stub method
         try:

@@ -173,7 +173,7 @@ class DataPlane:
                         reason=record.reason,
                         zoo_entry=params.get("zoo_entry", ""),
                         dataset=params.get("dataset", ""),
-                        num_classes=len(current.labels),
+                        num_classes=current.spec.output.dims[-1] if current.spec.output.dims else 0,
                         input_shape=current.spec.input.dims,
                         execution_provider=current.provider,
                         max_batch_size=current.spec.max_batch_size,
@@ -300,7 +300,7 @@ class DataPlane:
         served = self.models.get(name, version)
         loop = asyncio.get_running_loop()
         batch = await loop.run_in_executor(
-            self._decode_pool, images_to_batch, list(images), served.preprocess
+            self._decode_pool, images_to_batch, list(images), served.image_preprocess("Classify")
         )
         # Look the model up again: a hot reload may have switched versions while decoding.
         served = self.models.get(name, version)
@@ -320,7 +320,7 @@ class DataPlane:
             probabilities = softmax(logits)
             k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
             results = [
-                [ClassPrediction(int(i), served.labels[i], float(row[i])) for i in order]
+                [ClassPrediction(int(i), served.label(i), float(row[i])) for i in order]
                 for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True)
             ]
             ok = True
@@ -467,7 +467,7 @@ def _encode_output(
         k = min(output.classification, logits.shape[1])
         strings = classification_strings(logits, k, served.labels)
         return InferOutput(output.name, "BYTES", (len(logits), k), serialize_bytes_tensor(strings))
-    data = np.ascontiguousarray(logits, dtype="<f4")
+    data = np.ascontiguousarray(logits, dtype=served.spec.output.dtype.newbyteorder("<"))
     datatype = served.spec.output.datatype
     if target is None:
         return InferOutput(output.name, datatype, logits.shape, data.tobytes())

@@ -29,19 +29,20 @@ def explain_image(
 
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
-    classes = len(served.labels)
+    preprocess = served.image_preprocess("Explain")
+    classes = served.spec.output.dims[-1] if served.spec.output.dims else 0
     if target is not None and not 0 <= target < classes:
         raise InvalidInput(
             f"target {target} is not a class of {served.name!r} (0 to {classes - 1})"
         )
-    batch = images_to_batch([image], served.preprocess)
+    batch = images_to_batch([image], preprocess)
     explanation = explain(served.torch_model(), torch.from_numpy(batch), method, target)
     return ExplainResult(
         model=served.name,
         version=served.version_str,
         method=explanation.method,
         target=int(explanation.target),
-        label=served.labels[int(explanation.target)],
+        label=served.label(int(explanation.target)),
         score=float(explanation.score),
         png=explanation.png,
         attribution=explanation.attribution,

@@ -37,17 +37,19 @@ from cnnzoo.errors import (
     ExecutionProviderError,
     IntegrityError,
     InvalidInput,
+    ModelIncomplete,
     NotFound,
     Unavailable,
 )
+from cnnzoo.serving.autocomplete import GraphTensor, complete_config
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.latency import LatencyRecorder, MetricsConfig
 from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
 from cnnzoo.serving.spec import ModelSpec
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.types import IndexEntry
-from cnnzoo.zoo.preprocess import Preprocess
-from cnnzoo.zoo.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, Manifest, ModelRepository
+from cnnzoo.zoo.preprocess import PARAMETER_KEYS, Preprocess
+from cnnzoo.zoo.repository import LABELS_FILE, ONNX_FILE, Manifest, ModelRepository
 
 __all__ = [
     "CONTROL_MODES",
@@ -77,12 +79,13 @@ class LoadedVersion:
     repository: ModelRepository
     spec: ModelSpec
     config: Any  # model_config_pb2.ModelConfig, passed through to the ModelConfig RPC
-    labels: tuple[str, ...]
-    preprocess: Preprocess
-    manifest: Manifest
+    labels: tuple[str, ...]  # empty: the model has no label file
+    preprocess: Preprocess | None  # None: config.pbtxt has no preprocessing parameters
+    manifest: Manifest | None  # None: a version without manifest.json (not written by cnnzoo)
     runtime: OnnxModel
     stats: ModelStats
     batcher: DynamicBatcher  # started when the version begins to serve, closed when retired
+    preprocess_missing: str = ""  # why there is no preprocessing, for Classify and Explain
     _torch_model: Any = None
     _torch_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,12 +97,39 @@ class LoadedVersion:
     def provider(self) -> str:
         return self.runtime.provider
 
+    def label(self, index: int) -> str:
+        """The label of class `index` ("" when the model has no label file)."""
+        return self.labels[index] if index < len(self.labels) else ""
+
+    def image_preprocess(self, operation: str) -> Preprocess:
+        """The preprocessing `operation` (Classify, Explain) needs to turn images into inputs.
+
+        Raises:
+            ModelIncomplete: config.pbtxt has no preprocessing parameters (names the missing one).
+        """
+        if self.preprocess is None:
+            raise ModelIncomplete(
+                f"{operation} needs the preprocessing of {self.name!r} version {self.version} to "
+                f"turn images into its input, and {self.preprocess_missing}; ModelInfer works "
+                "(send the input tensor itself)"
+            )
+        return self.preprocess
+
     def torch_model(self) -> Any:
         """The PyTorch model built from this version's model.safetensors (loaded once, lazily).
 
         Explanations need gradients, which the ONNX session cannot give; torch is imported only
         when the first explanation is asked for.
+
+        Raises:
+            ModelIncomplete: nothing names the zoo entry, or model.safetensors is absent.
         """
+        if self.manifest is None and not self.spec.parameters.get("zoo_entry"):
+            raise ModelIncomplete(
+                f"Explain needs the PyTorch model of {self.name!r} version {self.version}: it "
+                "has no manifest.json and config.pbtxt names no zoo_entry (export it with "
+                "cnnzoo export)"
+            )
         with self._torch_lock:
             if self._torch_model is None:
                 self._torch_model = self.repository.torch_model(
@@ -144,6 +174,7 @@ class ModelManager:
         control: the model control mode, `none`, `poll` or `explicit` (see the module doc).
         load_at_start: in `explicit` mode, the models loaded at start-up (`*`: all).
         metrics: which optional latency metrics each version records (`--metrics-config`).
+        require_manifest: refuse versions without a manifest.json to verify.
     """
 
     def __init__(
@@ -157,10 +188,12 @@ class ModelManager:
         control: str = NONE,
         load_at_start: Sequence[str] = (),
         metrics: MetricsConfig | None = None,
+        require_manifest: bool = False,
     ) -> None:
         self.repository = repository
         self.control = control
         self._metrics = metrics or MetricsConfig()
+        self._require_manifest = require_manifest
         self._load_at_start = tuple(load_at_start)
         self.runtime_options = runtime
         self._only = tuple(models)
@@ -412,8 +445,8 @@ class ModelManager:
     def _fingerprint(self, name: str, version: int) -> Fingerprint:
         """Size and mtime of every file a load of `version` reads (cheap: stat calls only)."""
         folder = self.repository.root / name
-        try:
-            paths = [folder / CONFIG_FILE, folder / LABELS_FILE]
+        try:  # config.pbtxt and label files beside it, and the version's files
+            paths = sorted(path for path in folder.iterdir() if path.is_file())
             paths += sorted((folder / str(version)).iterdir())
             stats = [(path.name, path.stat()) for path in paths]
         except OSError:
@@ -421,33 +454,37 @@ class ModelManager:
         return tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
 
     def _load_version(self, name: str, version: int) -> LoadedVersion:
-        """Verify, read and open one version, then warm it up (runs in a worker thread)."""
-        manifest = self.repository.verify(name, version)
+        """Verify, read and open one version, then warm it up (runs in a worker thread).
+
+        Only config.pbtxt and model.onnx are required (completed from the graph as Triton
+        does); a manifest is verified when there is one (required with `require_manifest`),
+        labels and preprocessing parameters are used when present.
+        """
+        manifest = None
+        if self.repository.has_manifest(name, version):
+            manifest = self.repository.verify(name, version)
+        elif self._require_manifest:
+            raise IntegrityError(
+                f"{name} version {version} has no manifest.json, and the server runs with "
+                "--require-manifest (export it with cnnzoo export, or serve without the flag)"
+            )
         config = self.repository.config(name)
-        spec = ModelSpec.from_config(config)
-        labels = tuple(self.repository.labels(name))
-        classes = spec.output.dims[-1] if spec.output.dims else 0
-        if len(labels) != classes:
-            raise IntegrityError(
-                f"{name}/labels.txt has {len(labels)} labels but output "
-                f"{spec.output.name!r} has {classes} classes"
-            )
-        preprocess = self.repository.preprocess(name)
-        if (preprocess.channels, *preprocess.input_size) != spec.input.dims:
-            raise IntegrityError(
-                f"{name}: preprocessing gives {preprocess.channels}x"
-                f"{preprocess.input_size[0]}x{preprocess.input_size[1]} images but input "
-                f"{spec.input.name!r} has dims {list(spec.input.dims)}"
-            )
         runtime = OnnxModel(
             self.repository.version_dir(name, version) / ONNX_FILE, self.runtime_options
         )
-        if runtime.input_name != spec.input.name or runtime.output_name != spec.output.name:
-            raise IntegrityError(
-                f"{name} version {version}: model.onnx has input {runtime.input_name!r} and "
-                f"output {runtime.output_name!r}, config.pbtxt says {spec.input.name!r} and "
-                f"{spec.output.name!r}"
+        filled = complete_config(
+            config,
+            [GraphTensor.from_ort(t) for t in runtime.inputs],
+            [GraphTensor.from_ort(t) for t in runtime.outputs],
+            model=name,
+        )
+        if filled:
+            log.info(
+                "%s version %d: completed from model.onnx: %s", name, version, "; ".join(filled)
             )
+        spec = ModelSpec.from_config(config)
+        labels = self._labels(name, config, spec)
+        preprocess, preprocess_missing = self._preprocess(name, spec)
         if self._warm_up:
             runtime.warm_up(
                 spec.input.dims, warm_up_sizes(spec.max_batch_size, spec.preferred_batch_sizes)
@@ -479,7 +516,40 @@ class ModelManager:
             runtime=runtime,
             stats=stats,
             batcher=batcher,
+            preprocess_missing=preprocess_missing,
         )
+
+    def _labels(self, name: str, config: Any, spec: ModelSpec) -> tuple[str, ...]:
+        """The output's label file (config.pbtxt's `label_filename`, else labels.txt if there
+        is one); none is fine (the classification extension then answers indices)."""
+        filename = config.output[0].label_filename
+        if not filename and not (self.repository.root / name / LABELS_FILE).is_file():
+            return ()
+        labels = tuple(self.repository.labels(name, filename or LABELS_FILE))
+        classes = spec.output.dims[-1] if spec.output.dims else 0
+        if len(labels) != classes:
+            raise IntegrityError(
+                f"{name}/{filename or LABELS_FILE} has {len(labels)} labels but output "
+                f"{spec.output.name!r} has {classes} classes"
+            )
+        return labels
+
+    def _preprocess(self, name: str, spec: ModelSpec) -> tuple[Preprocess | None, str]:
+        """config.pbtxt's preprocessing parameters, or None and what is missing."""
+        present = [k for k in PARAMETER_KEYS if k in spec.parameters]
+        if not present:
+            return None, "config.pbtxt has no preprocessing parameters (colour, mean, std, ...)"
+        try:
+            preprocess = Preprocess.from_parameters(spec.parameters)
+        except InvalidInput as err:
+            return None, f"its config.pbtxt preprocessing is incomplete: {err.reason}"
+        if (preprocess.channels, *preprocess.input_size) != spec.input.dims:
+            raise IntegrityError(
+                f"{name}: preprocessing gives {preprocess.channels}x"
+                f"{preprocess.input_size[0]}x{preprocess.input_size[1]} images but input "
+                f"{spec.input.name!r} has dims {list(spec.input.dims)}"
+            )
+        return preprocess, ""
 
     def _refuse(self, record: ModelRecord, reason: str) -> None:
         """Report that `record` has nothing (new) to serve, once per reason."""

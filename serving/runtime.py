@@ -156,6 +156,7 @@ class OnnxModel:
                 f"{self.path} has {len(inputs)} inputs and {len(outputs)} outputs; "
                 "cnnzoo serves models with exactly one of each"
             )
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)  # onnxruntime NodeArgs
         self.input_name: str = inputs[0].name
         self.output_name: str = outputs[0].name
         self._output_names = [self.output_name]

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ClientGoneFilter",
     "InferenceServer",
+    "SERVICES",
     "ServerOptions",
     "serve",
 ]
@@ -49,6 +50,7 @@ DEFAULT_POLL_SECONDS = 15.0  # Triton's --repository-poll-secs
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 ZOO_SERVICE = "cnnzoo.v1.Zoo"
+SERVICES = (INFERENCE_SERVICE, ZOO_SERVICE)  # reported on grpc.health.v1 besides each model
 
 
 class ClientGoneFilter(logging.Filter):
@@ -92,6 +94,7 @@ class ServerOptions:
         load_models: in `explicit` mode, the models to load at start-up (`*`: all).
         metrics_config: Triton's `--metrics-config` latency settings.
         metrics_interval_s: how often CPU and GPU metrics are sampled.
+        require_manifest: refuse model versions that carry no manifest.json.
     """
 
     repository: Path
@@ -109,6 +112,7 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()
     metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
     metrics_interval_s: float = 2.0
+    require_manifest: bool = False
 
     def __post_init__(self) -> None:
         mode = self.model_control or (POLL if self.poll_seconds > 0 else NONE)
@@ -154,6 +158,7 @@ class InferenceServer:
             control=options.model_control,
             load_at_start=options.load_models,
             metrics=options.metrics_config,
+            require_manifest=options.require_manifest,
         )
         self.models.discover()
         self.plane = DataPlane(
@@ -292,7 +297,7 @@ class InferenceServer:
         yes, no = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         serving = serving and self.plane.ready()
         self._health_ready = serving
-        for service in ("", INFERENCE_SERVICE, ZOO_SERVICE):
+        for service in ("", *SERVICES):
             await self._health.set(service, yes if serving else no)
         for record in self.models.records():
             await self._health.set(record.name, yes if serving and record.current else no)

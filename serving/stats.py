@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cnnzoo.errors import DeadlineExceeded, ModelExecutionError
+from cnnzoo.errors import DeadlineExceeded, ModelExecutionError, ResourceExhausted
 from cnnzoo.serving.latency import LatencyRecorder
 
 __all__ = ["FAILURE_REASONS", "BatchSizeStats", "Duration", "ModelStats", "failure_reason"]
@@ -24,13 +24,13 @@ FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 def failure_reason(err: BaseException, deadline: float | None = None) -> str:
     """Triton's failure category: REJECTED (the request timed out: its deadline passed before
-    it was answered), CANCELED (the caller cancelled it), BACKEND (the model failed to run it),
-    OTHER (a malformed request, an unavailable model, ...).
+    it was answered; or a bounded queue was full), CANCELED (the caller cancelled it), BACKEND
+    (the model failed to run it), OTHER (a malformed request, an unavailable model, ...).
 
     `deadline` (`time.monotonic()` seconds) tells the two cancellations apart: grpc cancels a
     call whose deadline passed as it cancels one its caller gave up on.
     """
-    if isinstance(err, DeadlineExceeded):
+    if isinstance(err, (DeadlineExceeded, ResourceExhausted)):
         return "REJECTED"
     if isinstance(err, asyncio.CancelledError):
         timed_out = deadline is not None and time.monotonic() >= deadline

@@ -213,13 +213,19 @@ class ModelRepository:
         return folder
 
     def versions(self, model: str) -> list[int]:
-        """Sorted numeric versions of `model` that have a manifest."""
+        """Sorted numeric versions of `model`: folders with a manifest (written by `cnnzoo
+        export`) or, in a repository laid out for Triton by other means, a model.onnx."""
         folder = self.model_dir(model)
         return sorted(
             int(path.name)
             for path in folder.iterdir()
-            if _VERSION.match(path.name) and (path / MANIFEST_FILE).is_file()
+            if _VERSION.match(path.name)
+            and ((path / MANIFEST_FILE).is_file() or (path / ONNX_FILE).is_file())
         )
+
+    def has_manifest(self, model: str, version: int | str) -> bool:
+        """Whether the version carries a manifest.json (what `verify` checks)."""
+        return (self.version_dir(model, version) / MANIFEST_FILE).is_file()
 
     def latest_version(self, model: str) -> int:
         versions = self.versions(model)
@@ -255,10 +261,13 @@ class ModelRepository:
         """config.pbtxt `parameters` as plain strings."""
         return {k: v.string_value for k, v in self.config(model).parameters.items()}
 
-    def labels(self, model: str) -> list[str]:
-        path = self.model_dir(model) / LABELS_FILE
+    def labels(self, model: str, filename: str = LABELS_FILE) -> list[str]:
+        """The lines of a label file in the model's folder (config.pbtxt's `label_filename`)."""
+        if not filename or Path(filename).name != filename or filename.startswith("."):
+            raise IntegrityError(f"{model}: label file {filename!r} is not a file name")
+        path = self.model_dir(model) / filename
         if not path.is_file():
-            raise NotFound(f"{path} is missing")
+            raise NotFound(f"{model}/{filename} is missing")
         return path.read_text(encoding="utf-8").splitlines()
 
     def preprocess(self, model: str) -> Preprocess:

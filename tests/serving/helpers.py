@@ -42,13 +42,15 @@ def cnnzoo(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedPr
 class ServerProcess:
     """`cnnzoo serve` in a subprocess on free ports of 127.0.0.1, logging to a file."""
 
-    def __init__(self, repository: Path, log_path: Path, *extra: str) -> None:
+    def __init__(
+        self, repository: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.http_port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "cnnzoo", "serve",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.serving.helpers import DIGITS, MODEL, cnnzoo, digit_label, free_port
+from tests.serving.helpers import DIGITS, MODEL, ServerProcess, cnnzoo, digit_label, free_port
 
 
 def test_classify_prints_a_table(server):
@@ -57,3 +57,24 @@ def test_health_exit_codes(server):
     nobody = cnnzoo("health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert nobody.returncode != 0
     assert nobody.stderr.strip().startswith("cnnzoo health: error:"), nobody.stderr
+
+
+def test_health_of_an_unknown_service_lists_the_ones_there_are(server):
+    result = cnnzoo("health", "--server", server.target, "--service", "nope")
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("cnnzoo health: error: the server reports no health for 'nope'")
+    for name in ("the whole server", "inference.GRPCInferenceService", "cnnzoo.v1.Zoo", MODEL):
+        assert name in line, line
+
+
+def test_log_level_after_the_command_wins_over_the_environment(tmp_path):
+    empty = tmp_path / "empty-repository"
+    empty.mkdir()
+    process = ServerProcess(
+        empty, tmp_path / "server.log", "--log-level", "warning", env={"CNNZOO_LOG_LEVEL": "DEBUG"}
+    ).wait_ready()
+    assert process.stop() == 0
+    log = process.log()
+    assert " INFO " not in log and " DEBUG " not in log, log
+    assert " WARNING cnnzoo.serving.server: not ready, nothing is served" in log, log
