@@ -264,6 +264,8 @@ class DataPlane:
             batch = _decode_input(
                 request.inputs[0], spec.input, spec.max_batch_size, served.name, self._region
             )
+            if not spec.batched:
+                batch = batch[None]  # one row for the batcher; the runtime takes it off again
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
             future = served.batcher.enqueue(batch, deadline)
@@ -389,15 +391,16 @@ def _decode_input(
             f"{where} must have rank {len(expected_shape)} (shape {expected_shape}), "
             f"got rank {len(shape)} (shape {list(shape)})"
         )
-    if tuple(shape[1:]) != spec.dims:
+    if not spec.accepts(tuple(shape[1:]) if spec.batched else tuple(shape)):
         raise InvalidInput(f"{where} must have shape {expected_shape}, got {list(shape)}")
-    batch = shape[0]
-    if batch < 1:
-        raise InvalidInput(f"{where} has batch size {batch}; it must be at least 1")
-    if batch > max_batch_size:
-        raise InvalidInput(
-            f"{where} has batch size {batch}, over the model's max_batch_size {max_batch_size}"
-        )
+    if spec.batched:
+        batch = shape[0]
+        if batch < 1:
+            raise InvalidInput(f"{where} has batch size {batch}; it must be at least 1")
+        if batch > max_batch_size:
+            raise InvalidInput(
+                f"{where} has batch size {batch}, over the model's max_batch_size {max_batch_size}"
+            )
     count = math.prod(shape)
     dtype = spec.dtype.newbyteorder("<")
     needed = count * dtype.itemsize
@@ -463,10 +466,15 @@ def _encode_output(
     target: memoryview | None,
     served: LoadedVersion,
 ) -> InferOutput:
+    batched = served.spec.output.batched
     if output.classification:
-        k = min(output.classification, logits.shape[1])
-        strings = classification_strings(logits, k, served.labels)
-        return InferOutput(output.name, "BYTES", (len(logits), k), serialize_bytes_tensor(strings))
+        scores = logits.reshape(len(logits), -1)  # e.g. [N, C, 1, 1] -> [N, C]
+        k = min(output.classification, scores.shape[1])
+        strings = classification_strings(scores, k, served.labels)
+        shape = (len(logits), k) if batched else (k,)
+        return InferOutput(output.name, "BYTES", shape, serialize_bytes_tensor(strings))
+    if not batched:
+        logits = logits[0]  # the batcher's row; the model has no batch dimension
     data = np.ascontiguousarray(logits, dtype=served.spec.output.dtype.newbyteorder("<"))
     datatype = served.spec.output.datatype
     if target is None:

@@ -105,8 +105,14 @@ class LoadedVersion:
         """The preprocessing `operation` (Classify, Explain) needs to turn images into inputs.
 
         Raises:
-            ModelIncomplete: config.pbtxt has no preprocessing parameters (names the missing one).
+            ModelIncomplete: config.pbtxt has no preprocessing parameters (names the missing
+                one), or the model takes no batch of images (max_batch_size 0).
         """
+        if not self.spec.batched:
+            raise ModelIncomplete(
+                f"{operation} sends images as a batch, and {self.name!r} has no batch dimension "
+                "(max_batch_size 0); ModelInfer works (send the input tensor itself)"
+            )
         if self.preprocess is None:
             raise ModelIncomplete(
                 f"{operation} needs the preprocessing of {self.name!r} version {self.version} to "
@@ -485,6 +491,11 @@ class ModelManager:
         spec = ModelSpec.from_config(config)
         labels = self._labels(name, config, spec)
         preprocess, preprocess_missing = self._preprocess(name, spec)
+        runtime.fit_shapes(
+            batched=spec.batched,
+            input_shape=spec.input.reshape,
+            output_dims=spec.output.dims if spec.output.reshape is not None else None,
+        )
         if self._warm_up:
             runtime.warm_up(
                 spec.input.dims, warm_up_sizes(spec.max_batch_size, spec.preferred_batch_sizes)

@@ -43,6 +43,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+# ONNX Runtime's tensor types -> the numpy types a session takes.
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -161,10 +176,29 @@ class OnnxModel:
         self.output_name: str = outputs[0].name
         self._output_names = [self.output_name]
         # fp16 exports may take fp16 input; the API stays FP32 and we cast here.
-        self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        self._input_dtype = _NUMPY_TYPES.get(inputs[0].type, np.float32)
         self._io_binding = self.provider == CUDA
+        # How a batch `[N, *dims]` becomes the graph's input and back (see `fit_shapes`).
+        self._batched = True
+        self._input_shape: tuple[int, ...] | None = None
+        self._output_dims: tuple[int, ...] | None = None
         self.warmed_sizes: tuple[int, ...] = ()  # set by warm_up
         log.info("loaded %s on %s", self.path, self.provider)
+
+    def fit_shapes(
+        self,
+        *,
+        batched: bool,
+        input_shape: tuple[int, ...] | None = None,
+        output_dims: tuple[int, ...] | None = None,
+    ) -> None:
+        """Adapt batches to the graph: without a batch dimension (`batched` False) the one row
+        of a batch is the graph's whole input and its output becomes one row; `input_shape`
+        (config.pbtxt's input `reshape`, without the batch) is the shape the graph takes, and
+        `output_dims` the dims its output is reshaped to (the output's config dims)."""
+        self._batched = batched
+        self._input_shape = input_shape
+        self._output_dims = output_dims
 
     def run_size(self, rows: int) -> int:
         """The batch size `rows` rows run at: the smallest warmed size that holds them (`rows`
@@ -173,7 +207,8 @@ class OnnxModel:
         return self.warmed_sizes[index] if index < len(self.warmed_sizes) else rows
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a batch: `[N, ...input dims]` in, float32 `[N, ...output dims]` out.
+        """Logits for a batch: `[N, ...input dims]` in, `[N, ...output dims]` out (fp16
+        outputs as float32).
 
         Runs at `run_size(N)` rows (zero rows padded on, then dropped from the answer).
         """
@@ -185,8 +220,15 @@ class OnnxModel:
         return self._run(batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        rows = len(batch)
         if batch.dtype != self._input_dtype:
             batch = batch.astype(self._input_dtype)
+        if not self._batched:
+            batch = batch[0]
+        if self._input_shape is not None:
+            batch = batch.reshape(
+                (rows, *self._input_shape) if self._batched else self._input_shape
+            )
         if self._io_binding:
             binding = self._session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
@@ -195,14 +237,21 @@ class OnnxModel:
             out = binding.copy_outputs_to_cpu()[0]
         else:
             out = self._session.run(self._output_names, {self.input_name: batch})[0]
-        return out if out.dtype == np.float32 else out.astype(np.float32)
+        if not self._batched:
+            out = out[None]
+        if self._output_dims is not None:
+            out = out.reshape((rows, *self._output_dims))
+        return out.astype(np.float32) if out.dtype == np.float16 else out
 
     def warm_up(self, sample_shape: tuple[int, ...], batch_sizes: Iterable[int]) -> None:
         """Run each batch size once so first requests do not pay for allocation or autotuning;
         from then on `run` uses only these sizes (see the module docstring)."""
+        if any(d < 0 for d in sample_shape):
+            log.info("%s: not warmed up (its input has dims of any size)", self.path)
+            return
         sizes = tuple(sorted({size for size in batch_sizes if size > 0}))
         for size in sizes:
-            self._run(np.zeros((size, *sample_shape), dtype=np.float32))
+            self._run(np.zeros((size, *sample_shape), dtype=self._input_dtype))
         self.warmed_sizes = sizes
 
 

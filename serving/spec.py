@@ -45,18 +45,29 @@ def protocol_datatype(config_type_name: str) -> str:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output: name, protocol datatype, dims without the batch dimension."""
+    """A model input or output: name, protocol datatype, dims without the batch dimension
+    (`batched`: the model has one, max_batch_size >= 1; -1 in dims: any size), and the shape
+    the graph itself has when config.pbtxt's `reshape` says it differs (without the batch)."""
 
     name: str
     datatype: str
     dims: tuple[int, ...]
+    batched: bool = True
+    reshape: tuple[int, ...] | None = None
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(DATATYPES[self.datatype])
 
     def shape_with_batch(self) -> list[int]:
-        return [-1, *self.dims]
+        """The shape a request carries: -1 for the batch, then the dims (no batch: the dims)."""
+        return [-1, *self.dims] if self.batched else list(self.dims)
+
+    def accepts(self, dims: tuple[int, ...]) -> bool:
+        """Whether a tensor's dims (without the batch) fit these (-1 takes any size)."""
+        return len(dims) == len(self.dims) and all(
+            want in (-1, got) for want, got in zip(self.dims, dims, strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,12 @@ class ModelSpec:
     # model_metrics' buckets for nv_inference_first_response_histogram_ms (None: Triton's)
     histogram_buckets: tuple[float, ...] | None = None
 
+    @property
+    def batched(self) -> bool:
+        """The model has a batch dimension (max_batch_size >= 1); without one each request is
+        one whole input, run alone."""
+        return self.max_batch_size > 0
+
     @classmethod
     def from_config(cls, config: Any) -> ModelSpec:
         """Build from a `model_config_pb2.ModelConfig` (as `cnnzoo.zoo.repository` returns it).
@@ -88,10 +105,10 @@ class ModelSpec:
                 f"config.pbtxt of {config.name!r} declares {len(config.input)} inputs and "
                 f"{len(config.output)} outputs; cnnzoo serves exactly one of each"
             )
-        if config.max_batch_size < 1:
+        if config.max_batch_size < 0:
             raise InvalidInput(
                 f"config.pbtxt of {config.name!r} has max_batch_size {config.max_batch_size}; "
-                "cnnzoo serves models with a batch dimension (max_batch_size >= 1)"
+                "it must be >= 0 (0: the model has no batch dimension)"
             )
         dtype_name = (
             type(config)
@@ -102,7 +119,11 @@ class ModelSpec:
 
         def tensor(t: Any) -> TensorSpec:
             return TensorSpec(
-                t.name, protocol_datatype(dtype_name[t.data_type].name), tuple(t.dims)
+                t.name,
+                protocol_datatype(dtype_name[t.data_type].name),
+                tuple(t.dims),
+                batched=config.max_batch_size > 0,
+                reshape=tuple(t.reshape.shape) if t.HasField("reshape") else None,
             )
 
         batching = config.HasField("dynamic_batching")

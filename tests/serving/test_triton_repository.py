@@ -42,6 +42,22 @@ output [
   }
 ]
 """
+# As Triton's densenet_onnx example: no batch dimension, the graph's [1, ...] shapes reshaped.
+UNBATCHED_CONFIG = """\
+name: "unbatched"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [ { name: "x", data_type: TYPE_FP32, dims: [ 4 ], reshape: { shape: [ 1, 4 ] } } ]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ 3 ]
+    reshape: { shape: [ 1, 3 ] }
+    label_filename: "labels.txt"
+  }
+]
+"""
 WRONG_CONFIG = """\
 platform: "onnxruntime_onnx"
 max_batch_size: 2
@@ -50,9 +66,10 @@ input [ { name: "x", data_type: TYPE_FP32, dims: [ 5 ] } ]
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def tiny_graph(path: Path, *, fragile: bool = False) -> None:
-    """x FP32 [N, 4] -> y FP32 [N, 3] = x @ W. `fragile`: x is first reshaped to [-1, 4 + max(x)]
-    (int), which fails as soon as an input holds a 1 (zeros, as in warm-up, are fine)."""
+def tiny_graph(path: Path, *, fragile: bool = False, batch: str | int = "batch") -> None:
+    """x FP32 [N, 4] -> y FP32 [N, 3] = x @ W (`batch`: N, a name for a dynamic axis). `fragile`:
+    x is first reshaped to [-1, 4 + max(x)] (int), which fails as soon as an input holds a 1
+    (zeros, as in warm-up, are fine)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -77,8 +94,8 @@ def tiny_graph(path: Path, *, fragile: bool = False) -> None:
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -99,6 +116,9 @@ def triton_repository(repository: Path, tmp_path_factory) -> Path:
         tiny_graph(root / name / "1" / "model.onnx", fragile=fragile)
         (root / name / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\n')
     (root / "wrong" / "config.pbtxt").write_text(WRONG_CONFIG)  # contradicts its graph
+    tiny_graph(root / "unbatched" / "1" / "model.onnx", batch=1)
+    (root / "unbatched" / "config.pbtxt").write_text(UNBATCHED_CONFIG)
+    (root / "unbatched" / "labels.txt").write_text("a\nb\nc\n")
     return root
 
 
@@ -156,6 +176,21 @@ def test_config_left_out_is_completed_from_the_graph(client):
     assert "max_batch_size 4" in info.value.message()
 
 
+def test_a_model_without_batch_dimension_as_in_tritons_examples(client):
+    metadata = client.get_model_metadata("unbatched", as_json=True)
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["4"]}]
+    assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": ["3"]}]
+    x = np.array([1.0, 0.0, 2.0, 0.5], np.float32)
+    y = infer(client, "unbatched", "x", x).as_numpy("y")
+    np.testing.assert_array_equal(y, x @ np.arange(12, dtype=np.float32).reshape(4, 3))
+    top = infer(client, "unbatched", "x", x, requested=("y", 2)).as_numpy("y")
+    assert top.shape == (2,)
+    assert [item.decode().split(":")[1:] for item in top] == [["2", "c"], ["1", "b"]]
+    with pytest.raises(InferenceServerException) as info:
+        infer(client, "unbatched", "x", x[None])  # a batch axis it does not have
+    assert "must have rank 1 (shape [4])" in info.value.message()
+
+
 def test_a_graph_that_fails_at_run_time_is_a_backend_failure(plain, client):
     from tests.serving.test_metrics import families, samples
 
@@ -187,11 +222,17 @@ def test_classify_and_explain_name_what_the_model_lacks(plain):
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
             details = info.value.details()
             assert operation in details and "preprocessing" in details, details
+        unbatched = zoo_pb2.ClassifyRequest(model="unbatched", images=[image])
+        with pytest.raises(grpc.RpcError) as info:
+            zoo.Classify(unbatched, timeout=30)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no batch dimension (max_batch_size 0)" in info.value.details()
         listing = {m.name: m for m in zoo.ListModels(zoo_pb2.ListModelsRequest()).models}
     assert {n: m.state for n, m in listing.items()} == {
         "auto": "READY",
         "fragile": "READY",
         "lenet": "READY",
+        "unbatched": "READY",
         "wrong": "UNAVAILABLE",  # the others serve on
     }
     assert listing["lenet"].num_classes == 10
@@ -206,7 +247,7 @@ def test_require_manifest_refuses_versions_without_one(triton_repository, tmp_pa
             zoo = zoo_pb2_grpc.ZooStub(channel)
             listing = zoo.ListModels(zoo_pb2.ListModelsRequest()).models
         assert {m.name: m.state for m in listing} == dict.fromkeys(
-            ("auto", "fragile", "lenet", "wrong"), "UNAVAILABLE"
+            ("auto", "fragile", "lenet", "unbatched", "wrong"), "UNAVAILABLE"
         )
         assert all("no manifest.json" in m.reason for m in listing)
     finally:
