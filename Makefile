@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # or pulls a different CUDA build; pyproject.toml accepts the range these belong to.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv install test demo protos bench lint clean
+.PHONY: venv install test data demo protos bench lint clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ install: venv
 
 test: venv
 	$(PY) -m pytest
+
+# MNIST, Fashion-MNIST and CIFAR-10 for the tests and examples (needs internet), into
+# $CNNZOO_DATA or ./data
+data: venv
+	$(PY) scripts/download_data.py
 
 demo: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh

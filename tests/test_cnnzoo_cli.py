@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CNNZOO = str(Path(sys.executable).parent / "cnnzoo")
 COMMANDS = {"list", "train", "eval", "export", "serve", "classify", "health", "layers", "explain"}
-COMMANDS |= {"job", "worker"}
+COMMANDS |= {"job", "worker", "examples"}
 
 
 def test_every_package_mounts_its_commands():

@@ -21,17 +21,18 @@ __all__ = ["AlexNetCifar", "alexnet_cifar", "alexnet_imagenet"]
 
 
 class AlexNetCifar(nn.Module):
-    """AlexNet-style classifier for 3x32x32 input.
+    """AlexNet-style classifier for 32x32 input.
 
     Args:
         num_classes: number of output logits.
         dropout: dropout probability before each of the first two linear layers.
+        in_channels: image channels (3 for CIFAR-10, 1 for greyscale data).
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5, in_channels: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=3, padding=1),  # 0
+            nn.Conv2d(in_channels, 64, kernel_size=3, padding=1),  # 0
             nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=2, stride=2),  # 32 -> 16
@@ -66,7 +67,7 @@ def _alexnet_cifar(num_classes: int, **kwargs: Any) -> AlexNetCifar:
 
 
 def alexnet_cifar(*, num_classes: int = 10, **kwargs: Any) -> AlexNetCifar:
-    """AlexNet-style net for CIFAR-10 (3x32x32), randomly initialised."""
+    """AlexNet-style net for 32x32 images (CIFAR-10: 3x32x32), randomly initialised."""
     return _alexnet_cifar(num_classes, **kwargs)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,11 +15,9 @@ from cnnzoo.fileio import sha256_file
 if TYPE_CHECKING:
     from torch import nn
 
-    from cnnzoo.zoo.recipe import Recipe
-    from cnnzoo.zoo.registry import ZooEntry
-
 __all__ = [
     "CARD_SCHEMA",
+    "OPTIONAL_KEYS",
     "build_card",
     "hardware_info",
     "software_info",
@@ -55,13 +52,21 @@ CARD_SCHEMA: dict[str, tuple[str, ...] | None] = {
     "created": None,
 }  # fmt: skip
 
+# Keys cards may carry (cards written before they existed lack them): the architecture's name in
+# `cnnzoo.zoo.architectures`, and what a fine-tuned run started from (`cnnzoo train --init`).
+OPTIONAL_KEYS = ("arch", "init")
+
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "test_top1", "lr", "seconds")
 
 
 def validate_card(card: dict[str, Any]) -> list[str]:
     """Problems with a card (empty when it follows the schema)."""
     problems = [f"missing key {key!r}" for key in CARD_SCHEMA if key not in card]
-    problems += [f"unknown key {key!r}" for key in card if key not in CARD_SCHEMA]
+    problems += [
+        f"unknown key {key!r}"
+        for key in card
+        if key not in CARD_SCHEMA and key not in OPTIONAL_KEYS
+    ]
     for key, required in CARD_SCHEMA.items():
         if required and isinstance(card.get(key), dict):
             problems += [f"missing key {key}.{sub!r}" for sub in required if sub not in card[key]]
@@ -123,11 +128,10 @@ def utc_now() -> str:
 
 
 def build_card(
-    entry: ZooEntry,
+    fields: dict[str, Any],
     *,
     model: nn.Module,
     weights: Path,
-    recipe: Recipe,
     seed: int,
     dataset: dict[str, Any],
     metrics: dict[str, Any],
@@ -135,14 +139,15 @@ def build_card(
     wall_time_seconds: float,
     hardware: dict[str, Any],
     command: str,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The card of a finished run of `entry` whose final weights are the file `weights`.
+    """The card of a finished run whose final weights are the file `weights`.
 
     Args:
-        entry: what was trained.
+        fields: what the run trained (`ZooEntry.card_fields()`: model, arch, family,
+            architecture, paper, notes, recipe, input_shape, preprocess, labels).
         model: the trained model (its parameters are counted).
         weights: the final weights file (its sha256 and size are recorded).
-        recipe: the recipe the run used.
         seed: the run's seed.
         dataset: the card's `dataset` section (see `CARD_SCHEMA`).
         metrics: the test metrics of the final weights (`cnnzoo.zoo.evaluate.evaluate`).
@@ -150,37 +155,37 @@ def build_card(
         wall_time_seconds: training time over all sessions of the run.
         hardware: `hardware_info(...)` plus anything the run adds.
         command: the command line(s) that made the run.
+        init: what a fine-tuned run started from (file, sha256, tensors kept and new).
 
     Raises:
         AssertionError: the card breaks the schema (a bug in the caller, not a user error).
     """
     card = {
-        "model": entry.name,
-        "family": entry.family,
-        "architecture": entry.architecture,
-        "paper": entry.paper,
-        "notes": entry.notes,
+        **{key: fields[key] for key in ("model", "arch", "family", "architecture", "paper")},
+        "notes": fields["notes"],
         "dataset": dataset,
         "metrics": metrics,
-        "epochs": recipe.epochs,
+        "epochs": fields["recipe"]["epochs"],
         "history": history,
         "wall_time_seconds": round(wall_time_seconds, 1),
         "hardware": hardware,
         "software": software_info(),
         "command": command,
         "seed": seed,
-        "recipe": recipe.to_dict(),
+        "recipe": fields["recipe"],
         "weights": {
             "file": weights.name,
             "sha256": sha256_file(weights),
             "num_params": sum(p.numel() for p in model.parameters()),
             "bytes": weights.stat().st_size,
         },
-        "input_shape": list(entry.input_shape),
-        "preprocess": asdict(entry.preprocess),
-        "labels": list(entry.labels),
+        "input_shape": fields["input_shape"],
+        "preprocess": fields["preprocess"],
+        "labels": fields["labels"],
         "created": utc_now(),
     }
+    if init is not None:
+        card["init"] = init
     problems = validate_card(card)
     assert not problems, problems
     return card

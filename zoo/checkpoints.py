@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,8 +170,19 @@ def read_state_dict(
             )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for a bad pickle/zip
-            raise InvalidInput(f"{path} is not a readable torch state dict ({err})") from None
+        except pickle.UnpicklingError:
+            # torch's message advises retrying with weights_only=False: for a file from
+            # elsewhere that means running whatever code its pickle holds, so it is not passed on
+            raise InvalidInput(
+                f"{path} is not a plain state dict of tensors: it is damaged, or its pickle holds "
+                "other Python objects, which cnnzoo does not load (unpickling them can run code); "
+                "save it with torch.save(model.state_dict(), ...) or as .safetensors"
+            ) from None
+        except Exception as err:  # a damaged zip or file: torch's first line says what
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if "weights_only" in reason:  # the same advice, on another path
+                reason = "it does not load as plain tensors"
+            raise InvalidInput(f"{path} is not a readable torch state dict ({reason})") from None
         if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()
         ):

@@ -8,14 +8,18 @@ parser (`cnnzoo --help`) stays cheap.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from cnnzoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput, NotFound
 from cnnzoo.zoo import get_entry, list_models
+from cnnzoo.zoo.architectures import get_architecture, list_architectures
+from cnnzoo.zoo.augment import AUGMENTATIONS
+from cnnzoo.zoo.examples import copy_examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_train(sub)
     _register_eval(sub)
     _register_export(sub)
+    _register_examples(sub)
 
 
 # -- list -----------------------------------------------------------------------------------
@@ -32,12 +37,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _register_list(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "list",
-        help="list the model zoo",
-        description="List every zoo entry: dataset, input shape, classes, shipped weights.",
+        help="list the model zoo (or its architectures)",
+        description="List every zoo entry: dataset, input shape, classes, shipped weights. "
+        "With --architectures, the architectures `cnnzoo train ARCH --dataset ...` takes, with "
+        "their parameter counts. A pattern that matches nothing is an error (exit 3).",
     )
     parser.add_argument(
         "patterns", nargs="*", metavar="PATTERN", help="glob filter, e.g. 'resnet*'"
     )
+    parser.add_argument(
+        "--architectures", action="store_true", help="list architectures instead of models"
+    )
+    parser.add_argument(
+        "--classes", type=int, default=10, help="with --architectures: classes (default 10)"
+    )
+    parser.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3,
+        help="with --architectures: input channels (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--input-size", type=int, metavar="PX",
+        help="with --architectures: say which take this input side",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.set_defaults(func=_cmd_list)
 
@@ -49,6 +70,7 @@ def _list_row(name: str) -> dict[str, Any]:
     weights = card.get("weights", {})
     return {
         "model": name,
+        "arch": entry.arch,
         "dataset": entry.dataset,
         "input_shape": list(entry.input_shape),
         "classes": entry.num_classes,
@@ -59,16 +81,23 @@ def _list_row(name: str) -> dict[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    rows = [_list_row(name) for name in list_models(include=args.patterns or None)]
+    if args.architectures:
+        return _list_architectures(args)
+    names = list_models(include=args.patterns or None)
+    if not names:
+        raise NotFound(
+            f"no model matches {' '.join(args.patterns)}; models: {', '.join(list_models())}"
+        )
+    rows = [_list_row(name) for name in names]
     if args.json:
-        for row in rows:
-            print(json.dumps(row, sort_keys=True))
+        _print_json(rows)
         return 0
-    table = [["MODEL", "DATASET", "INPUT", "CLASSES", "WEIGHTS", "TOP-1", "SHA256"]]
+    table = [["MODEL", "ARCH", "DATASET", "INPUT", "CLASSES", "WEIGHTS", "TOP-1", "SHA256"]]
     for row in rows:
         table.append(
             [
                 row["model"],
+                row["arch"],
                 row["dataset"],
                 "x".join(map(str, row["input_shape"])),
                 str(row["classes"]),
@@ -77,11 +106,73 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 (row["sha256"] or "-")[:12],
             ]
         )
+    _print_table(table)
+    return 0
+
+
+def _list_architectures(args: argparse.Namespace) -> int:
+    if args.classes < 2:
+        raise InvalidInput(f"--classes must be >= 2, got {args.classes}")
+    if args.input_size is not None and args.input_size < 1:
+        raise InvalidInput(f"--input-size must be >= 1, got {args.input_size}")
+    names = [
+        n
+        for n in list_architectures()
+        if not args.patterns or any(fnmatch.fnmatchcase(n, p) for p in args.patterns)
+    ]
+    if not names:
+        raise NotFound(
+            f"no architecture matches {' '.join(args.patterns)}; architectures: "
+            f"{', '.join(list_architectures())}"
+        )
+    rows = []
+    for name in names:
+        arch = get_architecture(name)
+        channels = args.channels if args.channels in arch.channels else 3
+        rows.append(
+            {
+                "arch": name,
+                "family": arch.family,
+                "fixed_input": arch.fixed_input,
+                "min_input": arch.min_input,
+                "channels": list(arch.channels),
+                "params": arch.parameter_count(args.classes, channels),  # imports torch
+                "classes": args.classes,
+                "takes_input_size": None
+                if args.input_size is None
+                else arch.takes_input_size(args.input_size),
+                "torchvision": arch.torchvision,
+                "description": arch.description,
+                "paper": arch.paper,
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = [["ARCH", "FAMILY", "INPUT", "PARAMS", "DESCRIPTION"]]
+    for row in rows:
+        size = (
+            f"{row['fixed_input']}x{row['fixed_input']}"
+            if row["fixed_input"]
+            else f">= {row['min_input']}"
+        )
+        if args.input_size is not None and not row["takes_input_size"]:
+            size += f" (not {args.input_size})"
+        table.append([row["arch"], row["family"], size, f"{row['params']:,}", row["description"]])
+    _print_table(table)
+    return 0
+
+
+def _print_json(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        print(json.dumps(row, sort_keys=True))
+
+
+def _print_table(table: list[list[str]]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
         cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
         print("  ".join(cells).rstrip())
-    return 0
 
 
 # -- train ----------------------------------------------------------------------------------
@@ -90,12 +181,56 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _register_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
-        help="train a zoo model",
-        description="Train a zoo model with its recipe; writes "
-        "OUT/MODEL/epochs/epoch_NNN.safetensors each epoch, then OUT/MODEL/model.safetensors "
-        "and card.json.",
+        help="train a preset, or an architecture on any dataset",
+        description="Train a preset with its recipe (`cnnzoo train lenet5-mnist`), or an "
+        "architecture on a dataset (`cnnzoo train resnet18 --dataset DIR`: classes, colour "
+        "mode, input size and normalisation come from the data). Writes "
+        "OUT/NAME/epochs/epoch_NNN.safetensors each epoch, then OUT/NAME/model.safetensors "
+        "and card.json; OUT/NAME is then a model for eval, export and explain.",
     )
-    parser.add_argument("model", help="zoo entry, see `cnnzoo list`")
+    parser.add_argument(
+        "model",
+        help="a preset (`cnnzoo list`), or with --dataset an architecture "
+        "(`cnnzoo list --architectures`)",
+    )
+    parser.add_argument(
+        "--dataset",
+        metavar="SPEC",
+        help="mnist, fashion-mnist, cifar10, cifar100, or an image folder (train/ and test/ "
+        "or val/ of class folders, or class folders with --val-split)",
+    )
+    parser.add_argument(
+        "--name", help="run name: OUT/NAME and the model's name (default ARCH-<dataset>)"
+    )
+    parser.add_argument(
+        "--input-size", type=int, metavar="PX", help="resize images to PX (default: theirs)"
+    )
+    parser.add_argument(
+        "--val-split",
+        type=float,
+        metavar="F",
+        help="hold out a seeded, stratified fraction F of an image folder as its test split",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse unreadable images in an image folder instead of skipping them",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        help="training augmentation (default: the architecture's recipe)",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        metavar="FILE",
+        help="fine-tune from a torchvision state dict (.pth) or a cnnzoo checkpoint; the "
+        "classifier head is replaced to fit the classes",
+    )
+    parser.add_argument(
+        "--freeze", action="store_true", help="with --init: train only the new head"
+    )
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
@@ -126,7 +261,11 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "randomness: the same seed and N give the same run",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (they are drawn on a terminal only)",
+    )
     parser.set_defaults(func=_cmd_train)
 
 
@@ -136,6 +275,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         model=args.model,
         out=args.out,
+        dataset=args.dataset,
+        name=args.name,
+        input_size=args.input_size,
+        val_split=args.val_split,
+        strict=args.strict,
+        init=args.init,
+        freeze=args.freeze,
+        augment=args.augment,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -163,12 +310,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _register_eval(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "eval",
-        help="evaluate a zoo model on its test set",
-        description="Top-1, top-5 and per-class accuracy on the model's test set.",
+        help="evaluate a zoo model or a run on its test set",
+        description="Top-1, top-5 and per-class accuracy on the model's test set (a run "
+        "folder's: its image folder's test split, a held-out one drawn again).",
     )
-    parser.add_argument("model", help="zoo entry, see `cnnzoo list`")
+    parser.add_argument("model", help="zoo entry (`cnnzoo list`) or a run folder (runs/NAME)")
     parser.add_argument(
-        "--weights", default="default", help="weights file (default: the shipped weights)"
+        "--weights", default="default", help="weights file (default: the model's own)"
     )
     parser.add_argument(
         "--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)"
@@ -181,7 +329,11 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (it is drawn on a terminal only)",
+    )
     parser.set_defaults(func=_cmd_eval)
 
 
@@ -223,7 +375,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         description="Export to a Triton-layout model repository: config.pbtxt, labels.txt, "
         "VERSION/model.onnx (+ model.safetensors, manifest.json), parity-checked against PyTorch.",
     )
-    parser.add_argument("model", nargs="?", help="zoo entry (or --all)")
+    parser.add_argument("model", nargs="?", help="zoo entry, a run folder (runs/NAME), or --all")
     parser.add_argument("--all", action="store_true", help="export every entry that has weights")
     parser.add_argument(
         "--include-untrained", action="store_true", help="with --all, also the untrained entries"
@@ -255,7 +407,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.all and (args.weights or args.version is not None):
         raise InvalidInput("--weights and --version apply to one model, not --all")
     names = models_to_export(args.all, args.model, args.include_untrained)
-    for name in names:
+    for number, name in enumerate(names, 1):
+        if len(names) > 1:  # each export takes seconds: say which one runs (stderr: --json)
+            print(f"[{number}/{len(names)}] exporting {name} ...", file=sys.stderr, flush=True)
         summary = export_model(
             ExportOptions(
                 model=name,
@@ -274,7 +428,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             sha = summary["source_weights_sha256"]
             weights = f"weights {sha[:12]}" if sha else "untrained"
             print(
-                f"{name}: up to date, version {summary['version']} -> {summary['path']} "
+                f"{summary['model']}: up to date, version {summary['version']} -> "
+                f"{summary['path']} "
                 f"(same {weights}, {summary['precision']}, same config); nothing written"
             )
         else:
@@ -285,10 +440,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 else f"top-1 agreement {parity['top1_agreement']:.3f}"
             )
             print(
-                f"{name}: version {summary['version']} -> {summary['path']} "
+                f"{summary['model']}: version {summary['version']} -> {summary['path']} "
                 f"({summary['precision']}, {figure} on {parity['n']} {parity['inputs']} inputs, "
                 f"{summary['seconds']:.1f}s)"
             )
+        sys.stdout.flush()
+    return 0
+
+
+# -- examples -------------------------------------------------------------------------------
+
+
+def _register_examples(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "examples",
+        help="copy the example images and job files into a folder",
+        description="Copy the shipped examples (MNIST test digits, one CIFAR-10 test image per "
+        "class, job files) out of the installed package into DEST, so the README's commands "
+        "run anywhere: `cnnzoo classify DEST/digits/*/*.png ...`, `cnnzoo job "
+        "DEST/jobs/lenet5-digits.toml`.",
+    )
+    parser.add_argument("dest", type=Path, metavar="DEST", help="a new (or empty) folder")
+    parser.set_defaults(func=_cmd_examples)
+
+
+def _cmd_examples(args: argparse.Namespace) -> int:
+    counts = copy_examples(args.dest)
+    print(
+        f"{args.dest}: {counts['digits']} MNIST digits, {counts['cifar10']} CIFAR-10 images, "
+        f"{counts['jobs']} job files; try `cnnzoo job {args.dest / 'jobs' / 'lenet5-digits.toml'}`"
+    )
     return 0
 
 

@@ -1,9 +1,18 @@
-"""Datasets: MNIST (torchvision), CIFAR-10 in the official binary layout (our reader), ImageFolder.
+"""Datasets: the named ones, read offline from the data folder, and image folders.
 
 The data folder is `--data-dir`, else `$CNNZOO_DATA`, else `./data`, in torchvision's layout:
-`<root>/MNIST/raw/*-ubyte`, `<root>/cifar-10-batches-bin/*.bin`, `<root>/imagenet/{train,val}/`.
-Missing or damaged data raises one `DatasetNotFound` naming the folder looked in and the ways to
-point at data.
+
+| name | folder | reader |
+|---|---|---|
+| mnist | `MNIST/raw/*-ubyte` | torchvision's MNIST |
+| fashion-mnist | `FashionMNIST/raw/*-ubyte` | torchvision's FashionMNIST |
+| cifar10 | `cifar-10-batches-bin/` (binary), else `cifar-10-batches-py/` | ours, torchvision's |
+| cifar100 | `cifar-100-python/` | torchvision's CIFAR100 (fine labels) |
+| imagenet | `imagenet/{train,val}/` | torchvision's ImageFolder |
+
+Any other name that is a path is an image folder (`cnnzoo.zoo.image_folders`). Missing or
+damaged data raises one `DatasetNotFound` naming the folder looked in and the ways to point at
+data.
 """
 
 from __future__ import annotations
@@ -20,15 +29,27 @@ from cnnzoo.errors import DatasetNotFound, InvalidInput
 
 __all__ = [
     "DATASETS",
+    "NAMED_DATASETS",
     "SPLITS",
     "CIFAR10Binary",
+    "channel_stats",
+    "check_dataset_name",
     "dataset_source",
     "get_dataset",
     "resolve_data_dir",
 ]
 
-DATASETS = ("mnist", "cifar10", "imagenet")
+NAMED_DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet")
+DATASETS = NAMED_DATASETS
 SPLITS = ("train", "test")
+# The folder each named dataset is read from (CIFAR-10: the binary layout, else the python one).
+FOLDERS = {
+    "mnist": ("MNIST",),
+    "fashion-mnist": ("FashionMNIST",),
+    "cifar10": ("cifar-10-batches-bin", "cifar-10-batches-py"),
+    "cifar100": ("cifar-100-python",),
+    "imagenet": ("imagenet",),
+}
 
 CIFAR10_FOLDER = "cifar-10-batches-bin"
 # The official binary archive (https://www.cs.toronto.edu/~kriz/cifar.html), for --download.
@@ -50,10 +71,6 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 _POINT_AT_DATA = "point --data-dir or CNNZOO_DATA at the data folder (default ./data)"
-_IMAGE_FOLDER_REMEDY = (
-    "give the path of a folder with one subfolder of images per class "
-    "(an image folder cannot be downloaded)"
-)
 _IMAGENET_REMEDY = (
     f"{_POINT_AT_DATA}, holding imagenet/train/ and imagenet/val/ with one subfolder of images "
     f"per class (ImageNet cannot be downloaded for you)"
@@ -61,7 +78,7 @@ _IMAGENET_REMEDY = (
 
 
 def _download_remedy(offer_download: bool) -> str:
-    """How to get MNIST/CIFAR-10; names --download only for callers that have that flag."""
+    """How to get a named dataset; names --download only for callers that have that flag."""
     return _POINT_AT_DATA + (", or pass --download to fetch it" if offer_download else "")
 
 
@@ -83,66 +100,122 @@ def get_dataset(
     transform: Callable[[Any], Any] | None = None,
     download: bool = False,
     offer_download: bool = False,
+    val_split: float | None = None,
+    seed: int = 0,
+    strict: bool = False,
 ) -> Any:
-    """A torch Dataset of (tensor, label) pairs.
+    """A torch Dataset of (tensor, label) pairs with `classes` (names) and `targets`.
 
     Args:
-        name: "mnist", "cifar10", "imagenet" (an ImageFolder at `<data>/imagenet/{train,val}`),
-            or the path of any ImageFolder (one subfolder per class).
-        split: "train" or "test" (ignored for an ImageFolder path).
+        name: one of `NAMED_DATASETS`, or the path of an image folder (see
+            `cnnzoo.zoo.image_folders`).
+        split: "train" or "test".
         data_dir: the data folder; see `resolve_data_dir`.
         transform: applied to each PIL image; default `ToTensor()`.
-        download: fetch MNIST/CIFAR-10 with torchvision's downloader when missing.
-        offer_download: the caller has a `--download` flag: a missing MNIST/CIFAR-10 error
-            suggests it (never for image folders, which cannot be downloaded).
+        download: fetch MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 when missing.
+        offer_download: the caller has a `--download` flag: a missing-data error suggests it
+            (never for image folders, which cannot be downloaded).
+        val_split: an image folder of class folders only: the fraction held out as "test".
+        seed: the seed of that split.
+        strict: an image folder's unreadable images are an error instead of being skipped.
 
     Raises:
         DatasetNotFound: the data is missing or damaged (names the folder looked in).
-        InvalidInput: an unknown split.
+        InvalidInput: an unknown split or dataset, or a malformed image folder.
     """
     from torchvision import datasets, transforms
 
+    from cnnzoo.zoo.image_folders import open_split
+
     transform = transform if transform is not None else transforms.ToTensor()
     root = resolve_data_dir(data_dir)
-    key = str(name)
-    if key == "mnist":
+    key = os.fspath(name)
+    if key in NAMED_DATASETS:
         _check_split(split)
+    train = split == "train"
+    remedy = _download_remedy(offer_download)
+    if key in ("mnist", "fashion-mnist"):
+        reader = datasets.MNIST if key == "mnist" else datasets.FashionMNIST
         try:
-            return datasets.MNIST(
-                str(root), train=split == "train", transform=transform, download=download
-            )
+            return reader(str(root), train=train, transform=transform, download=download)
         except RuntimeError:
+            folder = root / FOLDERS[key][0] / "raw"
             raise _missing(
-                "MNIST",
-                root / "MNIST" / "raw",
-                "expected the *-idx?-ubyte files",
-                _download_remedy(offer_download),
+                reader.__name__, folder, "expected the *-idx?-ubyte files", remedy
             ) from None
     if key == "cifar10":
-        _check_split(split)
+        if not (root / CIFAR10_FOLDER).is_dir() and (root / FOLDERS[key][1]).is_dir():
+            return _torchvision_cifar(datasets.CIFAR10, root, train, transform, remedy)
         return CIFAR10Binary(
             root, split, transform=transform, download=download, offer_download=offer_download
         )
+    if key == "cifar100":
+        if download:
+            datasets.CIFAR100(str(root), train=train, download=True)
+        return _torchvision_cifar(datasets.CIFAR100, root, train, transform, remedy)
     if key == "imagenet":
-        _check_split(split)
-        folder = root / "imagenet" / ("train" if split == "train" else "val")
-        return _image_folder(folder, transform, "ImageNet (an ImageFolder)", _IMAGENET_REMEDY)
-    if key in DATASETS or "/" in key or os.sep in key or Path(key).exists():
-        return _image_folder(Path(key), transform, "image folder", _IMAGE_FOLDER_REMEDY)
-    raise InvalidInput(
-        f"unknown dataset {key!r}; use one of {', '.join(DATASETS)} or the path of an image folder"
+        folder = root / "imagenet" / ("train" if train else "val")
+        return _imagenet(folder, transform)
+    check_dataset_name(key)
+    _check_split(split)
+    return open_split(
+        Path(key), split, transform=transform, val_split=val_split, seed=seed, strict=strict
     )
 
 
-def _image_folder(folder: Path, transform: Callable[[Any], Any], what: str, remedy: str) -> Any:
+def check_dataset_name(name: str) -> str:
+    """`name` if it is a named dataset or reads as a path (an image folder), else `InvalidInput`
+    listing the names."""
+    if name in NAMED_DATASETS or "/" in name or os.sep in name or Path(name).exists():
+        return name
+    raise InvalidInput(
+        f"unknown dataset {name!r}; use one of {', '.join(NAMED_DATASETS)} or the path of an "
+        "image folder"
+    )
+
+
+def _torchvision_cifar(
+    reader: Any, root: Path, train: bool, transform: Callable[[Any], Any], remedy: str
+) -> Any:
+    """torchvision's CIFAR-10/100 reader (python layout), which checks each file's md5."""
+    try:
+        return reader(str(root), train=train, transform=transform, download=False)
+    except RuntimeError:
+        folder = root / reader.base_folder
+        raise _missing(reader.__name__, folder, "python layout, md5-checked", remedy) from None
+
+
+def _imagenet(folder: Path, transform: Callable[[Any], Any]) -> Any:
     from torchvision import datasets
 
+    what = "ImageNet (an ImageFolder)"
     if not folder.is_dir():
-        raise _missing(what, folder, "no such folder", remedy)
+        raise _missing(what, folder, "no such folder", _IMAGENET_REMEDY)
     try:
         return datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as err:
-        raise _missing(what, folder, str(err).rstrip("."), remedy) from None
+        raise _missing(what, folder, str(err).rstrip("."), _IMAGENET_REMEDY) from None
+
+
+def channel_stats(dataset: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of a named dataset's pixels in [0, 1].
+
+    Reads the pixel array the reader holds (`data`: N x H x W or N x H x W x C, uint8) in
+    chunks, so it costs a second for MNIST's 60,000 images.
+    """
+    data = dataset.data
+    data = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+    pixels = data.reshape(len(data), -1, 1 if data.ndim == 3 else data.shape[-1])
+    total = np.zeros(pixels.shape[-1])
+    squares = np.zeros(pixels.shape[-1])
+    for start in range(0, len(pixels), 4096):
+        chunk = pixels[start : start + 4096].astype(np.float64) / 255.0
+        total += chunk.sum(axis=(0, 1))
+        squares += (chunk**2).sum(axis=(0, 1))
+    count = pixels.shape[0] * pixels.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(v), 4) for v in std)
 
 
 def _md5(path: Path) -> str:
@@ -260,7 +333,8 @@ def dataset_source(name: str, data_dir: str | os.PathLike[str] | None = None) ->
     ImageFolder outside it.
     """
     root = resolve_data_dir(data_dir)
-    folder = {"mnist": root / "MNIST", "cifar10": root / CIFAR10_FOLDER}.get(name, root / name)
+    candidates = [root / f for f in FOLDERS.get(name, (name,))]
+    folder = next((c for c in candidates if c.is_dir()), candidates[0])
     source = folder / "SOURCE.txt"
     try:
         shown = folder.relative_to(root).as_posix()

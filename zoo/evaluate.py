@@ -48,7 +48,10 @@ def evaluate(
     try:
         with torch.inference_mode():
             for images, targets in tqdm(
-                loader, desc=description, disable=not progress, leave=False
+                loader,
+                desc=description,
+                disable=None if progress else True,  # None: only on a terminal
+                leave=False,
             ):
                 images, targets = images.to(device), targets.to(device)
                 logits = model(images)
@@ -110,7 +113,7 @@ class EvalOptions:
     """One `cnnzoo eval`.
 
     Attributes:
-        model: zoo entry name.
+        model: zoo entry name, or a run folder.
         weights: "default" (the shipped weights), None (random init) or a weights file.
         data_dir: the data folder (see `cnnzoo.zoo.datasets.resolve_data_dir`).
         dataset: an image folder to evaluate on instead of the entry's test set; its class
@@ -119,7 +122,7 @@ class EvalOptions:
         subset: evaluate on the first N images.
         batch_size: images per batch.
         threads: torch CPU threads (default: torch's).
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal only).
 
     Raises:
         InvalidInput: a batch size, subset or thread count below 1.
@@ -152,18 +155,20 @@ def evaluate_entry(options: EvalOptions) -> dict[str, Any]:
     entry = get_entry(options.model)
     weights = options.weights
     with torch_threads(options.threads):
-        model = build_model(entry.name, weights=weights)
+        model = build_model(entry, weights=weights)
         weights_path = entry.weights_file if weights == "default" else weights
         source = options.dataset or entry.dataset
-        data = get_dataset(
-            source,
-            "test",
-            data_dir=options.data_dir,
-            transform=entry.preprocess.torch_transform(),
-            download=options.download,
-            offer_download=True,  # `cnnzoo eval --download`
-        )
-        if options.dataset is not None:
+        opened = {"data_dir": options.data_dir, "download": options.download}
+        if options.dataset is None:  # the entry's own test split (a held-out one drawn again)
+            data = entry.open_dataset("test", offer_download=True, **opened)
+        else:
+            data = get_dataset(
+                options.dataset,
+                "test",
+                transform=entry.preprocess.torch_transform(),
+                offer_download=True,  # `cnnzoo eval --download`
+                **opened,
+            )
             _map_folder_classes(data, entry.labels)
         data = limit_dataset(data, options.subset)
         loader = DataLoader(data, batch_size=options.batch_size, shuffle=False, num_workers=0)

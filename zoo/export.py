@@ -36,7 +36,6 @@ from cnnzoo.errors import CnnzooError, DatasetNotFound, IntegrityError, InvalidI
 from cnnzoo.fileio import sha256_file
 from cnnzoo.zoo.card import utc_now
 from cnnzoo.zoo.checkpoints import save_weights
-from cnnzoo.zoo.datasets import get_dataset
 from cnnzoo.zoo.registry import ZooEntry, build_model, get_entry, list_models
 from cnnzoo.zoo.repository import (
     INPUT_NAME,
@@ -69,7 +68,8 @@ class ExportOptions:
     """One `cnnzoo export` of one model.
 
     Attributes:
-        model: zoo entry name.
+        model: zoo entry name, or a run folder (the model's name in the repository is the
+            run's name).
         repository: the model repository folder (created when missing).
         weights: a weights file; None means the shipped weights, or random init when the entry
             ships none (an untrained export, recorded as such).
@@ -137,6 +137,7 @@ def onnx_metadata(
     """`metadata_props` of the ONNX file: the config's parameters plus labels and provenance."""
     return {
         **_parameters(entry),
+        "arch": entry.arch,
         "labels": json.dumps(list(entry.labels)),
         "num_classes": str(entry.num_classes),
         "input_name": INPUT_NAME,
@@ -170,7 +171,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
     if weights is None or str(weights) == "default":
         weights = entry.weights_file  # None: an untrained export, recorded as such
     trained = weights is not None
-    model = build_model(entry.name, weights=weights)  # validates the weights before any write
+    model = build_model(entry, weights=weights)  # validates the weights before any write
     source_sha256 = sha256_file(Path(weights)) if weights is not None else None
     precision = options.precision
 
@@ -222,6 +223,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
         parity = _parity(entry, model, onnx_path, batch, inputs_kind, fp16=options.fp16)
         writer.commit(
             zoo_entry=entry.name,
+            arch=entry.arch,
             precision=precision,
             trained=trained,
             source_weights=None if weights is None else str(weights),
@@ -295,14 +297,12 @@ def _parity_batch(entry: ZooEntry, data_dir: Path | None) -> tuple[torch.Tensor,
     """A batch of the entry's test set; seeded random input where the dataset is not available."""
     count = _PARITY_BATCH.get(entry.input_shape[-1], 8)
     try:
-        data = get_dataset(
-            entry.dataset, "test", data_dir=data_dir, transform=entry.preprocess.torch_transform()
-        )
+        data = entry.open_dataset("test", data_dir=data_dir)
         if len(data) >= 2:
             images = [data[i][0] for i in range(min(count, len(data)))]
             return torch.stack(images), "dataset"
-    except DatasetNotFound:
-        pass  # e.g. no ImageNet here, or a machine without the datasets: random input instead
+    except (DatasetNotFound, InvalidInput):
+        pass  # e.g. no ImageNet here, or a run's image folder gone: random input instead
     generator = torch.Generator().manual_seed(0)
     return torch.randn(count, *entry.input_shape, generator=generator), "random"
 

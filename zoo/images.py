@@ -30,11 +30,16 @@ FORMATS = ("PNG", "JPEG")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def decode_image(data: bytes) -> Image.Image:
+def decode_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Image.Image:
     """Decode PNG or JPEG bytes into a fully loaded PIL image in a mode `Preprocess` handles.
 
+    Args:
+        data: the encoded image.
+        formats: the Pillow formats accepted; None accepts any format Pillow reads (image
+            folders on disk, where the file name says what it is).
+
     Raises:
-        InvalidInput: the bytes are empty, not PNG/JPEG, corrupt, truncated or too large.
+        InvalidInput: the bytes are empty, not in `formats`, corrupt, truncated or too large.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -44,7 +49,7 @@ def decode_image(data: bytes) -> Image.Image:
         # Pillow warns between MAX_IMAGE_PIXELS and twice that; both are refused here.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=formats)
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidInput(
@@ -52,15 +57,18 @@ def decode_image(data: bytes) -> Image.Image:
                 "(a decompression bomb?); use a smaller image"
             ) from None
         except UnidentifiedImageError:
+            kind = " or ".join(formats) if formats else "readable"
             raise InvalidInput(
-                f"not a {' or '.join(FORMATS)} image ({len(data)} bytes starting {data[:8]!r})"
+                f"not a {kind} image ({len(data)} bytes starting {data[:8]!r})"
             ) from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise InvalidInput(f"the image is corrupt or truncated: {err}") from None
     return _normalise_mode(image)
 
 
-def read_image(path: str | os.PathLike[str]) -> Image.Image:
+def read_image(
+    path: str | os.PathLike[str], formats: tuple[str, ...] | None = FORMATS
+) -> Image.Image:
     """`decode_image` for a file; errors name the file.
 
     Raises:
@@ -71,7 +79,7 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
     if not path.is_file():
         raise NotFound(f"image {path} does not exist")
     try:
-        return decode_image(path.read_bytes())
+        return decode_image(path.read_bytes(), formats)
     except InvalidInput as err:
         raise InvalidInput(f"{path} is not a readable image: {err.reason}") from None
 

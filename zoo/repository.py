@@ -34,8 +34,10 @@ from google.protobuf import text_format
 from cnnzoo.errors import AlreadyExists, CnnzooError, IntegrityError, InvalidInput, NotFound
 from cnnzoo.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from cnnzoo.protos import model_config_pb2
+from cnnzoo.zoo.architectures import get_architecture
+from cnnzoo.zoo.checkpoints import load_weights_file
 from cnnzoo.zoo.preprocess import Preprocess
-from cnnzoo.zoo.registry import build_model, get_entry
+from cnnzoo.zoo.registry import get_entry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -48,6 +50,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "MODEL_NAME",
     "Manifest",
     "ModelRepository",
     "VersionWriter",
@@ -65,13 +68,13 @@ WEIGHTS_FILE = "model.safetensors"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION = re.compile(r"^[0-9]+$")
 
 
 def validate_model_name(name: str) -> str:
     """Return `name` if it is a safe model name, else raise `NotFound`."""
-    if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
         raise NotFound(f"no model named {name!r} (model names match [A-Za-z0-9][A-Za-z0-9_.-]*)")
     return name
 
@@ -118,7 +121,9 @@ class Manifest:
         version: the version number.
         files: sha256 by path relative to the model folder (config.pbtxt, labels.txt and
             every file of the version folder except the manifest itself).
-        zoo_entry: the zoo model the version was exported from (rebuilds its PyTorch model).
+        zoo_entry: the zoo model (a preset or a run) the version was exported from.
+        arch: its architecture (`cnnzoo.zoo.architectures`), so the PyTorch model can be
+            rebuilt from the version alone, without the preset or run folder it came from.
         precision: "fp32" or "fp16" (the graph inside; inputs and outputs are FP32).
         trained: False for an export of a random initialisation.
         source_weights: the weights file exported, as given.
@@ -132,6 +137,7 @@ class Manifest:
     version: int
     files: Mapping[str, str]
     zoo_entry: str | None = None
+    arch: str | None = None
     precision: str = "fp32"
     trained: bool = False
     source_weights: str | None = None
@@ -202,7 +208,7 @@ class ModelRepository:
         return sorted(
             path.name
             for path in self.root.iterdir()
-            if path.is_dir() and _MODEL_NAME.match(path.name) and (path / CONFIG_FILE).is_file()
+            if path.is_dir() and MODEL_NAME.match(path.name) and (path / CONFIG_FILE).is_file()
         )
 
     def model_dir(self, model: str) -> Path:
@@ -309,8 +315,13 @@ class ModelRepository:
     def torch_model(
         self, model: str, version: int | str, *, manifest: Manifest | None = None
     ) -> nn.Module:
-        """The PyTorch model of one version: its zoo entry with its model.safetensors, in eval
-        mode (for gradients, which the ONNX file cannot give).
+        """The PyTorch model of one version: its architecture with its model.safetensors, in
+        eval mode (for gradients, which the ONNX file cannot give).
+
+        The architecture comes from the manifest (`arch`, with the class count of labels.txt
+        and the channels of the preprocessing), so a version exported from a run folder
+        rebuilds without that folder; versions exported before manifests named it rebuild
+        through their zoo_entry.
 
         Errors name the model, version and file, never the repository's folder (the server
         sends them to its callers).
@@ -322,7 +333,7 @@ class ModelRepository:
 
         Raises:
             NotFound: the version or its model.safetensors is gone.
-            IntegrityError: nothing names the zoo entry, or the weights do not load.
+            IntegrityError: nothing names the architecture, or the weights do not load.
         """
         validate_model_name(model)
         if not _VERSION.match(str(version)):
@@ -336,18 +347,26 @@ class ModelRepository:
                 f"{where}: neither its manifest nor config.pbtxt names a zoo_entry, so its "
                 "PyTorch model cannot be rebuilt"
             )
-        try:
-            get_entry(entry)
-        except NotFound as err:
-            raise IntegrityError(f"{where}: its zoo_entry is unknown here: {err.reason}") from None
         path = self.root / model / str(int(version)) / WEIGHTS_FILE
+        try:
+            if manifest.arch:
+                network = get_architecture(manifest.arch).build(
+                    len(self.labels(model)), self.preprocess(model).channels
+                )
+            else:
+                network = get_entry(entry).build()
+        except NotFound as err:
+            raise IntegrityError(f"{where}: its model is unknown here: {err.reason}") from None
+        except InvalidInput as err:
+            raise IntegrityError(f"{where}: {err.reason}") from None
         if not path.is_file():
             raise NotFound(f"{where}: {WEIGHTS_FILE} is missing; re-export the version")
         try:
-            return build_model(entry, weights=path)
+            load_weights_file(network, path, entry)
         except CnnzooError as err:
             reason = err.reason.replace(str(path), WEIGHTS_FILE)
             raise IntegrityError(f"{where}: {WEIGHTS_FILE} does not load: {reason}") from None
+        return network.eval()
 
 
 # -- writing versions -----------------------------------------------------------------------

@@ -5,8 +5,9 @@ https://arxiv.org/abs/1512.03385).
 filters, three stages of three basic blocks with 16, 32 and 64 filters (stride 2 at the start of
 the second and third stage), global average pooling and a 10-way linear layer; shortcuts are
 option A (identity; where the shape changes, subsample by 2 and pad the new channels with
-zeros), so shortcuts add no parameters: about 0.27M in all. The ImageNet ResNet-18/50 are
-torchvision's architectures.
+zeros), so shortcuts add no parameters: about 0.27M in all. ResNet-32/44/56 are the same
+family with 5, 7 and 9 blocks per stage. The ImageNet ResNet-18/34/50 are torchvision's
+architectures.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ __all__ = [
     "PadShortcut",
     "CifarResNet",
     "resnet20_cifar",
+    "resnet32_cifar",
+    "resnet44_cifar",
+    "resnet56_cifar",
     "resnet18_imagenet",
+    "resnet34_imagenet",
     "resnet50_imagenet",
 ]
 
@@ -69,11 +74,12 @@ class CifarResNet(nn.Module):
     Args:
         blocks_per_stage: n (3 gives ResNet-20, 5 ResNet-32, ...).
         num_classes: number of output logits.
+        in_channels: image channels (3 for CIFAR-10, 1 for greyscale data).
     """
 
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
         self.in_planes = 16
@@ -108,11 +114,33 @@ def resnet20_cifar(*, num_classes: int = 10, **kwargs: Any) -> CifarResNet:
     return _cifar_resnet(3, num_classes, **kwargs)
 
 
+def resnet32_cifar(*, num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """ResNet-32 (5 blocks per stage) for CIFAR-sized images, randomly initialised."""
+    return _cifar_resnet(5, num_classes, **kwargs)
+
+
+def resnet44_cifar(*, num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """ResNet-44 (7 blocks per stage) for CIFAR-sized images, randomly initialised."""
+    return _cifar_resnet(7, num_classes, **kwargs)
+
+
+def resnet56_cifar(*, num_classes: int = 10, **kwargs: Any) -> CifarResNet:
+    """ResNet-56 (9 blocks per stage) for CIFAR-sized images, randomly initialised."""
+    return _cifar_resnet(9, num_classes, **kwargs)
+
+
 def resnet18_imagenet(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     """torchvision's ResNet-18 for 3x224x224, randomly initialised."""
     from torchvision.models import resnet18
 
     return resnet18(weights=None, num_classes=num_classes, **kwargs)
+
+
+def resnet34_imagenet(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
+    """torchvision's ResNet-34 for 3x224x224, randomly initialised."""
+    from torchvision.models import resnet34
+
+    return resnet34(weights=None, num_classes=num_classes, **kwargs)
 
 
 def resnet50_imagenet(*, num_classes: int = 1000, **kwargs: Any) -> nn.Module:

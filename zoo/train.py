@@ -1,6 +1,11 @@
-"""Train a zoo entry with its recipe: deterministic, resumable, one checkpoint per epoch.
+"""Train a model: deterministic, resumable, one checkpoint per epoch.
 
-Output, in `<out>/<model>/`:
+Two ways in: a preset (`cnnzoo train lenet5-mnist`: its architecture, dataset and recipe, which
+reproduce the shipped card), or an architecture on any data (`cnnzoo train resnet18 --dataset
+DIR`: classes, colour mode, input size and normalisation derived from the data by
+`cnnzoo.zoo.runs`, optionally fine-tuned from another model's weights, `cnnzoo.zoo.finetune`).
+
+Output, in `<out>/<name>/` (the preset's name, or `--name`, default `ARCH-<dataset>`):
 - `epochs/epoch_NNN.safetensors` after every epoch (kept: feature evolution is drawn from them),
 - `train_state.safetensors` while the run is unfinished (weights, optimizer state, history;
   the format is `cnnzoo.zoo.checkpoints.save_train_state`'s),
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -29,9 +35,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cnnzoo.errors import AlreadyExists, InvalidInput
+from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
 from cnnzoo.fileio import atomic_write_json
-from cnnzoo.zoo.augment import build_augmentation
+from cnnzoo.zoo.architectures import ARCHITECTURES, get_architecture
+from cnnzoo.zoo.augment import AUGMENTATIONS, build_augmentation
 from cnnzoo.zoo.card import build_card, hardware_info
 from cnnzoo.zoo.checkpoints import (
     STATE_FILE,
@@ -42,27 +49,44 @@ from cnnzoo.zoo.checkpoints import (
     save_train_state,
     save_weights,
 )
-from cnnzoo.zoo.datasets import dataset_source, get_dataset
+from cnnzoo.zoo.datasets import NAMED_DATASETS, dataset_source
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
+from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
 from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
-from cnnzoo.zoo.registry import ZooEntry, get_entry
+from cnnzoo.zoo.registry import ZooEntry, get_entry, list_models
+from cnnzoo.zoo.runs import check_run_name, default_run_name, plan_run
 
 __all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "data_workers"]
 
 DEVICES = ("cpu", "cuda")
+# Options that only apply to a run of an architecture on other data (`dataset`).
+_DATA_OPTIONS = ("name", "input_size", "val_split", "strict", "augment")
 
 
 @dataclass
 class TrainOptions:
     """What `cnnzoo train` was asked to do; None means the recipe's value (or the resumed run's).
 
+    `model` is a preset, or with `dataset` an architecture; `name`, `input_size`, `val_split`,
+    `strict` and `augment` shape such a run; `init` (and `freeze`) fine-tune it.
+
     Raises:
-        InvalidInput: a count below 1 (epochs, batch size, stop-after, subsets, threads), a
-            learning rate that is not positive, negative workers or an unknown device.
+        InvalidInput: a count below 1 (epochs, batch size, stop-after, subsets, threads, input
+            size), a learning rate that is not positive, negative workers, an unknown device or
+            augmentation, `val_split` outside (0, 1), options that need `dataset` without it,
+            `freeze` without `init`.
     """
 
     model: str
     out: Path = Path("runs")
+    dataset: str | None = None
+    name: str | None = None
+    input_size: int | None = None
+    val_split: float | None = None
+    strict: bool = False
+    init: Path | None = None
+    freeze: bool = False
+    augment: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -81,7 +105,9 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        for key in ("epochs", "batch_size", "stop_after", "train_subset", "test_subset", "threads"):
+        self.init = None if self.init is None else Path(self.init)
+        counts = ("epochs", "batch_size", "stop_after", "train_subset", "test_subset", "threads")
+        for key in (*counts, "input_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {value}")
@@ -91,6 +117,25 @@ class TrainOptions:
             raise InvalidInput(f"--workers must be >= 0, got {self.workers}")
         if self.device not in DEVICES:
             raise InvalidInput(f"device must be cpu or cuda, got {self.device!r}")
+        if self.val_split is not None and not 0.0 < self.val_split < 1.0:
+            raise InvalidInput(
+                f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}"
+            )
+        if self.dataset is None:
+            given = [f"--{k.replace('_', '-')}" for k in _DATA_OPTIONS if getattr(self, k)]
+            if given:
+                raise InvalidInput(
+                    f"{', '.join(given)} shape a run on other data: name an architecture and "
+                    "--dataset (a preset has its own data)"
+                )
+        if self.freeze and self.init is None:
+            raise InvalidInput("--freeze trains only the new head of an --init model; add --init")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise InvalidInput(
+                f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTATIONS)}"
+            )
+        if self.name is not None:
+            check_run_name(self.name)
 
 
 @dataclass
@@ -157,21 +202,37 @@ def _settings(options: TrainOptions, saved: dict[str, Any] | None) -> dict[str, 
     return result
 
 
+@dataclass
+class _Plan:
+    """What one run trains: the entry, its splits and the card's dataset section."""
+
+    entry: ZooEntry
+    train_set: Any
+    test_set: Any
+    dataset_card: dict[str, Any]
+
+
 def train(options: TrainOptions) -> TrainResult:
-    """Train (or resume) one zoo entry; see the module docstring for what is written.
+    """Train (or resume) a preset, or an architecture on other data; see the module docstring.
 
     Raises:
-        NotFound: unknown model, or --resume with nothing to resume.
+        NotFound: unknown model or architecture, --init file missing, or --resume with
+            nothing to resume.
         AlreadyExists: the output folder already holds a run (and --resume is not set).
         DatasetNotFound: the dataset is missing.
-        InvalidInput: a bad option, or CUDA asked for where there is none.
+        InvalidInput: a bad option, bad data, or CUDA asked for where there is none.
     """
-    entry = get_entry(options.model)
-    model_dir = options.out / entry.name
     if options.out.exists() and not options.out.is_dir():
         raise InvalidInput(f"--out {options.out} is a file, not a folder")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInput("device cuda requested but no CUDA device is available")
+    if options.init is not None and not options.init.is_file():
+        raise NotFound(f"--init {options.init} does not exist")
+    if options.dataset is None:
+        run_name = _preset(options.model).name
+    else:
+        run_name = options.name or default_run_name(options.model, options.dataset)
+    model_dir = options.out / run_name
     resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None = None
     if options.resume:
         resumed = load_train_state(model_dir)
@@ -181,35 +242,78 @@ def train(options: TrainOptions) -> TrainResult:
             f"another --out"
         )
     saved = resumed[2] if resumed else None
-    recipe = _recipe_for(entry, options, saved)
+    plan = _plan(options, saved)
+    recipe = _recipe_for(plan.entry, options, saved)
     settings = _settings(options, saved["settings"] if saved else None)
-
-    augment = build_augmentation(recipe.augment, entry.preprocess.input_size)
-    train_set = limit_dataset(
-        get_dataset(
-            entry.dataset,
-            "train",
-            data_dir=options.data_dir,
-            transform=entry.preprocess.torch_transform(augment),
-            download=options.download,
-            offer_download=True,
-        ),
-        settings["train_subset"],
-    )
-    test_set = limit_dataset(
-        get_dataset(
-            entry.dataset,
-            "test",
-            data_dir=options.data_dir,
-            transform=entry.preprocess.torch_transform(),
-            download=options.download,
-            offer_download=True,
-        ),
-        settings["test_subset"],
-    )
-
+    augment = build_augmentation(recipe.augment, plan.entry.preprocess.input_size)
+    plan.train_set.transform = plan.entry.preprocess.torch_transform(augment)
+    plan.test_set.transform = plan.entry.preprocess.torch_transform()
+    train_set = limit_dataset(plan.train_set, settings["train_subset"])
+    test_set = limit_dataset(plan.test_set, settings["test_subset"])
     with torch_threads(options.threads), _deterministic(options.device):
-        return _run(entry, options, recipe, settings, train_set, test_set, model_dir, resumed)
+        return _run(
+            plan.entry, options, recipe, settings, train_set, test_set, model_dir, resumed,
+            plan.dataset_card,
+        )  # fmt: skip
+
+
+def _preset(name: str) -> ZooEntry:
+    """The preset `cnnzoo train NAME` (without --dataset) trains."""
+    if name in ARCHITECTURES:
+        raise InvalidInput(
+            f"{name} is an architecture: name the data with --dataset (one of "
+            f"{', '.join(NAMED_DATASETS[:-1])} or an image folder)"
+        )
+    if name not in list_models():
+        raise NotFound(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}; architectures "
+            f"(with --dataset): {', '.join(ARCHITECTURES)}"
+        )
+    return get_entry(name)
+
+
+def _plan(options: TrainOptions, saved: dict[str, Any] | None) -> _Plan:
+    """The entry and splits of this run: a preset's, the resumed run's, or derived from data."""
+    opened = {"data_dir": options.data_dir, "download": options.download, "offer_download": True}
+    if options.dataset is None:
+        entry = _preset(options.model)
+        source = dataset_source(entry.dataset, options.data_dir)
+        card = {
+            "name": entry.dataset,
+            "train_split": "train",
+            "test_split": "test",
+            "folder": source["folder"],
+            "source": source["source"],
+            "source_sha256": source.get("source_sha256"),
+        }
+        train_set = entry.open_dataset("train", **opened)
+        return _Plan(entry, train_set, entry.open_dataset("test", **opened), card)
+    if saved is not None:  # the entry the run derived when it started
+        entry = ZooEntry.from_card(saved["entry"], None, where=f"{STATE_FILE} of the run")
+        strict = {"strict": options.strict}
+        return _Plan(
+            entry,
+            entry.open_dataset("train", **opened, **strict),
+            entry.open_dataset("test", **opened, **strict),
+            saved["dataset_card"],
+        )
+    arch = get_architecture(options.model) if options.model not in list_models() else None
+    recipe = None
+    if arch is not None and options.augment is not None:
+        recipe = replace(arch.recipe, augment=options.augment)
+    data = plan_run(
+        options.model,
+        options.dataset,
+        name=options.name,
+        recipe=recipe,
+        input_size=options.input_size,
+        val_split=options.val_split,
+        seed=options.seed or 0,
+        strict=options.strict,
+        data_dir=options.data_dir,
+        download=options.download,
+    )
+    return _Plan(data.entry, data.train_set, data.test_set, data.card)
 
 
 def _run(
@@ -221,21 +325,28 @@ def _run(
     test_set: Any,
     model_dir: Path,
     resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None,
+    dataset_card: dict[str, Any],
 ) -> TrainResult:
     seed = settings["seed"]
     device = options.device
     workers = data_workers(options)
     torch.manual_seed(seed)
-    model = entry.builder_function()(num_classes=entry.num_classes)
+    model = entry.build()
+    saved = resumed[2] if resumed else None
+    init: dict[str, Any] | None = saved.get("init") if saved else None
     if resumed:
         model.load_state_dict(resumed[0])
+    elif options.init is not None:
+        init = load_init(model, options.init, entry.spec, freeze=options.freeze)
+    frozen = bool(init and init["frozen"])
+    if frozen:
+        freeze_all_but_head(model, entry.spec)
     model.to(device)
     if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
     if resumed:
         optimizer.load_state_dict(resumed[1])
-    saved = resumed[2] if resumed else None
 
     pin = device == "cuda"
     test_loader = DataLoader(
@@ -267,7 +378,10 @@ def _run(
             pin_memory=pin,
             drop_last=False,
         )
-        model.train()
+        if frozen:
+            head_train_mode(model, entry.spec)
+        else:
+            model.train()
         # Running sums stay on the device: reading them every step would stall a GPU.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -275,7 +389,7 @@ def _run(
         bar = tqdm(
             loader,
             desc=f"{entry.name} epoch {epoch}/{recipe.epochs}",
-            disable=not options.progress,
+            disable=None if options.progress else True,  # None: only on a terminal
             leave=False,
         )
         for step, (images, targets) in enumerate(bar):
@@ -326,6 +440,9 @@ def _run(
                 "history": history,
                 "wall_time_seconds": wall,
                 "command": commands,
+                "entry": entry.card_fields(),
+                "dataset_card": dataset_card,
+                "init": init,
             },
         )
         stopping = options.stop_after is not None and epoch - start_epoch >= options.stop_after
@@ -345,22 +462,15 @@ def _run(
         {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(seed)},
         entry.weights_dtype,
     )
-    source = dataset_source(entry.dataset, options.data_dir)
     card = build_card(
-        entry,
+        {**entry.card_fields(), "recipe": recipe.to_dict()},
         model=model,
         weights=weights,
-        recipe=recipe,
         seed=seed,
         dataset={
-            "name": entry.dataset,
-            "train_split": "train",
-            "test_split": "test",
+            **dataset_card,
             "n_train": len(train_set),
             "n_test": len(test_set),
-            "folder": source["folder"],
-            "source": source["source"],
-            "source_sha256": source.get("source_sha256"),
             "train_subset": settings["train_subset"],
             "test_subset": settings["test_subset"],
         },
@@ -369,6 +479,7 @@ def _run(
         wall_time_seconds=wall,
         hardware={**hardware_info(device), "data_workers": workers},
         command=commands,
+        init=init,
     )
     atomic_write_json(model_dir / "card.json", card)
     (model_dir / STATE_FILE).unlink(missing_ok=True)
@@ -379,6 +490,12 @@ def _command_for(options: TrainOptions) -> str:
     """A `cnnzoo train` line equivalent to `options` (when called from Python, not the CLI)."""
     parts = ["cnnzoo", "train", options.model, "--out", str(options.out)]
     for flag, value in (
+        ("--dataset", options.dataset),
+        ("--name", options.name),
+        ("--input-size", options.input_size),
+        ("--val-split", options.val_split),
+        ("--augment", options.augment),
+        ("--init", options.init),
         ("--epochs", options.epochs),
         ("--batch-size", options.batch_size),
         ("--lr", options.lr),
@@ -389,9 +506,12 @@ def _command_for(options: TrainOptions) -> str:
     ):
         if value is not None:
             parts += [flag, str(value)]
+    for flag, on in (("--strict", options.strict), ("--freeze", options.freeze)):
+        if on:
+            parts.append(flag)
     if options.resume:
         parts.append("--resume")
-    return " ".join(parts)
+    return shlex.join(parts)
 
 
 class _deterministic:  # noqa: N801 - used like a function

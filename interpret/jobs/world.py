@@ -61,7 +61,7 @@ class World:
 
     def build(self, weights: str | Path | None) -> nn.Module:
         """Another instance of the job's architecture (e.g. with an earlier epoch's weights)."""
-        return zoo.build_model(self.entry.name, weights=weights)
+        return zoo.build_model(self.entry, weights=weights)
 
     # -- layers, for resolving options -----------------------------------------------------
 
@@ -190,7 +190,7 @@ def open_world(
     """Build the model with its weights, open the dataset and trace the layers.
 
     Args:
-        model: the zoo entry.
+        model: the zoo entry, or a run folder (relative to `base`).
         weights: "default" (shipped), a file or model folder (relative to `base`), or None.
         dataset: the dataset table.
         base: the job file's folder.
@@ -203,10 +203,11 @@ def open_world(
         DatasetNotFound: the dataset is missing.
         JobFileError: the dataset (subset) has no images.
     """
-    entry = zoo.get_entry(model)  # NotFound lists the zoo's names
+    # a run folder (`cnnzoo train` output) resolves against the job file, as weights do
+    entry = zoo.get_entry(_resolve(base, model) if "/" in model else model)  # NotFound lists
     weights_file = _weights_file(entry, weights, base, source)
     try:
-        network = zoo.build_model(model, weights=weights_file)
+        network = zoo.build_model(entry, weights=weights_file)
     except CnnzooError as err:
         raise type(err)(f"{source}: weights: {err.reason}") from None
     name = dataset.name if dataset.name in DATASETS else str(_resolve(base, dataset.name))

@@ -126,7 +126,7 @@ def test_explain_target_and_errors(tmp_path: Path, capsys) -> None:
     assert exit_info.value.code == 2
 
 
-def test_job_check_and_errors(tmp_path: Path, capsys) -> None:
+def test_job_check_and_errors(tmp_path: Path, capsys, data_dir: Path) -> None:
     job = write_job(tmp_path, mnist_job("check", subset=10, batch_size=10))
     assert main(["job", str(job), "--check"]) == 0
     assert "ok (1 analyses on lenet5-mnist)" in capsys.readouterr().out
@@ -142,7 +142,7 @@ def test_job_check_and_errors(tmp_path: Path, capsys) -> None:
     )
 
 
-def test_worker_runs_each_job_once(tmp_path: Path, capsys) -> None:
+def test_worker_runs_each_job_once(tmp_path: Path, capsys, data_dir: Path) -> None:
     jobs, results = tmp_path / "jobs", tmp_path / "results"
     write_job(jobs, mnist_job("small", subset=30, batch_size=30), name="small.toml")
     broken_job = {

@@ -198,17 +198,19 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             NotFound,
             "lenet5-mnist",
         ),
-        (
+        pytest.param(
             VALID.replace('"features.c3"', '"features.c9"'),
             ".toml",
             LayerNotFound,
             "valid layers: features, features.c1",
+            marks=pytest.mark.data,
         ),
-        (
+        pytest.param(
             VALID.replace('"features.c3"', '"classifier.f6"'),
             ".toml",
             LayerNotFound,
             "unusable layer 'classifier.f6'",
+            marks=pytest.mark.data,
         ),
         (
             VALID.replace('name = "mnist"', 'name = "no-such-folder/"'),
@@ -216,11 +218,12 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             DatasetNotFound,
             "no-such-folder",
         ),
-        (
+        pytest.param(
             VALID.replace("channels = 16", "channels = [3, 99]"),
             ".toml",
             JobFileError,
             "[99] out of range",
+            marks=pytest.mark.data,
         ),
         (
             VALID.replace("channels = 16", 'channels = "all"'),
@@ -238,17 +241,19 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             NotFound,
             "missing.safetensors does not exist",
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "evolution"\ncheckpoints = "nowhere"\n',
             ".toml",
             NotFound,
             "no epoch_NNN.safetensors",
+            marks=pytest.mark.data,
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "attributions"\nimages = [10]\n',
             ".toml",
             JobFileError,
             "[10] out of range",
+            marks=pytest.mark.data,
         ),
         (
             'model = "lenet5-mnist"\n[dataset]\nname = "mnist"\n',
@@ -257,35 +262,40 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             "no [[analyses]]",
         ),
         # options that used to pass `--check` and fail only once the run had started
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "occlusion"\nwindow = 100\n',
             ".toml",
             JobFileError,
             "window = 100 exceeds the lenet5-mnist input of 32 px",
+            marks=pytest.mark.data,
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "occlusion"\nwindow = 8\nstride = 33\n',
             ".toml",
             JobFileError,
             "stride = 33 exceeds",
+            marks=pytest.mark.data,
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "occlusion"\nlayer = "classifier.output"\n',
             ".toml",
             JobFileError,
             "'classifier.output' has no feature maps",
+            marks=pytest.mark.data,
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "occlusion"\nimages = [0, 12]\n',
             ".toml",
             JobFileError,
             "[12] out of range",
+            marks=pytest.mark.data,
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "randomisation"\nimages = [10]\n',
             ".toml",
             JobFileError,
             "[10] out of range",
+            marks=pytest.mark.data,
         ),
         (
             VALID + '[[analyses]]\nkind = "randomisation"\nimages = []\n',
@@ -301,11 +311,12 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             JobFileError,
             "layers must list at least one layer",
         ),
-        (
+        pytest.param(
             VALID + '[[analyses]]\nkind = "evolution"\nlayer = "features.c3"\nchannels = [16]\n',
             ".toml",
             JobFileError,
             "channel(s) [16] out of range for layer 'features.c3', which has 16 channels",
+            marks=pytest.mark.data,
         ),
         (
             VALID + '[[analyses]]\nkind = "attributions"\nmethods = ["gradient", "lime"]\n',
@@ -355,7 +366,7 @@ def test_job_files_take_every_method_of_the_table() -> None:
     assert RandomisationOptions().methods == RULE_METHODS == tuple(rule.value for rule in Rule)
 
 
-def test_evolution_checkpoints_must_fit_the_model(tmp_path: Path) -> None:
+def test_evolution_checkpoints_must_fit_the_model(tmp_path: Path, data_dir: Path) -> None:
     from safetensors.torch import save_file
 
     checkpoints = tmp_path / "run" / "epochs"
@@ -407,7 +418,7 @@ def _kill_when(
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, data_dir: Path) -> None:
     extra = '[[analyses]]\nkind = "attributions"\nimages = [0, 1, 2]\n'
     job = write_job(tmp_path, mnist_job("resume", subset=1500, batch_size=25, extra=extra))
     killed, clean = tmp_path / "killed", tmp_path / "clean"
@@ -439,7 +450,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_worker_stops_cleanly_on_sigterm_and_resumes_the_job(tmp_path: Path) -> None:
+def test_worker_stops_cleanly_on_sigterm_and_resumes_the_job(
+    tmp_path: Path, data_dir: Path
+) -> None:
     jobs, results = tmp_path / "jobs", tmp_path / "results"
     write_job(jobs, mnist_job("stopped", subset=1500, batch_size=25), name="stopped.toml")
     state = results / "stopped" / ".state" / "01-max-activations"
@@ -469,7 +482,7 @@ def test_worker_stops_cleanly_on_sigterm_and_resumes_the_job(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_two_rank_torchrun_equals_one_rank(tmp_path: Path) -> None:
+def test_two_rank_torchrun_equals_one_rank(tmp_path: Path, data_dir: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"
     job = write_job(tmp_path, mnist_job("shards", subset=400, batch_size=50))

@@ -148,7 +148,7 @@ def test_channel_maxima_first_position_on_ties() -> None:
 
 
 @pytest.fixture(scope="module")
-def lenet_and_mnist():
+def lenet_and_mnist(data_dir):
     from cnnzoo import zoo
     from cnnzoo.zoo.datasets import get_dataset
 

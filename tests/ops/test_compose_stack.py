@@ -12,7 +12,6 @@ here. The example job files the image ships validate against the example digits 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -114,14 +113,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    # module-scoped twin of the conftest fixture (the stack fixture is module-scoped)
-    value = os.environ.get("CNNZOO_DATA")
-    assert value and Path(value).is_dir(), "set CNNZOO_DATA to the dataset root"
-    return Path(value)
-
-
 def test_services_run_the_project_as_the_image_installs_it(stack):
     for service in stack["services"].values():
         assert Path(service.argv[0]).parent == service.bin_dir
@@ -149,6 +140,26 @@ def test_the_wheel_installs_one_top_level_package_cnnzoo(stack):
     assert top_level == {"cnnzoo"}
     for package in ("zoo", "serving", "interpret", "protos", "serving/grpc_api", "interpret/jobs"):
         assert f"cnnzoo/{package}/__init__.py" in files
+
+
+def test_the_installed_package_copies_out_its_examples(stack):
+    """`cnnzoo examples DEST` from the wheel, outside the checkout: the README's example commands
+    then run against DEST (here the example job validates; it reads DEST/digits)."""
+    dest = stack["home"] / "examples"
+    cnnzoo = str(stack["bin_dir"] / "cnnzoo")
+    done = subprocess.run(
+        [cnnzoo, "examples", str(dest)], cwd=stack["home"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(list(dest.glob("digits/*/*.png"))) == 20
+    assert len(list(dest.glob("cifar10/*/*.png"))) == 10
+    checked = subprocess.run(
+        [cnnzoo, "job", str(dest / "jobs" / "lenet5-digits.toml"), "--check"],
+        cwd=stack["home"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "ok (" in checked.stdout
 
 
 def test_repository_service_builds_the_model_repository(stack):

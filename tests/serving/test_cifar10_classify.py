@@ -36,7 +36,7 @@ def cifar_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zoo_pb2_grp
 
 
 @pytest.fixture(scope="module")
-def test_pngs() -> tuple[list[bytes], list[int]]:
+def test_pngs(data_dir) -> tuple[list[bytes], list[int]]:
     test_set = get_dataset("cifar10", "test")
     images = [png_bytes(test_set.data[i]) for i in range(N_IMAGES)]
     return images, test_set.targets[:N_IMAGES]

@@ -30,7 +30,7 @@ def short_run_options(out: Path, **overrides) -> TrainOptions:
 
 
 @pytest.fixture(scope="package")
-def trained_lenet(tmp_path_factory):
+def trained_lenet(tmp_path_factory, data_dir):
     """A finished short LeNet-5 run: (TrainResult, run folder)."""
     out = tmp_path_factory.mktemp("train")
     result = train(short_run_options(out))

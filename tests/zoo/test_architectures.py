@@ -1,8 +1,11 @@
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from cnnzoo import zoo
+from cnnzoo.zoo.architectures import get_architecture, list_architectures
 
 
 def _params(model: nn.Module) -> int:
@@ -98,3 +101,61 @@ def test_torchvision_pth_state_dict_loads_for_torchvision_entries(tmp_path):
     torch.save(source.state_dict(), path)
     model = zoo.build_model("resnet18-imagenet", weights=path)
     assert torch.equal(model.fc.weight, source.fc.weight)
+
+
+@pytest.mark.parametrize("name", list_architectures())
+def test_every_architecture_builds_for_any_classes_and_its_smallest_input(name):
+    arch = get_architecture(name)
+    side = arch.fixed_input or arch.min_input
+    for channels in arch.channels:
+        torch.manual_seed(0)
+        model = arch.build(num_classes=7, in_channels=channels).eval()
+        with torch.inference_mode():
+            assert model(torch.randn(1, channels, side, side)).shape == (1, 7)
+        assert _params(model) == arch.parameter_count(7, channels)  # the meta-device count
+        head = model.get_submodule(arch.head)
+        assert isinstance(head, nn.Linear) and head.out_features == 7
+    assert arch.takes_input_size(side) and not arch.takes_input_size(side - 1)
+
+
+def test_the_minimum_input_is_where_the_forward_pass_stops_working():
+    model = get_architecture("alexnet").build(num_classes=3).eval()
+    with torch.inference_mode(), pytest.raises(RuntimeError):
+        model(torch.randn(1, 3, 62, 62))  # the third max-pool needs a 3x3 map; 63 px give it
+
+
+def test_presets_are_architectures_bound_to_data():
+    for name in zoo.list_models():
+        entry = zoo.get_entry(name)
+        assert entry.spec.name == entry.arch and entry.family == entry.spec.family
+        assert entry.spec.takes_input_size(entry.input_shape[-1])
+    assert zoo.get_entry("resnet20-cifar10").recipe == get_architecture("resnet20").recipe
+
+
+def test_list_architectures_prints_parameter_counts(capsys):
+    from cnnzoo.cli import main
+
+    assert main(["list", "--architectures", "--classes", "5", "--channels", "1", "--json"]) == 0
+    rows = {row["arch"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert list(rows) == list_architectures()
+    assert rows["lenet5"]["params"] == 61_706 - 5 * 85  # five of the ten output units
+    assert rows["resnet18"]["fixed_input"] is None and rows["resnet18"]["min_input"] == 32
+    assert main(["list", "--architectures", "resnet*", "--input-size", "28"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["ARCH", "FAMILY", "INPUT", "PARAMS"]
+    table = {line.split()[0]: line for line in lines[1:]}
+    assert set(table) == {"resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34",
+                          "resnet50"}  # fmt: skip
+    assert "(not 28)" in table["resnet18"] and "(not 28)" not in table["resnet20"]
+    assert "11,181,642" in table["resnet18"]  # torchvision's ResNet-18 with a 10-way head
+
+
+@pytest.mark.parametrize("argv", [["list", "nope"], ["list", "--architectures", "vgg*"]])
+def test_a_pattern_that_matches_nothing_is_an_error(capsys, argv):
+    from cnnzoo.cli import main
+
+    assert main(argv) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    what = "model" if len(argv) == 2 else "architecture"
+    assert captured.err.startswith(f"cnnzoo list: error: no {what} matches")

@@ -34,6 +34,7 @@ def test_list_is_a_table_with_every_model(capsys):
     lines = out.splitlines()
     assert lines[0].split() == [
         "MODEL",
+        "ARCH",
         "DATASET",
         "INPUT",
         "CLASSES",
@@ -44,6 +45,7 @@ def test_list_is_a_table_with_every_model(capsys):
     assert [line.split()[0] for line in lines[1:]] == zoo.list_models()
     lenet = next(line for line in lines if line.startswith("lenet5-mnist"))
     card = zoo.get_entry("lenet5-mnist").card()
+    assert lenet.split()[1] == "lenet5"
     assert "trained" in lenet.split() and card["weights"]["sha256"][:12] in lenet
     assert f"{100 * card['metrics']['top1']:.2f}%" in lenet
     code, out, _ = _run(capsys, "list", "resnet*", "--json")
@@ -175,3 +177,40 @@ def test_console_script_in_a_subprocess(tmp_path, trained_lenet):
     done = subprocess.run([str(script), "eval", "nope"], capture_output=True, text=True, env=env)
     assert done.returncode == 3
     assert done.stderr.strip().startswith("cnnzoo eval: error: unknown model 'nope'")
+
+
+def test_a_pickle_pth_is_refused_without_advice_to_unpickle_it(capsys, tmp_path):
+    """torch's refusal suggests weights_only=False, which would run the file's code: not passed
+    on."""
+    import argparse
+
+    from torchvision.models import resnet18
+
+    evil = tmp_path / "evil.pth"
+    torch.save({**resnet18().state_dict(), "extra": argparse.Namespace(run="code")}, evil)
+    truncated = tmp_path / "truncated.pth"
+    torch.save(resnet18().state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:4096])
+    for path in (evil, truncated):
+        code, _, err = _run(capsys, "eval", "resnet18-imagenet", "--weights", str(path))
+        line = _one_error_line(err, "eval")
+        assert code == 2 and str(path) in line, line
+        assert "weights_only" not in line and "trust" not in line, line
+    assert "other Python objects, which cnnzoo does not load" in _one_error_line(
+        _run(capsys, "eval", "resnet18-imagenet", "--weights", str(evil))[2], "eval"
+    )
+
+
+def test_examples_are_copied_into_a_new_folder(capsys, tmp_path):
+    dest = tmp_path / "ex"
+    code, out, _ = _run(capsys, "examples", str(dest))
+    assert code == 0 and "20 MNIST digits, 10 CIFAR-10 images, 4 job files" in out
+    shipped = Path(__file__).resolve().parents[2] / "examples"
+    for kind in ("digits/*/*.png", "cifar10/*/*.png", "jobs/*.toml"):
+        copied = sorted(p.relative_to(dest) for p in dest.glob(kind))
+        assert copied and copied == sorted(p.relative_to(shipped) for p in shipped.glob(kind))
+        assert all((dest / p).read_bytes() == (shipped / p).read_bytes() for p in copied)
+    assert not (dest / "__init__.py").exists()
+    code, _, err = _run(capsys, "examples", str(dest))  # not empty any more: refused, untouched
+    assert code == 4 and "is not empty" in _one_error_line(err, "examples")
+    assert [p.name for p in tmp_path.iterdir()] == ["ex"]

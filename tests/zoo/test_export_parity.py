@@ -47,7 +47,7 @@ def test_the_32x32_entries_are_the_small_ones():
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in SMALL_ENTRIES]
 )
-def test_random_init_export_matches_pytorch(name, tmp_path):
+def test_random_init_export_matches_pytorch(name, tmp_path, data_dir):
     weights = tmp_path / "random.safetensors"
     model = _random_weights(name, weights)
     summary = export_model(ExportOptions(name, tmp_path / "repo", weights=weights))

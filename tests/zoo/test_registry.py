@@ -75,8 +75,8 @@ def test_imagenet_labels_are_torchvision_categories():
     assert list(zoo.get_entry("resnet50-imagenet").labels) == categories
 
 
-def test_cifar10_labels_follow_batches_meta(data_dir):
-    meta = (data_dir / "cifar-10-batches-bin" / "batches.meta.txt").read_text().split()
+def test_cifar10_labels_follow_batches_meta(cifar10_binary):
+    meta = (cifar10_binary / "batches.meta.txt").read_text().split()
     assert list(zoo.get_entry("resnet20-cifar10").labels) == meta
 
 

@@ -2,7 +2,6 @@
 reproduces on the real test sets."""
 
 import json
-import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pytest
@@ -56,7 +55,7 @@ def test_cifar_cards_say_the_images_are_a_jpeg_copy():
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_eval_reproduces_the_card(name, capsys):
+def test_eval_reproduces_the_card(name, capsys, data_dir):
     card = zoo.get_entry(name).card()
     assert main(["eval", name, "--json", "--threads", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -66,7 +65,7 @@ def test_eval_reproduces_the_card(name, capsys):
     assert abs(report["top1"] - card["metrics"]["top1"]) <= tolerance
 
 
-def test_example_digits_are_real_mnist_and_classified(capsys):
+def test_example_digits_are_real_mnist_and_classified(capsys, data_dir):
     import numpy as np
     from PIL import Image
     from torchvision.datasets import MNIST
@@ -74,7 +73,7 @@ def test_example_digits_are_real_mnist_and_classified(capsys):
     digits = EXAMPLES / "digits"
     files = sorted(digits.glob("*/*.png"))
     assert len(files) == 20
-    mnist = MNIST(os.environ["CNNZOO_DATA"], train=False)
+    mnist = MNIST(str(data_dir), train=False)
     for path in files:
         index = int(path.stem.split("-")[1])
         image = Image.open(path)
@@ -85,7 +84,7 @@ def test_example_digits_are_real_mnist_and_classified(capsys):
     assert json.loads(capsys.readouterr().out)["top1"] >= 0.95
 
 
-def test_example_cifar10_images_are_the_first_test_image_of_each_class():
+def test_example_cifar10_images_are_the_first_test_image_of_each_class(data_dir):
     import numpy as np
     from PIL import Image
 

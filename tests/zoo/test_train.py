@@ -164,7 +164,7 @@ def test_workers_option_is_checked_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_loader_workers_give_the_same_run_every_time(tmp_path):
+def test_loader_workers_give_the_same_run_every_time(tmp_path, data_dir):
     # each worker seeds its augmentation from the epoch's generator: same seed and N, same run
     small = {"epochs": 1, "train_subset": 600, "test_subset": 100, "workers": 2}
     runs = [train(short_run_options(tmp_path / str(i), **small)) for i in range(2)]
