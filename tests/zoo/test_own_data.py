@@ -370,3 +370,20 @@ def test_a_run_folder_without_weights_or_card(tmp_path, capsys):
     code, _, err = _run(capsys, "export", str(run), "--repository", str(tmp_path / "repo"))
     assert code == 2 and "is not a cnnzoo model card" in _error_line(err, "export")
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_run_on_an_image_folder_resumes_bit_for_bit(digit_folder, tmp_path, capsys):
+    def train(out: Path, *extra: str) -> int:
+        return main(
+            ["train", "lenet5", "--dataset", str(digit_folder), "--out", str(out), "--epochs",
+             "2", "--batch-size", "16", "--threads", "1", "--no-progress", *extra]
+        )  # fmt: skip
+
+    assert train(tmp_path / "whole") == 0
+    assert train(tmp_path / "parts", "--stop-after", "1") == 0
+    assert "continue with --resume" in capsys.readouterr().out
+    assert train(tmp_path / "parts", "--resume") == 0
+    whole, parts = (tmp_path / p / "lenet5-my-digits" for p in ("whole", "parts"))
+    assert sha256_file(whole / "model.safetensors") == sha256_file(parts / "model.safetensors")
+    cards = [json.loads((run / "card.json").read_text()) for run in (whole, parts)]
+    assert cards[0]["metrics"] == cards[1]["metrics"] and cards[0]["dataset"] == cards[1]["dataset"]
