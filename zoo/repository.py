@@ -280,10 +280,17 @@ class ModelRepository:
         return Preprocess.from_parameters(self.parameters(model))
 
     def manifest(self, model: str, version: int | str) -> Manifest:
-        """The version's manifest, parsed (not verified: see `verify`)."""
+        """The version's manifest, parsed (not verified: see `verify`).
+
+        Raises:
+            NotFound: the version has none (a repository laid out for Triton by other means).
+            IntegrityError: it is not a manifest.
+        """
         path = self.version_dir(model, version) / MANIFEST_FILE
         try:
             text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFound(f"{model} version {version} has no {MANIFEST_FILE}") from None
         except UnicodeDecodeError as err:
             raise IntegrityError(f"{path} is not valid JSON: {err}") from None
         return Manifest.from_json(text, model, int(version))
@@ -533,8 +540,8 @@ def up_to_date_version(
     latest = versions[-1]
     try:
         manifest = repo.verify(model, latest)
-    except IntegrityError:
-        return None  # damaged: export a sound version instead of pointing at this one
+    except (IntegrityError, NotFound):
+        return None  # damaged or not ours: export a sound version instead of pointing at this one
     same = (
         manifest.source_weights_sha256 == source_sha256
         and manifest.precision == precision

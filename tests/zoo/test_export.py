@@ -272,3 +272,24 @@ def test_an_uncommitted_version_leaves_nothing_behind(tmp_path):
 def test_export_options_are_checked_when_made(tmp_path, options, problem):
     with pytest.raises(InvalidInput, match=problem):
         ExportOptions("lenet5-mnist", tmp_path, **options)
+
+
+def test_skip_unchanged_beside_a_version_without_manifest(exported_lenet, trained_lenet, tmp_path):
+    """A latest version put there by other means (model.onnx only) is not up to date: a new
+    version is written, and the others are left alone."""
+    import shutil
+
+    repository, _ = exported_lenet
+    _, run = trained_lenet
+    shutil.copytree(repository, tmp_path / "repo")
+    plain = tmp_path / "repo" / "lenet5-mnist" / "2"
+    plain.mkdir()
+    shutil.copy(tmp_path / "repo" / "lenet5-mnist" / "1" / "model.onnx", plain / "model.onnx")
+    with pytest.raises(NotFound, match="version 2 has no manifest.json"):
+        ModelRepository(tmp_path / "repo").verify("lenet5-mnist", 2)
+    summary = export_model(
+        ExportOptions("lenet5-mnist", tmp_path / "repo", weights=run / "model.safetensors",
+                      skip_unchanged=True)
+    )  # fmt: skip
+    assert (summary["version"], summary["skipped"]) == (3, False)
+    assert sorted(p.name for p in plain.iterdir()) == ["model.onnx"]
