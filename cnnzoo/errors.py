@@ -5,11 +5,26 @@ it). The CLI prints the reason as one line and exits with `exit_code`; the gRPC 
 class to one status code in one place (`cnnzoo.serving.grpc_api.status`), so handlers never pick
 codes themselves. `EXIT_CODES` lists every exit status of the command (`cnnzoo --help` and
 the README show it).
+
+Reasons often quote what a caller sent; `quoted` bounds such quotes, so a 100 kB model name
+never comes back in a message (gRPC clients refuse status messages over their header limit).
 """
 
 from __future__ import annotations
 
 import re
+
+# How much of a caller's value a message quotes.
+QUOTE_LIMIT = 80
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)`, cut to about `limit` characters and saying how long it was when cut."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters"
+    return f"{text[:limit]}... ({size})"
 
 
 class CnnzooError(Exception):
@@ -57,8 +72,9 @@ class Unavailable(CnnzooError):
 
 
 class ResourceExhausted(CnnzooError):
-    """A bounded resource is full (e.g. the shared-memory regions a server holds); the reason
-    names the limit. Status: RESOURCE_EXHAUSTED."""
+    """A bounded resource is full or a request is over one of the server's limits (images,
+    pixels, queue, concurrency, shared-memory regions); the reason names the limit and the
+    setting that raises it. Status: RESOURCE_EXHAUSTED."""
 
     exit_code = 7
 

@@ -18,6 +18,9 @@ a batch is formed and never receives a result, without disturbing its neighbours
 are the server's own business too: a request whose deadline (`time.monotonic()` seconds)
 passes while it is queued leaves the queue and is answered `DeadlineExceeded` at that moment;
 it is never run. (A request already running is answered when its batch finishes.)
+
+The queue is bounded (Triton's `max_queue_size`): a request that finds it full is refused at
+once with `ResourceExhausted`, before anything of it is queued.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnzoo.errors import DeadlineExceeded, Unavailable
+from cnnzoo.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from cnnzoo.serving.stats import ModelStats
 
 __all__ = ["DynamicBatcher"]
@@ -91,6 +94,7 @@ class DynamicBatcher:
         max_queue_delay_us: how long a batch that is not full waits for more requests.
         batching: False runs every request alone (no coalescing).
         instances: executions that may run at once (Triton's instance_group count).
+        max_queue_size: most requests waiting to run (None: no bound).
         stats: counters to update per execution.
         name: used for thread names and logs.
     """
@@ -103,6 +107,7 @@ class DynamicBatcher:
         max_queue_delay_us: int = 0,
         batching: bool = True,
         instances: int = 1,
+        max_queue_size: int | None = None,
         stats: ModelStats | None = None,
         name: str = "model",
     ) -> None:
@@ -113,6 +118,7 @@ class DynamicBatcher:
         self._stats = stats
         self._name = name
         self._instances = max(1, instances)
+        self.max_queue_size = max_queue_size
         self._idle = self._instances
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -150,6 +156,16 @@ class DynamicBatcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    def check_room(self, requests: int = 1) -> None:
+        """Raise `ResourceExhausted` unless `requests` more requests fit in the queue now (a
+        caller that enqueues several in the same step of the event loop checks once for all)."""
+        limit = self.max_queue_size
+        if limit is not None and len(self._queue) + requests > limit:
+            raise ResourceExhausted(
+                f"Exceeds maximum queue size: {len(self._queue)} requests wait for {self._name} "
+                f"(max_queue_size {limit}); retry later"
+            )
+
     # -- requests (event loop) ----------------------------------------------------------------
 
     def enqueue(
@@ -164,9 +180,17 @@ class DynamicBatcher:
             data: the request's rows.
             deadline: `time.monotonic()` after which the answer is of no use (None: none).
                 A request still queued then is not run; its future raises `DeadlineExceeded`.
+
+        Raises:
+            ResourceExhausted: the queue holds `max_queue_size` requests already.
+            Unavailable: the batcher is closing.
+            DeadlineExceeded: the deadline has passed already.
         """
         if self._closing:
             raise Unavailable(f"model {self._name} is being unloaded; retry")
+        limit = self.max_queue_size
+        if limit is not None and len(self._queue) >= limit:
+            self.check_room()  # raises, saying so
         if deadline is not None and deadline <= time.monotonic():
             raise DeadlineExceeded(f"the deadline passed before the request reached {self._name}")
         loop = self._loop

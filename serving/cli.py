@@ -136,12 +136,142 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="turn dynamic batching off for every model (each request runs alone)",
     )
+    _add_limit_options(p)
+    _add_transport_options(p)
     p.set_defaults(func=_serve, default_log_level="INFO")
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    from cnnzoo.serving.limits import RequestLimits
+
+    default = RequestLimits()
+    g = p.add_argument_group("limits", "over a limit a request is answered RESOURCE_EXHAUSTED")
+    g.add_argument(
+        "--max-classify-images",
+        type=int,
+        metavar="N",
+        default=default.max_classify_images,
+        help="images in one Classify request (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-request-pixels",
+        type=int,
+        metavar="N",
+        default=default.max_request_pixels,
+        help="decoded pixels (width x height, all images) in one Classify or Explain "
+        "request, read from the headers before decoding (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-queue-size",
+        type=int,
+        metavar="N",
+        default=default.max_queue_size,
+        help="requests waiting in a model's batcher when its config.pbtxt sets no "
+        "dynamic_batching.default_queue_policy.max_queue_size (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-pending-explanations",
+        type=int,
+        metavar="N",
+        default=default.max_pending_explanations,
+        help="Explain calls waiting for the explainer, which runs one at a time "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        metavar="N",
+        default=default.max_concurrent_requests,
+        help="inference, Classify and Explain calls in progress on the server at once "
+        "(default %(default)s)",
+    )
+
+
+def _add_transport_options(p: argparse.ArgumentParser) -> None:
+    from cnnzoo.serving.grpc_api.transport import TransportOptions
+
+    default = TransportOptions()
+    g = p.add_argument_group("gRPC connections", "times in milliseconds (Triton's options)")
+    g.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        metavar="N",
+        default=default.max_concurrent_streams,
+        help="calls in progress on one connection at once (default %(default)s)",
+    )
+    g.add_argument(
+        "--grpc-keepalive-time",
+        type=int,
+        metavar="MS",
+        default=default.keepalive_time_ms,
+        help="ping an idle connection after this long (default %(default)s)",
+    )
+    g.add_argument(
+        "--grpc-keepalive-timeout",
+        type=int,
+        metavar="MS",
+        default=default.keepalive_timeout_ms,
+        help="close a connection whose ping is not answered within this (default %(default)s)",
+    )
+    g.add_argument(
+        "--grpc-keepalive-permit-without-calls",
+        action="store_true",
+        help="let clients ping connections that carry no call",
+    )
+    g.add_argument(
+        "--grpc-http2-min-recv-ping-interval-without-data",
+        type=int,
+        metavar="MS",
+        default=default.http2_min_recv_ping_interval_without_data_ms,
+        help="shortest interval between a client's pings without data; shorter is a "
+        "ping strike (default %(default)s)",
+    )
+    g.add_argument(
+        "--grpc-http2-max-ping-strikes",
+        type=int,
+        metavar="N",
+        default=default.http2_max_ping_strikes,
+        help="ping strikes before the connection is closed (default %(default)s; 0: any number)",
+    )
+    g.add_argument(
+        "--grpc-max-connection-age",
+        type=int,
+        metavar="MS",
+        default=0,
+        help="close connections older than this (default 0: never)",
+    )
+    g.add_argument(
+        "--grpc-max-connection-age-grace",
+        type=int,
+        metavar="MS",
+        default=0,
+        help="time calls on an aged connection get to finish (default 0)",
+    )
+    g.add_argument(
+        "--grpc-max-connection-idle",
+        type=int,
+        metavar="MS",
+        default=0,
+        help="close connections without calls for this long (default 0: never)",
+    )
+    t = p.add_argument_group("TLS", "serve gRPC over TLS; with --tls-client-ca, mutual TLS")
+    t.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="the server's PEM certificate chain"
+    )
+    t.add_argument("--tls-key", type=Path, metavar="PEM", help="the server's PEM private key")
+    t.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="PEM CA certificates; clients must present a certificate they signed",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.errors import InvalidInput
+    from cnnzoo.serving.grpc_api.transport import TlsOptions, TransportOptions
     from cnnzoo.serving.latency import MetricsConfig
+    from cnnzoo.serving.limits import RequestLimits
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.serving.server import ServerOptions, serve
 
@@ -151,6 +281,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidInput("--poll-seconds and --grace-seconds must be >= 0")
     if args.metrics_interval_ms < 1:
         raise InvalidInput(f"--metrics-interval-ms must be >= 1, got {args.metrics_interval_ms}")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise InvalidInput("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = None
+    if args.tls_cert is not None:
+        tls = TlsOptions(args.tls_cert, args.tls_key, args.tls_client_ca)
     options = ServerOptions(
         repository=args.repository,
         host=args.host,
@@ -172,6 +309,27 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_config=MetricsConfig.parse(args.metrics_config),
         metrics_interval_s=args.metrics_interval_ms / 1000,
         require_manifest=args.require_manifest,
+        limits=RequestLimits(
+            max_classify_images=args.max_classify_images,
+            max_request_pixels=args.max_request_pixels,
+            max_queue_size=args.max_queue_size,
+            max_pending_explanations=args.max_pending_explanations,
+            max_concurrent_requests=args.max_concurrent_requests,
+        ),
+        transport=TransportOptions(
+            max_concurrent_streams=args.max_concurrent_streams,
+            keepalive_time_ms=args.grpc_keepalive_time,
+            keepalive_timeout_ms=args.grpc_keepalive_timeout,
+            keepalive_permit_without_calls=args.grpc_keepalive_permit_without_calls,
+            http2_min_recv_ping_interval_without_data_ms=(
+                args.grpc_http2_min_recv_ping_interval_without_data
+            ),
+            http2_max_ping_strikes=args.grpc_http2_max_ping_strikes,
+            max_connection_age_ms=args.grpc_max_connection_age,
+            max_connection_age_grace_ms=args.grpc_max_connection_age_grace,
+            max_connection_idle_ms=args.grpc_max_connection_idle,
+        ),
+        tls=tls,
     )
     return serve(options)
 
@@ -192,12 +350,48 @@ def _register_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)s)")
+    _add_client_options(p)
     p.set_defaults(func=_classify)
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TLS", "connect with TLS (any of these turns it on)")
+    g.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates that signed the server's certificate",
+    )
+    g.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="this client's certificate chain (servers with --tls-client-ca)",
+    )
+    g.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    g.add_argument(
+        "--tls-server-name",
+        default="",
+        metavar="NAME",
+        help="check the server's certificate for NAME instead of the host",
+    )
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202 - a ZooClient (imported here: grpc)
+    import os
+
+    # gRPC core logs a failed TLS handshake at INFO on stderr; the error line says it already.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from cnnzoo.serving.client import ClientTls, ZooClient
+
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    return ZooClient(args.server, timeout=args.timeout, tls=tls)
 
 
 def _classify(args: argparse.Namespace) -> int:
     from cnnzoo.errors import InvalidImage, InvalidInput, NotFound
-    from cnnzoo.serving.client import ZooClient
 
     if args.top_k < 1:
         raise InvalidInput(f"--top-k must be >= 1, got {args.top_k}")
@@ -206,7 +400,7 @@ def _classify(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise NotFound(f"image file {path} does not exist")
         payloads.append(path.read_bytes())
-    with ZooClient(args.server, timeout=args.timeout) as client:
+    with _client(args) as client:
         try:
             results = client.classify(payloads, args.model, top_k=args.top_k, version=args.version)
         except InvalidImage as err:  # the server counts images; name the file instead
@@ -268,13 +462,12 @@ def _register_health(sub: argparse._SubParsersAction) -> None:
         "name (default: the whole server); an unknown one is answered with the list",
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
+    _add_client_options(p)
     p.set_defaults(func=_health)
 
 
 def _health(args: argparse.Namespace) -> int:
-    from cnnzoo.serving.client import ZooClient
-
-    with ZooClient(args.server, timeout=args.timeout) as client:
+    with _client(args) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1

@@ -7,17 +7,51 @@ this one speaks `cnnzoo.v1.Zoo` (encoded images in, labels out) and `grpc.health
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import grpc
 
-from cnnzoo.errors import NotFound
+from cnnzoo.errors import InvalidInput, NotFound
 from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
 from cnnzoo.serving.grpc_api.status import error_for
+from cnnzoo.serving.grpc_api.transport import read_pem
 from cnnzoo.serving.server import DEFAULT_MAX_MESSAGE_BYTES, SERVICES
 from cnnzoo.serving.types import ClassPrediction
 
-__all__ = ["ZooClient"]
+__all__ = ["ClientTls", "ZooClient"]
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS towards the server (PEM files).
+
+    Args:
+        ca: CA certificates that signed the server's certificate (None: the system's roots).
+        cert: this client's certificate chain, for servers that ask for one (mutual TLS).
+        key: its private key.
+        server_name: the name to check the server's certificate against, when it differs
+            from the host in the address (e.g. "localhost" for 127.0.0.1).
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise InvalidInput(
+                "a client certificate and its key go together (--tls-cert, --tls-key)"
+            )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=read_pem(self.ca, "--tls-ca") if self.ca else None,
+            private_key=read_pem(self.key, "--tls-key") if self.key else None,
+            certificate_chain=read_pem(self.cert, "--tls-cert") if self.cert else None,
+        )
 
 
 class ZooClient:
@@ -26,18 +60,31 @@ class ZooClient:
     Args:
         server: host:port of the gRPC server.
         timeout: per-call deadline in seconds.
+        tls: connect with TLS (None: plaintext).
+        metadata: headers sent with every call, e.g. the header of a restricted API group.
     """
 
-    def __init__(self, server: str = "127.0.0.1:8001", *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str = "127.0.0.1:8001",
+        *,
+        timeout: float = 30.0,
+        tls: ClientTls | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.server = server
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            server,
-            options=[
-                ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.metadata = tuple(metadata)
+        options = [
+            ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(server, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.secure_channel(server, tls.credentials(), options=options)
         self._zoo = zoo_pb2_grpc.ZooStub(self._channel)
 
     def close(self) -> None:
@@ -112,6 +159,6 @@ class ZooClient:
 
     def _call(self, method, request):  # noqa: ANN001, ANN202 - any unary stub method
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self.metadata or None)
         except grpc.RpcError as err:
             raise error_for(err, self.server) from None

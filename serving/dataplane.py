@@ -9,6 +9,7 @@ expected value; the transport maps them to status codes. No protobuf or gRPC in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import struct
 import time
@@ -17,9 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from cnnzoo.errors import CnnzooError, InvalidInput, ModelExecutionError, NotFound, Unavailable
+from cnnzoo.errors import (
+    CnnzooError,
+    InvalidInput,
+    ModelExecutionError,
+    NotFound,
+    Unavailable,
+    quoted,
+)
 from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
+from cnnzoo.serving.limits import InFlight, RequestLimits, over_limit
 from cnnzoo.serving.model_manager import LoadedVersion, ModelManager
 from cnnzoo.serving.shared_memory import SystemSharedMemory
 from cnnzoo.serving.spec import TensorSpec
@@ -71,6 +80,7 @@ class DataPlane:
         server_name: ServerMetadata name.
         server_version: ServerMetadata version.
         shared_memory: the system shared-memory regions tensors may name (None: not offered).
+        limits: bounds on requests (default: the model manager's).
     """
 
     def __init__(
@@ -79,6 +89,7 @@ class DataPlane:
         server_name: str,
         server_version: str,
         shared_memory: SystemSharedMemory | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.models = models
         self.server_name = server_name
@@ -87,9 +98,20 @@ class DataPlane:
         self.extensions = EXTENSIONS + (
             (SYSTEM_SHARED_MEMORY,) if shared_memory is not None else ()
         )
+        self.limits = limits or models.limits
         self.draining = False
         # Called after a client loaded or unloaded a model (the server updates health).
         self.on_models_changed: Callable[[], Awaitable[None]] | None = None
+        self._requests = InFlight(
+            self.limits.max_concurrent_requests,
+            "the requests in progress",
+            "--max-concurrent-requests",
+        )
+        self._explanations = InFlight(
+            self.limits.max_pending_explanations,
+            "the explanations waiting to run",
+            "--max-pending-explanations",
+        )
         # Decoding uploads is CPU work in Pillow (releases the GIL); explanations hook the
         # torch model, so they run one at a time on their own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
@@ -250,6 +272,7 @@ class DataPlane:
         served = self.models.get(request.model_name, request.model_version)
         started = time.perf_counter_ns()
         ok, reason = False, ""
+        self._requests.enter()
         try:
             spec = served.spec
             if len(request.inputs) != 1:
@@ -280,6 +303,7 @@ class DataPlane:
             reason = failure_reason(err, deadline)
             raise
         finally:
+            self._requests.leave()
             served.stats.record_request(ok, time.perf_counter_ns() - started, reason)
 
     def _region(self, ref: SharedMemoryRef) -> memoryview:
@@ -299,10 +323,38 @@ class DataPlane:
             raise InvalidInput("the request names no model")
         if top_k < 0:
             raise InvalidInput(f"top_k must be >= 1 (0 means {DEFAULT_TOP_K}), got {top_k}")
+        limit = self.limits.max_classify_images
+        if len(images) > limit:
+            raise over_limit(
+                "the images of the request", len(images), limit, "--max-classify-images"
+            )
         served = self.models.get(name, version)
+        self._requests.enter()
+        try:
+            return await self._classify(served, name, version, images, top_k, deadline)
+        finally:
+            self._requests.leave()
+
+    async def _classify(
+        self,
+        served: LoadedVersion,
+        name: str,
+        version: str,
+        images: Sequence[bytes],
+        top_k: int,
+        deadline: float | None,
+    ) -> ClassifyResult:
+        """`classify` once the request is admitted: decode, run in batches, rank."""
         loop = asyncio.get_running_loop()
         batch = await loop.run_in_executor(
-            self._decode_pool, images_to_batch, list(images), served.image_preprocess("Classify")
+            self._decode_pool,
+            functools.partial(
+                images_to_batch,
+                list(images),
+                served.image_preprocess("Classify"),
+                max_pixels=self.limits.max_request_pixels,
+                deadline=deadline,
+            ),
         )
         # Look the model up again: a hot reload may have switched versions while decoding.
         served = self.models.get(name, version)
@@ -310,10 +362,9 @@ class DataPlane:
         ok, reason = False, ""
         try:
             step = served.spec.max_batch_size
-            futures = [
-                served.batcher.enqueue(batch[i : i + step], deadline)
-                for i in range(0, len(batch), step)
-            ]
+            starts = range(0, len(batch), step)
+            served.batcher.check_room(len(starts))  # all of the request's batches, or none
+            futures = [served.batcher.enqueue(batch[i : i + step], deadline) for i in starts]
             chunks = await asyncio.gather(*futures, return_exceptions=True)
             for chunk in chunks:
                 if isinstance(chunk, BaseException):
@@ -334,14 +385,39 @@ class DataPlane:
             served.stats.record_request(ok, time.perf_counter_ns() - started, reason)
 
     async def explain(
-        self, name: str, version: str, image: bytes, method: str, target: int | None
+        self,
+        name: str,
+        version: str,
+        image: bytes,
+        method: str,
+        target: int | None,
+        deadline: float | None = None,
     ) -> ExplainResult:
-        """An attribution map for one image (see `cnnzoo.serving.explain`)."""
+        """An attribution map for one image (see `cnnzoo.serving.explain`).
+
+        Explanations run one at a time; at most `max_pending_explanations` wait for their turn
+        (more: `ResourceExhausted`). `deadline` (`time.monotonic()` seconds): an explanation
+        whose caller has given up is not started (`DeadlineExceeded`).
+        """
         served = self.models.get(name, version)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._explain_pool, explain_image, served, image, method, target
+        explain = functools.partial(
+            explain_image,
+            served,
+            image,
+            method,
+            target,
+            max_pixels=self.limits.max_request_pixels,
+            deadline=deadline,
         )
+        self._requests.enter()
+        try:
+            self._explanations.enter()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._explain_pool, explain)
+            finally:
+                self._explanations.leave()
+        finally:
+            self._requests.leave()
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -380,16 +456,16 @@ def _decode_input(
     expected_shape = spec.shape_with_batch()
     if tensor.name != spec.name:
         raise InvalidInput(
-            f"model {model!r} has no input {tensor.name!r}; its input is {spec.name!r} "
+            f"model {model!r} has no input {quoted(tensor.name)}; its input is {spec.name!r} "
             f"{spec.datatype} {expected_shape}"
         )
     if tensor.datatype != spec.datatype:
-        raise InvalidInput(f"{where} must be {spec.datatype}, got {tensor.datatype!r}")
+        raise InvalidInput(f"{where} must be {spec.datatype}, got {quoted(tensor.datatype)}")
     shape = tensor.shape
     if len(shape) != len(expected_shape):
         raise InvalidInput(
             f"{where} must have rank {len(expected_shape)} (shape {expected_shape}), "
-            f"got rank {len(shape)} (shape {list(shape)})"
+            f"got rank {len(shape)} (shape {_shape_text(shape)})"
         )
     if not spec.accepts(tuple(shape[1:]) if spec.batched else tuple(shape)):
         raise InvalidInput(f"{where} must have shape {expected_shape}, got {list(shape)}")
@@ -437,6 +513,13 @@ def _decode_input(
     )
 
 
+def _shape_text(shape: Sequence[int]) -> str:
+    """A shape as a message shows it (a caller may send thousands of dimensions)."""
+    if len(shape) <= 8:
+        return str(list(shape))
+    return f"[{', '.join(map(str, shape[:8]))}, ... ({len(shape)} dimensions)]"
+
+
 def _requested_outputs(
     requested: list[RequestedOutput], spec: TensorSpec, model: str
 ) -> list[RequestedOutput]:
@@ -445,7 +528,7 @@ def _requested_outputs(
     for output in requested:
         if output.name != spec.name:
             raise InvalidInput(
-                f"model {model!r} has no output {output.name!r}; its output is {spec.name!r}"
+                f"model {model!r} has no output {quoted(output.name)}; its output is {spec.name!r}"
             )
         if output.classification < 0:
             raise InvalidInput(

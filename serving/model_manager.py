@@ -20,7 +20,17 @@ finish) and leaves the model UNAVAILABLE with the reason "unloaded".
 
 Hot reload (`poll`): a newer version directory is loaded beside the current one, swapped in with
 one assignment on the event loop, and the old version's batcher then finishes what it had
-queued before it is closed, so no request is dropped or failed by the switch.
+queued before it is closed, so no request is dropped or failed by the switch. A poll also
+watches the served version: when its folder is removed, the newest remaining version that loads
+takes over (as Triton does), or, when there is none, the copy in memory keeps serving and
+ListModels says so; when its files change on disk, their sha256 is checked again and a mismatch
+is logged and reported in ListModels (the verified copy in memory keeps serving; a restart
+would refuse the version).
+
+A folder the server cannot read (permissions, I/O errors) makes that model or version
+unavailable with the reason, like any other refusal; the other models load and poll as usual.
+Reasons reach clients (ListModels, UNAVAILABLE messages), so they name files relative to the
+repository, never the server's own paths.
 """
 
 from __future__ import annotations
@@ -40,10 +50,12 @@ from cnnzoo.errors import (
     ModelIncomplete,
     NotFound,
     Unavailable,
+    quoted,
 )
 from cnnzoo.serving.autocomplete import GraphTensor, complete_config
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.latency import LatencyRecorder, MetricsConfig
+from cnnzoo.serving.limits import RequestLimits
 from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
 from cnnzoo.serving.spec import ModelSpec
 from cnnzoo.serving.stats import ModelStats
@@ -69,6 +81,9 @@ UNLOADED = "unloaded"  # Triton's reason for a model unloaded on request
 NONE, POLL, EXPLICIT = "none", "poll", "explicit"
 CONTROL_MODES = (NONE, POLL, EXPLICIT)
 
+# What loading a version read: (file name, size, mtime_ns) of each of its files and the model's.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
 
 @dataclass(eq=False)
 class LoadedVersion:
@@ -86,6 +101,7 @@ class LoadedVersion:
     stats: ModelStats
     batcher: DynamicBatcher  # started when the version begins to serve, closed when retired
     preprocess_missing: str = ""  # why there is no preprocessing, for Classify and Explain
+    fingerprint: Fingerprint = ()  # the files as they were when the version was loaded
     _torch_model: Any = None
     _torch_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -125,7 +141,8 @@ class LoadedVersion:
         """The PyTorch model built from this version's model.safetensors (loaded once, lazily).
 
         Explanations need gradients, which the ONNX session cannot give; torch is imported only
-        when the first explanation is asked for.
+        when the first explanation is asked for. The weights' sha256 is checked against the
+        manifest then (a refusal is logged and tried again on the next call).
 
         Raises:
             ModelIncomplete: nothing names the zoo entry, or model.safetensors is absent.
@@ -138,14 +155,16 @@ class LoadedVersion:
             )
         with self._torch_lock:
             if self._torch_model is None:
-                self._torch_model = self.repository.torch_model(
-                    self.name, self.version, manifest=self.manifest
-                )
+                try:
+                    self._torch_model = self.repository.torch_model(
+                        self.name, self.version, manifest=self.manifest
+                    )
+                except CnnzooError as err:
+                    log.error(
+                        "Explain refused for %s version %d: %s", self.name, self.version, err.reason
+                    )
+                    raise
             return self._torch_model
-
-
-# What loading a version read: (file name, size, mtime_ns) of each of its files and the model's.
-Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -164,8 +183,9 @@ class ModelRecord:
     state: str = LOADING
     reason: str = ""
     current: LoadedVersion | None = None
-    versions: list[int] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)  # on disk, and the served one
     failed: dict[int, Refusal] = field(default_factory=dict)  # versions that would not load
+    error: str = ""  # the last unexpected poll failure (its traceback is logged once)
 
 
 class ModelManager:
@@ -181,6 +201,7 @@ class ModelManager:
         load_at_start: in `explicit` mode, the models loaded at start-up (`*`: all).
         metrics: which optional latency metrics each version records (`--metrics-config`).
         require_manifest: refuse versions without a manifest.json to verify.
+        limits: the batcher queue bound for models whose config.pbtxt sets none.
     """
 
     def __init__(
@@ -195,6 +216,7 @@ class ModelManager:
         load_at_start: Sequence[str] = (),
         metrics: MetricsConfig | None = None,
         require_manifest: bool = False,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.repository = repository
         self.control = control
@@ -202,6 +224,12 @@ class ModelManager:
         self._require_manifest = require_manifest
         self._load_at_start = tuple(load_at_start)
         self.runtime_options = runtime
+        self.limits = limits or RequestLimits()
+        # How the server's own paths appear in errors, longest first (all are cut from reasons).
+        root = repository.root
+        self._root_forms = sorted(
+            {str(root), str(root.absolute()), str(root.resolve())}, key=len, reverse=True
+        )
         self._only = tuple(models)
         self._batching = batching
         self._warm_up = warm_up
@@ -247,14 +275,16 @@ class ModelManager:
         """
         record = self._records.get(name)
         if record is None:
-            raise NotFound(f"unknown model {name!r}; served models: {', '.join(self._records)}")
+            raise NotFound(
+                f"unknown model {quoted(name)}; served models: {', '.join(self._records)}"
+            )
         current = record.current
         if current is None:
             why = f": {record.reason}" if record.reason else ""
             raise Unavailable(f"model {name!r} is {record.state.lower()}{why}")
         if version and version != current.version_str:
             raise NotFound(
-                f"model {name!r} has no version {version!r} being served "
+                f"model {name!r} has no version {quoted(version)} being served "
                 f"(serving version {current.version})"
             )
         return current
@@ -262,7 +292,9 @@ class ModelManager:
     def record(self, name: str) -> ModelRecord:
         record = self._records.get(name)
         if record is None:
-            raise NotFound(f"unknown model {name!r}; served models: {', '.join(self._records)}")
+            raise NotFound(
+                f"unknown model {quoted(name)}; served models: {', '.join(self._records)}"
+            )
         return record
 
     def records(self) -> list[ModelRecord]:
@@ -314,7 +346,7 @@ class ModelManager:
         self._require_explicit()
         if name not in self._candidates():
             known = ", ".join(self._candidates()) or "none"
-            raise NotFound(f"no model {name!r} in the repository (models: {known})")
+            raise NotFound(f"no model {quoted(name)} in the repository (models: {known})")
         record = self._records.setdefault(name, ModelRecord(name))
         previous = record.current
         await self._load_latest(record, reload=True)
@@ -337,7 +369,7 @@ class ModelManager:
         record = self._records.get(name)
         if record is None:
             if name not in self._candidates():
-                raise NotFound(f"no model {name!r} is served or in the repository")
+                raise NotFound(f"no model {quoted(name)} is served or in the repository")
             return
         async with self._locks.setdefault(name, asyncio.Lock()):
             if record.current is not None:
@@ -370,14 +402,31 @@ class ModelManager:
     # -- hot reload ---------------------------------------------------------------------------
 
     async def poll(self) -> None:
-        """Pick up new models and new versions from the repository."""
+        """Pick up new models and new versions from the repository, and check the served ones.
+
+        One model's failure never stops the others from being polled.
+        """
         if not self._only:
-            for name in self.repository.models():
+            try:
+                names = self.repository.models()
+            except OSError as err:
+                names = []
+                log.error("cannot list the models of %s: %s", self.repository.root, err)
+            for name in names:
                 if name not in self._records:
                     log.info("new model %s in the repository", name)
                     self._records[name] = ModelRecord(name)
         for record in list(self._records.values()):
-            await self._load_latest(record)
+            try:
+                await self._load_latest(record)
+            except ExecutionProviderError:
+                raise
+            except Exception as err:  # a bug: logged with its traceback once, polled on
+                if record.error != repr(err):
+                    log.exception("polling model %s failed", record.name)
+                record.error = repr(err)
+            else:
+                record.error = ""
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -397,14 +446,18 @@ class ModelManager:
             if record.current is None:
                 record.state, record.reason = LOADING, ""
         try:
-            record.versions = self.repository.versions(record.name)
-        except CnnzooError as err:
-            self._refuse(record, err.reason)
+            on_disk = self.repository.versions(record.name)
+        except (CnnzooError, OSError) as err:
+            self._refuse(record, self._reason(err))
             return
-        record.failed = {v: r for v, r in record.failed.items() if v in record.versions}
-        served = record.current.version if record.current is not None else -1
-        for version in reversed(record.versions):
-            if version < served or (version == served and not reload):
+        current = record.current
+        served = current.version if current is not None else -1
+        # A served version whose folder was removed: the newest remaining one takes over.
+        removed = current is not None and served not in on_disk
+        record.versions = sorted({*on_disk, served}) if current is not None else on_disk
+        record.failed = {v: r for v, r in record.failed.items() if v in on_disk}
+        for version in reversed(on_disk):
+            if (version < served or (version == served and not reload)) and not removed:
                 break
             fingerprint = self._fingerprint(record.name, version)
             refusal = record.failed.get(version)
@@ -412,21 +465,38 @@ class ModelManager:
                 continue  # refused before and unchanged since
             log.info("loading %s version %d", record.name, version)
             try:
-                loaded = await asyncio.to_thread(self._load_version, record.name, version)
+                loaded = await asyncio.to_thread(
+                    self._load_version, record.name, version, fingerprint
+                )
             except ExecutionProviderError:
                 raise  # the device choice is wrong for every model: a start-up error
-            except CnnzooError as err:
-                reason = err.reason
+            except (CnnzooError, OSError) as err:
+                reason = self._reason(err)
             except Exception as err:  # e.g. onnxruntime cannot parse the file
                 log.exception("loading %s version %d failed", record.name, version)
-                reason = f"{type(err).__name__}: {err}"
+                reason = self._reason(err)
             else:
                 if not self._closing:  # the server may have begun to stop while loading
                     record.failed.pop(version, None)
+                    if removed:
+                        log.warning(
+                            "the folder of %s version %d was removed from the repository",
+                            record.name,
+                            served,
+                        )
                     self._serve(record, loaded)
+                    record.versions = on_disk
                 return
             record.failed[version] = Refusal(fingerprint, reason)
             log.error("refused %s version %d: %s", record.name, version, reason)
+        if removed:
+            self._note(
+                record,
+                f"version {served} was removed from the repository and no other version "
+                "loads; the copy loaded in memory keeps serving until the server restarts",
+            )
+        elif current is not None:
+            await self._check_served(record, current)
         if record.current is None:
             reasons = "; ".join(
                 f"version {v}: {r.reason}" for v, r in sorted(record.failed.items(), reverse=True)
@@ -448,6 +518,46 @@ class ModelManager:
         if previous is not None:
             self._retire(previous)
 
+    async def _check_served(self, record: ModelRecord, current: LoadedVersion) -> None:
+        """Re-verify the served version when its files changed on disk since it was loaded
+        (a version without a manifest has nothing to be verified against)."""
+        if current.manifest is None:
+            return
+        fingerprint = self._fingerprint(record.name, current.version)
+        if fingerprint == current.fingerprint:
+            return
+        try:
+            await asyncio.to_thread(self.repository.verify, record.name, current.version)
+        except (CnnzooError, OSError) as err:
+            self._note(
+                record,
+                f"the files of version {current.version} changed on disk after it was loaded "
+                f"({self._reason(err)}); the verified copy loaded in memory keeps serving, and a "
+                "restart would refuse this version",
+            )
+        else:
+            record.reason = ""
+        current.fingerprint = fingerprint  # reported once per change
+
+    def _note(self, record: ModelRecord, reason: str) -> None:
+        """Report a problem of the served version (logged once; ListModels shows it)."""
+        if record.reason != reason:
+            log.error("model %s: %s", record.name, reason)
+        record.reason = reason
+
+    def _reason(self, err: BaseException) -> str:
+        """A refusal's reason as clients may see it: without the server's repository path."""
+        if isinstance(err, CnnzooError):
+            text = err.reason
+        elif isinstance(err, OSError) and err.strerror:
+            where = f": {err.filename}" if err.filename else ""
+            text = f"cannot read the model's files ({err.strerror}{where})"
+        else:
+            text = f"{type(err).__name__}: {err}"
+        for form in self._root_forms:
+            text = text.replace(form + "/", "").replace(form, "the model repository")
+        return text
+
     def _fingerprint(self, name: str, version: int) -> Fingerprint:
         """Size and mtime of every file a load of `version` reads (cheap: stat calls only)."""
         folder = self.repository.root / name
@@ -459,7 +569,7 @@ class ModelManager:
             return ()  # unreadable now: tried again once it can be read (a new fingerprint)
         return tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
 
-    def _load_version(self, name: str, version: int) -> LoadedVersion:
+    def _load_version(self, name: str, version: int, fingerprint: Fingerprint) -> LoadedVersion:
         """Verify, read and open one version, then warm it up (runs in a worker thread).
 
         Only config.pbtxt and model.onnx are required (completed from the graph as Triton
@@ -474,6 +584,7 @@ class ModelManager:
                 f"{name} version {version} has no manifest.json, and the server runs with "
                 "--require-manifest (export it with cnnzoo export, or serve without the flag)"
             )
+
         config = self.repository.config(name)
         runtime = OnnxModel(
             self.repository.version_dir(name, version) / ONNX_FILE, self.runtime_options
@@ -512,6 +623,7 @@ class ModelManager:
             max_queue_delay_us=spec.max_queue_delay_us,
             batching=self._batching and spec.dynamic_batching,
             instances=spec.instance_count,
+            max_queue_size=spec.max_queue_size or self.limits.max_queue_size,
             stats=stats,
             name=f"{name}-{version}",
         )
@@ -528,6 +640,7 @@ class ModelManager:
             stats=stats,
             batcher=batcher,
             preprocess_missing=preprocess_missing,
+            fingerprint=fingerprint,
         )
 
     def _labels(self, name: str, config: Any, spec: ModelSpec) -> tuple[str, ...]:

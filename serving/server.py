@@ -23,8 +23,10 @@ from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
+from cnnzoo.serving.grpc_api.transport import TlsOptions, TransportOptions
 from cnnzoo.serving.http_api.app import HttpServer
 from cnnzoo.serving.latency import MetricsConfig
+from cnnzoo.serving.limits import RequestLimits
 from cnnzoo.serving.metrics import MetricsServer
 from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
 from cnnzoo.serving.runtime import RuntimeOptions, check_device, uses_cuda
@@ -95,6 +97,9 @@ class ServerOptions:
         metrics_config: Triton's `--metrics-config` latency settings.
         metrics_interval_s: how often CPU and GPU metrics are sampled.
         require_manifest: refuse model versions that carry no manifest.json.
+        limits: bounds on requests (images, pixels, queues; see `cnnzoo.serving.limits`).
+        transport: gRPC connection limits, keepalive and connection age.
+        tls: serve gRPC over TLS (mutual TLS with a client CA); None: plaintext.
     """
 
     repository: Path
@@ -113,6 +118,9 @@ class ServerOptions:
     metrics_config: MetricsConfig = field(default_factory=MetricsConfig)
     metrics_interval_s: float = 2.0
     require_manifest: bool = False
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    tls: TlsOptions | None = None
 
     def __post_init__(self) -> None:
         mode = self.model_control or (POLL if self.poll_seconds > 0 else NONE)
@@ -159,6 +167,7 @@ class InferenceServer:
             load_at_start=options.load_models,
             metrics=options.metrics_config,
             require_manifest=options.require_manifest,
+            limits=options.limits,
         )
         self.models.discover()
         self.plane = DataPlane(
@@ -166,6 +175,7 @@ class InferenceServer:
             "cnnzoo",
             cnnzoo.__version__,
             shared_memory=SystemSharedMemory() if shared_memory_supported() else None,
+            limits=options.limits,
         )
         self.plane.on_models_changed = self._refresh_health
         self.port = 0
@@ -186,11 +196,16 @@ class InferenceServer:
         if _CLIENT_GONE_FILTER not in grpc_log.filters:
             grpc_log.addFilter(_CLIENT_GONE_FILTER)
         limit = self.options.max_message_bytes
+        transport = self.options.transport
+        # Read before binding, so that a bad certificate is a start-up error and never a
+        # port that refuses every handshake.
+        credentials = self.options.tls.server_credentials() if self.options.tls else None
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                *transport.channel_args(),
             ]
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -207,16 +222,20 @@ class InferenceServer:
         enable_reflection(services, server)
         address = f"{self.options.host}:{self.options.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as err:
             raise Unavailable(f"cannot listen on {address} (is the port in use?): {err}") from None
         await self._set_health(False)
         await server.start()
         self._server = server
         log.info(
-            "gRPC listening on %s:%d (not ready until the models are loaded)",
+            "gRPC listening on %s:%d%s (not ready until the models are loaded)",
             self.options.host,
             self.port,
+            _tls_note(self.options.tls),
         )
         if self.options.http_port >= 0:
             self._http = HttpServer(self.plane, self.options.host, self.options.http_port, limit)
@@ -308,7 +327,11 @@ class InferenceServer:
             await self._stopped.wait()
             return
         self._stopping = True
-        log.info("stopping: finishing in-flight requests (grace %.1fs)", self.options.grace_seconds)
+        started = self._server is not None  # a start-up error says it all; no stop report
+        if started:
+            log.info(
+                "stopping: finishing in-flight requests (grace %.1fs)", self.options.grace_seconds
+            )
         self.plane.draining = True
         if self._poller is not None:
             self._poller.cancel()
@@ -323,11 +346,18 @@ class InferenceServer:
         self.plane.close()
         if self._metrics is not None:
             self._metrics.close()
-        log.info("stopped")
+        if started:
+            log.info("stopped")
         self._stopped.set()
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def _tls_note(tls: TlsOptions | None) -> str:
+    if tls is None:
+        return ", plaintext"
+    return ", TLS with client certificates" if tls.client_ca else ", TLS"
 
 
 async def _run(options: ServerOptions) -> int:

@@ -82,6 +82,7 @@ class ModelSpec:
     dynamic_batching: bool
     max_queue_delay_us: int
     preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int  # dynamic_batching.default_queue_policy.max_queue_size (0: not set)
     instance_count: int
     parameters: Mapping[str, str]
     # model_metrics' buckets for nv_inference_first_response_histogram_ms (None: Triton's)
@@ -141,6 +142,9 @@ class ModelSpec:
             preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size)
             if batching
             else (),
+            max_queue_size=config.dynamic_batching.default_queue_policy.max_queue_size
+            if batching
+            else 0,
             instance_count=instances,
             parameters={k: v.string_value for k, v in config.parameters.items()},
             histogram_buckets=_histogram_buckets(config),

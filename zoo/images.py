@@ -7,6 +7,11 @@ decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) - that one is refused fr
 before decoding. Unusual but valid pixel formats are converted the way the training pipeline
 would see them: 16-bit greyscale is scaled to 8 bits, CMYK and palette images become RGB(A),
 alpha is dropped by the colour conversion in `Preprocess.apply` (as torchvision's loader does).
+An EXIF orientation tag (phone cameras store pictures sideways and say so) is applied, so the
+model sees the picture the way every image viewer shows it.
+
+`open_image` reads only the header (format, size), so a caller can count pixels before paying
+for any decoding; `load_image` decodes it. `decode_image` is both.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from cnnzoo.errors import InvalidInput, NotFound
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["FORMATS", "decode_image", "read_image"]
+__all__ = ["FORMATS", "decode_image", "load_image", "open_image", "read_image"]
 
 FORMATS = ("PNG", "JPEG")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def decode_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Image.Image:
-    """Decode PNG or JPEG bytes into a fully loaded PIL image in a mode `Preprocess` handles.
+    """Decode PNG or JPEG bytes into a fully loaded, upright PIL image in a mode `Preprocess`
+    handles.
 
     Args:
         data: the encoded image.
@@ -41,6 +47,15 @@ def decode_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Imag
     Raises:
         InvalidInput: the bytes are empty, not in `formats`, corrupt, truncated or too large.
     """
+    return load_image(open_image(data, formats))
+
+
+def open_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Image.Image:
+    """Identify encoded image bytes and read their header (nothing is decoded yet).
+
+    Raises:
+        InvalidInput: the bytes are empty, not in `formats`, or declare too many pixels.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -49,8 +64,7 @@ def decode_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Imag
         # Pillow warns between MAX_IMAGE_PIXELS and twice that; both are refused here.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=formats)
-            image.load()
+            return Image.open(io.BytesIO(data), formats=formats)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidInput(
                 f"the image is too large: more than {Image.MAX_IMAGE_PIXELS} pixels "
@@ -63,6 +77,20 @@ def decode_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Imag
             ) from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise InvalidInput(f"the image is corrupt or truncated: {err}") from None
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode an image from `open_image`, turn it upright (EXIF orientation) and bring its mode
+    to one `Preprocess` handles.
+
+    Raises:
+        InvalidInput: the image data is corrupt or truncated.
+    """
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InvalidInput(f"the image is corrupt or truncated: {err}") from None
+    _apply_orientation(image)
     return _normalise_mode(image)
 
 
@@ -82,6 +110,18 @@ def read_image(
         return decode_image(path.read_bytes(), formats)
     except InvalidInput as err:
         raise InvalidInput(f"{path} is not a readable image: {err.reason}") from None
+
+
+def _apply_orientation(image: Image.Image) -> None:
+    """Rotate or flip `image` in place as its EXIF Orientation tag says (2-8; 1 is upright)."""
+    from PIL import ExifTags, ImageOps
+
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # Pillow's EXIF parser raises many types; viewers ignore a broken block
+        return
+    if orientation in range(2, 9):
+        ImageOps.exif_transpose(image, in_place=True)
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:

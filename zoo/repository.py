@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -31,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
 
-from cnnzoo.errors import AlreadyExists, CnnzooError, IntegrityError, InvalidInput, NotFound
+from cnnzoo.errors import (
+    AlreadyExists,
+    CnnzooError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    quoted,
+)
 from cnnzoo.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from cnnzoo.protos import model_config_pb2
 from cnnzoo.zoo.architectures import get_architecture
@@ -75,8 +83,21 @@ _VERSION = re.compile(r"^[0-9]+$")
 def validate_model_name(name: str) -> str:
     """Return `name` if it is a safe model name, else raise `NotFound`."""
     if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
-        raise NotFound(f"no model named {name!r} (model names match [A-Za-z0-9][A-Za-z0-9_.-]*)")
+        raise NotFound(
+            f"no model named {quoted(name)} (model names match [A-Za-z0-9][A-Za-z0-9_.-]*)"
+        )
     return name
+
+
+def _holds(folder: Path, name: str) -> bool:
+    """Whether `folder/name` is a file; True also when `folder` cannot be read (permissions, I/O
+    errors), so that the folder is reported with its error rather than skipped in silence."""
+    try:
+        return stat.S_ISREG(os.stat(folder / name).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 # -- config.pbtxt ---------------------------------------------------------------------------
@@ -204,11 +225,12 @@ class ModelRepository:
         return f"ModelRepository({str(self.root)!r})"
 
     def models(self) -> list[str]:
-        """Sorted names of the models that have a config.pbtxt."""
+        """Sorted names of the models that have a config.pbtxt, and of model folders that
+        cannot be read (loading one then says why, instead of the folder going unnoticed)."""
         return sorted(
             path.name
             for path in self.root.iterdir()
-            if path.is_dir() and MODEL_NAME.match(path.name) and (path / CONFIG_FILE).is_file()
+            if MODEL_NAME.match(path.name) and path.is_dir() and _holds(path, CONFIG_FILE)
         )
 
     def model_dir(self, model: str) -> Path:
@@ -226,7 +248,7 @@ class ModelRepository:
             int(path.name)
             for path in folder.iterdir()
             if _VERSION.match(path.name)
-            and ((path / MANIFEST_FILE).is_file() or (path / ONNX_FILE).is_file())
+            and (_holds(path, MANIFEST_FILE) or _holds(path, ONNX_FILE))
         )
 
     def has_manifest(self, model: str, version: int | str) -> bool:
@@ -302,22 +324,24 @@ class ModelRepository:
             IntegrityError: a file is missing or its sha256 differs (names the file).
         """
         manifest = self.manifest(model, version)
-        folder = self.model_dir(model)
         for relative, expected in sorted(manifest.files.items()):
-            path = (folder / relative).resolve()
-            if folder.resolve() not in path.parents:
-                raise IntegrityError(
-                    f"manifest of {model} names a file outside the model: {relative}"
-                )
-            if not path.is_file():
-                raise IntegrityError(f"{model}/{relative} is missing (listed in its manifest)")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise IntegrityError(
-                    f"{model}/{relative} sha256 {actual[:12]}... does not match the manifest "
-                    f"({str(expected)[:12]}...); re-export the model"
-                )
+            self._check_file(model, relative, expected)
         return manifest
+
+    def _check_file(self, model: str, relative: str, expected: str) -> None:
+        """Raise `IntegrityError` unless `<model>/<relative>` exists with sha256 `expected`."""
+        folder = self.model_dir(model)
+        path = (folder / relative).resolve()
+        if folder.resolve() not in path.parents:
+            raise IntegrityError(f"manifest of {model} names a file outside the model: {relative}")
+        if not path.is_file():
+            raise IntegrityError(f"{model}/{relative} is missing (listed in its manifest)")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise IntegrityError(
+                f"{model}/{relative} sha256 {actual[:12]}... does not match the manifest "
+                f"({expected[:12]}...); re-export the model"
+            )
 
     def torch_model(
         self, model: str, version: int | str, *, manifest: Manifest | None = None
@@ -340,7 +364,8 @@ class ModelRepository:
 
         Raises:
             NotFound: the version or its model.safetensors is gone.
-            IntegrityError: nothing names the architecture, or the weights do not load.
+            IntegrityError: nothing names the architecture, the weights' sha256 differs from
+                the manifest's, or they do not load.
         """
         validate_model_name(model)
         if not _VERSION.match(str(version)):
@@ -368,6 +393,12 @@ class ModelRepository:
             raise IntegrityError(f"{where}: {err.reason}") from None
         if not path.is_file():
             raise NotFound(f"{where}: {WEIGHTS_FILE} is missing; re-export the version")
+        # The file is read long after the version was verified (on the first explanation), so
+        # its sha256 is checked again here: a changed byte would give wrong maps, not an error.
+        relative = f"{int(version)}/{WEIGHTS_FILE}"
+        if relative not in manifest.files:
+            raise IntegrityError(f"{where}: its manifest records no sha256 for {WEIGHTS_FILE}")
+        self._check_file(model, relative, manifest.files[relative])
         try:
             load_weights_file(network, path, entry)
         except CnnzooError as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cnnzoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput, quoted
 from cnnzoo.protos import grpc_service_pb2, zoo_pb2
 from cnnzoo.serving.shared_memory import RegionStatus
 from cnnzoo.serving.stats import BatchSizeStats, Duration, ModelStats
@@ -75,6 +75,13 @@ def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferR
     next_raw = 0
     for tensor, region in zip(request.inputs, regions, strict=True):
         values = data = None
+        if region is None and raw and tensor.HasField("contents"):
+            # KServe and Triton refuse the mix instead of ignoring one of them
+            raise InvalidInput(
+                f"input {quoted(tensor.name)} has typed contents and the request has "
+                f"raw_input_contents; send the data of model {quoted(request.model_name)} "
+                "in one of them, not both"
+            )
         if region is None and raw:
             data = raw[next_raw]
             next_raw += 1
@@ -151,17 +158,21 @@ def _classification(name: str, parameters: Mapping[str, grpc_service_pb2.InferPa
         return 0
     param = parameters["classification"]
     choice = param.WhichOneof("parameter_choice")
+    value = None
     if choice in ("int64_param", "uint64_param"):
         value = getattr(param, choice)
-    elif choice == "string_param" and param.string_param.strip().isdigit():
-        value = int(param.string_param)
-    else:
+    elif choice == "string_param":
+        try:
+            value = int(param.string_param)
+        except ValueError:  # also digits int() does not take, such as "²"
+            value = None
+    if value is None:
         raise InvalidInput(
-            f"parameter 'classification' of output {name!r} must be an integer class count"
+            f"parameter 'classification' of output {quoted(name)} must be an integer class count"
         )
     if value < 1:
         raise InvalidInput(
-            f"parameter 'classification' of output {name!r} must be >= 1, got {value}"
+            f"parameter 'classification' of output {quoted(name)} must be >= 1, got {value}"
         )
     return int(value)
 

@@ -176,6 +176,11 @@ class ZooServicer(zoo_pb2_grpc.ZooServicer):
     async def Explain(self, request, context: Context):
         target = request.target if request.HasField("target") else None
         result = await self._plane.explain(
-            request.model, request.version, request.image, request.method, target
+            request.model,
+            request.version,
+            request.image,
+            request.method,
+            target,
+            deadline=deadline_of(context),
         )
         return codec.explain_response_to_pb(result)

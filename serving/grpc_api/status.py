@@ -2,7 +2,9 @@
 
 Servicer methods are wrapped with `grpc_errors`: a `CnnzooError` becomes its status code with
 the error's `reason` as the message; anything else is logged with its traceback on the server
-and answered INTERNAL without one.
+and answered INTERNAL without one. Messages are cut at `MAX_MESSAGE_CHARS`: a status message
+travels in a header, and clients refuse headers over their limit (8 kB by default), which would
+turn the real status into RESOURCE_EXHAUSTED on the client.
 """
 
 from __future__ import annotations
@@ -26,10 +28,20 @@ from cnnzoo.errors import (
     Unavailable,
 )
 
-__all__ = ["IMAGE_INDEX_METADATA_KEY", "error_for", "grpc_errors", "status_for"]
+__all__ = [
+    "IMAGE_INDEX_METADATA_KEY",
+    "MAX_MESSAGE_CHARS",
+    "error_for",
+    "grpc_errors",
+    "message_for",
+    "status_for",
+]
 
 # Trailing metadata naming the unusable image of a request (its index, from 0).
 IMAGE_INDEX_METADATA_KEY = "cnnzoo-image-index"
+
+# The longest status message sent (messages quote callers' values through `quoted` already).
+MAX_MESSAGE_CHARS = 2000
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,14 @@ def status_for(err: CnnzooError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def message_for(err: CnnzooError) -> str:
+    """The status message of `err`: its reason, cut to `MAX_MESSAGE_CHARS`."""
+    reason = err.reason
+    if len(reason) <= MAX_MESSAGE_CHARS:
+        return reason
+    return reason[: MAX_MESSAGE_CHARS - 20] + f"... ({len(reason)} characters)"
+
+
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
@@ -68,7 +88,7 @@ def grpc_errors(handler: Handler) -> Handler:
             trailers = ()
             if isinstance(err, InvalidImage):
                 trailers = ((IMAGE_INDEX_METADATA_KEY, str(err.index)),)
-            await context.abort(status_for(err), err.reason, trailing_metadata=trailers)
+            await context.abort(status_for(err), message_for(err), trailing_metadata=trailers)
         except Exception:
             log.exception("%s failed", handler.__name__)
             await context.abort(

@@ -39,11 +39,55 @@ def cnnzoo(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedPr
     )
 
 
+def without_root_file_access() -> None:
+    """In a child process before exec: give up root's right to ignore file permissions.
+
+    Tests make folders unreadable with chmod; root would read them anyway. Dropping
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set makes the exec'd program a
+    root whose reads obey the permission bits, like any other user's. (Not root: a no-op.)
+    """
+    import ctypes
+
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for capability in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def add_version(model_dir: Path, source: int, target: int) -> Path:
+    """Copy version `source` of a model to `target`, its manifest updated to match."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir / str(source), model_dir / str(target))
+    manifest_file = model_dir / str(target) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["version"] = target
+    manifest["files"] = {
+        name.replace(f"{source}/", f"{target}/", 1) if name.startswith(f"{source}/") else name: h
+        for name, h in manifest["files"].items()
+    }
+    manifest_file.write_text(json.dumps(manifest))
+    return model_dir / str(target)
+
+
 class ServerProcess:
-    """`cnnzoo serve` in a subprocess on free ports of 127.0.0.1, logging to a file."""
+    """`cnnzoo serve` in a subprocess on free ports of 127.0.0.1, logging to a file.
+
+    `restricted_files=True` runs it without root's file-permission override (see
+    `without_root_file_access`), so chmod'ed folders are unreadable to it.
+    """
 
     def __init__(
-        self, repository: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+        self,
+        repository: Path,
+        log_path: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        restricted_files: bool = False,
     ) -> None:
         self.port = free_port()
         self.http_port = free_port()
@@ -65,6 +109,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=env,
+            preexec_fn=without_root_file_access if restricted_files else None,
         )  # fmt: skip
 
     @property
