@@ -160,11 +160,17 @@ class DynamicBatcher:
         """Raise `ResourceExhausted` unless `requests` more requests fit in the queue now (a
         caller that enqueues several in the same step of the event loop checks once for all)."""
         limit = self.max_queue_size
-        if limit is not None and len(self._queue) + requests > limit:
+        if limit is None or len(self._queue) + requests <= limit:
+            return
+        if requests > limit:  # it would never fit
             raise ResourceExhausted(
-                f"Exceeds maximum queue size: {len(self._queue)} requests wait for {self._name} "
-                f"(max_queue_size {limit}); retry later"
+                f"Exceeds maximum queue size: the request needs {requests} places in the queue "
+                f"of {self._name} (max_queue_size {limit}); send fewer images"
             )
+        raise ResourceExhausted(
+            f"Exceeds maximum queue size: {len(self._queue)} requests wait for {self._name} "
+            f"(max_queue_size {limit}); retry later"
+        )
 
     # -- requests (event loop) ----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from tests.serving.helpers import QUEUE_DELAY_S, QUEUED, ServerProcess
 from tests.serving.requests import encode, infer_request
 
 X = np.zeros((1, 1, 32, 32), np.float32)
-MAX_RPCS, MAX_QUEUE, MAX_STREAMS, IDLE_MS = 3, 4, 2, 1000
+MAX_RPCS, MAX_QUEUE, MAX_STREAMS, IDLE_MS = 2, 3, 2, 1000
 
 
 @pytest.fixture(scope="module")
@@ -109,29 +109,21 @@ def outcomes(futures) -> tuple[list[grpc.StatusCode], list[str]]:
     return codes, refusals
 
 
-def test_a_full_model_queue_answers_resource_exhausted(limited):
-    """Two requests wait in `lenet5-queued`'s queue (MAX_QUEUE places); a Classify call that
-    needs three more places (129 images: batches of 64, 64 and 1) is refused whole."""
+def test_a_request_that_does_not_fit_the_model_queue_is_refused_whole(limited):
+    """A Classify call of 193 images needs four places in `lenet5-queued`'s queue (batches of
+    64, 64, 64 and 1) and the queue has MAX_QUEUE: it is refused before any batch is queued.
+    (A queue that fills up request by request: tests/serving/test_dataplane.py.)"""
     tiny = encode(Image.new("L", (1, 1)))
-    channels = [connect(limited.target) for _ in range(3)]
-    try:
-        waiting = [
-            grpc_service_pb2_grpc.GRPCInferenceServiceStub(c).ModelInfer.future(
-                infer_request(X, model=QUEUED), timeout=30
-            )
-            for c in channels[:2]
-        ]
-        time.sleep(QUEUE_DELAY_S / 4)  # both are queued now
-        classify = zoo_pb2_grpc.ZooStub(channels[2]).Classify.future(
-            zoo_pb2.ClassifyRequest(model=QUEUED, images=[tiny] * 129), timeout=30
-        )
-        codes, refusals = outcomes([*waiting, classify])
-    finally:
-        for channel in channels:
-            channel.close()
-    assert codes == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED], refusals
-    assert "Exceeds maximum queue size: 2 requests wait" in refusals[0], refusals
-    assert f"max_queue_size {MAX_QUEUE}" in refusals[0], refusals
+    with connect(limited.target) as channel:
+        zoo = zoo_pb2_grpc.ZooStub(channel)
+        request = zoo_pb2.ClassifyRequest(model=QUEUED, images=[tiny] * 193)
+        with pytest.raises(grpc.RpcError) as info:
+            zoo.Classify(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Exceeds maximum queue size: the request needs 4 places" in info.value.details()
+        assert f"max_queue_size {MAX_QUEUE}" in info.value.details()
+        request = zoo_pb2.ClassifyRequest(model=QUEUED, images=[tiny] * 129)  # three places
+        assert len(zoo.Classify(request, timeout=30).results) == 129
 
 
 def test_streams_over_the_connections_limit_wait_for_a_free_one(limited):
