@@ -72,9 +72,8 @@ class Unavailable(CnnzooError):
 
 
 class ResourceExhausted(CnnzooError):
-    """A bounded resource is full or a request is over one of the server's limits (images,
-    pixels, queue, concurrency, shared-memory regions); the reason names the limit and the
-    setting that raises it. Status: RESOURCE_EXHAUSTED."""
+    """A bounded resource is full or a request is over one of the server's limits; the reason
+    names the limit. Status: RESOURCE_EXHAUSTED."""
 
     exit_code = 7
 
