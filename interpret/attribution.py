@@ -8,17 +8,62 @@ the ReLU hooks (see its docstring for why these and not Captum's own).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from captum.attr import GradientAttribution
 from torch import nn
 
-from cnnzoo.interpret.rules import Rule, relu_rule
+from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.rules import Rule, input_independence, relu_rule
 
-__all__ = ["Deconvnet", "Gradient", "GuidedBackprop", "ReluRuleAttribution", "for_method"]
+__all__ = [
+    "Deconvnet",
+    "Gradient",
+    "GuidedBackprop",
+    "ReluRuleAttribution",
+    "checked_forward",
+    "for_method",
+]
 
 Target = int | Sequence[int] | torch.Tensor | None
+
+
+def _check_target(output: torch.Tensor, target: Target) -> None:
+    """Refuse, with the bound, a target that Captum would meet with a bare AssertionError or
+    IndexError: none for a model with several outputs, an index outside them, a wrong count."""
+    outputs = output.shape[1] if output.dim() >= 2 else 1
+    if target is None:
+        if outputs == 1:
+            return
+        raise InvalidInput(
+            f"a target is required: the model has {outputs} outputs per example; pass the class "
+            f"index to explain (0 to {outputs - 1})"
+        )
+    values = [target] if isinstance(target, int) else torch.as_tensor(target).flatten().tolist()
+    if not isinstance(target, int) and len(values) != output.shape[0]:
+        raise InvalidInput(
+            f"{len(values)} targets for {output.shape[0]} examples; give one per example or one "
+            "int for all"
+        )
+    bad = [v for v in values if not 0 <= int(v) < outputs]
+    if bad:
+        raise InvalidInput(
+            f"target {bad[0]} is out of range: the model has {outputs} outputs (0 to {outputs - 1})"
+        )
+
+
+def checked_forward(
+    model: Callable[[torch.Tensor], torch.Tensor], target: Target
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model` as a Captum forward function that checks `target` against its output."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        output = model(x)
+        _check_target(output, target)
+        return output
+
+    return forward
 
 
 class ReluRuleAttribution(GradientAttribution):
@@ -46,6 +91,10 @@ class ReluRuleAttribution(GradientAttribution):
             target: the output index per example (an int for all, or one per example); None
                 for models with one output per example.
 
+        Raises:
+            InvalidInput: no target for a model with several outputs, or one out of range.
+            UnsupportedModel: an activation the rule does not cover (see `relu_rule`).
+
         Returns:
             A tensor shaped like `inputs`: the rule-modified gradient of the target output.
 
@@ -56,8 +105,15 @@ class ReluRuleAttribution(GradientAttribution):
         with torch.inference_mode(False), torch.enable_grad():
             x = inputs.detach().clone().requires_grad_(True)
             with relu_rule(self.model, self.rule):
-                (grad,) = self.gradient_func(self.forward_func, (x,), target)
+                forward = checked_forward(self.model, target)
+                (grad,) = self.gradient_func(forward, (x,), target)
         return grad.detach()
+
+    def warnings(self) -> tuple[str, ...]:
+        """Why this method's maps of the model cannot depend on the input, if they cannot
+        (see `cnnzoo.interpret.rules.input_independence`)."""
+        reason = input_independence(self.model, self.rule)
+        return () if reason is None else (reason,)
 
 
 class Gradient(ReluRuleAttribution):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from cnnzoo import zoo
@@ -14,6 +15,7 @@ from cnnzoo.zoo.images import read_image
 from cnnzoo.zoo.repository import ModelRepository
 
 METHOD_HELP = "; ".join(f"{method.name}: {method.summary}" for method in TABLE)
+_MAX_PANEL = 2048  # longest side of one enlarged picture: bounds --scale and the figure's size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--target", type=int, help="class index to explain (default: the predicted class)"
     )
     explain.add_argument(
-        "--out", type=Path, required=True, help="where to write the map (a .png file)"
+        "--out",
+        type=Path,
+        required=True,
+        help="where to write the figure (a .png file): the input, the map and the map over the "
+        "input side by side, the class and its probability, and a colour bar",
+    )
+    explain.add_argument(
+        "--scale",
+        type=int,
+        help="enlarge the pictures this many times, nearest-neighbour (default: so the image's "
+        "short side is at least 256 px; at most 2048 px a side)",
     )
     explain.add_argument("--save-map", type=Path, help="also save the raw float32 map as .npy")
     explain.set_defaults(func=_explain)
@@ -128,13 +140,17 @@ def _layers(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    # torch: kept out of `cnnzoo --help`
     import numpy as np
     import torch
 
-    from cnnzoo.interpret.explain import explain  # torch: kept out of `cnnzoo --help`
+    from cnnzoo.interpret.explain import explain
+    from cnnzoo.interpret.render import default_scale, denormalise, explanation_figure
 
-    if args.out.suffix.lower() != ".png":  # the map is PNG bytes (what the Explain RPC returns)
-        raise InvalidInput(f"--out {args.out}: the map is written as PNG; name a .png file")
+    if args.out.suffix.lower() != ".png":
+        raise InvalidInput(f"--out {args.out}: the figure is written as PNG; name a .png file")
+    if args.scale is not None and args.scale < 1:
+        raise InvalidInput(f"--scale must be a positive integer, got {args.scale}")
     image = read_image(args.image)  # decoded as the Explain RPC decodes uploads
     if args.repository is not None:
         repo = ModelRepository(args.repository)
@@ -148,14 +164,26 @@ def _explain(args: argparse.Namespace) -> int:
         weights = None if args.weights == "none" else args.weights
         model = zoo.build_model(args.model, weights=weights)
         preprocess, labels = entry.preprocess, list(entry.labels)
-    array = preprocess.apply(image)
-    result = explain(model, torch.from_numpy(array).unsqueeze(0), args.method, target=args.target)
-    atomic_write_bytes(args.out, result.png)
+    x = torch.from_numpy(preprocess.apply(image)).unsqueeze(0)
+    result = explain(model, x, args.method, target=args.target)
+    label = labels[result.target] if result.target < len(labels) else str(result.target)
+    summary = f"{result.method} map of class {result.target} ({label}), p={result.score:.4f}"
+    height, width = result.attribution.shape
+    limit = max(1, _MAX_PANEL // max(height, width))
+    if args.scale is not None and args.scale > limit:
+        raise InvalidInput(
+            f"--scale {args.scale} is too large for a {height}x{width} image; at most {limit} "
+            f"(pictures up to {_MAX_PANEL} px)"
+        )
+    scale = args.scale or min(limit, default_scale(height, width))
+    shown = denormalise(x[0], preprocess.mean, preprocess.std)
+    figure = explanation_figure(shown, torch.from_numpy(result.attribution), summary, scale)
+    atomic_write_bytes(args.out, figure)
     if args.save_map is not None:
         with atomic_path(args.save_map) as tmp, open(tmp, "wb") as handle:
             np.save(handle, result.attribution)
-    label = labels[result.target] if result.target < len(labels) else str(result.target)
-    summary = f"{result.method} map of class {result.target} ({label}), p={result.score:.4f}"
+    for warning in result.warnings:
+        print(f"cnnzoo explain: warning: {warning}", file=sys.stderr)
     print(f"{args.image}: {summary} -> {args.out}")
     return 0
 

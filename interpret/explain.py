@@ -31,6 +31,8 @@ class Explanation:
             occlusion the mean drop of the target probability when a grey square covers the
             pixel; for Grad-CAM the upsampled class activation map).
         png: `attribution` rendered image-sized (white = 0, red = positive, blue = negative).
+        warnings: why the map cannot depend on the input, if it cannot (e.g. deconvnet on a
+            model without max-pooling: every image gets the same map).
     """
 
     method: str
@@ -38,6 +40,7 @@ class Explanation:
     score: float
     attribution: np.ndarray
     png: bytes
+    warnings: tuple[str, ...] = ()
 
 
 def explain(
@@ -53,7 +56,8 @@ def explain(
 
     Raises:
         InvalidInput: an unknown method, a badly shaped input or a target out of range.
-        UnsupportedModel: the model calls functional ReLU (deconvnet/guided).
+        UnsupportedModel: the model calls functional ReLU or has an activation other than ReLU
+            (the ReLU-rule methods), or a layer the method needs runs more than once.
     """
     implementation = get_method(method).load()  # InvalidInput lists the methods
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
@@ -74,7 +78,8 @@ def explain(
         elif not 0 <= int(target) < classes:
             raise InvalidInput(f"target {target} is out of range: the model has {classes} classes")
         target = int(target)
-        maps = implementation(model).attribute(x, target=target)
+        attributor = implementation(model)
+        maps = attributor.attribute(x, target=target)
         attribution = maps[0].sum(dim=0)
     array = attribution.detach().float().cpu().numpy().astype(np.float32)
     return Explanation(
@@ -83,4 +88,5 @@ def explain(
         score=float(probabilities[target]),
         attribution=array,
         png=png_bytes(attribution_rgb(torch.from_numpy(array))),
+        warnings=tuple(attributor.warnings()),
     )

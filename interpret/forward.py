@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import UnsupportedModel
-from cnnzoo.interpret.modules import get_layer
+from cnnzoo.interpret.modules import require_single_run
 
 __all__ = ["forward_to"]
 
@@ -33,7 +33,8 @@ def forward_to(
 
     Raises:
         LayerNotFound: unknown layer name.
-        UnsupportedModel: a layer that runs more than once per forward pass, or never.
+        UnsupportedModel: a layer that runs more than once per forward pass (see
+            `cnnzoo.interpret.modules.require_single_run`), or never.
     """
     results: dict[str, Any] = {}
     handles = []
@@ -54,13 +55,11 @@ def forward_to(
         return hook
 
     wanted = list(dict.fromkeys(layers))
+    require_single_run(model, wanted, x)  # also LayerNotFound, with the valid names
     modules = dict(model.named_modules())
     try:
         for name in wanted:
-            module = modules.get(name) if name else None
-            if module is None:
-                module = get_layer(model, name)  # raises LayerNotFound with the valid names
-            handles.append(module.register_forward_hook(make_hook(name)))
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
         with contextlib.suppress(_Stop):
             model(x)
     finally:

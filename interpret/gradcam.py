@@ -17,8 +17,8 @@ from captum.attr import GradientAttribution, LayerAttribution, LayerGradCam
 from torch import nn
 
 from cnnzoo.errors import UnsupportedModel
-from cnnzoo.interpret.attribution import GuidedBackprop, Target
-from cnnzoo.interpret.modules import get_layer, record_runs
+from cnnzoo.interpret.attribution import GuidedBackprop, Target, checked_forward
+from cnnzoo.interpret.modules import get_layer, record_runs, require_single_run
 from cnnzoo.interpret.rules import left_as_found
 
 __all__ = ["GradCam", "GuidedGradCam", "cam_layer"]
@@ -67,12 +67,18 @@ class GradCam(GradientAttribution):
             `[N, 1, H, W]`: relu(sum_k mean(dy/dA_k) A_k) of the layer, upsampled to H x W.
         """
         layer = self.layer or cam_layer(self.model, inputs[:1])
+        require_single_run(self.model, [layer], inputs)  # also LayerNotFound
         with torch.inference_mode(False), torch.enable_grad(), left_as_found(self.model):
             x = inputs.detach().clone().requires_grad_(True)
-            engine = LayerGradCam(self.forward_func, get_layer(self.model, layer))
+            forward = checked_forward(self.model, target)
+            engine = LayerGradCam(forward, get_layer(self.model, layer))
             cam = engine.attribute(x, target=target, relu_attributions=True)
         size = tuple(inputs.shape[-2:])
         return LayerAttribution.interpolate(cam.detach(), size, interpolate_mode="bilinear")
+
+    def warnings(self) -> tuple[str, ...]:
+        """Grad-CAM weighs the layer's own activations, so it always depends on the input."""
+        return ()
 
 
 class GuidedGradCam(GradCam):
@@ -90,3 +96,7 @@ class GuidedGradCam(GradCam):
         """
         guided = GuidedBackprop(self.model).attribute(inputs, target=target)
         return guided * super().attribute(inputs, target=target)
+
+    def warnings(self) -> tuple[str, ...]:
+        """Those of guided backprop (Grad-CAM itself always depends on the input)."""
+        return GuidedBackprop(self.model).warnings()

@@ -6,9 +6,10 @@ imported on first use, so listing the methods costs nothing (`cnnzoo --help`, re
 file, refusing an unknown method in the server before any image is decoded).
 
 Every implementation is built from the model alone, `Class(model)`, and has Captum's
-`attribute(inputs, target)`: per-pixel maps `[N, C, H, W]`, or `[N, 1, H, W]` where one value
-covers every channel; `cnnzoo.interpret.explain` sums them over channels. Adding a method is its
-module and one row here.
+`attribute(inputs, target)`, returning per-pixel maps `[N, C, H, W]` (or `[N, 1, H, W]` where
+one value covers every channel) that `cnnzoo.interpret.explain` sums over channels, and
+`warnings()`, the reasons its maps of that model cannot depend on the input (empty when they
+can). Adding a method is its module and one row here.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from captum.attr import Occlusion
 from torch import nn
 
 from cnnzoo.errors import InvalidInput
-from cnnzoo.interpret.modules import get_layer
+from cnnzoo.interpret.attribution import checked_forward
+from cnnzoo.interpret.modules import get_layer, require_single_run
 from cnnzoo.interpret.rules import left_as_found
 
 __all__ = ["OcclusionMaps", "OcclusionSensitivity", "default_window", "occlusion_maps"]
@@ -66,6 +67,7 @@ class OcclusionSensitivity(Occlusion):
             raise InvalidInput(f"scores must be 'probability' or 'logit', got {scores!r}")
         forward = model if scores == "logit" else (lambda x: torch.softmax(model(x), dim=1))
         super().__init__(forward)
+        self.scores = forward
         self.model = model
         self.window = window
         self.stride = stride
@@ -85,6 +87,7 @@ class OcclusionSensitivity(Occlusion):
         window = self.window or default[0]
         stride = self.stride or default[1]
         _check_window((height, width), window, stride)
+        self.forward_func = checked_forward(self.scores, target)
         with left_as_found(self.model), torch.no_grad():
             maps = super().attribute(
                 inputs.detach(),
@@ -95,6 +98,10 @@ class OcclusionSensitivity(Occlusion):
                 perturbations_per_eval=self.batch_size,
             )
         return maps[:, :1]
+
+    def warnings(self) -> tuple[str, ...]:
+        """Occlusion always depends on the input: nothing to warn about."""
+        return ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ def occlusion_maps(
     window = window or default[0]
     stride = stride or default[1]
     _check_window((height, width), window, stride)
+    require_single_run(model, [feature_layer], x)  # also LayerNotFound
     layer = get_layer(model, feature_layer)
     rows = (height - window) // stride + 1
     cols = (width - window) // stride + 1
@@ -163,7 +171,13 @@ def occlusion_maps(
         return logits, captured["map"]
 
     with left_as_found(model), torch.no_grad():
-        _, totals = run(x)
+        logits, totals = run(x)
+        classes = logits.shape[1]
+        if not 0 <= true_class < classes:
+            raise InvalidInput(
+                f"true class {true_class} is out of range: the model has {classes} classes "
+                f"(0 to {classes - 1})"
+            )
         channel = int(totals[0].argmax())
         boxes = [(r * stride, c * stride) for r in range(rows) for c in range(cols)]
         activation, probability, top = [], [], []

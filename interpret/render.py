@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from cnnzoo.fileio import atomic_path
@@ -23,7 +23,10 @@ from cnnzoo.fileio import atomic_path
 __all__ = [
     "attribution_rgb",
     "crop_padded",
+    "default_scale",
     "denormalise",
+    "explanation_figure",
+    "figure_layout",
     "filter_grid",
     "heat_rgb",
     "label_colours",
@@ -171,3 +174,74 @@ def save_png(t: torch.Tensor, path: str | Path) -> None:
     """Write `[3, H, W]` in [0, 1] as a PNG, atomically."""
     with atomic_path(path) as tmp:
         _to_image(t).save(tmp, format="PNG")
+
+
+# -- the figure `cnnzoo explain` writes -------------------------------------------------------
+
+_MARGIN = 12  # around the figure and between panels, in pixels
+_TEXT = 20  # height of a line of text
+
+
+def default_scale(height: int, width: int, short_side: int = 256) -> int:
+    """The smallest integer enlargement that makes the image's short side at least
+    `short_side` pixels."""
+    return max(1, math.ceil(short_side / min(height, width)))
+
+
+def figure_layout(height: int, width: int, scale: int) -> dict[str, tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of each part of `explanation_figure` for an image of
+    `height` x `width` pixels enlarged `scale` times: the three panels and the colour bar."""
+    side_h, side_w = height * scale, width * scale
+    top = _MARGIN + 2 * _TEXT  # the title line, then the panel names
+    boxes = {}
+    for i, name in enumerate(("input", "map", "overlay")):
+        left = _MARGIN + i * (side_w + _MARGIN)
+        boxes[name] = (left, top, left + side_w, top + side_h)
+    bar_top = top + side_h + _MARGIN
+    boxes["colour bar"] = (boxes["map"][0], bar_top, boxes["map"][2], bar_top + 12)
+    return boxes
+
+
+def explanation_figure(
+    image: torch.Tensor, attribution: torch.Tensor, title: str, scale: int
+) -> bytes:
+    """The input, the signed map and the map over the dimmed input side by side, each enlarged
+    `scale` times with nearest-neighbour pixels, under `title`, above a colour bar from -peak
+    (blue) through 0 (white) to +peak (red); as PNG bytes.
+
+    Args:
+        image: the input as RGB `[3, H, W]` in [0, 1].
+        attribution: the map `[H, W]`.
+        title: one line, e.g. the method, the class and its probability.
+        scale: the enlargement (see `default_scale`).
+    """
+    height, width = attribution.shape
+    boxes = figure_layout(height, width, scale)
+    bar = boxes["colour bar"]
+    canvas = Image.new(
+        "RGB", (boxes["overlay"][2] + _MARGIN, bar[3] + _TEXT + _MARGIN), (255, 255, 255)
+    )
+    panels = {
+        "input": image,
+        "map": attribution_rgb(attribution),
+        "overlay": overlay(image, attribution),
+    }
+    for name, panel in panels.items():
+        big = F.interpolate(panel[None].float(), scale_factor=scale, mode="nearest")[0]
+        canvas.paste(_to_image(big), boxes[name][:2])
+    peak = float(attribution.abs().max())
+    ramp = torch.linspace(-1.0, 1.0, bar[2] - bar[0]).expand(bar[3] - bar[1], -1)
+    canvas.paste(_to_image(attribution_rgb(ramp)), bar[:2])
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=14)
+    draw.text((_MARGIN, _MARGIN), title, fill=(0, 0, 0), font=font)
+    for name, box in boxes.items():
+        if name != "colour bar":
+            draw.text((box[0], box[1] - _TEXT + 2), name, fill=(80, 80, 80), font=font)
+    draw.rectangle((bar[0] - 1, bar[1] - 1, bar[2], bar[3]), outline=(120, 120, 120))
+    labels = ((bar[0], f"-{peak:.3g}", "la"), ((bar[0] + bar[2]) // 2, "0", "ma"))
+    for x, text, anchor in (*labels, (bar[2], f"+{peak:.3g}", "ra")):
+        draw.text((x, bar[3] + 3), text, fill=(0, 0, 0), font=font, anchor=anchor)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

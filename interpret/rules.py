@@ -21,6 +21,15 @@ Functional `F.relu` / `torch.relu` / `Tensor.relu` cannot be hooked. Rather than
 degrading to the plain gradient, `relu_rule` watches for ReLU calls while it is active (a
 `TorchFunctionMode`); the swapped modules make none, so any call it sees is a functional one and
 raises `UnsupportedModel`.
+
+The rules are defined for ReLU only. Any other activation (`nn.ReLU6`, `LeakyReLU`, `GELU`,
+`SiLU`, `Sigmoid`, ..., as a module or a function) would pass the plain gradient back under the
+name deconvnet or guided backprop, so `relu_rule` refuses a model that has one, naming the
+module and its type.
+
+`input_independence` says when a rule's maps cannot depend on the input at all: the deconvnet's
+backward pass uses the input only through max-pooling's switches, so on a network without
+max-pooling (ResNet-20, say) every image gets the same map for a given class or unit.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from torch.overrides import TorchFunctionMode
 
 from cnnzoo.errors import UnsupportedModel
 
-__all__ = ["Rule", "left_as_found", "model_lock", "relu_rule"]
+__all__ = ["Rule", "input_independence", "left_as_found", "model_lock", "relu_rule"]
 
 
 class Rule(enum.Enum):
@@ -83,9 +92,34 @@ _FUNCTIONAL_RELUS: frozenset[Callable[..., Any]] = frozenset(
 )
 
 
+F = torch.nn.functional
+# Activations the rules do not cover: as modules (refused by type before the forward pass) ...
+_OTHER_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Softsign, nn.LogSigmoid, nn.Threshold, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.GLU,
+)  # fmt: skip
+# ... and as functions (seen by the guard while the model runs).
+_FUNCTIONAL_OTHERS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        F.relu6, F.leaky_relu, F.prelu, F.rrelu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+        F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.softsign, F.logsigmoid,
+        F.threshold, F.tanhshrink, F.softshrink, F.hardshrink, F.glu, torch.sigmoid,
+        torch.Tensor.sigmoid, torch.tanh, torch.Tensor.tanh,
+    }
+)  # fmt: skip
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+              nn.AdaptiveMaxPool3d, nn.FractionalMaxPool2d, nn.FractionalMaxPool3d)  # fmt: skip
+
+
 class _FunctionalReluGuard(TorchFunctionMode):
-    """Raises on any ReLU call while active: the hooked `nn.ReLU` modules compute theirs
-    without one, so every ReLU call seen here is a functional one."""
+    """Raises on any ReLU call while active (the hooked `nn.ReLU` modules compute theirs
+    without one, so every ReLU call seen here is a functional one) and on any other activation
+    function (the rule would not apply to it)."""
+
+    def __init__(self, rule: Rule) -> None:
+        super().__init__()
+        self.rule = rule
 
     def __torch_function__(
         self,
@@ -99,6 +133,12 @@ class _FunctionalReluGuard(TorchFunctionMode):
                 "the model calls a functional ReLU (F.relu / torch.relu / Tensor.relu) that "
                 "no hook can see, so deconvnet and guided backprop would silently equal the plain "
                 "gradient there; replace it with an nn.ReLU module"
+            )
+        if func in _FUNCTIONAL_OTHERS:
+            raise UnsupportedModel(
+                f"the model calls {getattr(func, '__name__', func)}, an activation other than "
+                f"ReLU; {self.rule.value} is defined for ReLU only and would pass the plain "
+                "gradient back there"
             )
         return func(*args, **(kwargs or {}))
 
@@ -146,6 +186,10 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
     functional ReLU call raises `UnsupportedModel`. On exit, normal or not, the modules'
     `forward`, `training` and `requires_grad` are as before.
 
+    Raises:
+        UnsupportedModel: (deconvnet, guided backprop) the model has an activation other than
+            ReLU, as a module (named with its type, before anything runs) or a function.
+
     Example::
 
         with relu_rule(model, Rule.GUIDED):
@@ -156,6 +200,13 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
         if rule is Rule.GRADIENT:
             yield model
             return
+        for name, module in model.named_modules():
+            if isinstance(module, _OTHER_ACTIVATIONS):
+                raise UnsupportedModel(
+                    f"module {name!r} is {type(module).__name__}, an activation other than ReLU; "
+                    f"{rule.value} is defined for ReLU only and would pass the plain gradient "
+                    "back there (use the gradient, or a model with nn.ReLU)"
+                )
         relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
         own = [(module, module.__dict__.get("forward")) for module in relus]
 
@@ -167,7 +218,7 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
                 # The module's forward becomes the rule itself: one autograd node per call,
                 # nothing computed twice, never in place.
                 module.forward = ruled
-            with _FunctionalReluGuard():
+            with _FunctionalReluGuard(rule):
                 yield model
         finally:
             for module, forward in own:
@@ -175,3 +226,29 @@ def relu_rule(model: nn.Module, rule: Rule) -> Iterator[nn.Module]:
                     module.__dict__.pop("forward", None)
                 else:
                     module.forward = forward
+
+
+def input_independence(model: nn.Module, rule: Rule) -> str | None:
+    """Why `rule`'s maps of `model` cannot depend on the input, or None when they can.
+
+    Deconvnet: every ReLU passes relu(g) back whatever its input, convolutions, linear layers,
+    average pooling and eval-mode batch norm are linear, so only max-pooling's switches carry the
+    input into the map; without max-pooling the map is the same for every image. Gradient and
+    guided backprop also use the ReLUs' inputs, so they can be input-independent only in a model
+    without any activation module and without max-pooling.
+    """
+    if any(isinstance(m, _MAX_POOLS) for m in model.modules()):
+        return None
+    name = type(model).__name__
+    if rule is Rule.DECONVNET:
+        return (
+            f"deconvnet maps of {name} cannot depend on the input: the model has no max-pooling, "
+            "so the map is the same for every image (it varies only with the class or unit); "
+            "read it as the pattern the unit is tuned to, or use guided backprop"
+        )
+    if not any(isinstance(m, (nn.ReLU, *_OTHER_ACTIVATIONS)) for m in model.modules()):
+        return (
+            f"{rule.value} maps of {name} cannot depend on the input: the model has no "
+            "activation modules and no max-pooling, so it is linear"
+        )
+    return None

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cnnzoo.errors import InvalidInput
 from cnnzoo.interpret.forward import forward_to
 from cnnzoo.interpret.rules import left_as_found
 from cnnzoo.interpret.topk import TopK, channel_maxima
@@ -55,6 +56,10 @@ def scan_topk(
 
     Returns:
         layer name -> `TopK` with one row per tracked channel.
+
+    Raises:
+        InvalidInput: a channel outside its layer (the message names the layer's width).
+        UnsupportedModel: a layer that runs more than once per forward pass.
     """
     tops = (
         tops if tops is not None else {name: TopK.empty(len(ch), k) for name, ch in layers.items()}
@@ -68,8 +73,18 @@ def scan_topk(
     }
 
     everything = {name: list(ch) == list(range(len(ch))) for name, ch in layers.items()}
+    for name, channels in layers.items():
+        if not channels or min(channels) < 0:
+            raise InvalidInput(f"layer {name!r}: channels must be a non-empty list of indices >= 0")
+    highest = {name: max(ch) for name, ch in layers.items()}
 
     def reduce(name: str, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if output.dim() < 2 or highest[name] >= output.shape[1]:
+            width = output.shape[1] if output.dim() >= 2 else 0
+            raise InvalidInput(
+                f"channel {highest[name]} out of range; layer {name!r} has {width} channels "
+                f"(0 to {width - 1})"
+            )
         if not (everything[name] and output.shape[1] == len(layers[name])):
             output = output.index_select(1, selected[name])
         if output.dim() != 4 or output.shape[-2:] == (1, 1):

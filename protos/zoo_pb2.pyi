@@ -97,7 +97,7 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[bytes] = ..., method: _Optional[str] = ..., target: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "version", "method", "target", "label", "score", "png", "shape", "attribution")
+    __slots__ = ("model", "version", "method", "target", "label", "score", "png", "shape", "attribution", "warnings")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class ExplainResponse(_message.Message):
     PNG_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     method: str
@@ -116,4 +117,5 @@ class ExplainResponse(_message.Message):
     png: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
     attribution: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., png: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., attribution: _Optional[_Iterable[float]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., png: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., attribution: _Optional[_Iterable[float]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -69,7 +69,8 @@ class ZooServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Explain(self, request, context):
-        """An attribution map (gradient, deconvnet, guided-backprop, occlusion) for one image.
+        """An attribution map (gradient, deconvnet, guided-backprop, occlusion, grad-cam,
+        guided-grad-cam) for one image.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,4 +62,5 @@ def explain_image(
         score=float(explanation.score),
         png=explanation.png,
         attribution=explanation.attribution,
+        warnings=explanation.warnings,
     )

@@ -145,6 +145,7 @@ class ExplainResult:
     score: float
     png: bytes
     attribution: np.ndarray  # float32 [H, W]
+    warnings: tuple[str, ...] = ()  # why the map cannot depend on the input, if it cannot
 
 
 @dataclass(frozen=True)

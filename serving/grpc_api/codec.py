@@ -298,6 +298,7 @@ def explain_response_to_pb(result: ExplainResult) -> zoo_pb2.ExplainResponse:
         png=result.png,
         shape=list(attribution.shape),
         attribution=attribution.ravel().tolist(),
+        warnings=list(result.warnings),
     )
 
 

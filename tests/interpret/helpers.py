@@ -259,3 +259,21 @@ def slim_resnet50(width: int = 4) -> nn.Sequential:
             layers.append(Bottleneck(inplanes, planes, stride, downsample))
             inplanes = planes * 4
     return nn.Sequential(*layers).to(DTYPE).eval()
+
+
+class OtherActivation(nn.Module):
+    """linear 4->5, an activation other than ReLU (a module, or a function when `functional`),
+    linear 5->3."""
+
+    def __init__(self, activation: nn.Module, functional: bool = False) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 5)
+        self.act = activation
+        self.fc2 = nn.Linear(5, 3)
+        self.functional = functional
+        self.to(DTYPE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = F.gelu(h) if self.functional else self.act(h)
+        return self.fc2(h)

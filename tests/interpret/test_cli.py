@@ -3,6 +3,7 @@ the worker."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from cnnzoo.fileio import sha256_file
 from cnnzoo.interpret.explain import explain
 from cnnzoo.interpret.jobs import load_job, run_job
 from cnnzoo.interpret.methods import METHODS
+from cnnzoo.interpret.render import figure_layout
 from tests.interpret.jobfiles import (
     DIGITS,
     manifest_without_timings,
@@ -55,33 +57,36 @@ def test_unknown_model_is_one_line(capsys) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_explain_writes_the_map_that_explain_returns(tmp_path: Path, method: str, capsys) -> None:
-    out, raw = tmp_path / "map.png", tmp_path / "map.npy"
-    assert (
-        main(
-            [
-                "explain",
-                str(SEVEN),
-                "--model",
-                "lenet5-mnist",
-                "--method",
-                method,
-                "--out",
-                str(out),
-                "--save-map",
-                str(raw),
-            ]
-        )
-        == 0
-    )
-    assert "class 7 (7)" in capsys.readouterr().out
+    out, raw = tmp_path / "figure.png", tmp_path / "map.npy"
+    args = ["explain", str(SEVEN), "--model", "lenet5-mnist", "--method", method]
+    assert main([*args, "--out", str(out), "--save-map", str(raw)]) == 0
+    captured = capsys.readouterr()
+    assert "class 7 (7)" in captured.out and captured.err == ""  # LeNet-5 has max-pooling
     entry = zoo.get_entry("lenet5-mnist")
     with Image.open(SEVEN) as image:
         x = torch.from_numpy(entry.preprocess.apply(image)).unsqueeze(0)
     expected = explain(zoo.build_model("lenet5-mnist", weights="default"), x, method)
-    assert out.read_bytes() == expected.png
     assert np.array_equal(np.load(raw), expected.attribution)
-    with Image.open(out) as picture:
-        assert picture.size == (32, 32)
+    # The figure: input, map and overlay at 8x (32 px -> 256 px, nearest-neighbour).
+    boxes = figure_layout(32, 32, 8)
+    with Image.open(out) as figure, Image.open(io.BytesIO(expected.png)) as small:
+        assert figure.width == boxes["overlay"][2] + 12
+        shown = figure.convert("RGB").crop(boxes["map"])
+        assert shown.tobytes() == small.convert("RGB").resize((256, 256), Image.NEAREST).tobytes()
+
+
+def test_explain_scale_and_the_input_independence_warning(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "figure.png"
+    cat = next((DIGITS.parent / "cifar10" / "cat").glob("*.png"))
+    args = ["explain", str(cat), "--model", "resnet20-cifar10", "--out", str(out)]
+    assert main([*args, "--method", "deconvnet", "--scale", "3"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("cnnzoo explain: warning: deconvnet maps of CifarResNet cannot depend")
+    with Image.open(out) as figure:
+        assert figure.width == figure_layout(32, 32, 3)["overlay"][2] + 12
+    assert main([*args, "--method", "guided-backprop", "--scale", "65"]) == 2
+    assert "--scale 65 is too large for a 32x32 image; at most 64" in capsys.readouterr().err
+    assert main([*args, "--scale", "0"]) == 2
 
 
 def test_explain_offers_every_method_of_the_table() -> None:
@@ -221,7 +226,7 @@ def test_explain_refuses_an_out_file_that_is_not_png(tmp_path: Path, capsys) -> 
     out = tmp_path / "map.jpg"
     assert main(["explain", str(SEVEN), "--model", "lenet5-mnist", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "map.jpg: the map is written as PNG; name a .png file" in err
+    assert err.count("\n") == 1 and "map.jpg: the figure is written as PNG; name a .png file" in err
     assert list(tmp_path.iterdir()) == []
 
 

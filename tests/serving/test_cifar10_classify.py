@@ -83,3 +83,31 @@ def test_classify_the_example_cifar10_images(cifar_stub):
     for result in response.results:
         probabilities = [p.probability for p in result.predictions]
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
+
+
+def test_explain_says_when_the_map_cannot_depend_on_the_input(cifar_stub):
+    from PIL import Image
+
+    from cnnzoo.interpret.explain import explain
+
+    cat = next((ROOT / "examples" / "cifar10" / "cat").glob("*.png"))
+    for name, method, warned in [
+        ("resnet20-cifar10", "deconvnet", True),  # no max-pooling: the same map for every image
+        ("resnet20-cifar10", "guided-backprop", False),
+        ("alexnet-cifar10", "deconvnet", False),
+        ("resnet20-cifar10", "grad-cam", False),
+    ]:
+        request = zoo_pb2.ExplainRequest(model=name, image=cat.read_bytes(), method=method)
+        got = cifar_stub.Explain(request, timeout=60)
+        entry = zoo.get_entry(name)
+        x = torch.from_numpy(entry.preprocess.apply(Image.open(cat)))[None]
+        expected = explain(zoo.build_model(name, weights="default"), x, method)
+        assert list(got.warnings) == list(expected.warnings) and bool(got.warnings) is warned
+        if warned:
+            assert "cannot depend on the input" in got.warnings[0]
+        np.testing.assert_allclose(
+            np.asarray(got.attribution, np.float32).reshape(32, 32),
+            expected.attribution,
+            rtol=1e-4,
+            atol=1e-6,
+        )
