@@ -22,6 +22,7 @@ from cnnzoo.fileio import atomic_path
 
 __all__ = [
     "attribution_rgb",
+    "boxed",
     "crop_padded",
     "default_scale",
     "denormalise",
@@ -125,6 +126,29 @@ def upscale(t: torch.Tensor, min_side: int) -> torch.Tensor:
     if factor == 1:
         return t
     return F.interpolate(t.unsqueeze(0), scale_factor=factor, mode="nearest").squeeze(0)
+
+
+def boxed(
+    image: torch.Tensor, box: tuple[int, int, int, int], min_side: int, width: int = 2
+) -> torch.Tensor:
+    """An image `[3, H, W]` enlarged (nearest-neighbour, see `upscale`) with the outline of
+    `box` (top, left, bottom, right; end-exclusive, clipped to the image) drawn in yellow."""
+    big = upscale(image.detach().float().cpu(), min_side).clone()
+    factor = big.shape[-1] // image.shape[-1]
+    height, width_px = image.shape[-2:]
+    top, left = max(box[0], 0) * factor, max(box[1], 0) * factor
+    bottom, right = min(box[2], height) * factor, min(box[3], width_px) * factor
+    yellow = torch.tensor([1.0, 0.85, 0.0]).view(3, 1, 1)
+    if bottom > top and right > left:
+        edge = min(width, (bottom - top + 1) // 2, (right - left + 1) // 2)
+        for rows, cols in (
+            (slice(top, top + edge), slice(left, right)),
+            (slice(bottom - edge, bottom), slice(left, right)),
+            (slice(top, bottom), slice(left, left + edge)),
+            (slice(top, bottom), slice(right - edge, right)),
+        ):
+            big[:, rows, cols] = yellow
+    return big
 
 
 def tile_grid(

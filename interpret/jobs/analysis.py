@@ -2,8 +2,10 @@
 
 A kind declares its `Options` (a dataclass of typed, checked fields, see `options`), resolves
 them against the job's world (`resolve_options`: model-dependent defaults, layer names, bounds),
-runs (`run`: writes its pictures through the context, returns its manifest section) and has a
-`title` for the gallery. `cnnzoo.interpret.jobs.registry` maps each kind's name to its class.
+runs (`run`: writes its pictures through the context, returns its manifest section), has a
+`title`, and makes its gallery pages from its manifest section (`pages`; by default one page of
+its pictures with their captions). `cnnzoo.interpret.jobs.registry` maps each kind's name to its
+class.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from cnnzoo.interpret.jobs.context import JobContext
 from cnnzoo.interpret.jobs.options import Options
+from cnnzoo.interpret.jobs.site import INDEX, Page, analysis_page, layer_page
 from cnnzoo.interpret.jobs.world import World
 
 __all__ = ["Analysis"]
@@ -35,6 +38,7 @@ class Analysis(Generic[OptionsT]):
     kind: ClassVar[str]
     title: ClassVar[str]
     Options: ClassVar[type[Options]]
+    legends: ClassVar[tuple[str, ...]] = ()  # colour legends its pictures need (see macros.html)
 
     def __init__(self, index: int, options: OptionsT, source: str) -> None:
         self.index = index
@@ -78,10 +82,15 @@ class Analysis(Generic[OptionsT]):
     # -- helpers for `run` -------------------------------------------------------------------
 
     def section(
-        self, ctx: JobContext, records: dict[str, dict[str, Any]], **extra: Any
+        self,
+        ctx: JobContext,
+        records: dict[str, dict[str, Any]],
+        warnings: Sequence[str] = (),
+        **extra: Any,
     ) -> dict[str, Any]:
-        """The manifest section: kind, id, title, options, every part's files, and `extra`
-        (usually `tables`); records each part's seconds in the timings."""
+        """The manifest section: kind, id, title, options, every part's files, `warnings`
+        (why some maps cannot depend on the input) and `extra` (usually `tables`); records each
+        part's seconds in the timings."""
         ctx.timings.setdefault(self.id, {})["parts"] = {
             k: r.get("seconds") for k, r in records.items()
         }
@@ -91,16 +100,85 @@ class Analysis(Generic[OptionsT]):
             "title": self.title,
             "options": self.options.to_dict(),
             "files": [item for record in records.values() for item in record["files"]],
+            "warnings": list(dict.fromkeys(warnings)),
             **extra,
         }
+
+    # -- the gallery (from the manifest alone, so it can be rebuilt from manifest.json) ------
+
+    @classmethod
+    def pages(cls, section: dict[str, Any], manifest: dict[str, Any]) -> list[Page]:
+        """The analysis's gallery pages: by default one page of its pictures and captions."""
+        return [
+            Page(
+                path=analysis_page(section["id"]),
+                template="figures.html",
+                title=section["title"],
+                trail=[("overview", INDEX)],
+                context={
+                    "options": section["options"],
+                    "files": section["files"],
+                    "legends": list(cls.legends),
+                    "warnings": section["warnings"],
+                },
+            )
+        ]
+
+    @classmethod
+    def contents(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        """Entries under the analysis in the overview's table of contents: {name, href, note}
+        per layer for kinds with a page per layer, else none."""
+        return []
 
     def per_image(
         self, ctx: JobContext, images: Sequence[int], render: Callable[[int], dict[str, Any]]
     ) -> dict[str, Any]:
         """Run `render(image index)` once per image (resumable parts keyed `image-<index>`) and
-        table each part's data by image index."""
+        table each part's data by image index; the parts' `warnings` become the section's."""
         keys = [f"image-{i}" for i in images]
         records = ctx.run_parts(self.id, keys, lambda key: render(int(key.split("-")[1])))
+        warnings = [w for r in records.values() for w in r["data"].get("warnings", [])]
         return self.section(
-            ctx, records, tables={str(r["data"]["image"]): r["data"] for r in records.values()}
+            ctx,
+            records,
+            warnings=warnings,
+            tables={str(r["data"]["image"]): r["data"] for r in records.values()},
         )
+
+    @classmethod
+    def layers_page(cls, section: dict[str, Any]) -> Page:
+        """The analysis page of a kind with a page per layer: each layer's overview picture
+        (`<id>/<layer>.png`), linking to the layer's page."""
+        pictures = {item["path"]: item for item in section["files"]}
+        layers = [
+            {
+                "name": layer,
+                "href": layer_page(section["id"], layer),
+                "picture": pictures[f"{section['id']}/{layer}.png"],
+            }
+            for layer in section["tables"]
+        ]
+        return Page(
+            path=analysis_page(section["id"]),
+            template="layers.html",
+            title=section["title"],
+            trail=[("overview", INDEX)],
+            context={
+                "options": section["options"],
+                "layers": layers,
+                "legends": list(cls.legends),
+                "warnings": section["warnings"],
+            },
+        )
+
+    @classmethod
+    def layer_contents(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        """Table-of-contents entries for a kind with a page per layer."""
+        return [
+            {
+                "name": layer,
+                "href": layer_page(section["id"], layer),
+                "note": f"{len(channels)} channels",
+            }
+            for layer, channels in section["tables"].items()
+        ]

@@ -1,75 +1,62 @@
-"""`index.html`: a static gallery of a job's pictures that opens from disk in any browser.
+"""The gallery: a static site of a job's results that opens from disk in any browser, built from
+the manifest alone (`write_gallery(folder, json.load(manifest.json))` rebuilds it) and without
+its timings, so a resumed or sharded run writes the same pages as an uninterrupted one.
 
-One section per analysis, each picture in a <figure> with its caption; links and image sources
-are relative paths taken from the manifest (so the folder can be moved or served as is).
+The overview (`index.html`) shows the job's parameters, the model's sha256, any warnings, a table
+of contents (each analysis and, for kinds with a page per layer, its layers) and the colour
+legends; each analysis kind makes its own pages (`Analysis.pages`). Where the pages live and how
+they are rendered: `cnnzoo.interpret.jobs.site`.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from cnnzoo.fileio import atomic_write_text
+from cnnzoo.interpret.jobs.registry import KINDS
+from cnnzoo.interpret.jobs.site import INDEX, Page, analysis_page, write_pages
 
-__all__ = ["render_index", "write_index"]
+__all__ = ["gallery_pages", "write_gallery"]
 
-_STYLE = """
-body { font-family: sans-serif; margin: 2em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 100%; }
-figure img { image-rendering: pixelated; max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; max-width: 40em; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
-dt { font-weight: bold; }
-p.note { font-size: 0.9em; max-width: 50em; color: #444; }
-"""
-
-_NOTE = (
+NOTE = (
     "Deconvnet and guided-backprop maps show which image structure drives a unit; they change "
     "little when the top layers are randomised (Adebayo et al. 2018), so read them as feature "
-    "visualisations, not as evidence for a class."
+    "visualisations, not as evidence for a class. Grad-CAM and occlusion do depend on the class."
 )
 
 
-def render_index(manifest: dict[str, Any]) -> str:
-    """The gallery page for a job manifest."""
-    e = html.escape
-    job = manifest["job"]
-    model = manifest["model"]
-    dataset = manifest["dataset"]
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{e(job['name'])} - cnnzoo</title>",
-        f"<style>{_STYLE}</style></head><body>",
-        f"<h1>{e(job['name'])}</h1>",
-        "<dl>",
-        f"<dt>model</dt><dd>{e(model['name'])} (weights {e(str(model['weights']))}, "
-        f"sha256 {e(str(model['state_sha256'])[:16])}...)</dd>",
-        f"<dt>dataset</dt><dd>{e(dataset['name'])}, split {e(dataset['split'])}, "
-        f"{dataset['images']} images</dd>",
-        '<dt>manifest</dt><dd><a href="manifest.json">manifest.json</a></dd>',
-        "</dl>",
-        f'<p class="note">{e(_NOTE)}</p>',
-    ]
+def gallery_pages(manifest: dict[str, Any]) -> list[Page]:
+    """Every page of the gallery for a job manifest, the overview first."""
+    toc, pages, warnings = [], [], []
     for section in manifest["analyses"]:
-        title = section.get("title", section["kind"])
-        parts.append(f'<section id="{e(section["id"])}"><h2>{e(title)}</h2>')
-        for item in section["files"]:
-            src = quote(item["path"])
-            parts.append(
-                f'<figure><a href="{src}"><img src="{src}" alt="{e(item["caption"])}" '
-                f'loading="lazy"></a><figcaption>{e(item["caption"])}</figcaption></figure>'
-            )
-        parts.append("</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        kind = KINDS[section["kind"]]
+        pages += kind.pages(section, manifest)
+        warnings += section["warnings"]
+        toc.append(
+            {
+                "title": section["title"],
+                "id": section["id"],
+                "href": analysis_page(section["id"]),
+                "layers": kind.contents(section),
+            }
+        )
+    overview = Page(
+        path=INDEX,
+        template="overview.html",
+        title=manifest["job"]["name"],
+        context={
+            "model": manifest["model"],
+            "dataset": manifest["dataset"],
+            "job": manifest["job"],
+            "toc": toc,
+            "warnings": list(dict.fromkeys(warnings)),
+            "note": NOTE,
+        },
+    )
+    return [overview, *pages]
 
 
-def write_index(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write `<out_dir>/index.html` atomically."""
-    path = Path(out_dir) / "index.html"
-    atomic_write_text(path, render_index(manifest))
-    return path
+def write_gallery(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write every page under `out_dir` (atomically, one by one); the overview's path."""
+    write_pages(Path(out_dir), gallery_pages(manifest), manifest["job"]["name"])
+    return Path(out_dir) / INDEX

@@ -11,6 +11,7 @@ dataclass's `__post_init__`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ __all__ = [
     "option",
     "positive",
     "projection_option",
+    "real",
     "some_of",
     "text",
 ]
@@ -93,8 +95,9 @@ class Options:
             raise JobFileError(f"{where}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as plain data (for the manifest and the resume fingerprint)."""
-        return dataclasses.asdict(self)
+        """The options as JSON data (for the manifest and the resume fingerprint): tuples are
+        lists, as they read back from manifest.json."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -123,6 +126,19 @@ def at_least(low: int, what: str) -> Check:
 
 positive = at_least(1, "a positive integer")
 count = at_least(0, "an integer >= 0")
+
+
+def real(low: float, high: float) -> Check:
+    """A number in [low, high] (integers accepted)."""
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OptionError(f"must be a number, got {value!r}")
+        if not low <= value <= high:
+            raise OptionError(f"must be between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    return check
 
 
 def text(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnnzoo.interpret.jobs.analysis import Analysis
+from cnnzoo.interpret.jobs.kinds.activation_maximisation import ActivationMaximisation
 from cnnzoo.interpret.jobs.kinds.attributions import Attributions
 from cnnzoo.interpret.jobs.kinds.evolution import Evolution
 from cnnzoo.interpret.jobs.kinds.filters import Filters
@@ -14,5 +15,13 @@ __all__ = ["KINDS"]
 
 KINDS: dict[str, type[Analysis]] = {
     cls.kind: cls
-    for cls in (MaxActivations, Filters, Evolution, Attributions, Occlusion, Randomisation)
+    for cls in (
+        MaxActivations,
+        Filters,
+        Evolution,
+        Attributions,
+        Occlusion,
+        Randomisation,
+        ActivationMaximisation,
+    )
 }

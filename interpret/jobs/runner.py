@@ -37,12 +37,12 @@ from cnnzoo.fileio import atomic_write_json, sha256_bytes, sha256_file
 from cnnzoo.interpret.jobs import gallery
 from cnnzoo.interpret.jobs.context import STATE_DIR, JobContext
 from cnnzoo.interpret.jobs.distributed import Ranks, join
+from cnnzoo.interpret.jobs.site import INDEX
 from cnnzoo.interpret.jobs.spec import Job, JobSpec
 
 __all__ = ["output_owner", "replaced_path", "run_job"]
 
 MANIFEST = "manifest.json"
-INDEX = "index.html"
 
 
 def state_sha256(model: nn.Module) -> str:
@@ -180,7 +180,7 @@ def run_job(
                 "timings": ctx.timings,
             }
             atomic_write_json(ctx.out_dir / MANIFEST, manifest)
-            gallery.write_index(ctx.out_dir, manifest)
+            gallery.write_gallery(ctx.out_dir, manifest)
             aside = replaced_path(ctx.out_dir)
             if aside.exists():  # the results this run replaced
                 shutil.rmtree(aside)

@@ -11,6 +11,50 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"
 
 
+# Every analysis kind on the 20 example digits (the gallery and manifest tests share one run).
+DIGITS_JOB = f"""
+name = "digits"
+model = "lenet5-mnist"
+
+[dataset]
+name = "{DIGITS}"
+
+[[analyses]]
+kind = "max-activations"
+layers = ["features.c3"]
+channels = [0, 5, 9]
+
+[[analyses]]
+kind = "filters"
+
+[[analyses]]
+kind = "attributions"
+images = [0, 7]
+
+[[analyses]]
+kind = "occlusion"
+images = [3]
+window = 8
+stride = 4
+
+[[analyses]]
+kind = "randomisation"
+images = [0, 1]
+layers = ["classifier.output", "features.c5"]
+
+[[analyses]]
+kind = "evolution"
+epochs = [1, 4]
+channels = 3
+
+[[analyses]]
+kind = "activation-maximisation"
+channels = {{"features.c3" = [0, 5, 9]}}
+steps = 30
+learning_rate = 0.2
+"""
+
+
 def write_job(folder: Path, text: str, name: str = "job.toml") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

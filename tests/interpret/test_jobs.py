@@ -30,6 +30,7 @@ from cnnzoo.interpret.jobs import load_job, run_job
 from cnnzoo.interpret.jobs.runner import replaced_path
 from tests.interpret.jobfiles import (
     DIGITS,
+    DIGITS_JOB,
     ROOT,
     html_links,
     manifest_without_timings,
@@ -38,48 +39,11 @@ from tests.interpret.jobfiles import (
     write_job,
 )
 
-DIGITS_JOB = f"""
-name = "digits"
-model = "lenet5-mnist"
-
-[dataset]
-name = "{DIGITS}"
-
-[[analyses]]
-kind = "max-activations"
-layers = ["features.c3"]
-channels = [0, 5, 9]
-
-[[analyses]]
-kind = "filters"
-
-[[analyses]]
-kind = "attributions"
-images = [0, 7]
-
-[[analyses]]
-kind = "occlusion"
-images = [3]
-window = 8
-stride = 4
-
-[[analyses]]
-kind = "randomisation"
-images = [0, 1]
-layers = ["classifier.output", "features.c5"]
-"""
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("digits")
-    job = write_job(folder, DIGITS_JOB)
-    return run_job(load_job(job), folder / "out").parent
-
 
 def test_outputs_and_manifest(digits_run: Path) -> None:
     manifest = json.loads((digits_run / "manifest.json").read_text())
     kinds = ["max-activations", "filters", "attributions", "occlusion", "randomisation"]
+    kinds += ["evolution", "activation-maximisation"]
     assert [a["kind"] for a in manifest["analyses"]] == kinds
     assert manifest["dataset"]["images"] == 20
     assert manifest["model"]["weights_sha256"] == sha256_file(
@@ -107,12 +71,42 @@ def test_outputs_and_manifest(digits_run: Path) -> None:
 
 
 def test_gallery_references_only_existing_files(digits_run: Path) -> None:
-    links = html_links(digits_run / "index.html")
+    pages = sorted(digits_run.glob("*.html"))
+    links = [link for page in pages for link in html_links(page)]
     images = [link for link in links if link.endswith(".png")]
-    assert len(images) >= 10 and "manifest.json" in links
+    assert len(images) >= 10 and "manifest.json" in html_links(digits_run / "index.html")
     for link in links:
         assert not link.startswith(("http:", "https:", "/")), link
-        assert (digits_run / unquote(link)).is_file(), link
+        assert (digits_run / unquote(link.split("#")[0])).is_file(), link
+    # a page per analysis, per max-activations layer and channel, per synthetic-image layer
+    names = {page.name for page in pages}
+    assert {
+        "01-max-activations.features.c3.html",
+        "01-max-activations.features.c3.0005.html",
+    } <= names
+    assert (
+        "07-activation-maximisation.features.c3.html" in names and len(names) == 1 + 7 + 1 + 3 + 1
+    )
+
+
+def test_tiles_carry_their_numbers(digits_run: Path) -> None:
+    manifest = json.loads((digits_run / "manifest.json").read_text())
+    labels = [str(i) for i in range(10)]
+    for entry in manifest["analyses"][0]["tables"]["features.c3"]["5"]:
+        assert entry["predicted"] in labels and 0 < entry["probability"] <= 1
+        for key in ("tile", "full"):
+            assert (digits_run / entry[key]).is_file()
+    synthetic = manifest["analyses"][6]["tables"]["features.c3"]
+    assert sorted(synthetic, key=int) == ["0", "5", "9"]
+    dataset_best = {
+        c: e[0]["value"] for c, e in manifest["analyses"][0]["tables"]["features.c3"].items()
+    }
+    for channel, numbers in synthetic.items():
+        assert (numbers["y"], numbers["x"]) == (5, 5)  # the centre of C3's 10x10 map
+        # the optimised input excites the unit far more than its starting noise, and more than
+        # the best of the 20 digits does
+        assert numbers["activation"] > max(numbers["start"], 0) + 1
+        assert numbers["activation"] > dataset_best[channel]
 
 
 def test_another_job_cannot_reuse_the_output(digits_run: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ class Attributions(Analysis[AttributionsOptions]):
     kind = "attributions"
     title = "Attribution maps, one method per panel"
     Options = AttributionsOptions
+    legends = ("attribution",)
 
     def resolve_options(self, world: World) -> AttributionsOptions:
         images = world.image_indices(f"{self.where}: images", self.options.images)
@@ -44,12 +45,13 @@ class Attributions(Analysis[AttributionsOptions]):
         def render(index: int) -> dict[str, Any]:
             images, labels = ctx.images([index])
             panels = [upscale(ctx.display(images[0]), SHOW)]
-            results = {}
+            results, warnings = {}, []
             for method in methods:
                 result = explain(ctx.model, images[:1], method)
                 shown = overlay(ctx.display(images[0]), torch.from_numpy(result.attribution))
                 panels.append(upscale(shown, SHOW))
                 results[method] = {"target": result.target, "score": round(result.score, 6)}
+                warnings += result.warnings
             first = results[methods[0]]
             label = ctx.label_name(labels[0])
             predicted = ctx.world.entry.labels[first["target"]]
@@ -60,7 +62,12 @@ class Attributions(Analysis[AttributionsOptions]):
             picture = side_by_side(panels)
             return {
                 "files": [ctx.write_png(picture, f"{self.id}/image_{index:05d}.png", caption)],
-                "data": {"image": index, "label": label, "methods": results},
+                "data": {
+                    "image": index,
+                    "label": label,
+                    "methods": results,
+                    "warnings": warnings,
+                },
             }
 
         return self.per_image(ctx, self.options.images, render)

@@ -36,7 +36,7 @@ from cnnzoo.interpret.jobs.options import (
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.projection import Unit, project_units
 from cnnzoo.interpret.render import crop_padded, projection_rgb, tile_grid, upscale
-from cnnzoo.interpret.rules import Rule
+from cnnzoo.interpret.rules import Rule, input_independence
 from cnnzoo.interpret.scan import batch_ranges, iterate_batches, scan_topk
 from cnnzoo.zoo.checkpoints import list_epochs
 
@@ -59,6 +59,7 @@ class Evolution(Analysis[EvolutionOptions]):
     kind = "evolution"
     title = "Feature evolution during training (Zeiler & Fergus 2014, Fig. 4)"
     Options = EvolutionOptions
+    legends = ("projection",)
 
     def resolve_options(self, world: World) -> EvolutionOptions:
         opts, where = self.options, self.where
@@ -142,9 +143,11 @@ class Evolution(Analysis[EvolutionOptions]):
                     f"{', '.join(map(str, opts.epochs))} (columns)",
                 )
             )
+        warning = input_independence(ctx.model, rule)
         section = self.section(
             ctx,
             records,
+            warnings=[warning] if warning else [],
             tables={r["data"]["epoch"]: r["data"]["channels"] for r in records.values()},
         )
         section["files"] = files

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cnnzoo.fileio import atomic_path
 from cnnzoo.interpret.jobs.analysis import Analysis
-from cnnzoo.interpret.jobs.context import TILE, JobContext, unit_record
+from cnnzoo.interpret.jobs.context import SHOW, TILE, JobContext, unit_record
 from cnnzoo.interpret.jobs.options import (
     Options,
     channel_choice,
@@ -35,12 +35,20 @@ from cnnzoo.interpret.jobs.options import (
     positive,
     projection_option,
 )
+from cnnzoo.interpret.jobs.site import INDEX, Page, analysis_page, channel_page, layer_page
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.projection import Unit, project_units
-from cnnzoo.interpret.render import crop_padded, projection_rgb, side_by_side, tile_grid, upscale
-from cnnzoo.interpret.rules import Rule
+from cnnzoo.interpret.render import (
+    boxed,
+    crop_padded,
+    projection_rgb,
+    side_by_side,
+    tile_grid,
+    upscale,
+)
+from cnnzoo.interpret.rules import Rule, input_independence
 from cnnzoo.interpret.scan import batch_ranges, iterate_batches, scan_topk
-from cnnzoo.interpret.topk import Entry, TopK
+from cnnzoo.interpret.topk import TopK
 
 __all__ = ["MaxActivations", "MaxActivationsOptions"]
 
@@ -60,6 +68,7 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
     kind = "max-activations"
     title = "Maximal activations (Zeiler & Fergus 2014, Fig. 2)"
     Options = MaxActivationsOptions
+    legends = ("projection",)
 
     def resolve_options(self, world: World) -> MaxActivationsOptions:
         opts = self.options
@@ -92,22 +101,48 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
                 if units
                 else torch.empty(0)
             )
+            with torch.no_grad():
+                probabilities = torch.softmax(ctx.model(images), dim=1) if wanted else None
             files, data, figures = [], {}, []
             position = 0
             for channel, entries in zip(channels, table, strict=True):
-                projections = [maps[position + i] for i in range(len(entries))]
-                position += len(entries)
-                pictures = [images[row_of[e.image]] for e in entries]
-                figure = _channel_figure(ctx, layer, projections, pictures, entries, k)
-                figures.append(figure)
-                data[str(channel)] = [
-                    unit_record(
-                        e,
-                        ctx.label_name(labels[row_of[e.image]]),
-                        ctx.world.unit_box(layer, e.y, e.x),
+                folder = f"{self.id}/{layer}/c{channel:04d}"
+                records = []
+                proj_tiles, patch_tiles = [], []
+                for rank, entry in enumerate(entries):
+                    row = row_of[entry.image]
+                    box = ctx.world.unit_box(layer, entry.y, entry.x)
+                    proj_tiles.append(
+                        upscale(projection_rgb(crop_padded(maps[position + rank].cpu(), box)), TILE)
                     )
-                    for e in entries
-                ]
+                    shown = ctx.display(images[row])
+                    patch_tiles.append(upscale(crop_padded(shown, box), TILE))
+                    predicted = int(probabilities[row].argmax())
+                    tile = ctx.write_png(
+                        side_by_side([proj_tiles[-1], patch_tiles[-1]], gap=2),
+                        f"{folder}/tile_{rank + 1:02d}.png",
+                        f"{layer} channel {channel}, rank {rank + 1}: projection | patch",
+                    )
+                    full = ctx.write_png(
+                        boxed(shown, box, SHOW),
+                        f"{folder}/image_{rank + 1:02d}.png",
+                        f"dataset image {entry.image} with the receptive field of unit "
+                        f"({entry.y}, {entry.x}) of {layer}",
+                    )
+                    files += [tile, full]
+                    records.append(
+                        {
+                            **unit_record(entry, ctx.label_name(labels[row]), box),
+                            "predicted": ctx.world.entry.labels[predicted],
+                            "probability": round(float(probabilities[row, predicted]), 6),
+                            "tile": tile["path"],
+                            "full": full["path"],
+                        }
+                    )
+                position += len(entries)
+                figure = _channel_figure(proj_tiles, patch_tiles, k)
+                figures.append(figure)
+                data[str(channel)] = records
                 values = ", ".join(f"{e.value:.3g}" for e in entries)
                 files.append(
                     ctx.write_png(
@@ -141,7 +176,65 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
             self.id, [f"layer-{name}" for name in layers], lambda key: render(key[len("layer-") :])
         )
         tables = {r["data"]["layer"]: r["data"]["channels"] for r in records.values()}
-        return self.section(ctx, records, tables=tables)
+        warning = input_independence(ctx.model, rule)
+        return self.section(ctx, records, warnings=[warning] if warning else [], tables=tables)
+
+    @classmethod
+    def contents(cls, section: dict[str, Any]) -> list[dict[str, str]]:
+        return cls.layer_contents(section)
+
+    @classmethod
+    def pages(cls, section: dict[str, Any], manifest: dict[str, Any]) -> list[Page]:
+        """The analysis page (a picture per layer), a page per layer (a thumbnail per channel)
+        and a page per channel (its top-k tiles, each with its numbers and a link to the whole
+        image with the receptive field drawn)."""
+        pages = [cls.layers_page(section)]
+        home = [("overview", INDEX), (section["title"], analysis_page(section["id"]))]
+        synthetic = synthetic_pages(manifest)
+        for layer, channels in section["tables"].items():
+            here = layer_page(section["id"], layer)
+            cards = []
+            for channel, entries in channels.items():
+                best = entries[0] if entries else None
+                note = (
+                    f"best {best['value']:.3g}: image {best['image']} (label {best['label']})"
+                    if best
+                    else "no activations"
+                )
+                cards.append(
+                    {
+                        "channel": channel,
+                        "href": channel_page(section["id"], layer, channel),
+                        "picture": f"{section['id']}/{layer}/channel_{int(channel):04d}.png",
+                        "width": 240,
+                        "note": note,
+                        "synthetic": synthetic.get((layer, int(channel)), ""),
+                    }
+                )
+                pages.append(
+                    Page(
+                        path=channel_page(section["id"], layer, channel),
+                        template="channel.html",
+                        title=f"{layer} channel {channel}",
+                        trail=[*home, (layer, here)],
+                        context={
+                            "tiles": entries,
+                            "projection": section["options"]["projection"],
+                            "synthetic": synthetic.get((layer, int(channel)), ""),
+                            "warnings": section["warnings"],
+                        },
+                    )
+                )
+            pages.append(
+                Page(
+                    path=here,
+                    template="layer.html",
+                    title=f"{layer}: top-{section['options']['top_k']} per channel",
+                    trail=home,
+                    context={"cards": cards, "warnings": section["warnings"]},
+                )
+            )
+        return pages
 
     def _scan(self, ctx: JobContext, layers: dict[str, tuple[int, ...]], k: int) -> dict[str, TopK]:
         """The merged top-k tables: from the finished file, or by (resuming) this rank's share
@@ -207,22 +300,25 @@ def _flat(tables: dict[str, TopK]) -> dict[str, torch.Tensor]:
 
 
 def _channel_figure(
-    ctx: JobContext,
-    layer: str,
-    projections: list[torch.Tensor],
-    images: list[torch.Tensor],
-    entries: list[Entry],
-    k: int,
+    proj_tiles: list[torch.Tensor], patch_tiles: list[torch.Tensor], k: int
 ) -> torch.Tensor:
-    """3x3 (k) projections beside the matching receptive-field patches."""
-    proj_tiles, patch_tiles = [], []
-    for projection, image, entry in zip(projections, images, entries, strict=True):
-        box = ctx.world.unit_box(layer, entry.y, entry.x)
-        proj_tiles.append(upscale(projection_rgb(crop_padded(projection.cpu(), box)), TILE))
-        patch_tiles.append(upscale(crop_padded(ctx.display(image), box), TILE))
+    """3x3 (k) projections beside the matching receptive-field patches; grey where a channel
+    has fewer than k entries."""
     size = proj_tiles[0].shape[-1] if proj_tiles else TILE
-    while len(proj_tiles) < k:
-        proj_tiles.append(torch.full((3, size, size), 0.5))
-        patch_tiles.append(torch.full((3, size, size), 0.5))
+    blank = torch.full((3, size, size), 0.5)
+    proj_tiles = proj_tiles + [blank] * (k - len(proj_tiles))
+    patch_tiles = patch_tiles + [blank] * (k - len(patch_tiles))
     nrow = math.ceil(math.sqrt(k))
     return side_by_side([tile_grid(proj_tiles, nrow), tile_grid(patch_tiles, nrow)], gap=6)
+
+
+def synthetic_pages(manifest: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """(layer, channel) -> where an activation-maximisation analysis of the job shows it."""
+    found: dict[tuple[str, int], str] = {}
+    for section in manifest["analyses"]:
+        if section["kind"] == "activation-maximisation":
+            for layer, channels in section["tables"].items():
+                for channel in channels:
+                    page = f"{layer_page(section['id'], layer)}#channel-{channel}"
+                    found.setdefault((layer, int(channel)), page)
+    return found

@@ -40,6 +40,7 @@ class Occlusion(Analysis[OcclusionOptions]):
     kind = "occlusion"
     title = "Occlusion sensitivity (Zeiler & Fergus 2014, Fig. 7)"
     Options = OcclusionOptions
+    legends = ("heat",)
 
     def resolve_options(self, world: World) -> OcclusionOptions:
         opts, where = self.options, self.where

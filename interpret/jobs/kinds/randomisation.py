@@ -22,7 +22,7 @@ from cnnzoo.interpret.jobs.options import Options, index_list, integer, name_lis
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.methods import RULE_METHODS
 from cnnzoo.interpret.render import attribution_rgb, side_by_side, tile_grid, upscale
-from cnnzoo.interpret.rules import Rule
+from cnnzoo.interpret.rules import Rule, input_independence
 from cnnzoo.interpret.sanity import cascading_randomisation
 
 __all__ = ["Randomisation", "RandomisationOptions"]
@@ -40,6 +40,7 @@ class Randomisation(Analysis[RandomisationOptions]):
     kind = "randomisation"
     title = "Model-randomisation sanity check (Adebayo et al. 2018)"
     Options = RandomisationOptions
+    legends = ("attribution",)
 
     def resolve_options(self, world: World) -> RandomisationOptions:
         opts, where = self.options, self.where
@@ -98,4 +99,7 @@ class Randomisation(Analysis[RandomisationOptions]):
             }
 
         records = ctx.run_parts(self.id, ["check"], run)
-        return self.section(ctx, records, tables=records["check"]["data"])
+        warnings = [input_independence(ctx.model, Rule(m)) for m in opts.methods]
+        return self.section(
+            ctx, records, warnings=[w for w in warnings if w], tables=records["check"]["data"]
+        )
