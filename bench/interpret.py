@@ -8,6 +8,11 @@
    `GuidedBackprop` called directly (target: no worse).
 4. Wall time of the full lenet5-mnist Fig. 2 job (examples/jobs/lenet5-mnist-fig2.toml), one
    process and under `torchrun --nproc-per-node 2`.
+5. The full-test-set maximal-activation job (every conv stage, 8 channels each, top-9, projections
+   and gallery) for resnet20-cifar10 and alexnet-cifar10 vs plain inference over the same 10,000
+   images read through the same dataset loader (target: <= 1.5x).
+6. Activation maximisation units/s: 32 units of resnet20-cifar10 `layer3.2.conv2` optimised
+   together vs one unit at a time (target: >= 4x from batching).
 
 Prints a markdown table and writes JSON to bench/results/interpret_<device>_torch<version>.json.
 
@@ -243,6 +248,101 @@ def bench_fig2_job() -> dict[str, Any]:
     return result
 
 
+CIFAR_JOBS = {
+    "resnet20-cifar10": ["conv1", "layer1", "layer2", "layer3"],
+    "alexnet-cifar10": ["features.0", "features.4", "features.8", "features.10", "features.12"],
+}
+
+
+def _plain_inference(
+    model: torch.nn.Module, dataset: Any, count: int, device: torch.device
+) -> None:
+    """The first `count` images of `dataset` through `model`, as a job's scan reads them."""
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, range(count)), batch_size=256)
+    with left_as_found(model), torch.inference_mode():
+        for images, _ in loader:
+            model(images.to(device))
+
+
+def bench_cifar_jobs(device: torch.device, limit: int | None) -> list[dict[str, Any]]:
+    """Each CIFAR-10 model's max-activations job vs plain inference over the same images."""
+    rows = []
+    for name, layers in CIFAR_JOBS.items():
+        entry = zoo.get_entry(name)
+        dataset = get_dataset("cifar10", "test", transform=entry.preprocess.torch_transform())
+        count = len(dataset) if limit is None else min(limit, len(dataset))
+        model = zoo.build_model(name, weights="default").to(device)
+        subset = "" if limit is None else f"subset = {count}\n"
+        text = (
+            f'name = "{name}-max"\nmodel = "{name}"\ndevice = "{device.type}"\n'
+            f'[dataset]\nname = "cifar10"\n{subset}batch_size = 256\n'
+            f'[[analyses]]\nkind = "max-activations"\nlayers = {json.dumps(layers)}\n'
+            "channels = 8\n"
+            + ('projection = "guided-backprop"\n' if name.startswith("resnet") else "")
+        )
+
+        with tempfile.TemporaryDirectory() as tmp:
+            job_file = Path(tmp) / "job.toml"
+            job_file.write_text(text)
+            _plain_inference(model, dataset, count, device)  # warm-up: page cache, kernels
+            sync(device)
+            start = time.perf_counter()
+            _plain_inference(model, dataset, count, device)
+            sync(device)
+            plain_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            run_job(load_job(job_file), Path(tmp) / "out")
+            sync(device)
+            job_seconds = time.perf_counter() - start
+            manifest = json.loads((Path(tmp) / "out" / "manifest.json").read_text())
+        rows.append(
+            {
+                "model": name,
+                "images": count,
+                "layers": layers,
+                "job_seconds": job_seconds,
+                "scan_seconds": manifest["timings"]["01-max-activations"]["scan_seconds"],
+                "plain_seconds": plain_seconds,
+                "ratio": job_seconds / plain_seconds,
+                "target": "<= 1.5",
+            }
+        )
+    return rows
+
+
+def bench_actmax(device: torch.device, units: int, steps: int) -> dict[str, Any]:
+    """Activation maximisation of `units` units batched vs one at a time."""
+    from cnnzoo.interpret.actmax import Regularisers, maximise_units
+
+    model = zoo.build_model("resnet20-cifar10", weights="default").to(device)
+    chosen = [(c, 4, 4) for c in range(units)]
+    settings = Regularisers(steps=steps)
+
+    def run(batch_size: int) -> float:
+        start = time.perf_counter()
+        maximise_units(
+            model, "layer3.2.conv2", chosen, (3, 32, 32), regularisers=settings,
+            batch_size=batch_size,
+        )  # fmt: skip
+        sync(device)
+        return time.perf_counter() - start
+
+    run(units)  # warm-up
+    batched, alone = run(units), run(1)
+    return {
+        "model": "resnet20-cifar10",
+        "layer": "layer3.2.conv2",
+        "units": units,
+        "steps": steps,
+        "batched_units_per_s": units / batched,
+        "one_at_a_time_units_per_s": units / alone,
+        "speedup": alone / batched,
+        "target": ">= 4",
+    }
+
+
 def table(results: dict[str, Any]) -> list[str]:
     """The markdown table: fastest runs, ratios from them."""
     scan, guided, job = results["scan"], results["guided_backprop"], results["fig2_job"]
@@ -277,6 +377,21 @@ def table(results: dict[str, Any]) -> list[str]:
         f"| full Fig. 2 job, lenet5-mnist over MNIST test, {job['pngs']} PNGs "
         f"| {job['one_process_seconds']:.1f} s | {two} | | |"
     )
+    for row in results["cifar_jobs"]:
+        rows.append(
+            f"| max-activations job, {row['model']} over {row['images']} CIFAR-10 test images "
+            f"({len(row['layers'])} layers x 8 channels, top-9, projections, gallery) vs plain "
+            f"inference | {row['job_seconds']:.1f} s (scan {row['scan_seconds']:.1f} s) "
+            f"| {row['plain_seconds']:.1f} s | {row['ratio']:.2f}x the time | {row['target']} |"
+        )
+    actmax = results["actmax"]
+    rows.append(
+        f"| activation maximisation, {actmax['units']} units of {actmax['model']} "
+        f"`{actmax['layer']}`, {actmax['steps']} steps: batched vs one unit at a time "
+        f"| {actmax['batched_units_per_s']:.2f} units/s "
+        f"| {actmax['one_at_a_time_units_per_s']:.2f} units/s | {actmax['speedup']:.1f}x faster "
+        f"| {actmax['target']} |"
+    )
     return rows
 
 
@@ -305,6 +420,8 @@ def main() -> int:
         "projections": bench_projections(device, repeats),
         "guided_backprop": bench_guided(device, repeats, 4 if args.quick else 8),
         "fig2_job": bench_fig2_job(),
+        "cifar_jobs": bench_cifar_jobs(device, 2000 if args.quick else None),
+        "actmax": bench_actmax(device, 32, 20 if args.quick else 100),
     }
     print("\n".join(table(results)))
     out = (

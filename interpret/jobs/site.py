@@ -25,6 +25,7 @@ __all__ = [
     "INDEX",
     "Page",
     "analysis_page",
+    "by_channel",
     "channel_page",
     "layer_page",
     "render_page",
@@ -42,6 +43,12 @@ _ENVIRONMENT = jinja2.Environment(
 )
 # Relative links: quoted, keeping folders and a page's #fragment (no file name holds "#").
 _ENVIRONMENT.filters["url"] = lambda path: quote(str(path), safe="/#")
+
+
+def by_channel(table: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A manifest table keyed by channel ("0", "16", "8": JSON keys are strings, stored sorted
+    as text) in channel order."""
+    return sorted(table.items(), key=lambda item: int(item[0]))
 
 
 def analysis_page(analysis_id: str) -> str:

@@ -39,7 +39,14 @@ from cnnzoo.interpret.jobs.options import (
     positive,
     real,
 )
-from cnnzoo.interpret.jobs.site import INDEX, Page, analysis_page, channel_page, layer_page
+from cnnzoo.interpret.jobs.site import (
+    INDEX,
+    Page,
+    analysis_page,
+    by_channel,
+    channel_page,
+    layer_page,
+)
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.render import tile_grid, upscale
 
@@ -174,7 +181,7 @@ class ActivationMaximisation(Analysis[ActivationMaximisationOptions]):
                     **numbers,
                     "dataset": dataset.get((layer, int(channel))),
                 }
-                for channel, numbers in channels.items()
+                for channel, numbers in by_channel(channels)
             ]
             pages.append(
                 Page(

@@ -35,7 +35,14 @@ from cnnzoo.interpret.jobs.options import (
     positive,
     projection_option,
 )
-from cnnzoo.interpret.jobs.site import INDEX, Page, analysis_page, channel_page, layer_page
+from cnnzoo.interpret.jobs.site import (
+    INDEX,
+    Page,
+    analysis_page,
+    by_channel,
+    channel_page,
+    layer_page,
+)
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.projection import Unit, project_units
 from cnnzoo.interpret.render import (
@@ -194,7 +201,7 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
         for layer, channels in section["tables"].items():
             here = layer_page(section["id"], layer)
             cards = []
-            for channel, entries in channels.items():
+            for channel, entries in by_channel(channels):
                 best = entries[0] if entries else None
                 note = (
                     f"best {best['value']:.3g}: image {best['image']} (label {best['label']})"
