@@ -16,7 +16,7 @@
 
 Prints a markdown table and writes JSON to bench/results/interpret_<device>_torch<version>.json.
 
-    CNNZOO_DATA=/path/to/data .venv/bin/python bench/interpret.py [--quick]
+    CNNZOO_DATA=/path/to/data .venv/bin/python bench/interpret.py [--quick] [--parts 5,6]
 """
 
 from __future__ import annotations
@@ -345,53 +345,62 @@ def bench_actmax(device: torch.device, units: int, steps: int) -> dict[str, Any]
 
 def table(results: dict[str, Any]) -> list[str]:
     """The markdown table: fastest runs, ratios from them."""
-    scan, guided, job = results["scan"], results["guided_backprop"], results["fig2_job"]
     rows = [
         f"interpret benchmarks on {results['device']}, torch {results['torch']}, "
-        f"{results['threads']} threads (fastest of {scan['repeats']} alternating runs)",
+        f"{results['threads']} threads (fastest of the alternating runs)",
         "",
         "| benchmark | ours | reference | ratio | target |",
         "|---|---|---|---|---|",
-        f"| top-k scan of MNIST test ({scan['images']} images, {scan['channels']} channels) "
-        f"vs plain inference | {scan['ours_seconds']:.2f} s | {scan['reference_seconds']:.2f} s "
-        f"| {scan['ratio']:.2f}x the time | {scan['target']} |",
     ]
-    for row in results["projections"]:
+    if "scan" in results:
+        scan = results["scan"]
+        rows.append(
+            f"| top-k scan of MNIST test ({scan['images']} images, {scan['channels']} channels) "
+            f"vs plain inference | {scan['ours_seconds']:.2f} s "
+            f"| {scan['reference_seconds']:.2f} s | {scan['ratio']:.2f}x the time "
+            f"| {scan['target']} |"
+        )
+    for row in results.get("projections", []):
         rows.append(
             f"| {row['units']} unit projections, {row['model']} `{row['layer']}`: batched vs one "
             f"backward per unit (Captum NeuronDeconvolution) | {row['ours_seconds']:.2f} s "
             f"| {row['reference_seconds']:.2f} s | {row['speedup']:.1f}x faster "
             f"(maps equal: {row['maps_equal']}) | {row['target']} |"
         )
-    rows.append(
-        f"| guided backprop, {guided['model']} 224 px, batch {guided['batch']}, vs Captum "
-        f"GuidedBackprop | {guided['ours_images_per_s']:.1f} img/s "
-        f"| {guided['captum_images_per_s']:.1f} img/s | {guided['ratio']:.2f}x "
-        f"(maps equal: {guided['maps_equal']}) | {guided['target']} |"
-    )
-    two = "-"
-    if "torchrun_2_seconds" in job:
-        equal = job["torchrun_equals_one_process"]
-        two = f"{job['torchrun_2_seconds']:.1f} s under torchrun x2 (same results: {equal})"
-    rows.append(
-        f"| full Fig. 2 job, lenet5-mnist over MNIST test, {job['pngs']} PNGs "
-        f"| {job['one_process_seconds']:.1f} s | {two} | | |"
-    )
-    for row in results["cifar_jobs"]:
+    if "guided_backprop" in results:
+        guided = results["guided_backprop"]
+        rows.append(
+            f"| guided backprop, {guided['model']} 224 px, batch {guided['batch']}, vs Captum "
+            f"GuidedBackprop | {guided['ours_images_per_s']:.1f} img/s "
+            f"| {guided['captum_images_per_s']:.1f} img/s | {guided['ratio']:.2f}x "
+            f"(maps equal: {guided['maps_equal']}) | {guided['target']} |"
+        )
+    if "fig2_job" in results:
+        job = results["fig2_job"]
+        two = "-"
+        if "torchrun_2_seconds" in job:
+            equal = job["torchrun_equals_one_process"]
+            two = f"{job['torchrun_2_seconds']:.1f} s under torchrun x2 (same results: {equal})"
+        rows.append(
+            f"| full Fig. 2 job, lenet5-mnist over MNIST test, {job['pngs']} PNGs "
+            f"| {job['one_process_seconds']:.1f} s | {two} | | |"
+        )
+    for row in results.get("cifar_jobs", []):
         rows.append(
             f"| max-activations job, {row['model']} over {row['images']} CIFAR-10 test images "
             f"({len(row['layers'])} layers x 8 channels, top-9, projections, gallery) vs plain "
             f"inference | {row['job_seconds']:.1f} s (scan {row['scan_seconds']:.1f} s) "
             f"| {row['plain_seconds']:.1f} s | {row['ratio']:.2f}x the time | {row['target']} |"
         )
-    actmax = results["actmax"]
-    rows.append(
-        f"| activation maximisation, {actmax['units']} units of {actmax['model']} "
-        f"`{actmax['layer']}`, {actmax['steps']} steps: batched vs one unit at a time "
-        f"| {actmax['batched_units_per_s']:.2f} units/s "
-        f"| {actmax['one_at_a_time_units_per_s']:.2f} units/s | {actmax['speedup']:.1f}x faster "
-        f"| {actmax['target']} |"
-    )
+    if "actmax" in results:
+        actmax = results["actmax"]
+        rows.append(
+            f"| activation maximisation, {actmax['units']} units of {actmax['model']} "
+            f"`{actmax['layer']}`, {actmax['steps']} steps: batched vs one unit at a time "
+            f"| {actmax['batched_units_per_s']:.2f} units/s "
+            f"| {actmax['one_at_a_time_units_per_s']:.2f} units/s "
+            f"| {actmax['speedup']:.1f}x faster | {actmax['target']} |"
+        )
     return rows
 
 
@@ -399,7 +408,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (smoke run)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--parts",
+        default="1,2,3,4,5,6",
+        help="which benchmarks to run (numbers of the module docstring); the others' figures "
+        "are kept from the results file",
+    )
     args = parser.parse_args()
+    parts = {int(part) for part in args.parts.split(",")}
     warnings.filterwarnings("ignore", module="captum")
     device = torch.device(
         "cuda"
@@ -411,25 +427,33 @@ def main() -> int:
         label = f"cpu-{os.cpu_count()}cores"
     else:
         label = torch.cuda.get_device_name(device).replace(" ", "-")
-    results = {
-        "device": label,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "scan": bench_scan(device, repeats, 2000 if args.quick else None),
-        "projections": bench_projections(device, repeats),
-        "guided_backprop": bench_guided(device, repeats, 4 if args.quick else 8),
-        "fig2_job": bench_fig2_job(),
-        "cifar_jobs": bench_cifar_jobs(device, 2000 if args.quick else None),
-        "actmax": bench_actmax(device, 32, 20 if args.quick else 100),
-    }
-    print("\n".join(table(results)))
     out = (
         ROOT
         / "bench"
         / "results"
         / f"interpret_{label}_torch{torch.__version__.split('+')[0]}.json"
     )
+    benchmarks: dict[int, tuple[str, Callable[[], Any]]] = {
+        1: ("scan", lambda: bench_scan(device, repeats, 2000 if args.quick else None)),
+        2: ("projections", lambda: bench_projections(device, repeats)),
+        3: ("guided_backprop", lambda: bench_guided(device, repeats, 4 if args.quick else 8)),
+        4: ("fig2_job", bench_fig2_job),
+        5: ("cifar_jobs", lambda: bench_cifar_jobs(device, 2000 if args.quick else None)),
+        6: ("actmax", lambda: bench_actmax(device, 32, 20 if args.quick else 100)),
+    }
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.update(
+        {
+            "device": label,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        }
+    )
+    for number in sorted(parts):
+        key, run = benchmarks[number]
+        results[key] = run()
+    print("\n".join(table(results)))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out.relative_to(ROOT)}")
