@@ -83,7 +83,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     job.add_argument("job_file", type=Path)
     job.add_argument(
-        "--out", type=Path, help="output folder (default: the job's `output`, else out/<name>)"
+        "--out",
+        type=Path,
+        help="output folder (default: the job file's `output`, else out/<name>, inside "
+        "--output-root)",
+    )
+    job.add_argument(
+        "--output-root",
+        type=Path,
+        help="the folder a job file's `output` lies in and may not leave (default: the working "
+        "folder)",
     )
     job.add_argument("--data-dir", help="dataset root (default: $CNNZOO_DATA, else ./data)")
     job.add_argument("--check", action="store_true", help="only validate the job file, run nothing")
@@ -198,7 +207,13 @@ def _job(args: argparse.Namespace) -> int:
         spec = job.spec
         print(f"{args.job_file}: ok ({len(spec.analyses)} analyses on {spec.model})")
         return 0
-    index = run_job(job, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    index = run_job(
+        job,
+        args.out,
+        output_root=args.output_root,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(index)
     return 0

@@ -28,7 +28,7 @@ __all__ = [
     "channels_of_a_layer",
     "count",
     "index_list",
-    "integer",
+    "random_seed",
     "name_list",
     "one_of",
     "option",
@@ -107,9 +107,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def integer(value: Any) -> int:
-    if not _is_int(value):
-        raise OptionError(f"must be an integer, got {value!r}")
+def random_seed(value: Any) -> int:
+    """A random seed: an integer from 0 to 2**32 - 1."""
+    if not _is_int(value) or not 0 <= value < 1 << 32:
+        raise OptionError(f"must be an integer from 0 to {(1 << 32) - 1}, got {value!r}")
     return value
 
 

@@ -21,8 +21,10 @@ rank 0 writes the manifest and the gallery.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +34,13 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from cnnzoo.errors import AlreadyExists, InvalidInput
+from cnnzoo.errors import (
+    AlreadyExists,
+    CnnzooError,
+    InvalidInput,
+    JobFileError,
+    ResourceExhausted,
+)
 from cnnzoo.fileio import atomic_write_json, sha256_bytes, sha256_file
 from cnnzoo.interpret.jobs import gallery
 from cnnzoo.interpret.jobs.context import STATE_DIR, JobContext
@@ -40,7 +48,7 @@ from cnnzoo.interpret.jobs.distributed import Ranks, join
 from cnnzoo.interpret.jobs.site import INDEX
 from cnnzoo.interpret.jobs.spec import Job, JobSpec
 
-__all__ = ["output_owner", "replaced_path", "run_job"]
+__all__ = ["output_folder", "output_owner", "replaced_path", "run_job"]
 
 MANIFEST = "manifest.json"
 
@@ -102,9 +110,69 @@ def _claim_output(ctx: JobContext, fingerprint: dict[str, Any], overwrite: bool)
                     shutil.rmtree(aside)
                 os.replace(out, aside)
             atomic_write_json(out / STATE_DIR / "job.json", fingerprint)
+        if problem is None:
+            _remove_stale_temporaries(out)
     problem = ctx.ranks.broadcast(problem)
     if problem:
         raise AlreadyExists(problem)
+
+
+# The hidden temporary files of `cnnzoo.fileio.atomic_path`: `.<name>.<8 hex digits>.tmp`.
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete what a killed run left half-written (atomic writes' temporary files; every
+    finished file was renamed into place, so none of these is a result)."""
+    for path in out.rglob(".*.tmp"):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+# Write failures that mean the disk (or the process's file-size limit) is full.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _output_error(err: OSError, out: Path) -> CnnzooError | None:
+    """One clear error for a failure to write the output folder `out` (absolute); None when the
+    failure is about something else (it then propagates as it is)."""
+    names = [Path(name) for name in (err.filename, err.filename2) if name]
+    about = names[0] if names else out
+    if err.errno in _FULL:
+        return ResourceExhausted(
+            f"cannot write {about}: {err.strerror} (the disk or the file-size limit is full); "
+            "free some space or choose another output folder: finished parts are kept, so "
+            "running the job again resumes it"
+        )
+    if any(path.resolve().is_relative_to(out.parent) for path in names):
+        return InvalidInput(
+            f"cannot write the output folder {out}: {err.strerror} ({about}); choose another "
+            "one with --out"
+        )
+    return None
+
+
+def output_folder(
+    spec: JobSpec, out_dir: str | Path | None = None, output_root: str | Path | None = None
+) -> Path:
+    """Where a run writes: `out_dir` when the caller names one; otherwise the job file's
+    `output` (or `out/<name>`) inside `output_root` (default: the working folder), which it may
+    not leave, not even through a symbolic link.
+
+    Raises:
+        JobFileError: the job's output leads outside the output root.
+    """
+    if out_dir is not None:
+        return Path(out_dir)
+    root = Path(output_root) if output_root is not None else Path.cwd()
+    relative = spec.output if spec.output is not None else Path("out") / spec.name
+    out = root / relative
+    if not out.resolve().is_relative_to(root.resolve()):
+        raise JobFileError(
+            f"{spec.source.name}: output {str(relative)!r} leads outside the output root "
+            f"{root} (through a symbolic link); job outputs stay inside it"
+        )
+    return out
 
 
 def _device(requested: str, ranks: Ranks) -> torch.device:
@@ -119,6 +187,7 @@ def run_job(
     job: Job,
     out_dir: str | Path | None = None,
     *,
+    output_root: str | Path | None = None,
     progress: bool = False,
     overwrite: bool = False,
 ) -> Path:
@@ -126,13 +195,22 @@ def run_job(
 
     Args:
         job: the job, resolved against its opened world.
-        out_dir: where results go (default: the job's `output`, else `./out/<name>`).
+        out_dir: where results go (default: see `output_folder`).
+        output_root: the folder a job file's `output` (or `out/<name>`) lies in (default: the
+            working folder).
         progress: show progress bars.
         overwrite: replace the results of another job or model in `out_dir` (see the module
             docstring); without it such a folder raises `AlreadyExists`.
+
+    Raises:
+        AlreadyExists: the folder holds another job's results (without `overwrite`), or is not
+            a job folder.
+        ResourceExhausted: the disk (or the file-size limit) filled up while writing.
+        InvalidInput: the output folder cannot be written (permissions, a file in its place).
+        JobFileError: the job's output leads outside the output root.
     """
     spec, world = job.spec, job.world
-    out = Path(out_dir) if out_dir is not None else (spec.output or Path("out") / spec.name)
+    out = output_folder(spec, out_dir, output_root).resolve()
     device_name = (
         spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -144,7 +222,7 @@ def run_job(
         ctx = JobContext(
             world=world,
             data=spec.dataset,
-            out_dir=out.resolve(),
+            out_dir=out,
             ranks=ranks,
             device=device,
             progress=progress,
@@ -186,5 +264,10 @@ def run_job(
                 shutil.rmtree(aside)
         ranks.barrier()
         return index
+    except OSError as err:
+        clear = _output_error(err, out)
+        if clear is None:
+            raise
+        raise clear from None
     finally:
         ranks.leave()

@@ -7,8 +7,9 @@ with its weights, the dataset, the layer table; see `cnnzoo.interpret.jobs.world
 every analysis against it (layers, channels, image indices, checkpoints). Each problem is one
 `CnnzooError` whose message names the file, the analysis and the key.
 
-Relative paths in a job file (weights, dataset folders, checkpoint folders, output) are
-relative to the job file's folder.
+Relative paths in a job file (weights, dataset folders, checkpoint folders) are relative to the
+job file's folder; its `output` is a folder inside the output root (the working folder, or
+`--output-root`), so a job file cannot make a run write anywhere else.
 
 Example::
 
@@ -36,6 +37,14 @@ from typing import Any
 
 from cnnzoo.errors import JobFileError
 from cnnzoo.interpret.jobs.analysis import Analysis
+from cnnzoo.interpret.jobs.limits import (
+    MAX_ANALYSES,
+    MAX_BATCH_BYTES,
+    MAX_JOB_FILE_BYTES,
+    MAX_WORKERS,
+    at_most,
+    batch_limit,
+)
 from cnnzoo.interpret.jobs.options import OptionError, count, positive, text
 from cnnzoo.interpret.jobs.registry import KINDS
 from cnnzoo.interpret.jobs.world import DatasetSpec, World, open_world
@@ -55,6 +64,25 @@ _DEVICES = ("auto", "cpu", "cuda")
 _DATASET_NAMES = " | ".join(DATASETS)
 
 
+def _workers(value: Any) -> int:
+    number = count(value)
+    if number > MAX_WORKERS:
+        raise OptionError(f"must be at most {MAX_WORKERS}, got {number}")
+    return number
+
+
+def inside_the_output_root(value: Any) -> Path:
+    """A relative folder without '..': job files may not write outside the output root (the
+    working folder, or `--output-root`)."""
+    path = Path(text(value))
+    if not value or path.is_absolute() or value.startswith("~") or ".." in path.parts:
+        raise OptionError(
+            f"must be a folder inside the output root (the working folder or --output-root): "
+            f"relative, without '..'; got {value!r}"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A job file, checked against the schema.
@@ -65,7 +93,8 @@ class JobSpec:
         weights: "default", a weights file or model folder, or None (random initialisation).
         dataset: the images.
         analyses: one object per `[[analyses]]` table, of its kind's class.
-        output: the output folder, if the file names one.
+        output: the output folder the file names, relative to the output root (the working
+            folder, or `--output-root`); None: `out/<name>`.
         device: auto | cpu | cuda.
         source: the job file.
     """
@@ -138,6 +167,8 @@ def _unknown_keys(source: Path, where: str, given: dict[str, Any], allowed: set[
 def _read_raw(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise JobFileError(f"job file {path} does not exist")
+    if path.stat().st_size > MAX_JOB_FILE_BYTES:
+        raise _fail(path, f"a job file is at most {MAX_JOB_FILE_BYTES} bytes; this one is larger")
     text_bytes = path.read_bytes()
     try:
         if path.suffix == ".toml":
@@ -180,7 +211,7 @@ def _dataset(source: Path, raw: Any) -> DatasetSpec:
         split=_value(source, "dataset.split", raw.get("split", "test"), text),
         subset=None if subset is None else _value(source, "dataset.subset", subset, positive),
         batch_size=_value(source, "dataset.batch_size", raw.get("batch_size", 256), positive),
-        num_workers=_value(source, "dataset.num_workers", raw.get("num_workers", 0), count),
+        num_workers=_value(source, "dataset.num_workers", raw.get("num_workers", 0), _workers),
     )
 
 
@@ -212,24 +243,22 @@ def read_job(path: str | Path) -> JobSpec:
         raise _fail(
             source, f"analyses must be an array of tables ([[analyses]]), got {analyses_raw!r}"
         )
+    if len(analyses_raw) > MAX_ANALYSES:
+        raise _fail(source, f"{len(analyses_raw)} analyses; a job has at most {MAX_ANALYSES}")
     analyses = tuple(_analysis(source, i, a) for i, a in enumerate(analyses_raw))
     output = raw.get("output")
     if output is not None:
-        output = _value(source, "output", output, text)
+        output = _value(source, "output", output, inside_the_output_root)
     device = raw.get("device", "auto")
     if device not in _DEVICES:
         raise _fail(source, f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
-    out = None
-    if output is not None:
-        out = Path(output).expanduser()
-        out = out if out.is_absolute() else source.parent / out
     return JobSpec(
         name=name,
         model=model,
         weights=None if weights == "none" else weights,
         dataset=dataset,
         analyses=analyses,
-        output=out,
+        output=output,
         device=device,
         source=source,
     )
@@ -246,6 +275,14 @@ def validate_job(spec: JobSpec, world: World) -> JobSpec:
             the model's input, unusable layers.
         InvalidInput: evolution checkpoints that do not fit the model.
     """
+    limit = batch_limit(tuple(world.entry.input_shape))
+    at_most(
+        spec.source.name,
+        "dataset.batch_size",
+        spec.dataset.batch_size,
+        limit,
+        f"{limit} images of {world.entry.name}'s input make {MAX_BATCH_BYTES >> 20} MiB",
+    )
     return replace(spec, analyses=tuple(analysis.resolve(world) for analysis in spec.analyses))
 
 

@@ -135,8 +135,12 @@ class World:
             table[name] = self.channels(f"{where}: channels", name, wanted)
         return table
 
-    def image_indices(self, where: str, indices: Sequence[int]) -> tuple[int, ...]:
-        """`indices`, bounds-checked against the job's images."""
+    def image_indices(self, where: str, indices: Sequence[int], most: int) -> tuple[int, ...]:
+        """`indices` without repeats, bounds-checked against the job's images; at most `most`
+        of them (what one analysis may hold or draw)."""
+        indices = tuple(dict.fromkeys(indices))
+        if len(indices) > most:
+            raise JobFileError(f"{where}: {len(indices)} images; an analysis takes at most {most}")
         bad = [i for i in indices if i >= self.images]
         if bad:
             raise JobFileError(

@@ -29,14 +29,15 @@ import torch
 from cnnzoo.interpret.actmax import Regularisers, maximise_units
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import TILE, JobContext
+from cnnzoo.interpret.jobs.limits import MAX_STEPS, MAX_UNITS, at_most, batch_limit
 from cnnzoo.interpret.jobs.options import (
     Options,
     channel_choice,
     count,
-    integer,
     name_list,
     option,
     positive,
+    random_seed,
     real,
 )
 from cnnzoo.interpret.jobs.site import (
@@ -66,7 +67,7 @@ class ActivationMaximisationOptions(Options):
     blur_sigma: float = option(0.5, real(0, 10))
     jitter: int = option(2, count)
     clip_percentile: float = option(10.0, real(0, 99))
-    seed: int = option(0, integer)
+    seed: int = option(0, random_seed)
     batch_size: int = option(64, positive)
 
     def regularisers(self) -> Regularisers:
@@ -88,9 +89,18 @@ class ActivationMaximisation(Analysis[ActivationMaximisationOptions]):
 
     def resolve_options(self, world: World) -> ActivationMaximisationOptions:
         opts = self.options
+        where = self.where
         table = world.channel_table(
-            self.where, opts.layers, opts.channels, world.of_kind("Conv2d"), _CHANNELS
+            where, opts.layers, opts.channels, world.of_kind("Conv2d"), _CHANNELS
         )
+        units = sum(len(channels) for channels in table.values())
+        at_most(where, "units (channels of every layer)", units, MAX_UNITS, "per analysis")
+        at_most(where, "steps", opts.steps, MAX_STEPS, "per unit")
+        shape = tuple(world.entry.input_shape)
+        limit = batch_limit(shape)
+        at_most(where, "batch_size", opts.batch_size, limit, f"{limit} images of {shape} fit")
+        side = min(shape[1:])
+        at_most(where, "jitter", opts.jitter, side // 2, f"half the {side} px input")
         return replace(opts, layers=tuple(table), channels=table)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:

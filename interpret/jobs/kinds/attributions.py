@@ -15,6 +15,7 @@ import torch
 from cnnzoo.interpret.explain import explain
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import SHOW, JobContext
+from cnnzoo.interpret.jobs.limits import MAX_IMAGES
 from cnnzoo.interpret.jobs.options import Options, index_list, option, some_of
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.methods import METHODS
@@ -36,7 +37,7 @@ class Attributions(Analysis[AttributionsOptions]):
     legends = ("attribution",)
 
     def resolve_options(self, world: World) -> AttributionsOptions:
-        images = world.image_indices(f"{self.where}: images", self.options.images)
+        images = world.image_indices(f"{self.where}: images", self.options.images, MAX_IMAGES)
         return replace(self.options, images=images)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:

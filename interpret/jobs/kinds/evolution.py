@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from cnnzoo.errors import CnnzooError, JobFileError, NotFound
-from cnnzoo.fileio import atomic_path
+from cnnzoo.fileio import atomic_write_bytes
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import TILE, JobContext, unit_record
 from cnnzoo.interpret.jobs.options import (
@@ -117,8 +117,10 @@ class Evolution(Analysis[EvolutionOptions]):
                     for m, box in zip(maps, boxes, strict=True)
                 ]
             )
-            with atomic_path(tiles_dir / f"{key}.safetensors") as tmp:
-                save_file({"tiles": tiles.contiguous()}, str(tmp))
+            # serialised here, written by Python: a full disk is an OSError like any other write
+            atomic_write_bytes(
+                tiles_dir / f"{key}.safetensors", save({"tiles": tiles.contiguous()})
+            )
             data = {
                 str(c): unit_record(e, ctx.label_name(labels[wanted.index(e.image)]), box)
                 for c, e, box in zip(channels, entries, boxes, strict=True)

@@ -8,7 +8,7 @@ Options (job file):
     layers      layer names (default: every convolution)
     channels    how many channels, spread evenly (default 8), a list of them, or a table of
                 either per layer ({"features.c1" = 6, "features.c3" = [0, 5]})
-    top_k       entries per channel (default 9)
+    top_k       entries per channel (default 9; at most the job's images and 256)
     projection  gradient | deconvnet | guided-backprop (default deconvnet)
 """
 
@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from cnnzoo.fileio import atomic_path
+from cnnzoo.fileio import atomic_write_bytes
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import SHOW, TILE, JobContext, unit_record
+from cnnzoo.interpret.jobs.limits import MAX_TILES, at_most, top_k_limit
 from cnnzoo.interpret.jobs.options import (
     Options,
     channel_choice,
@@ -61,13 +62,14 @@ __all__ = ["MaxActivations", "MaxActivationsOptions"]
 
 _CHECKPOINTS = 10  # scan checkpoints per run
 _CHANNELS = 8  # channels per layer unless the job says otherwise
+_TOP_K = 9  # the paper's 3x3
 
 
 @dataclass(frozen=True)
 class MaxActivationsOptions(Options):
     layers: tuple[str, ...] | None = option(None, name_list)
     channels: Any = option(_CHANNELS, channel_choice)  # resolved: {layer: (channel, ...)}
-    top_k: int = option(9, positive)
+    top_k: int | None = option(None, positive)  # None: 9, or every image when there are fewer
     projection: str = projection_option()
 
 
@@ -82,7 +84,18 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
         table = world.channel_table(
             self.where, opts.layers, opts.channels, world.of_kind("Conv2d"), _CHANNELS
         )
-        return replace(opts, layers=tuple(table), channels=table)
+        limit, why = top_k_limit(world.images)
+        top_k = min(_TOP_K, limit) if opts.top_k is None else opts.top_k
+        at_most(self.where, "top_k", top_k, limit, why)
+        tiles = top_k * sum(len(channels) for channels in table.values())
+        at_most(
+            self.where,
+            "top_k x channels",
+            tiles,
+            MAX_TILES,
+            f"{MAX_TILES} tiles per analysis; ask for fewer channels or a smaller top_k",
+        )
+        return replace(opts, layers=tuple(table), channels=table, top_k=top_k)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         opts = self.options
@@ -272,12 +285,12 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
         )
         counter = {"done": done}
 
-        def save(tables: dict[str, TopK]) -> None:
+        def checkpoint_after(tables: dict[str, TopK]) -> None:
             counter["done"] += 1
             progress.update(1)
             if counter["done"] % every == 0 or counter["done"] == len(mine):
-                with atomic_path(checkpoint) as tmp:
-                    save_file(_flat(tables), str(tmp), metadata={"done": str(counter["done"])})
+                done = {"done": str(counter["done"])}
+                atomic_write_bytes(checkpoint, save(_flat(tables), metadata=done))
 
         todo = [batches[b] for b in mine[done:]]
         tops = scan_topk(
@@ -286,7 +299,7 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
             iterate_batches(ctx.world.dataset, todo, num_workers=ctx.data.num_workers),
             k=k,
             tops=tops,
-            after_batch=save,
+            after_batch=checkpoint_after,
         )
         progress.close()
         shares = ranks.all_gather(tops)
@@ -294,15 +307,15 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
         for share in shares[1:]:
             merged = {name: merged[name].merge(share[name]) for name in layers}
         if ranks.is_main:
-            with atomic_path(final) as tmp:
-                save_file(_flat(merged), str(tmp))
+            atomic_write_bytes(final, save(_flat(merged)))
         ranks.barrier()
         ctx.timings.setdefault(self.id, {})["scan_seconds"] = round(time.perf_counter() - start, 3)
         return merged
 
 
 def _flat(tables: dict[str, TopK]) -> dict[str, torch.Tensor]:
-    """Every layer's table as flat tensors for one safetensors file (`<layer>/values`, ...)."""
+    """Every layer's table as flat tensors for one safetensors file (`<layer>/values`, ...),
+    serialised in memory and written by Python, so a full disk is an OSError like any other."""
     return {k: v for name, top in tables.items() for k, v in top.to_tensors(f"{name}/").items()}
 
 

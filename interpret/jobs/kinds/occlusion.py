@@ -20,6 +20,7 @@ import torch
 from cnnzoo.errors import JobFileError
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import SHOW, JobContext
+from cnnzoo.interpret.jobs.limits import MAX_IMAGES
 from cnnzoo.interpret.jobs.options import Options, index_list, option, positive, text
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.occlusion import occlusion_maps
@@ -44,7 +45,7 @@ class Occlusion(Analysis[OcclusionOptions]):
 
     def resolve_options(self, world: World) -> OcclusionOptions:
         opts, where = self.options, self.where
-        images = world.image_indices(f"{where}: images", opts.images)
+        images = world.image_indices(f"{where}: images", opts.images, MAX_IMAGES)
         last_conv = world.of_kind("Conv2d")[-1]
         layer = world.layer(f"{where}: layer", opts.layer or last_conv, world.selectable)
         if len(world.layers[layer].output_shape) != 3:

@@ -18,7 +18,15 @@ from typing import Any
 from cnnzoo.errors import LayerNotFound
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import TILE, JobContext
-from cnnzoo.interpret.jobs.options import Options, index_list, integer, name_list, option, some_of
+from cnnzoo.interpret.jobs.limits import MAX_RANDOMISATION_IMAGES
+from cnnzoo.interpret.jobs.options import (
+    Options,
+    index_list,
+    name_list,
+    option,
+    random_seed,
+    some_of,
+)
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.methods import RULE_METHODS
 from cnnzoo.interpret.render import attribution_rgb, side_by_side, tile_grid, upscale
@@ -33,7 +41,7 @@ class RandomisationOptions(Options):
     images: tuple[int, ...] = option(tuple(range(8)), index_list)
     layers: tuple[str, ...] | None = option(None, name_list)
     methods: tuple[str, ...] = option(RULE_METHODS, some_of(RULE_METHODS, "methods"))
-    seed: int = option(0, integer)
+    seed: int = option(0, random_seed)
 
 
 class Randomisation(Analysis[RandomisationOptions]):
@@ -52,7 +60,7 @@ class Randomisation(Analysis[RandomisationOptions]):
                     f"{where}: layers: {name!r} is not a convolution or linear layer; "
                     f"valid layers: {', '.join(weighted)}"
                 )
-        images = world.image_indices(f"{where}: images", opts.images)
+        images = world.image_indices(f"{where}: images", opts.images, MAX_RANDOMISATION_IMAGES)
         return replace(opts, images=images, layers=tuple(names))
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
