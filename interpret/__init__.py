@@ -4,8 +4,8 @@ Modules (all under `cnnzoo.interpret`): the method table (`methods`, torch-free)
 deconvnet and guided-backprop attribution (`attribution`, rules in `rules`), occlusion
 (`occlusion`), Grad-CAM (`gradcam`); batched unit projections (`projection`); modules by name
 (`modules`), layers and receptive fields (`layers`, `receptive_field`); streaming top-k
-activations (`topk`, `scan`); pictures (`render`); `explain` for one image (`explain`) and batch
-jobs (`jobs`).
+activations (`topk`, `scan`); activation maximisation (`actmax`); pictures (`render`); `explain`
+for one image (`explain`) and batch jobs (`jobs`).
 
 Names below are imported on first use, so `import cnnzoo.interpret` (and `cnnzoo --help`) does not
 import torch.
@@ -39,6 +39,8 @@ _EXPORTS = {
     "GradCam": "cnnzoo.interpret.gradcam",
     "GuidedGradCam": "cnnzoo.interpret.gradcam",
     "explain": "cnnzoo.interpret.explain",
+    "Regularisers": "cnnzoo.interpret.actmax",
+    "maximise_units": "cnnzoo.interpret.actmax",
     "Explanation": "cnnzoo.interpret.explain",
     "load_job": "cnnzoo.interpret.jobs",
     "run_job": "cnnzoo.interpret.jobs",
