@@ -478,7 +478,7 @@ def _decode_input(
                 f"{where} has batch size {batch}, over the model's max_batch_size {max_batch_size}"
             )
     count = math.prod(shape)
-    dtype = spec.dtype.newbyteorder("<")
+    dtype = spec.wire_dtype
     needed = count * dtype.itemsize
     if tensor.shared_memory is not None:
         ref = tensor.shared_memory

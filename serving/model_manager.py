@@ -81,6 +81,11 @@ UNLOADED = "unloaded"  # Triton's reason for a model unloaded on request
 NONE, POLL, EXPLICIT = "none", "poll", "explicit"
 CONTROL_MODES = (NONE, POLL, EXPLICIT)
 
+# Batch sizes a model runs in at most this long (measured at warm-up) run on the event loop
+# thread, without the hand-off to an instance thread and back (see serving.batcher).
+INLINE_BUDGET_S = 1e-3
+
+
 # What loading a version read: (file name, size, mtime_ns) of each of its files and the model's.
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -508,11 +513,13 @@ class ModelManager:
         loaded.batcher.start()
         previous, record.current = record.current, loaded  # the switch: one assignment
         record.state, record.reason = READY, ""
+        inline = loaded.batcher.inline_rows
         log.info(
-            "serving %s version %d on %s%s",
+            "serving %s version %d on %s%s%s",
             record.name,
             loaded.version,
             loaded.provider,
+            f", batches of up to {inline} rows on the event loop" if inline else "",
             f" (replacing version {previous.version})" if previous else "",
         )
         if previous is not None:
@@ -626,6 +633,7 @@ class ModelManager:
             max_queue_size=spec.max_queue_size or self.limits.max_queue_size,
             stats=stats,
             name=f"{name}-{version}",
+            inline_rows=inline_rows(runtime.run_seconds),
         )
         return LoadedVersion(
             name=name,
@@ -720,3 +728,8 @@ def _check_named(
             f"model {', '.join(map(repr, missing))} is not in {repository.root} "
             f"(models: {', '.join(available) or 'none'})"
         )
+
+
+def inline_rows(run_seconds: dict[int, float]) -> int:
+    """The largest warmed batch size that runs within `INLINE_BUDGET_S` (0: none)."""
+    return max((size for size, s in run_seconds.items() if s <= INLINE_BUDGET_S), default=0)

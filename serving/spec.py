@@ -6,6 +6,7 @@ servicers touches protobuf messages on the hot path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,11 @@ class TensorSpec:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(DATATYPES[self.datatype])
+
+    @functools.cached_property
+    def wire_dtype(self) -> np.dtype:
+        """The element type of the protocol's raw bytes (little-endian `dtype`)."""
+        return self.dtype.newbyteorder("<")
 
     def shape_with_batch(self) -> list[int]:
         """The shape a request carries: -1 for the batch, then the dims (no batch: the dims)."""

@@ -98,19 +98,27 @@ def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferR
                 shared_memory=region,
             )
         )
-    outputs = [
-        RequestedOutput(
-            o.name, _classification(o.name, o.parameters), _shared_memory(o.name, o.parameters)
-        )
-        for o in request.outputs
-    ]
+    outputs = [_requested_output(o) for o in request.outputs]
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
         inputs=inputs,
         outputs=outputs,
-        timeout_us=_timeout(request.parameters),
+        timeout_us=_timeout(request.parameters) if request.parameters else 0,
+    )
+
+
+def _requested_output(
+    output: grpc_service_pb2.ModelInferRequest.InferRequestedOutputTensor,
+) -> RequestedOutput:
+    parameters = output.parameters
+    if not parameters:  # the common case: the output by name alone
+        return RequestedOutput(output.name)
+    return RequestedOutput(
+        output.name,
+        _classification(output.name, parameters),
+        _shared_memory(output.name, parameters),
     )
 
 

@@ -197,3 +197,49 @@ def test_a_deadline_that_passes_in_the_queue_is_answered_then_and_never_run():
     assert answered_after < 0.2, "answered only when the model was free, not at its deadline"
     np.testing.assert_array_equal(result, 2 * rows(1, 7) + 1)
     assert not any(((b == 500) | (b == 9)).any() for b in model.batches)
+
+
+class ThreadRecordingModel(RecordingModel):
+    """Also records the thread each batch runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(x)
+
+
+def test_small_batches_run_on_the_event_loop_and_still_batch():
+    """With `inline_rows`, batches that small run on the loop thread; requests that arrive
+    together still run together; a batch above the limit goes to the instance thread; a bad
+    request in an inline batch fails alone."""
+    model = ThreadRecordingModel()
+    stats = ModelStats("m", "1")
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=16, stats=stats, name="m", inline_rows=4)
+        batcher.start()
+        lone = await batcher.submit(rows(1, 0))
+        together = await asyncio.gather(*(batcher.submit(rows(1, 10 * i)) for i in range(3)))
+        large = await batcher.submit(rows(8, 100))
+        mixed = await asyncio.gather(
+            batcher.submit(rows(1, 1)), batcher.submit(-rows(1, 1)), return_exceptions=True
+        )
+        await batcher.close()
+        return lone, together, large, mixed
+
+    lone, together, large, mixed = run(main())
+    np.testing.assert_array_equal(lone, 2 * rows(1, 0) + 1)
+    for i, y in enumerate(together):
+        np.testing.assert_array_equal(y, 2 * rows(1, 10 * i) + 1)
+    np.testing.assert_array_equal(large, 2 * rows(8, 100) + 1)
+    np.testing.assert_array_equal(mixed[0], 2 * rows(1, 1) + 1)
+    assert isinstance(mixed[1], ValueError)
+    sizes = [len(b) for b in model.batches]
+    assert sizes == [1, 3, 8, 2, 1, 1], sizes  # the three arrived in one pass of the loop
+    assert model.threads[:2] == ["MainThread"] * 2
+    assert model.threads[2] == "infer-m-0"
+    assert model.threads[3:] == ["MainThread"] * 3  # the failed pair, then each alone
+    assert stats.execution_count == 3  # a failed batch is not an execution
