@@ -354,6 +354,8 @@ class DataPlane:
                 served.image_preprocess("Classify"),
                 max_pixels=self.limits.max_request_pixels,
                 deadline=deadline,
+                # A model exported with --input-dtype uint8 takes pixels: it normalises them.
+                as_pixels=served.spec.input.datatype == "UINT8",
             ),
         )
         # Look the model up again: a hot reload may have switched versions while decoding.

@@ -35,14 +35,18 @@ def images_to_batch(
     *,
     max_pixels: int | None = None,
     deadline: float | None = None,
+    as_pixels: bool = False,
 ) -> np.ndarray:
-    """Decode and preprocess images into one float32 `[N, C, H, W]` batch.
+    """Decode and preprocess images into one `[N, C, H, W]` batch: float32, or with
+    `as_pixels` the uint8 pixels a model exported with `--input-dtype uint8` scales and
+    normalises itself (`Preprocess.pixels`).
 
     Args:
         images: encoded PNG/JPEG files.
         preprocess: the model's preprocessing.
         max_pixels: most pixels (width x height, all images together) to decode (None: any).
         deadline: `time.monotonic()` after which the caller no longer waits (None: none).
+        as_pixels: stop before scaling and normalisation (uint8 pixels).
 
     Raises:
         InvalidInput: no images.
@@ -62,10 +66,11 @@ def images_to_batch(
                 max_pixels,
                 "--max-request-pixels",
             )
+    convert = preprocess.pixels if as_pixels else preprocess.apply
     arrays = []
     for index, image in enumerate(opened):
         check_deadline(deadline, f"after decoding {index} of {len(opened)} image(s)")
-        arrays.append(_guarded(index, lambda i: preprocess.apply(load_image(i)), image))
+        arrays.append(_guarded(index, lambda i: convert(load_image(i)), image))
     return np.stack(arrays)
 
 

@@ -385,6 +385,13 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
     parser.add_argument("--fp16", action="store_true", help="half-precision graph (FP32 in/out)")
     parser.add_argument(
+        "--input-dtype",
+        choices=("fp32", "uint8"),
+        default="fp32",
+        help="the graph's input: fp32 (the preprocessed image, the default) or uint8 (its "
+        "pixels after resize/crop/pad; scaling and normalisation in the graph: 4x fewer bytes)",
+    )
+    parser.add_argument(
         "--max-batch-size", type=int, default=64, help="max_batch_size (default 64)"
     )
     parser.add_argument("--data-dir", type=Path, help="dataset folder for the parity batch")
@@ -417,6 +424,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 weights=args.weights,
                 version=args.version,
                 fp16=args.fp16,
+                input_dtype=args.input_dtype,
                 max_batch_size=args.max_batch_size,
                 data_dir=args.data_dir,
                 skip_unchanged=args.skip_unchanged,
@@ -439,10 +447,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 if summary["precision"] == "fp32"
                 else f"top-1 agreement {parity['top1_agreement']:.3f}"
             )
+            dtype = ", uint8 input" if summary["input_dtype"] == "uint8" else ""
             print(
                 f"{summary['model']}: version {summary['version']} -> {summary['path']} "
-                f"({summary['precision']}, {figure} on {parity['n']} {parity['inputs']} inputs, "
-                f"{summary['seconds']:.1f}s)"
+                f"({summary['precision']}{dtype}, {figure} on {parity['n']} {parity['inputs']} "
+                f"inputs, {summary['seconds']:.1f}s)"
             )
         sys.stdout.flush()
     return 0

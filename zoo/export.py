@@ -6,6 +6,13 @@ One export builds the model with its weights, exports the ONNX graph (torch.onnx
 ONNX Runtime, and hands the files to the repository's `VersionWriter`, which makes the version
 appear whole or not at all (`cnnzoo.zoo.repository`).
 
+With `input_dtype="uint8"` the graph takes UINT8 pixels (N, C, H, W), the image after the
+geometric steps of the model's preprocessing (colour, resize, crop, pad; `Preprocess.pixels`),
+and does the rest inside: the cast, scaling to [0, 1] and normalisation, exactly as torchvision's
+`ToTensor` and `Normalize` do. A client then sends a quarter of the bytes. Its parity check
+feeds the graph the pixels of real test images and PyTorch the same images through the entry's
+torchvision preprocessing.
+
 With `skip_unchanged`, an export whose result the repository already holds writes nothing: the
 latest version counts as up to date when its manifest records the same source weights (sha256),
 the same precision and the same config.pbtxt and labels.txt, and its files still match their
@@ -51,6 +58,7 @@ from cnnzoo.zoo.repository import (
 __all__ = [
     "ExportOptions",
     "FP32_TOLERANCE",
+    "INPUT_DTYPES",
     "MAX_BATCH_SIZE",
     "export_model",
     "models_to_export",
@@ -61,6 +69,7 @@ FP32_TOLERANCE = 1e-4
 # The ONNX graph's batch axis goes up to this; config.pbtxt's max_batch_size may not exceed it.
 MAX_BATCH_SIZE = 4096
 _PARITY_BATCH = {32: 64, 224: 8}  # images per parity batch by input side (CPU time matters)
+INPUT_DTYPES = ("fp32", "uint8")
 
 
 @dataclass
@@ -75,6 +84,8 @@ class ExportOptions:
             ships none (an untrained export, recorded as such).
         version: the version to write; None means latest + 1.
         fp16: export a half-precision graph (inputs and outputs stay FP32).
+        input_dtype: "fp32" (the preprocessed image) or "uint8" (its pixels; the graph scales
+            and normalises them).
         max_batch_size: config.pbtxt `max_batch_size` (1 to `MAX_BATCH_SIZE`).
         data_dir: where the parity batch's dataset lives.
         skip_unchanged: write nothing when the model's latest version already holds this export
@@ -82,8 +93,8 @@ class ExportOptions:
             version, so it does not combine with `version`.
 
     Raises:
-        InvalidInput: a version below 1, a max_batch_size out of range, or `skip_unchanged`
-            together with `version`.
+        InvalidInput: a version below 1, a max_batch_size out of range, an unknown
+            input_dtype, or `skip_unchanged` together with `version`.
     """
 
     model: str
@@ -91,6 +102,7 @@ class ExportOptions:
     weights: str | os.PathLike[str] | None = None
     version: int | None = None
     fp16: bool = False
+    input_dtype: str = "fp32"
     max_batch_size: int = 64
     data_dir: Path | None = None
     skip_unchanged: bool = False
@@ -101,6 +113,10 @@ class ExportOptions:
             raise InvalidInput(
                 f"--max-batch-size must be between 1 and {MAX_BATCH_SIZE}, "
                 f"got {self.max_batch_size}"
+            )
+        if self.input_dtype not in INPUT_DTYPES:
+            raise InvalidInput(
+                f"--input-dtype must be one of {', '.join(INPUT_DTYPES)}, got {self.input_dtype!r}"
             )
         if self.version is not None and self.version < 1:
             raise InvalidInput(f"--version must be >= 1, got {self.version}")
@@ -132,10 +148,15 @@ def _parameters(entry: ZooEntry) -> dict[str, str]:
 
 
 def onnx_metadata(
-    entry: ZooEntry, source_sha256: str | None, precision: str, trained: bool
+    entry: ZooEntry,
+    source_sha256: str | None,
+    precision: str,
+    trained: bool,
+    input_dtype: str = "fp32",
 ) -> dict[str, str]:
     """`metadata_props` of the ONNX file: the config's parameters plus labels and provenance."""
     return {
+        "input_dtype": input_dtype,
         **_parameters(entry),
         "arch": entry.arch,
         "labels": json.dumps(list(entry.labels)),
@@ -182,6 +203,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
             num_classes=entry.num_classes,
             parameters=_parameters(entry),
             max_batch_size=options.max_batch_size,
+            input_dtype=options.input_dtype,
         )
     )
     labels = "".join(f"{label}\n" for label in entry.labels)
@@ -191,6 +213,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": entry.name,
         "precision": precision,
+        "input_dtype": options.input_dtype,
         "trained": trained,
         "source_weights_sha256": source_sha256,
     }
@@ -217,10 +240,13 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
             writer.folder / WEIGHTS_FILE,
             {"zoo_entry": entry.name, "source_weights_sha256": source_sha256 or ""},
         )
-        batch, inputs_kind = _parity_batch(entry, options.data_dir)
+        batch, pixels, inputs_kind = _parity_batch(entry, options.data_dir)
+        graph_input = pixels if options.input_dtype == "uint8" else batch
         onnx_path = writer.folder / ONNX_FILE
-        _write_onnx(entry, model, batch[:2], onnx_path, options.fp16, source_sha256, trained)
-        parity = _parity(entry, model, onnx_path, batch, inputs_kind, fp16=options.fp16)
+        _write_onnx(entry, model, graph_input[:2], onnx_path, options, source_sha256, trained)
+        parity = _parity(
+            entry, model, onnx_path, batch, graph_input, inputs_kind, fp16=options.fp16
+        )
         writer.commit(
             zoo_entry=entry.name,
             arch=entry.arch,
@@ -253,20 +279,39 @@ class HalfPrecision(nn.Module):
         return self.inner(x.half()).float()
 
 
+class Uint8Pixels(nn.Module):
+    """UINT8 pixels in: the cast, scaling and normalisation of the preprocessing in the graph,
+    with torchvision's arithmetic (`ToTensor`'s x / 255, then `Normalize`'s (x - mean) / std)."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.inner = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner((x.float() / 255.0 - self.mean) / self.std)
+
+
 def _write_onnx(
     entry: ZooEntry,
     model: nn.Module,
     example: torch.Tensor,
     path: Path,
-    fp16: bool,
+    options: ExportOptions,
     source_sha256: str | None,
     trained: bool,
 ) -> None:
     """model.onnx with its metadata_props, checked by `onnx.checker`."""
-    _export_onnx(model, example, path, fp16=fp16)
+    module: nn.Module = HalfPrecision(model) if options.fp16 else model
+    if options.input_dtype == "uint8":
+        module = Uint8Pixels(module, entry.preprocess.mean, entry.preprocess.std)
+    _export_onnx(module, example, path)
     proto = onnx.load(str(path))
-    precision = "fp16" if fp16 else "fp32"
-    onnx.helper.set_model_props(proto, onnx_metadata(entry, source_sha256, precision, trained))
+    metadata = onnx_metadata(
+        entry, source_sha256, options.precision, trained, input_dtype=options.input_dtype
+    )
+    onnx.helper.set_model_props(proto, metadata)
     proto.doc_string = f"cnnzoo {entry.name}: {entry.architecture}"
     onnx.save(proto, str(path))
     try:
@@ -275,9 +320,8 @@ def _write_onnx(
         raise IntegrityError(f"{entry.name}: the exported ONNX graph is invalid: {err}") from None
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, fp16: bool) -> None:
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch.onnx (torch.export-based) export with a dynamic batch axis, weights inside the file."""
-    module: nn.Module = HalfPrecision(model) if fp16 else model
     module.eval()
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
         program = torch.onnx.export(
@@ -293,18 +337,38 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, fp16: b
         program.save(str(path), external_data=False)
 
 
-def _parity_batch(entry: ZooEntry, data_dir: Path | None) -> tuple[torch.Tensor, str]:
-    """A batch of the entry's test set; seeded random input where the dataset is not available."""
+def _parity_batch(entry: ZooEntry, data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Images of the entry's test set (seeded random images where it is not available), as
+    PyTorch's preprocessing gives them (float) and as their pixels (uint8, see
+    `Preprocess.pixels`)."""
+    from PIL import Image
+
     count = _PARITY_BATCH.get(entry.input_shape[-1], 8)
+    preprocess = entry.preprocess
+    images, kind = [], "random"
     try:
-        data = entry.open_dataset("test", data_dir=data_dir)
+        data = entry.open_dataset("test", data_dir=data_dir, transform=_as_is)
         if len(data) >= 2:
-            images = [data[i][0] for i in range(min(count, len(data)))]
-            return torch.stack(images), "dataset"
+            images, kind = [data[i][0] for i in range(min(count, len(data)))], "dataset"
     except (DatasetNotFound, InvalidInput):
         pass  # e.g. no ImageNet here, or a run's image folder gone: random input instead
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(count, *entry.input_shape, generator=generator), "random"
+    if not images:
+        generator = np.random.default_rng(0)
+        side = max(preprocess.input_size)
+        mode = preprocess.colour
+        shape = (side, side) if mode == "L" else (side, side, 3)
+        images = [
+            Image.fromarray(generator.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+            for _ in range(count)
+        ]
+    transform = preprocess.torch_transform()
+    batch = torch.stack([transform(image) for image in images])
+    pixels = torch.from_numpy(np.stack([preprocess.pixels(image) for image in images]))
+    return batch, pixels, kind
+
+
+def _as_is(image: Any) -> Any:
+    return image
 
 
 def _parity(
@@ -312,16 +376,19 @@ def _parity(
     model: nn.Module,
     onnx_path: Path,
     batch: torch.Tensor,
+    graph_input: torch.Tensor,
     inputs_kind: str,
     *,
     fp16: bool,
 ) -> dict[str, Any]:
-    """ONNX Runtime vs PyTorch on `batch` (and on a single image, exercising the batch axis)."""
+    """ONNX Runtime on `graph_input` (the images as the graph takes them) vs PyTorch on
+    `batch` (the same images through PyTorch's preprocessing), and on a single image,
+    exercising the batch axis."""
     with torch.inference_mode():
         reference = model(batch).numpy()
     session = _session(onnx_path, fp16)
-    outputs = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
-    single = session.run([OUTPUT_NAME], {INPUT_NAME: batch[:1].numpy()})[0]
+    outputs = session.run([OUTPUT_NAME], {INPUT_NAME: graph_input.numpy()})[0]
+    single = session.run([OUTPUT_NAME], {INPUT_NAME: graph_input[:1].numpy()})[0]
     if outputs.shape != reference.shape or single.shape != (1, entry.num_classes):
         raise IntegrityError(
             f"{entry.name}: ONNX output shapes {outputs.shape}/{single.shape} do not match "

@@ -84,6 +84,14 @@ class Preprocess:
         Returns:
             float32 array of shape (C, H, W) with H, W = `input_size`.
         """
+        return self.normalise(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The geometric steps only (colour, resize, crop, pad): uint8 array (C, H, W).
+
+        What a model exported with `--input-dtype uint8` takes: it scales and normalises
+        inside its graph.
+        """
         from PIL import Image as PILImage
 
         image = image.convert(self.colour)
@@ -100,7 +108,11 @@ class Preprocess:
         if self.pad:
             p = self.pad
             pixels = np.pad(pixels, ((p, p), (p, p), (0, 0)), mode="constant", constant_values=0)
-        array = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (C, H, W) pixels to the model's float32 input: [0, 1], then mean and std."""
+        array = pixels.astype(np.float32) / np.float32(255.0)
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
         return np.ascontiguousarray((array - mean) / std, dtype=np.float32)

@@ -110,12 +110,15 @@ def build_config(
     num_classes: int,
     parameters: Mapping[str, str],
     max_batch_size: int,
+    input_dtype: str = "fp32",
 ) -> model_config_pb2.ModelConfig:
-    """The ModelConfig of a classifier: one FP32 input of `input_dims` (no batch axis), FP32
-    logits with the label file, dynamic batching, and `parameters` as string parameters."""
+    """The ModelConfig of a classifier: one input of `input_dims` (no batch axis; FP32, or
+    UINT8 pixels with `input_dtype="uint8"`), FP32 logits with the label file, dynamic
+    batching, and `parameters` as string parameters."""
     pb = model_config_pb2
     config = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
-    config.input.add(name=INPUT_NAME, data_type=pb.TYPE_FP32, dims=list(input_dims))
+    data_type = {"fp32": pb.TYPE_FP32, "uint8": pb.TYPE_UINT8}[input_dtype]
+    config.input.add(name=INPUT_NAME, data_type=data_type, dims=list(input_dims))
     config.output.add(
         name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE
     )

@@ -267,6 +267,7 @@ def test_an_uncommitted_version_leaves_nothing_behind(tmp_path):
         ({"max_batch_size": 5000}, "--max-batch-size must be between 1 and 4096"),
         ({"version": 0}, "--version must be >= 1"),
         ({"version": 2, "skip_unchanged": True}, "--skip-unchanged"),
+        ({"input_dtype": "int8"}, "--input-dtype must be one of fp32, uint8, got 'int8'"),
     ],
 )
 def test_export_options_are_checked_when_made(tmp_path, options, problem):
@@ -293,3 +294,45 @@ def test_skip_unchanged_beside_a_version_without_manifest(exported_lenet, traine
     )  # fmt: skip
     assert (summary["version"], summary["skipped"]) == (3, False)
     assert sorted(p.name for p in plain.iterdir()) == ["model.onnx"]
+
+
+def test_uint8_export_normalises_real_images_inside_the_graph(trained_lenet, tmp_path, data_dir):
+    """`--input-dtype uint8`: the graph takes the pixels after resize/crop/pad and gives what
+    PyTorch gives on the same real images through torchvision's preprocessing."""
+    _, run = trained_lenet
+    summary = export_model(
+        ExportOptions(
+            model="lenet5-mnist",
+            repository=tmp_path,
+            weights=run / "model.safetensors",
+            input_dtype="uint8",
+        )
+    )
+    assert summary["input_dtype"] == "uint8" and summary["parity"]["inputs"] == "dataset"
+    assert summary["parity"]["max_abs_diff"] <= 1e-4
+    model_dir = tmp_path / "lenet5-mnist"
+    config = text_format.Parse(
+        (model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.input[0].data_type == model_config_pb2.TYPE_UINT8
+    assert list(config.input[0].dims) == [1, 32, 32]
+    assert config.output[0].data_type == model_config_pb2.TYPE_FP32
+    proto = onnx.load(str(model_dir / "1" / "model.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert {p.key: p.value for p in proto.metadata_props}["input_dtype"] == "uint8"
+
+    entry = zoo.get_entry("lenet5-mnist")
+    images = get_dataset("mnist", "test", data_dir=data_dir, transform=lambda image: image)
+    chosen = [images[i][0] for i in range(200, 233)]
+    pixels = np.stack([entry.preprocess.pixels(image) for image in chosen])
+    assert pixels.dtype == np.uint8 and pixels.shape == (33, 1, 32, 32)
+    transform = entry.preprocess.torch_transform()
+    model = zoo.build_model("lenet5-mnist", weights=run / "model.safetensors")
+    with torch.inference_mode():
+        expected = model(torch.stack([transform(image) for image in chosen])).numpy()
+    session = ort.InferenceSession(
+        str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    got = session.run(["logits"], {"input": pixels})[0]
+    assert np.max(np.abs(got - expected)) <= 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
