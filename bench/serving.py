@@ -1,29 +1,37 @@
-"""Serving benchmark: gRPC through `cnnzoo serve` against the in-process ONNX Runtime loop.
+"""Serving benchmark: `cnnzoo serve` against a bare grpc.aio server and in-process ONNX Runtime.
 
-Parts (each with its in-process reference measured in the same run):
-  1. lenet5-mnist, batch-1 requests at concurrency 1, 4, 16: req/s, p50, p99.
-  2. resnet18-imagenet, 224px batch-8 requests: img/s through gRPC vs in process (target >= 0.9).
-  3. resnet18-imagenet, 32 concurrent batch-1 clients: dynamic batching on vs off (target >= 1.5x).
-  4. (CUDA only) resnet50-imagenet fp16: img/s at batch 1, 8, 64 through gRPC vs in process.
+Every figure has its reference measured in the same run, on the same machine, with the same load
+generator: Triton's perf_analyzer (C++, so it costs the shared cores less than a Python client)
+unless the row says otherwise. The bare server (bench/bare_server.py) wraps the very ONNX Runtime
+session cnnzoo builds and nothing else: it is the floor for what serving over gRPC costs.
 
-The load generator is an asyncio gRPC client (grpc.aio) in this process; the server runs in a
-subprocess. With `--perf-analyzer PATH` part 1 is also measured with NVIDIA's perf_analyzer (a
-C++ client that costs the shared cores less). Prints a markdown table and writes JSON named by
-its conditions to bench/results/.
+Parts (targets are for a 2-core CPU, where server and load generator share the cores):
+  1. lenet5-mnist, batch-1 unary requests at concurrency 1, 4, 16: cnnzoo and the bare server
+     (target at c4: cnnzoo >= 0.95x the bare server's req/s); also the grpc.aio Python client.
+  2. lenet5-mnist, batch 1, concurrency 4: `--streaming` (target >= 2.0x the bare server's unary
+     req/s) and the REST API with JSON and with binary tensors (`-i http`).
+  3. resnet18-imagenet, 224 px, batch 8: in-process ONNX Runtime; gRPC with the tensor in the
+     request; `--shared-memory system` (target >= 0.97x in-process); REST binary (target >= 0.8x
+     gRPC); uint8 images (`--input-dtype uint8` export: 4x fewer bytes) against fp32.
+  4. resnet18-imagenet, 32 concurrent batch-1 clients (grpc.aio): dynamic batching on vs off.
+  5. (CUDA only) resnet50-imagenet fp16: img/s at batch 1, 8, 64 through gRPC vs in process.
 
-    python bench/serving.py                       # exports what it needs into a temp repository
-    python bench/serving.py --repository model_repository --seconds 10
-    python bench/serving.py --parts 1 --perf-analyzer /opt/pa/perf_analyzer \
-        --perf-analyzer-libs /opt/pa/lib          # LD_LIBRARY_PATH for libb64 / libcudart.so.12
+Prints a markdown table and writes JSON named by its conditions to bench/results/.
+
+    python bench/serving.py                          # exports what it needs into a temp repository
+    python bench/serving.py --repository model_repository --seconds 10 --parts 1,2
+    python bench/serving.py --perf-analyzer /opt/triton/bin/perf_analyzer  # default: .tools/bin
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,6 +56,7 @@ def free_port() -> int:
 
 
 def export(repository: Path, model: str, *extra: str) -> None:
+    """`cnnzoo export` into `repository` unless the model is there."""
     if (repository / model / "config.pbtxt").is_file():
         return
     print(f"exporting {model} into {repository} ...", file=sys.stderr, flush=True)
@@ -58,32 +67,49 @@ def export(repository: Path, model: str, *extra: str) -> None:
 
 
 @contextmanager
-def server(repository: Path, models: list[str], device: str, *extra: str):
-    """`cnnzoo serve` in a subprocess; yields its host:port once the models are loaded."""
-    port = free_port()
+def process(args: list[str], ready: str = "serving on"):
+    """A server subprocess; returns once it printed `ready`."""
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in the finally below
-    args = [sys.executable, "-m", "cnnzoo", "serve", "--repository", str(repository),
-            "--port", str(port), "--metrics-port", "-1", "--device", device,
-            "--log-level", "WARNING", *extra]  # fmt: skip
-    for model in models:
-        args += ["--model", model]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while True:
             log.seek(0)
             text = log.read()
-            if "serving on" in text:
+            if ready in text:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{text}")
             time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield proc
     finally:
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+@contextmanager
+def server(repository: Path, models: list[str], device: str, *extra: str):
+    """`cnnzoo serve` in a subprocess; yields (gRPC host:port, REST host:port) once it is ready."""
+    port, http_port = free_port(), free_port()
+    args = [sys.executable, "-m", "cnnzoo", "serve", "--repository", str(repository),
+            "--port", str(port), "--http-port", str(http_port), "--metrics-port", "-1",
+            "--device", device, "--log-level", "WARNING", *extra]  # fmt: skip
+    for model in models:
+        args += ["--model", model]
+    with process(args):
+        yield f"127.0.0.1:{port}", f"127.0.0.1:{http_port}"
+
+
+@contextmanager
+def bare_server(repository: Path, model: str, device: str):
+    """bench/bare_server.py on `model`; yields its host:port."""
+    port = free_port()
+    args = [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(repository / model),
+            "--port", str(port), "--device", device]  # fmt: skip
+    with process(args):
+        yield f"127.0.0.1:{port}"
 
 
 def summarise(latencies: list[float], seconds: float, rows_per_request: int) -> dict:
@@ -116,7 +142,8 @@ def infer_request(model: str, x: np.ndarray):
 
 def grpc_load(target: str, model: str, x: np.ndarray, concurrency: int, seconds: float,
               warmup: float) -> dict:  # fmt: skip
-    """Closed-loop load: `concurrency` callers, each sending the next request when answered."""
+    """Closed-loop load: `concurrency` grpc.aio callers, each sending the next request when
+    answered."""
     import grpc
 
     from cnnzoo.protos import grpc_service_pb2_grpc
@@ -185,33 +212,48 @@ def in_process_load(model_path: Path, device: str, x: np.ndarray, concurrency: i
     return summarise([t for out in latencies for t in out], seconds, len(x))
 
 
-def perf_analyzer_load(binary: str, libs: str, target: str, model: str, concurrency: int,
-                       seconds: float) -> dict:  # fmt: skip
-    """perf_analyzer's closed loop at one concurrency (its CSV report, latencies in usec)."""
-    import csv
+class PerfAnalyzer:
+    """Triton's perf_analyzer: one closed-loop measurement per call (its CSV report)."""
 
-    with tempfile.TemporaryDirectory() as folder:
-        report = Path(folder) / "report.csv"
-        env = dict(os.environ)
-        if libs:
-            env["LD_LIBRARY_PATH"] = libs + os.pathsep + env.get("LD_LIBRARY_PATH", "")
-        subprocess.run(
-            [binary, "-m", model, "-i", "grpc", "-u", target, "-b", "1",
-             "--concurrency-range", f"{concurrency}:{concurrency}",
-             "--measurement-interval", str(int(seconds * 1000)),
-             "--stability-percentage", "30", "--max-trials", "8", "-f", str(report)],
-            check=True, env=env, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        with open(report) as handle:
-            (line,) = list(csv.DictReader(handle))
-    rate = float(line["Inferences/Second"])
-    return {
-        "requests": None,
-        "req_per_s": rate,
-        "img_per_s": rate,
-        "p50_ms": float(line["p50 latency"]) / 1000,
-        "p99_ms": float(line["p99 latency"]) / 1000,
-    }
+    def __init__(self, binary: str, seconds: float) -> None:
+        self.binary = binary
+        self.interval_ms = int(seconds * 1000)
+
+    def __call__(self, url: str, model: str, batch: int, concurrency: int, *flags: str) -> dict:
+        for stability in ("30", "100"):  # a loaded machine may never look stable at 30 %
+            with tempfile.TemporaryDirectory() as folder:
+                report = Path(folder) / "report.csv"
+                result = subprocess.run(
+                    [self.binary, "-m", model, "-u", url, "-b", str(batch),
+                     "--concurrency-range", f"{concurrency}:{concurrency}",
+                     "--measurement-interval", str(self.interval_ms),
+                     "--stability-percentage", stability, "--max-trials", "6",
+                     "-f", str(report), *flags],
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                if result.returncode == 0 and report.is_file():
+                    with open(report) as handle:
+                        (line,) = list(csv.DictReader(handle))
+                    break
+        else:
+            raise RuntimeError(f"perf_analyzer failed:\n{result.stdout}\n{result.stderr}")
+        rate = float(line["Inferences/Second"])
+        return {
+            "requests": None,
+            "req_per_s": rate / batch,
+            "img_per_s": rate,
+            "p50_ms": float(line["p50 latency"]) / 1000,
+            "p99_ms": float(line["p99 latency"]) / 1000,
+        }
+
+
+def find_perf_analyzer(given: str | None) -> str:
+    for candidate in (given, str(ROOT / ".tools" / "bin" / "perf_analyzer"), "perf_analyzer"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise SystemExit(
+        "perf_analyzer not found: run scripts/install_perf_analyzer.sh or pass --perf-analyzer"
+    )
 
 
 def conditions(device: str) -> dict:
@@ -230,7 +272,8 @@ def conditions(device: str) -> dict:
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "grpcio": grpc.__version__,
-        "load_generator": "grpc.aio closed loop, same machine",
+        "load_generator": "perf_analyzer 2.51.0 (rows marked grpc.aio: a Python client), "
+        "same machine",
     }
 
 
@@ -240,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per row")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time per row")
-    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="which parts to run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the ratio rows")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--perf-analyzer", help="perf_analyzer binary (part 1, optional)")
-    parser.add_argument("--perf-analyzer-libs", default="", help="its LD_LIBRARY_PATH")
+    parser.add_argument("--perf-analyzer", help="perf_analyzer binary (default: .tools/bin)")
     args = parser.parse_args(argv)
     parts = {int(p) for p in args.parts.split(",")}
+    pa = PerfAnalyzer(find_perf_analyzer(args.perf_analyzer), args.seconds)
 
     temp = None
     repository = args.repository
@@ -259,89 +303,156 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     seconds, warmup = args.seconds, args.warmup
 
-    def row(part: str, model: str, batch: int, concurrency: int, path: str, r: dict) -> dict:
+    def row(part: str, model: str, batch: int, concurrency: int, path: str, r: dict,
+            ratio: float | None = None, ratio_of: str = "", target: str = "") -> dict:  # fmt: skip
         # The machine's 1-minute load average when the row finished: other work on the same
         # cores (the client included) shows up here and explains noisy rows.
         entry = {"part": part, "model": model, "batch": batch, "concurrency": concurrency,
-                 "path": path, **r, "load_1min": os.getloadavg()[0]}  # fmt: skip
+                 "path": path, **r, "ratio": ratio, "ratio_of": ratio_of, "target": target,
+                 "load_1min": os.getloadavg()[0]}  # fmt: skip
         rows.append(entry)
         print(f"  {part} {model} b{batch} c{concurrency} {path}: {r['req_per_s']:.0f} req/s "
-              f"{r['img_per_s']:.0f} img/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms",
+              f"{r['img_per_s']:.0f} img/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms"
+              + (f" ratio {ratio:.2f} ({ratio_of})" if ratio is not None else ""),
               file=sys.stderr, flush=True)  # fmt: skip
         return entry
 
-    if 1 in parts:
+    def rounds(measure: dict) -> dict[str, dict]:
+        """Each measurement `args.rounds` times, interleaved so that other load on the machine
+        hits all of them alike; the median of each."""
+        results: dict[str, list[dict]] = {key: [] for key in measure}
+        for _ in range(args.rounds):
+            for key, run in measure.items():
+                results[key].append(run())
+        return {key: median(values) for key, values in results.items()}
+
+    bare_unary: dict[int, dict] = {}
+    if parts & {1, 2}:
         export(repository, LENET)
         x = rng.standard_normal((1, 1, 32, 32)).astype(np.float32)
-        onnx = repository / LENET / "1" / "model.onnx"
-        with server(repository, [LENET], device) as target:
+        with (
+            server(repository, [LENET], device) as (target, _),
+            bare_server(repository, LENET, device) as bare,
+        ):
+            for c in (1, 4, 16) if 1 in parts else (4,):
+                measured = rounds(
+                    {
+                        "cnnzoo": lambda c=c: pa(target, LENET, 1, c, "-i", "grpc"),
+                        "bare": lambda c=c: pa(bare, LENET, 1, c, "-i", "grpc"),
+                    }
+                )
+                bare_unary[c] = row("1", LENET, 1, c, "grpc, bare server", measured["bare"])
+                ours = measured["cnnzoo"]
+                row("1", LENET, 1, c, "grpc", ours, ours["req_per_s"] / bare_unary[c]["req_per_s"],
+                    "cnnzoo / bare", ">= 0.95" if c == 4 else "")  # fmt: skip
+                if 1 in parts:
+                    row("1", LENET, 1, c, "grpc (grpc.aio client)",
+                        grpc_load(target, LENET, x, c, seconds, warmup))  # fmt: skip
+        if 1 in parts:
+            onnx = repository / LENET / "1" / "model.onnx"
             for c in (1, 4, 16):
-                row("1", LENET, 1, c, "grpc", grpc_load(target, LENET, x, c, seconds, warmup))
-                if args.perf_analyzer:
-                    pa = perf_analyzer_load(
-                        args.perf_analyzer, args.perf_analyzer_libs, target, LENET, c, seconds
-                    )
-                    row("1", LENET, 1, c, "grpc (perf_analyzer)", pa)
-        for c in (1, 4, 16):
-            local = in_process_load(onnx, device, x, c, seconds, warmup)
-            row("1", LENET, 1, c, "in-process", local)
+                row("1", LENET, 1, c, "in-process", in_process_load(onnx, device, x, c, seconds,
+                                                                    warmup))  # fmt: skip
 
-    if parts & {2, 3}:
+    if 2 in parts:
+        with server(repository, [LENET], device) as (target, rest):
+            measured = rounds(
+                {
+                    "stream": lambda: pa(target, LENET, 1, 4, "-i", "grpc", "--streaming"),
+                    "json": lambda: pa(
+                        rest,
+                        LENET,
+                        1,
+                        4,
+                        "-i",
+                        "http",
+                        "--input-tensor-format",
+                        "json",
+                        "--output-tensor-format",
+                        "json",
+                    ),  # fmt: skip
+                    "binary": lambda: pa(rest, LENET, 1, 4, "-i", "http"),
+                }
+            )
+        floor = bare_unary[4]["req_per_s"]
+        stream = measured["stream"]
+        row("2", LENET, 1, 4, "grpc --streaming", stream, stream["req_per_s"] / floor,
+            "streaming / bare unary", ">= 2.0")  # fmt: skip
+        row("2", LENET, 1, 4, "REST, JSON tensors", measured["json"],
+            measured["json"]["req_per_s"] / floor, "REST / bare unary gRPC")  # fmt: skip
+        row("2", LENET, 1, 4, "REST, binary tensors", measured["binary"],
+            measured["binary"]["req_per_s"] / floor, "REST / bare unary gRPC")  # fmt: skip
+
+    if parts & {3, 4}:
         export(repository, RESNET18)
         onnx = repository / RESNET18 / "1" / "model.onnx"
         long = max(seconds, 8.0)  # resnet18 requests take 30-300 ms each on a small CPU
-        if 2 in parts:
-            # Rounds alternate gRPC and in-process so that other load on the machine hits both.
-            x = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
-            rounds: dict[str, list[dict]] = {"grpc c1": [], "grpc c2": [], "local": []}
-            with server(repository, [RESNET18], device) as target:
-                for _ in range(3):
-                    rounds["grpc c1"].append(grpc_load(target, RESNET18, x, 1, seconds, warmup))
-                    rounds["grpc c2"].append(grpc_load(target, RESNET18, x, 2, seconds, warmup))
-                    rounds["local"].append(in_process_load(onnx, device, x, 1, seconds, warmup))
-            local = row("2", RESNET18, 8, 1, "in-process", median(rounds["local"]))
-            for key, concurrency in (("grpc c1", 1), ("grpc c2", 2)):
-                g = row("2", RESNET18, 8, concurrency, "grpc", median(rounds[key]))
-                g["ratio_vs_in_process"] = g["img_per_s"] / local["img_per_s"]
-        if 3 in parts:
-            x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-            with server(repository, [RESNET18], device) as target:
-                on = row("3", RESNET18, 1, 32, "grpc batching on",
-                         grpc_load(target, RESNET18, x, 32, long, warmup * 3))  # fmt: skip
-            with server(repository, [RESNET18], device, "--no-batching") as target:
-                off = row("3", RESNET18, 1, 32, "grpc batching off",
-                          grpc_load(target, RESNET18, x, 32, long, warmup * 3))  # fmt: skip
-            single = in_process_load(onnx, device, x, 1, long, warmup)
-            row("3", RESNET18, 1, 1, "in-process", single)
-            x32 = np.repeat(x, 32, axis=0)
-            row(
-                "3",
-                RESNET18,
-                32,
-                1,
-                "in-process",
-                in_process_load(onnx, device, x32, 1, long, warmup),
+    if 3 in parts:
+        repo_u8 = repository / "uint8"  # a model's versions share one config: another repository
+        export(repo_u8, RESNET18, "--input-dtype", "uint8")
+        x = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
+        with (
+            server(repository, [RESNET18], device) as (target, rest),
+            server(repo_u8, [RESNET18], device) as (target_u8, _),
+        ):
+            measured = rounds(
+                {
+                    "local": lambda: in_process_load(onnx, device, x, 1, long, warmup),
+                    "grpc": lambda: pa(target, RESNET18, 8, 1, "-i", "grpc"),
+                    "shm": lambda: pa(
+                        target, RESNET18, 8, 1, "-i", "grpc", "--shared-memory", "system"
+                    ),  # fmt: skip
+                    "rest": lambda: pa(rest, RESNET18, 8, 1, "-i", "http"),
+                    "uint8": lambda: pa(target_u8, RESNET18, 8, 1, "-i", "grpc"),
+                }
             )
-            on["ratio_on_vs_off"] = on["img_per_s"] / off["img_per_s"]
+        local = row("3", RESNET18, 8, 1, "in-process", measured["local"])
+        grpc_row = measured["grpc"]
+        row("3", RESNET18, 8, 1, "grpc, fp32 tensor in the request", grpc_row,
+            grpc_row["img_per_s"] / local["img_per_s"], "gRPC / in-process")  # fmt: skip
+        row("3", RESNET18, 8, 1, "grpc, --shared-memory system", measured["shm"],
+            measured["shm"]["img_per_s"] / local["img_per_s"], "shared memory / in-process",
+            ">= 0.97")  # fmt: skip
+        row("3", RESNET18, 8, 1, "REST, binary tensors", measured["rest"],
+            measured["rest"]["img_per_s"] / grpc_row["img_per_s"], "REST / gRPC",
+            ">= 0.8")  # fmt: skip
+        row("3", RESNET18, 8, 1, "grpc, uint8 pixels in the request", measured["uint8"],
+            measured["uint8"]["img_per_s"] / grpc_row["img_per_s"], "uint8 / fp32")  # fmt: skip
 
-    if 4 in parts and device == "cuda":
+    if 4 in parts:
+        x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+        with server(repository, [RESNET18], device) as (target, _):
+            on = grpc_load(target, RESNET18, x, 32, long, warmup * 3)
+        with server(repository, [RESNET18], device, "--no-batching") as (target, _):
+            off = row("4", RESNET18, 1, 32, "grpc.aio, batching off",
+                      grpc_load(target, RESNET18, x, 32, long, warmup * 3))  # fmt: skip
+        row("4", RESNET18, 1, 32, "grpc.aio, batching on", on,
+            on["img_per_s"] / off["img_per_s"], "batching on / off")  # fmt: skip
+        row("4", RESNET18, 1, 1, "in-process", in_process_load(onnx, device, x, 1, long, warmup))
+        x32 = np.repeat(x, 32, axis=0)
+        row("4", RESNET18, 32, 1, "in-process",
+            in_process_load(onnx, device, x32, 1, long, warmup))  # fmt: skip
+
+    if 5 in parts and device == "cuda":
         repo16 = repository / "fp16"
         export(repo16, RESNET50, "--fp16")
         onnx = repo16 / RESNET50 / "1" / "model.onnx"
-        with server(repo16, [RESNET50], device) as target:
+        with server(repo16, [RESNET50], device) as (target, _):
             for batch in (1, 8, 64):
                 x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
-                row("4", f"{RESNET50} fp16", batch, 2, "grpc",
-                    grpc_load(target, RESNET50, x, 2, seconds, warmup))  # fmt: skip
-                row("4", f"{RESNET50} fp16", batch, 1, "in-process",
-                    in_process_load(onnx, device, x, 1, seconds, warmup))  # fmt: skip
+                local = row("5", f"{RESNET50} fp16", batch, 1, "in-process",
+                            in_process_load(onnx, device, x, 1, seconds, warmup))  # fmt: skip
+                ours = pa(target, RESNET50, batch, 2, "-i", "grpc", "--shared-memory", "system")
+                row("5", f"{RESNET50} fp16", batch, 2, "grpc, --shared-memory system", ours,
+                    ours["img_per_s"] / local["img_per_s"], "gRPC / in-process")  # fmt: skip
 
     table = markdown(rows, info)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     name = (f"serving_{info['device']}-{info['cores']}cores_{info['provider']}_{info['precision']}"
             f"_ort{info['onnxruntime']}_grpc{info['grpcio']}.json")  # fmt: skip
-    document = {"conditions": info, "seconds_per_row": seconds, "rows": rows, "table": table}
+    document = {"conditions": info, "seconds_per_row": seconds, "rounds": args.rounds,
+                "rows": rows, "table": table}  # fmt: skip
     (args.out / name).write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {args.out / name}", file=sys.stderr)
     if temp is not None:
@@ -356,16 +467,15 @@ def markdown(rows: list[dict], info: dict) -> str:
         f"load: {info['load_generator']}",
         "",
         "| part | model | batch | concurrency | path | req/s | img/s | p50 ms | p99 ms | ratio "
-        "| load |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| target | load |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in rows:
-        ratio = r.get("ratio_vs_in_process", r.get("ratio_on_vs_off"))
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f} ({r['ratio_of']})"
         lines.append(
             f"| {r['part']} | {r['model']} | {r['batch']} | {r['concurrency']} | {r['path']} | "
             f"{r['req_per_s']:.0f} | {r['img_per_s']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} | "
-            f"{r['load_1min']:.1f} |"
+            f"{r['p99_ms']:.2f} | {ratio} | {r.get('target', '')} | {r['load_1min']:.1f} |"
         )
     return "\n".join(lines)
 
