@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cnnzoo.errors import DatasetNotFound, InvalidInput
+from cnnzoo.zoo.image_folders import open_split
 
 __all__ = [
     "DATASETS",
@@ -36,6 +37,7 @@ __all__ = [
     "check_dataset_name",
     "dataset_source",
     "get_dataset",
+    "named_dataset_card",
     "resolve_data_dir",
 ]
 
@@ -124,8 +126,6 @@ def get_dataset(
         InvalidInput: an unknown split or dataset, or a malformed image folder.
     """
     from torchvision import datasets, transforms
-
-    from cnnzoo.zoo.image_folders import open_split
 
     transform = transform if transform is not None else transforms.ToTensor()
     root = resolve_data_dir(data_dir)
@@ -348,3 +348,17 @@ def dataset_source(name: str, data_dir: str | os.PathLike[str] | None = None) ->
     else:
         info["source"] = None
     return info
+
+
+def named_dataset_card(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A model card's `dataset` section for a named dataset's train and test splits (which copy
+    it is, see `dataset_source`; the trainer adds the counts)."""
+    source = dataset_source(name, data_dir)
+    return {
+        "name": name,
+        "train_split": "train",
+        "test_split": "test",
+        "folder": source["folder"],
+        "source": source["source"],
+        "source_sha256": source.get("source_sha256"),
+    }

@@ -27,8 +27,8 @@ from cnnzoo.zoo.datasets import (
     NAMED_DATASETS,
     channel_stats,
     check_dataset_name,
-    dataset_source,
     get_dataset,
+    named_dataset_card,
 )
 from cnnzoo.zoo.image_folders import FolderDataset, find_layout, scan, stratified_split
 from cnnzoo.zoo.preprocess import Preprocess
@@ -36,7 +36,7 @@ from cnnzoo.zoo.recipe import Recipe
 from cnnzoo.zoo.registry import ZooEntry, get_entry, list_models
 from cnnzoo.zoo.repository import MODEL_NAME
 
-__all__ = ["DataPlan", "default_run_name", "fit_preprocess", "plan_run"]
+__all__ = ["DataPlan", "check_run_name", "default_run_name", "fit_preprocess", "plan_run"]
 
 log = logging.getLogger(__name__)
 
@@ -220,17 +220,7 @@ def _read_named(
     colour, side = _NAMED[name]
     mean, std = channel_stats(train_set)
     labels = [str(d) for d in range(10)] if name == "mnist" else list(train_set.classes)
-    source = dataset_source(name, data_dir)
-    card = {
-        "name": name,
-        "train_split": "train",
-        "test_split": "test",
-        "folder": source["folder"],
-        "source": source["source"],
-        "source_sha256": source.get("source_sha256"),
-        "val_split": None,
-        "split_seed": 0,
-    }
+    card = {**named_dataset_card(name, data_dir), "val_split": None, "split_seed": 0}
     preprocess = fit_preprocess(arch, colour, side, input_size, mean, std)
     return _Data(tuple(labels), preprocess, train_set, test_set, card)
 

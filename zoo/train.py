@@ -49,7 +49,7 @@ from cnnzoo.zoo.checkpoints import (
     save_train_state,
     save_weights,
 )
-from cnnzoo.zoo.datasets import NAMED_DATASETS, dataset_source
+from cnnzoo.zoo.datasets import NAMED_DATASETS, named_dataset_card
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
 from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
@@ -277,15 +277,7 @@ def _plan(options: TrainOptions, saved: dict[str, Any] | None) -> _Plan:
     opened = {"data_dir": options.data_dir, "download": options.download, "offer_download": True}
     if options.dataset is None:
         entry = _preset(options.model)
-        source = dataset_source(entry.dataset, options.data_dir)
-        card = {
-            "name": entry.dataset,
-            "train_split": "train",
-            "test_split": "test",
-            "folder": source["folder"],
-            "source": source["source"],
-            "source_sha256": source.get("source_sha256"),
-        }
+        card = named_dataset_card(entry.dataset, options.data_dir)
         train_set = entry.open_dataset("train", **opened)
         return _Plan(entry, train_set, entry.open_dataset("test", **opened), card)
     if saved is not None:  # the entry the run derived when it started
