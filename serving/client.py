@@ -16,8 +16,8 @@ import grpc
 from cnnzoo.errors import InvalidInput, NotFound
 from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
 from cnnzoo.serving.grpc_api.status import error_for
-from cnnzoo.serving.grpc_api.transport import read_pem
 from cnnzoo.serving.server import DEFAULT_MAX_MESSAGE_BYTES, SERVICES
+from cnnzoo.serving.tls import read_pem
 from cnnzoo.serving.types import ClassPrediction
 
 __all__ = ["ClientTls", "ZooClient"]

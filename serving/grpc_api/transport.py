@@ -1,4 +1,4 @@
-"""The gRPC port's transport: connection limits, keepalive, connection age, and TLS.
+"""The gRPC port's transport: connection limits, keepalive and connection age.
 
 These are gRPC core channel arguments, so they hold before any Python runs for a call (the
 bound on calls in progress on the whole server is the data plane's, `--max-concurrent-requests`:
@@ -12,22 +12,17 @@ grpc.aio's own `maximum_concurrent_rpcs` answers UNAVAILABLE or stalls instead o
 - `max_connection_age_ms` / `max_connection_age_grace_ms` / `max_connection_idle_ms`: close
   connections that are old or idle (a load balancer then spreads clients again). Off by default.
 
-TLS (`TlsOptions`): the server's certificate chain and key, and optionally the CA whose
-certificates clients must present (mutual TLS). PEM files are read once, at start-up.
+TLS is `cnnzoo.serving.tls` (it serves the REST port too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cnnzoo.errors import InvalidInput, NotFound
+from cnnzoo.errors import InvalidInput
 
-if TYPE_CHECKING:  # grpc is imported where credentials are built: `cnnzoo --help` stays quick
-    import grpc
-
-__all__ = ["TlsOptions", "TransportOptions", "read_pem"]
+__all__ = ["TransportOptions"]
 
 
 @dataclass(frozen=True)
@@ -100,48 +95,3 @@ def _flag(name: str) -> str:
     """The `cnnzoo serve` option of a `TransportOptions` field (Triton's names for keepalive)."""
     flag = name.removesuffix("_ms").replace("_", "-")
     return f"--{flag}" if flag.startswith("max-concurrent") else f"--grpc-{flag}"
-
-
-@dataclass(frozen=True)
-class TlsOptions:
-    """TLS for the gRPC port (PEM files).
-
-    Args:
-        cert: the server's certificate chain.
-        key: its private key.
-        client_ca: CA certificates that sign the clients' certificates; when set, every client
-            must present one (mutual TLS).
-    """
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """Read the files and build the server's credentials.
-
-        Raises:
-            NotFound: a file is missing.
-            InvalidInput: a file is not PEM.
-        """
-        import grpc
-
-        root = read_pem(self.client_ca, "--tls-client-ca") if self.client_ca else None
-        return grpc.ssl_server_credentials(
-            [(read_pem(self.key, "--tls-key"), read_pem(self.cert, "--tls-cert"))],
-            root_certificates=root,
-            require_client_auth=root is not None,
-        )
-
-
-def read_pem(path: Path, flag: str) -> bytes:
-    """The contents of PEM file `path`, named by `flag` in errors."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"{flag}: {path} does not exist") from None
-    except OSError as err:
-        raise InvalidInput(f"{flag}: cannot read {path}: {err.strerror}") from None
-    if b"-----BEGIN " not in data:
-        raise InvalidInput(f"{flag}: {path} is not a PEM file (no -----BEGIN line)")
-    return data

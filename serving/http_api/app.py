@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -45,6 +46,7 @@ HTTP_CODES = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 
@@ -202,9 +204,12 @@ def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info.get("model", ""), request.match_info.get("version", "")
 
 
-def make_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
-    """The aiohttp application (routes, error middleware, the body limit)."""
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
+def make_app(
+    plane: DataPlane, max_body_bytes: int, middlewares: Sequence[Middleware] = ()
+) -> web.Application:
+    """The aiohttp application (routes, error middleware, the body limit); `middlewares` run
+    first, outermost first (the access log, restricted APIs)."""
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[*middlewares, _errors])
     app[_MAX_BODY] = max_body_bytes
     r = _Routes(plane)
     get, post = web.get, web.post
@@ -239,10 +244,21 @@ def make_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
 
 
 class HttpServer:
-    """The REST port: aiohttp on the running event loop; `await start()`, `await stop()`."""
+    """The REST port: aiohttp on the running event loop; `await start()`, `await stop()`.
+    With `ssl_context` it speaks HTTPS only (see `cnnzoo.serving.tls`)."""
 
-    def __init__(self, plane: DataPlane, host: str, port: int, max_body_bytes: int) -> None:
-        self._app = make_app(plane, max_body_bytes)
+    def __init__(
+        self,
+        plane: DataPlane,
+        host: str,
+        port: int,
+        max_body_bytes: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        middlewares: Sequence[Middleware] = (),
+    ) -> None:
+        self._app = make_app(plane, max_body_bytes, middlewares)
+        self._ssl_context = ssl_context
         self._host, self._requested_port = host, port
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -252,7 +268,13 @@ class HttpServer:
             self._app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
         )
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._requested_port, reuse_port=False)
+        site = web.TCPSite(
+            runner,
+            self._host,
+            self._requested_port,
+            reuse_port=False,
+            ssl_context=self._ssl_context,
+        )
         try:
             await site.start()
         except OSError as err:
@@ -263,7 +285,12 @@ class HttpServer:
             ) from None
         self._runner = runner
         self.port = runner.addresses[0][1]
-        log.info("HTTP (KServe v2 REST) listening on %s:%d", self._host, self.port)
+        log.info(
+            "HTTP (KServe v2 REST) listening on %s:%d%s",
+            self._host,
+            self.port,
+            ", HTTPS" if self._ssl_context else "",
+        )
 
     async def stop(self) -> None:
         """Stop listening, let in-flight requests finish (up to the shutdown timeout)."""
