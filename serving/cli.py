@@ -138,6 +138,7 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     )
     _add_limit_options(p)
     _add_transport_options(p)
+    _add_access_options(p)
     p.set_defaults(func=_serve, default_log_level="INFO")
 
 
@@ -184,6 +185,37 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         default=default.max_concurrent_requests,
         help="inference, Classify and Explain calls in progress on the server at once "
         "(default %(default)s)",
+    )
+
+
+def _add_access_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "access control and access log",
+        "values of restricted groups come from env:NAME or file:PATH, never the command line; "
+        "groups: health, metadata, inference, explain, shared-memory, model-config, "
+        "model-repository, statistics, trace, logging",
+    )
+    g.add_argument(
+        "--grpc-restricted-protocol",
+        action="append",
+        default=[],
+        metavar="GROUPS:KEY=SOURCE",
+        help="gRPC calls of these groups need the header triton-grpc-protocol-KEY with the "
+        "value from SOURCE, else UNAVAILABLE (Triton's option; repeatable)",
+    )
+    g.add_argument(
+        "--http-restricted-api",
+        action="append",
+        default=[],
+        metavar="GROUPS:KEY=SOURCE",
+        help="REST requests of these groups need the header KEY with the value from SOURCE, "
+        "else 403 (Triton's option; repeatable)",
+    )
+    g.add_argument(
+        "--access-log",
+        metavar="FILE",
+        help="append one JSON line per call (time, peer, client, rpc, model, version, status, "
+        "latency_ms; never payloads) to FILE ('-': standard error)",
     )
 
 
@@ -254,7 +286,9 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="close connections without calls for this long (default 0: never)",
     )
-    t = p.add_argument_group("TLS", "serve gRPC over TLS; with --tls-client-ca, mutual TLS")
+    t = p.add_argument_group(
+        "TLS", "serve gRPC and REST over TLS; with --tls-client-ca, mutual TLS"
+    )
     t.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="the server's PEM certificate chain"
     )
@@ -269,11 +303,13 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.errors import InvalidInput
-    from cnnzoo.serving.grpc_api.transport import TlsOptions, TransportOptions
+    from cnnzoo.serving.grpc_api.transport import TransportOptions
     from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.limits import RequestLimits
     from cnnzoo.serving.runtime import RuntimeOptions
+    from cnnzoo.serving.security import GRPC, HTTP, RestrictedProtocols, parse_restriction
     from cnnzoo.serving.server import ServerOptions, serve
+    from cnnzoo.serving.tls import TlsOptions
 
     if args.max_message_mb <= 0:
         raise InvalidInput(f"--max-message-mb must be positive, got {args.max_message_mb}")
@@ -330,6 +366,13 @@ def _serve(args: argparse.Namespace) -> int:
             max_connection_idle_ms=args.grpc_max_connection_idle,
         ),
         tls=tls,
+        grpc_restricted=RestrictedProtocols(
+            [parse_restriction(spec, GRPC) for spec in args.grpc_restricted_protocol], GRPC.flag
+        ),
+        http_restricted=RestrictedProtocols(
+            [parse_restriction(spec, HTTP) for spec in args.http_restricted_api], HTTP.flag
+        ),
+        access_log=args.access_log,
     )
     return serve(options)
 
@@ -375,6 +418,14 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="check the server's certificate for NAME instead of the host",
     )
+    p.add_argument(
+        "--restricted-key",
+        action="append",
+        default=[],
+        metavar="KEY=SOURCE",
+        help="send the header triton-grpc-protocol-KEY with the value from SOURCE (env:NAME or "
+        "file:PATH), for servers with --grpc-restricted-protocol (repeatable)",
+    )
 
 
 def _client(args: argparse.Namespace):  # noqa: ANN202 - a ZooClient (imported here: grpc)
@@ -382,12 +433,20 @@ def _client(args: argparse.Namespace):  # noqa: ANN202 - a ZooClient (imported h
 
     # gRPC core logs a failed TLS handshake at INFO on stderr; the error line says it already.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from cnnzoo.errors import InvalidInput
     from cnnzoo.serving.client import ClientTls, ZooClient
+    from cnnzoo.serving.security import GRPC, read_secret
 
     tls = None
     if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
-    return ZooClient(args.server, timeout=args.timeout, tls=tls)
+    headers = []
+    for spec in args.restricted_key:
+        key, equals, source = spec.partition("=")
+        if not (key and equals):
+            raise InvalidInput(f"--restricted-key takes KEY=env:NAME or KEY=file:PATH, got {key!r}")
+        headers.append((GRPC.header_prefix + key, read_secret(source, "--restricted-key")))
+    return ZooClient(args.server, timeout=args.timeout, tls=tls, metadata=headers)
 
 
 def _classify(args: argparse.Namespace) -> int:

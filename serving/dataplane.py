@@ -117,6 +117,11 @@ class DataPlane:
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self._explain_pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
 
+    @property
+    def requests_started(self) -> int:
+        """Inference, Classify and Explain calls admitted so far."""
+        return self._requests.started
+
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._explain_pool.shutdown(wait=False, cancel_futures=True)

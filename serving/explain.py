@@ -36,10 +36,6 @@ def explain_image(
         ResourceExhausted: the image has more than `max_pixels` pixels.
         DeadlineExceeded: the deadline passed before the explanation started.
     """
-    import torch
-
-    from cnnzoo.interpret.explain import explain  # torch: loaded on the first Explain call
-
     if method not in METHODS:
         raise InvalidInput(f"unknown method {quoted(method)}; methods: {', '.join(METHODS)}")
     preprocess = served.image_preprocess("Explain")
@@ -50,6 +46,11 @@ def explain_image(
         )
     check_deadline(deadline, "before the image was decoded")
     batch = images_to_batch([image], preprocess, max_pixels=max_pixels, deadline=deadline)
+    # torch is loaded on the first explanation, after the request was found sound
+    import torch
+
+    from cnnzoo.interpret.explain import explain
+
     model = served.torch_model()
     check_deadline(deadline, "before the explanation started")
     explanation = explain(model, torch.from_numpy(batch), method, target)

@@ -59,10 +59,11 @@ class InFlight:
     Only the event loop calls it (no lock); `enter` and `leave` cost a compare and an add.
     """
 
-    __slots__ = ("count", "limit", "what", "flag")
+    __slots__ = ("count", "started", "limit", "what", "flag")
 
     def __init__(self, limit: int, what: str, flag: str) -> None:
         self.count = 0
+        self.started = 0  # calls admitted so far (the server's drain watches it)
         self.limit = limit
         self.what = what
         self.flag = flag
@@ -71,6 +72,7 @@ class InFlight:
         if self.count >= self.limit:
             raise over_limit(self.what, self.count + 1, self.limit, self.flag)
         self.count += 1
+        self.started += 1
 
     def leave(self) -> None:
         self.count -= 1

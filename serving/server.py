@@ -20,18 +20,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import cnnzoo
 from cnnzoo.errors import InvalidInput, Unavailable
 from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
+from cnnzoo.serving.access_log import AccessLog
 from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.grpc_api.interceptors import (
+    AccessLogInterceptor,
+    RestrictedProtocolInterceptor,
+)
 from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
-from cnnzoo.serving.grpc_api.transport import TlsOptions, TransportOptions
-from cnnzoo.serving.http_api.app import HttpServer
+from cnnzoo.serving.grpc_api.transport import TransportOptions
+from cnnzoo.serving.http_api.app import HttpServer, Middleware
+from cnnzoo.serving.http_api.middlewares import access_log_middleware, restricted_api_middleware
 from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.limits import RequestLimits
 from cnnzoo.serving.metrics import MetricsServer
 from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
 from cnnzoo.serving.runtime import RuntimeOptions, check_device, uses_cuda
+from cnnzoo.serving.security import RestrictedProtocols
 from cnnzoo.serving.shared_memory import SystemSharedMemory
 from cnnzoo.serving.shared_memory import supported as shared_memory_supported
+from cnnzoo.serving.tls import TlsOptions
 from cnnzoo.zoo.repository import ModelRepository
 
 __all__ = [
@@ -99,7 +107,10 @@ class ServerOptions:
         require_manifest: refuse model versions that carry no manifest.json.
         limits: bounds on requests (images, pixels, queues; see `cnnzoo.serving.limits`).
         transport: gRPC connection limits, keepalive and connection age.
-        tls: serve gRPC over TLS (mutual TLS with a client CA); None: plaintext.
+        tls: serve gRPC and REST over TLS (mutual TLS with a client CA); None: plaintext.
+        grpc_restricted: restricted gRPC protocol groups (`--grpc-restricted-protocol`).
+        http_restricted: restricted REST API groups (`--http-restricted-api`).
+        access_log: write one JSON line per call to this file ("-": stderr); None: no log.
     """
 
     repository: Path
@@ -121,6 +132,9 @@ class ServerOptions:
     limits: RequestLimits = field(default_factory=RequestLimits)
     transport: TransportOptions = field(default_factory=TransportOptions)
     tls: TlsOptions | None = None
+    grpc_restricted: RestrictedProtocols = field(default_factory=RestrictedProtocols)
+    http_restricted: RestrictedProtocols = field(default_factory=RestrictedProtocols)
+    access_log: str | None = None
 
     def __post_init__(self) -> None:
         mode = self.model_control or (POLL if self.poll_seconds > 0 else NONE)
@@ -182,6 +196,7 @@ class InferenceServer:
         self.http_port = 0
         self.metrics_port = 0
         self._http: HttpServer | None = None
+        self._access_log: AccessLog | None = None
         self._server = None
         self._health = None
         self._metrics = None
@@ -199,14 +214,19 @@ class InferenceServer:
         transport = self.options.transport
         # Read before binding, so that a bad certificate is a start-up error and never a
         # port that refuses every handshake.
-        credentials = self.options.tls.server_credentials() if self.options.tls else None
+        tls = self.options.tls
+        credentials = tls.server_credentials() if tls else None
+        ssl_context = tls.ssl_context() if tls and self.options.http_port >= 0 else None
+        if self.options.access_log:
+            self._access_log = AccessLog(self.options.access_log)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
                 *transport.channel_args(),
-            ]
+            ],
+            interceptors=self._interceptors() or None,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.plane), server
@@ -238,7 +258,15 @@ class InferenceServer:
             _tls_note(self.options.tls),
         )
         if self.options.http_port >= 0:
-            self._http = HttpServer(self.plane, self.options.host, self.options.http_port, limit)
+            self._warn_if_rest_is_open()
+            self._http = HttpServer(
+                self.plane,
+                self.options.host,
+                self.options.http_port,
+                limit,
+                ssl_context=ssl_context,
+                middlewares=self._middlewares(),
+            )
             await self._http.start(self.options.grace_seconds)
             self.http_port = self._http.port
         if self.options.metrics_port >= 0:
@@ -278,6 +306,38 @@ class InferenceServer:
         """After a client loaded or unloaded a model: health follows the models served."""
         if not self._stopping and self.models.loaded:
             await self._set_health(True)
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Only what is asked for: a server without them runs no interceptor at all."""
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self._access_log is not None:  # outermost: refused calls are logged too
+            mutual = bool(self.options.tls and self.options.tls.client_ca)
+            interceptors.append(AccessLogInterceptor(self._access_log, client_names=mutual))
+        if self.options.grpc_restricted:
+            interceptors.append(RestrictedProtocolInterceptor(self.options.grpc_restricted))
+        return interceptors
+
+    def _middlewares(self) -> list[Middleware]:
+        middlewares: list[Middleware] = []
+        if self._access_log is not None:
+            middlewares.append(access_log_middleware(self._access_log))
+        if self.options.http_restricted:
+            middlewares.append(restricted_api_middleware(self.options.http_restricted))
+        return middlewares
+
+    def _warn_if_rest_is_open(self) -> None:
+        """gRPC groups restricted while the same APIs are open on the REST port: say so."""
+        open_on_rest = sorted(
+            (self.options.grpc_restricted.groups - self.options.http_restricted.groups)
+            - {"explain"}  # gRPC only
+        )
+        if open_on_rest:
+            log.warning(
+                "groups %s are restricted on gRPC but open on the REST port %d; restrict them "
+                "there too with --http-restricted-api, or turn REST off with --http-port -1",
+                ", ".join(open_on_rest),
+                self.options.http_port,
+            )
 
     def _log_readiness(self) -> None:
         """One line saying what is served, or clearly that nothing is and why."""
@@ -337,6 +397,8 @@ class InferenceServer:
             self._poller.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if started:
+            await self._settle()
         # Both front ends stop taking calls and finish theirs, at the same time.
         await asyncio.gather(
             *([self._server.stop(self.options.grace_seconds)] if self._server else []),
@@ -346,9 +408,27 @@ class InferenceServer:
         self.plane.close()
         if self._metrics is not None:
             self._metrics.close()
+        if self._access_log is not None:
+            self._access_log.close()  # after the last call is answered: its line is written
         if started:
             log.info("stopped")
         self._stopped.set()
+
+    async def _settle(self, quiet_s: float = 0.05, longest_s: float = 1.0) -> None:
+        """Go on taking calls until none has arrived for `quiet_s` (at most `longest_s`).
+
+        A call a client sent just before SIGTERM may have reached gRPC's core without reaching
+        a handler yet (the event loop takes calls one at a time); closing the port then would
+        cancel it. Readiness is already false, so well-behaved clients stop sending.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + longest_s
+        seen = self.plane.requests_started
+        while loop.time() < deadline:
+            await asyncio.sleep(quiet_s)
+            if self.plane.requests_started == seen:
+                return
+            seen = self.plane.requests_started
 
     async def wait(self) -> None:
         await self._stopped.wait()
