@@ -33,6 +33,8 @@ __all__ = ["FORMATS", "decode_image", "load_image", "open_image", "read_image"]
 
 FORMATS = ("PNG", "JPEG")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# How the accepted formats' files begin (a broken one is "corrupt", not "not an image").
+_SIGNATURES = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}
 
 
 def decode_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Image.Image:
@@ -71,6 +73,12 @@ def open_image(data: bytes, formats: tuple[str, ...] | None = FORMATS) -> Image.
                 "(a decompression bomb?); use a smaller image"
             ) from None
         except UnidentifiedImageError:
+            signed = next((f for f, sig in _SIGNATURES.items() if data.startswith(sig)), None)
+            if signed is not None and (formats is None or signed in formats):
+                raise InvalidInput(
+                    f"the image is corrupt or truncated: it starts as a {signed} file but its "
+                    f"header cannot be read ({len(data)} bytes)"
+                ) from None
             kind = " or ".join(formats) if formats else "readable"
             raise InvalidInput(
                 f"not a {kind} image ({len(data)} bytes starting {data[:8]!r})"
