@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from cnnzoo.protos import grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
-from tests.serving.helpers import MODEL, ServerProcess, add_version
+from tests.serving.helpers import DIGITS, MODEL, ServerProcess, add_version
 from tests.serving.requests import infer_request
 
 LOCKED, PARTLY, ROLLBACK, SOLO, CORRUPT = (
@@ -175,3 +175,47 @@ def test_removing_the_only_versions_folder_keeps_it_serving_and_listed(faulty, s
     assert list(summary.versions) == ["1"], "the served version vanished from ListModels"
     assert "keeps serving until the server restarts" in summary.reason
     assert served_version(inference, SOLO) == "1"
+
+
+def test_sigterm_answers_every_call_already_on_its_way(faulty):
+    """64 callers keep the server busy with ModelInfer, then each sends a Classify call of 60
+    digits; 10 ms after the last was sent comes SIGTERM. Every call is answered: none is cut off
+    as the port closes (the server takes calls until they stop arriving; before, some of the
+    last calls ended CANCELLED: received by gRPC's core, not yet taken by the event loop)."""
+    import asyncio
+    import signal
+
+    digit = DIGITS[0].read_bytes()
+
+    async def main() -> list[str]:
+        async with grpc.aio.insecure_channel(faulty.target) as channel:
+            inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            zoo = zoo_pb2_grpc.ZooStub(channel)
+            classify = zoo_pb2.ClassifyRequest(model=MODEL, images=[digit] * 60, top_k=1)
+            busy_until = asyncio.get_running_loop().time() + 1.0
+            sent = asyncio.Event()
+            pending = 64
+
+            async def caller() -> str:
+                nonlocal pending
+                while asyncio.get_running_loop().time() < busy_until:
+                    await inference.ModelInfer(infer_request(X), timeout=30)
+                call = zoo.Classify(classify, timeout=60)
+                pending -= 1
+                if not pending:
+                    sent.set()
+                try:
+                    reply = await call
+                    return "OK" if len(reply.results) == 60 else "short"
+                except grpc.aio.AioRpcError as err:
+                    return err.code().name
+
+            callers = [asyncio.ensure_future(caller()) for _ in range(64)]
+            await sent.wait()
+            await asyncio.sleep(0.01)
+            faulty.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*callers)
+
+    outcomes = asyncio.run(main())
+    assert outcomes == ["OK"] * 64, sorted(set(outcomes))
+    assert faulty.proc.wait(60) == 0

@@ -1,11 +1,17 @@
-"""TLS on the gRPC port, with certificates made in the test: one server with mutual TLS
-(`--tls-client-ca`) driven by the project's CLI, tritonclient and grpc; a server with TLS but no
-client certificates, in process."""
+"""TLS on the gRPC and REST ports, with certificates made in the test: one server with mutual
+TLS (`--tls-client-ca`) driven by the project's CLI, tritonclient (gRPC and HTTP), grpc and
+urllib, its access log naming the client certificate; a server with TLS but no client
+certificates, in process."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import ssl
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,10 +42,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def mtls_server(repository, pki, tmp_path_factory) -> Iterator[ServerProcess]:
     server: Issued = pki["server"]  # type: ignore[assignment]
-    log = tmp_path_factory.mktemp("tls-logs") / "server.log"
+    folder = tmp_path_factory.mktemp("tls-logs")
+    log = folder / "server.log"
     process = ServerProcess(
         repository,
         log,
+        "--access-log",
+        str(folder / "access.jsonl"),
         "--model",
         MODEL,
         "--tls-cert",
@@ -171,8 +180,8 @@ def test_bad_certificate_files_are_one_line_start_up_errors(repository, tmp_path
 def test_tls_without_client_certificates(pki, tmp_path):
     """A TLS-only server (an empty repository: nothing to load) takes any client that trusts
     its certificate, and refuses plaintext."""
-    from cnnzoo.serving.grpc_api.transport import TlsOptions
     from cnnzoo.serving.server import InferenceServer, ServerOptions
+    from cnnzoo.serving.tls import TlsOptions
 
     server_cert: Issued = pki["server"]  # type: ignore[assignment]
     (tmp_path / "empty").mkdir()
@@ -200,3 +209,59 @@ def test_tls_without_client_certificates(pki, tmp_path):
     status, plaintext = asyncio.run(main())
     assert status == "NOT_SERVING"  # answered over TLS (an empty repository serves nothing)
     assert plaintext == grpc.StatusCode.UNAVAILABLE
+
+
+def https_context(pki, who: str | None = "client") -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    if who is not None:
+        issued: Issued = pki[who]
+        context.load_cert_chain(issued.cert, issued.key)
+    return context
+
+
+def get(url: str, context: ssl.SSLContext | None) -> int:
+    with urllib.request.urlopen(url, context=context, timeout=10) as response:
+        return response.status
+
+
+def test_the_rest_port_speaks_mutual_tls_too(mtls_server, pki, onnx_reference):
+    import tritonclient.http as triton_http
+
+    url = f"https://127.0.0.1:{mtls_server.http_port}/v2/health/ready"
+    assert get(url, https_context(pki)) == 200
+    for who in (None, "rogue client"):
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            get(url, https_context(pki, who))
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        get(url.replace("https://", "http://"), None)
+    issued: Issued = pki["client"]  # type: ignore[assignment]
+    client = triton_http.InferenceServerClient(
+        f"127.0.0.1:{mtls_server.http_port}",
+        ssl=True,
+        ssl_context_factory=lambda: https_context(pki),
+    )
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    np.testing.assert_array_equal(
+        client.infer(MODEL, [tensor]).as_numpy("logits"),
+        onnx_reference.run(["logits"], {"input": x})[0],
+    )
+    client.close()
+    assert issued.cert.is_file()
+
+
+def test_the_access_log_names_the_client_certificate(mtls_server, pki):
+    assert check_health(mtls_server.target, credentials(pki)) == "SERVING"
+    assert get(f"https://127.0.0.1:{mtls_server.http_port}/v2", https_context(pki)) == 200
+    access_log = mtls_server.log_path.parent / "access.jsonl"
+    deadline = time.monotonic() + 10  # lines are written by a background thread
+    while True:
+        lines = [json.loads(line) for line in access_log.read_text().splitlines()]
+        rpcs = {line["rpc"]: line for line in lines}
+        if {"/grpc.health.v1.Health/Check", "GET /v2"} <= set(rpcs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    grpc_line, rest_line = rpcs["/grpc.health.v1.Health/Check"], rpcs["GET /v2"]
+    assert grpc_line["client"] == rest_line["client"] == "client"
+    assert grpc_line["status"] == "OK" and rest_line["status"] == "200"
