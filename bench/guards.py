@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CNNZOO_BENCH_KEY"] = KEY  # the restriction's value, for the servers
         for _ in range(args.rounds):  # interleaved rounds: drift on a shared machine evens out
             for name, extra in configurations(work).items():
-                with server(repository, [MODEL], "cpu", "--http-port", "-1", *extra) as target:
+                with server(repository, [MODEL], "cpu", *extra) as (target, _rest):
                     values = asyncio.run(latencies(target, args.requests))
                 samples[name] += values
                 round_p50[name].append(float(np.median(values)) * 1e6)
