@@ -213,18 +213,28 @@ def in_process_load(model_path: Path, device: str, x: np.ndarray, concurrency: i
 
 
 class PerfAnalyzer:
-    """Triton's perf_analyzer: one closed-loop measurement per call (its CSV report)."""
+    """Triton's perf_analyzer: one closed-loop measurement per call (its CSV report).
 
-    def __init__(self, binary: str, seconds: float) -> None:
+    Every request carries `sample` (one input, repeated `batch` times) instead of perf_analyzer's
+    own random bytes, so the server computes on the very data the in-process reference does.
+    """
+
+    def __init__(self, binary: str, seconds: float, folder: Path) -> None:
         self.binary = binary
         self.interval_ms = int(seconds * 1000)
+        self.folder = folder
 
-    def __call__(self, url: str, model: str, batch: int, concurrency: int, *flags: str) -> dict:
+    def __call__(self, url: str, model: str, sample: np.ndarray, batch: int, concurrency: int,
+                 *flags: str) -> dict:  # fmt: skip
+        data = self.folder / f"{model}-{sample.dtype}"
+        data.mkdir(exist_ok=True)
+        sample.astype(sample.dtype.newbyteorder("<")).tofile(data / "input")
         for stability in ("30", "100"):  # a loaded machine may never look stable at 30 %
             with tempfile.TemporaryDirectory() as folder:
                 report = Path(folder) / "report.csv"
                 result = subprocess.run(
                     [self.binary, "-m", model, "-u", url, "-b", str(batch),
+                     "--input-data", str(data),
                      "--concurrency-range", f"{concurrency}:{concurrency}",
                      "--measurement-interval", str(self.interval_ms),
                      "--stability-percentage", stability, "--max-trials", "6",
@@ -289,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf-analyzer", help="perf_analyzer binary (default: .tools/bin)")
     args = parser.parse_args(argv)
     parts = {int(p) for p in args.parts.split(",")}
-    pa = PerfAnalyzer(find_perf_analyzer(args.perf_analyzer), args.seconds)
+    samples = tempfile.TemporaryDirectory(prefix="cnnzoo-bench-data-")
+    pa = PerfAnalyzer(find_perf_analyzer(args.perf_analyzer), args.seconds, Path(samples.name))
 
     temp = None
     repository = args.repository
@@ -337,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             for c in (1, 4, 16) if 1 in parts else (4,):
                 measured = rounds(
                     {
-                        "cnnzoo": lambda c=c: pa(target, LENET, 1, c, "-i", "grpc"),
-                        "bare": lambda c=c: pa(bare, LENET, 1, c, "-i", "grpc"),
+                        "cnnzoo": lambda c=c: pa(target, LENET, x[0], 1, c, "-i", "grpc"),
+                        "bare": lambda c=c: pa(bare, LENET, x[0], 1, c, "-i", "grpc"),
                     }
                 )
                 bare_unary[c] = row("1", LENET, 1, c, "grpc, bare server", measured["bare"])
@@ -355,13 +366,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                     warmup))  # fmt: skip
 
     if 2 in parts:
+        digit = rng.standard_normal((1, 32, 32)).astype(np.float32)
         with server(repository, [LENET], device) as (target, rest):
             measured = rounds(
                 {
-                    "stream": lambda: pa(target, LENET, 1, 4, "-i", "grpc", "--streaming"),
+                    "stream": lambda: pa(target, LENET, digit, 1, 4, "-i", "grpc", "--streaming"),
                     "json": lambda: pa(
                         rest,
                         LENET,
+                        digit,
                         1,
                         4,
                         "-i",
@@ -371,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--output-tensor-format",
                         "json",
                     ),  # fmt: skip
-                    "binary": lambda: pa(rest, LENET, 1, 4, "-i", "http"),
+                    "binary": lambda: pa(rest, LENET, digit, 1, 4, "-i", "http"),
                 }
             )
         floor = bare_unary[4]["req_per_s"]
@@ -390,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     if 3 in parts:
         repo_u8 = repository / "uint8"  # a model's versions share one config: another repository
         export(repo_u8, RESNET18, "--input-dtype", "uint8")
-        x = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
+        image = rng.standard_normal((3, 224, 224)).astype(np.float32)
+        pixels = rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)
+        x = np.repeat(image[None], 8, axis=0)  # what perf_analyzer sends: the image 8 times
         with (
             server(repository, [RESNET18], device) as (target, rest),
             server(repo_u8, [RESNET18], device) as (target_u8, _),
@@ -398,12 +413,12 @@ def main(argv: list[str] | None = None) -> int:
             measured = rounds(
                 {
                     "local": lambda: in_process_load(onnx, device, x, 1, long, warmup),
-                    "grpc": lambda: pa(target, RESNET18, 8, 1, "-i", "grpc"),
+                    "grpc": lambda: pa(target, RESNET18, image, 8, 1, "-i", "grpc"),
                     "shm": lambda: pa(
-                        target, RESNET18, 8, 1, "-i", "grpc", "--shared-memory", "system"
+                        target, RESNET18, image, 8, 1, "-i", "grpc", "--shared-memory", "system"
                     ),  # fmt: skip
-                    "rest": lambda: pa(rest, RESNET18, 8, 1, "-i", "http"),
-                    "uint8": lambda: pa(target_u8, RESNET18, 8, 1, "-i", "grpc"),
+                    "rest": lambda: pa(rest, RESNET18, image, 8, 1, "-i", "http"),
+                    "uint8": lambda: pa(target_u8, RESNET18, pixels, 8, 1, "-i", "grpc"),
                 }
             )
         local = row("3", RESNET18, 8, 1, "in-process", measured["local"])
@@ -442,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                 x = rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)
                 local = row("5", f"{RESNET50} fp16", batch, 1, "in-process",
                             in_process_load(onnx, device, x, 1, seconds, warmup))  # fmt: skip
-                ours = pa(target, RESNET50, batch, 2, "-i", "grpc", "--shared-memory", "system")
+                ours = pa(target, RESNET50, x[0], batch, 2, "-i", "grpc", "--shared-memory",
+                          "system")  # fmt: skip
                 row("5", f"{RESNET50} fp16", batch, 2, "grpc, --shared-memory system", ours,
                     ours["img_per_s"] / local["img_per_s"], "gRPC / in-process")  # fmt: skip
 
@@ -455,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": rows, "table": table}  # fmt: skip
     (args.out / name).write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {args.out / name}", file=sys.stderr)
+    samples.cleanup()
     if temp is not None:
         temp.cleanup()
     return 0

@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve a model repository over gRPC (KServe v2 + cnnzoo.v1)",
-        description="Serve a model repository over gRPC: the KServe v2 inference API, "
-        "cnnzoo.v1.Zoo (Classify, ListModels, Explain), grpc.health.v1 and reflection, with "
-        "Prometheus metrics on the metrics port. SIGTERM/SIGINT drain in-flight requests, "
-        "then exit 0.",
+        help="serve a model repository over gRPC and REST (KServe v2 + cnnzoo.v1)",
+        description="Serve a model repository over gRPC: the KServe v2 inference API (with "
+        "streaming and system shared memory), cnnzoo.v1.Zoo (Classify, ListModels, Explain), "
+        "grpc.health.v1 and reflection; the KServe v2 REST API on the HTTP port; Prometheus "
+        "metrics on the metrics port. SIGTERM/SIGINT drain in-flight requests, then exit 0.",
     )
     p.add_argument("--repository", type=Path, required=True, help="model repository folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
