@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import csv
 import json
+import math
 import os
 import platform
 import shutil
@@ -125,7 +126,8 @@ def summarise(latencies: list[float], seconds: float, rows_per_request: int) -> 
 
 def median(results: list[dict]) -> dict:
     """The run with the median throughput (its latencies come with it)."""
-    ordered = sorted(results, key=lambda r: r["img_per_s"])
+    # failed measurements (NaN) sort first, so one failure in three rounds still gives a rate
+    ordered = sorted(results, key=lambda r: (not math.isnan(r["img_per_s"]), r["img_per_s"]))
     chosen = dict(ordered[len(ordered) // 2])
     chosen["rounds_img_per_s"] = [r["img_per_s"] for r in results]
     return chosen
@@ -246,7 +248,16 @@ class PerfAnalyzer:
                         (line,) = list(csv.DictReader(handle))
                     break
         else:
-            raise RuntimeError(f"perf_analyzer failed:\n{result.stdout}\n{result.stderr}")
+            # A busy machine can keep perf_analyzer from ever calling a window stable: that
+            # measurement is recorded as failed (NaN, with perf_analyzer's reason) and the
+            # benchmark goes on; the median of a row's rounds skips it.
+            said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            reason = said[-1] if said else f"exit status {result.returncode}"
+            print(f"  perf_analyzer gave no result for {model} b{batch} c{concurrency} "
+                  f"{' '.join(flags)}: {reason}", file=sys.stderr, flush=True)  # fmt: skip
+            nan = float("nan")
+            return {"requests": None, "req_per_s": nan, "img_per_s": nan, "p50_ms": nan,
+                    "p99_ms": nan, "error": reason}  # fmt: skip
         rate = float(line["Inferences/Second"])
         return {
             "requests": None,
@@ -469,12 +480,23 @@ def main(argv: list[str] | None = None) -> int:
             f"_ort{info['onnxruntime']}_grpc{info['grpcio']}.json")  # fmt: skip
     document = {"conditions": info, "seconds_per_row": seconds, "rounds": args.rounds,
                 "rows": rows, "table": table}  # fmt: skip
-    (args.out / name).write_text(json.dumps(document, indent=2) + "\n")
+    (args.out / name).write_text(json.dumps(without_nan(document), indent=2) + "\n")
     print(f"\nwrote {args.out / name}", file=sys.stderr)
     samples.cleanup()
     if temp is not None:
         temp.cleanup()
     return 0
+
+
+def without_nan(value):
+    """The document with failed measurements as null: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return value
 
 
 def markdown(rows: list[dict], info: dict) -> str:
