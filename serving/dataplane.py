@@ -265,12 +265,15 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, deadline: float | None = None, *, run_if_alone: bool = True
+    ) -> InferResponse:
         """Run one KServe v2 inference request (batched with concurrent ones).
 
         `deadline` (`time.monotonic()` seconds): if it passes while the request waits for the
         model, the request is not run and `DeadlineExceeded` is raised. A request's own
-        `timeout_us` shortens it.
+        `timeout_us` shortens it. `run_if_alone`: a small request that finds the model idle
+        runs at once (see `DynamicBatcher.enqueue`); streams pass False.
         """
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
@@ -296,7 +299,7 @@ class DataPlane:
                 batch = batch[None]  # one row for the batcher; the runtime takes it off again
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
-            future = served.batcher.enqueue(batch, deadline, run_if_alone=True)
+            future = served.batcher.enqueue(batch, deadline, run_if_alone=run_if_alone)
             logits = await _run(served, future)
             outputs = [
                 _encode_output(logits, out, target, served)
