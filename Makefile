@@ -37,7 +37,7 @@ lint: venv
 	$(PY) -m pip install --quiet 'ruff==0.17.6'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) scripts/lint_imports.py
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) bench/serving.py
