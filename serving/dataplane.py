@@ -265,15 +265,12 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------
 
-    async def infer(
-        self, request: InferRequest, deadline: float | None = None, *, run_if_alone: bool = True
-    ) -> InferResponse:
+    async def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
         """Run one KServe v2 inference request (batched with concurrent ones).
 
         `deadline` (`time.monotonic()` seconds): if it passes while the request waits for the
         model, the request is not run and `DeadlineExceeded` is raised. A request's own
-        `timeout_us` shortens it. `run_if_alone`: a small request that finds the model idle
-        runs at once (see `DynamicBatcher.enqueue`); streams pass False.
+        `timeout_us` shortens it.
         """
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
@@ -299,7 +296,7 @@ class DataPlane:
                 batch = batch[None]  # one row for the batcher; the runtime takes it off again
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
-            future = served.batcher.enqueue(batch, deadline, run_if_alone=run_if_alone)
+            future = served.batcher.enqueue(batch, deadline, run_if_alone=True)
             logits = await _run(served, future)
             outputs = [
                 _encode_output(logits, out, target, served)

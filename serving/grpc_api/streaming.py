@@ -77,12 +77,7 @@ async def _answer(
     plane: DataPlane, request: grpc_service_pb2.ModelInferRequest, deadline: float | None
 ) -> grpc_service_pb2.ModelStreamInferResponse:
     try:
-        # A stream's requests wait for the end of the pass of the loop: requests of the other
-        # streams arriving in it join their batch (with perf_analyzer --streaming at c4, 7 %
-        # more requests/s than running each at once, as unary calls do).
-        result = await plane.infer(
-            codec.infer_request_from_pb(request), deadline=deadline, run_if_alone=False
-        )
+        result = await plane.infer(codec.infer_request_from_pb(request), deadline=deadline)
     except CnnzooError as err:
         message = err.reason
     except Exception:
