@@ -13,10 +13,9 @@ Each instance is one thread fed through a `queue.SimpleQueue` and answering with
 two thread wake-ups per batch, not per request. For a model that runs a batch in well under a
 millisecond (LeNet-5 on a CPU: 30 us) those wake-ups cost more than the model, and on a busy
 machine they wait for the GIL: batches of up to `inline_rows` rows run on the event loop thread
-itself instead. They still batch: the first unary request of a pass of the loop that finds
-nothing queued runs at once (the pass would cost more than the model), requests arriving after
-it in the same pass wait for the end of the pass and run together, and so do the parts of one
-request (a Classify's images) and requests arriving while a batch runs.
+itself instead. They still batch: a request that finds the model idle waits one pass of the
+loop, so requests that arrived together run together, and requests arriving while a batch runs
+form the next one.
 
 Failure isolation: when a batch of several requests fails, each request is rerun alone, so
 only the request that cannot run gets the error. A caller that gave up (cancel) is skipped when
@@ -135,7 +134,6 @@ class DynamicBatcher:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._timer: asyncio.Handle | None = None
-        self._pass_open = False  # a request arrived in this pass of the event loop
         self._closing = False
         self._drained: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -191,7 +189,7 @@ class DynamicBatcher:
     # -- requests (event loop) ----------------------------------------------------------------
 
     def enqueue(
-        self, data: np.ndarray, deadline: float | None = None, *, run_if_alone: bool = False
+        self, data: np.ndarray, deadline: float | None = None
     ) -> asyncio.Future[np.ndarray]:
         """Queue one request (`[n, ...]`, n <= max_batch_size); the future gets its outputs.
 
@@ -202,10 +200,6 @@ class DynamicBatcher:
             data: the request's rows.
             deadline: `time.monotonic()` after which the answer is of no use (None: none).
                 A request still queued then is not run; its future raises `DeadlineExceeded`.
-            run_if_alone: a request small enough to run on the event loop that finds nothing
-                else queued, and no other request arrived in this pass of the loop, runs at
-                once: its future is done when this returns (a caller that enqueues several
-                parts of one request leaves this False so that they run together).
 
         Raises:
             ResourceExhausted: the queue holds `max_queue_size` requests already.
@@ -228,35 +222,22 @@ class DynamicBatcher:
         self._queue.append(pending)
         self._queued_rows += len(data)
         if self._idle:
-            self._next(run_if_alone)
+            self._next()
         return future
 
     async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """`enqueue` and wait for the outputs."""
         return await self.enqueue(data, deadline)
 
-    def _next(self, run_if_alone: bool = False) -> None:
+    def _next(self) -> None:
         """Start the next batch now, after one pass of the loop (inline: let requests that
         arrived together join it), or when the queue delay says so."""
         if self._delay_s and self._queued_rows < self._max_rows and not self._closing:
             self._arm_timer()
         elif self._inline_rows:
-            # The pass of the loop costs more than a small model's run; it is only worth it
-            # when other requests arrive in the same pass. The first arrival of a pass that
-            # finds nothing queued runs now; the ones after it in the same pass batch.
-            alone = run_if_alone and not self._pass_open and len(self._queue) == 1
-            if not self._pass_open:
-                self._pass_open = True
-                self._loop.call_soon(self._close_pass)  # type: ignore[union-attr]
-            if alone and self._queued_rows <= self._inline_rows:
-                self._dispatch()
-            else:
-                self._arm_timer(soon=True)
+            self._arm_timer(soon=True)
         else:
             self._dispatch()
-
-    def _close_pass(self) -> None:
-        self._pass_open = False
 
     def _arm_timer(self, soon: bool = False) -> None:
         if self._timer is not None:

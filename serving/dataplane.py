@@ -296,7 +296,7 @@ class DataPlane:
                 batch = batch[None]  # one row for the batcher; the runtime takes it off again
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
-            future = served.batcher.enqueue(batch, deadline, run_if_alone=True)
+            future = served.batcher.enqueue(batch, deadline)
             logits = await _run(served, future)
             outputs = [
                 _encode_output(logits, out, target, served)

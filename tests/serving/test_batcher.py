@@ -243,39 +243,3 @@ def test_small_batches_run_on_the_event_loop_and_still_batch():
     assert model.threads[2] == "infer-m-0"
     assert model.threads[3:] == ["MainThread"] * 3  # the failed pair, then each alone
     assert stats.execution_count == 3  # a failed batch is not an execution
-
-
-def test_a_lone_unary_request_runs_at_once_and_later_arrivals_of_the_pass_batch():
-    """`run_if_alone`: the first request of a pass of the loop that finds nothing queued runs
-    inside `enqueue` (no pass of the loop, which costs more than a small model); requests that
-    arrive after it in the same pass run together at the end of the pass; parts of one request
-    enqueued without it stay together."""
-    model = ThreadRecordingModel()
-    stats = ModelStats("m", "1")
-
-    async def main():
-        batcher = DynamicBatcher(model, max_batch_size=16, stats=stats, name="m", inline_rows=4)
-        batcher.start()
-        lone = batcher.enqueue(rows(1, 0), run_if_alone=True)
-        done_at_once = lone.done()
-        await asyncio.sleep(0)  # the next pass of the loop
-        same_pass = [batcher.enqueue(rows(1, 10 * i), run_if_alone=True) for i in range(3)]
-        first_done, rest_done = same_pass[0].done(), [f.done() for f in same_pass[1:]]
-        together = await asyncio.gather(*same_pass)
-        await asyncio.sleep(0)
-        parts = [batcher.enqueue(rows(1, 100 + i)) for i in range(2)]
-        parts_done = [f.done() for f in parts]
-        parts = await asyncio.gather(*parts)
-        await batcher.close()
-        return await lone, done_at_once, first_done, rest_done, together, parts_done, parts
-
-    lone, done_at_once, first_done, rest_done, together, parts_done, parts = run(main())
-    assert done_at_once and first_done and rest_done == [False, False] and parts_done == [False] * 2
-    np.testing.assert_array_equal(lone, 2 * rows(1, 0) + 1)
-    for i, y in enumerate(together):
-        np.testing.assert_array_equal(y, 2 * rows(1, 10 * i) + 1)
-    for i, y in enumerate(parts):
-        np.testing.assert_array_equal(y, 2 * rows(1, 100 + i) + 1)
-    assert [len(b) for b in model.batches] == [1, 1, 2, 2]
-    assert model.threads == ["MainThread"] * 4
-    assert stats.execution_count == 4 and stats.inference_count == 6
