@@ -15,7 +15,11 @@ millisecond (LeNet-5 on a CPU: 30 us) those wake-ups cost more than the model, a
 machine they wait for the GIL: batches of up to `inline_rows` rows run on the event loop thread
 itself instead. They still batch: a request that finds the model idle waits one pass of the
 loop, so requests that arrived together run together, and requests arriving while a batch runs
-form the next one.
+form the next one. That pass costs about as much as LeNet-5 itself, so it is only paid while it
+gathers company: after `_FRUITLESS_PASSES` waits in a row in which a lone request was joined by
+nobody (steady load, where grpc.aio starts one handler per pass), a unary request that finds
+nothing queued runs at once, and every `_FRUITLESS_PASSES`-th such request waits again to look;
+the first wait that gathers a batch (a burst) brings the waiting back.
 
 Failure isolation: when a batch of several requests fails, each request is rerun alone, so
 only the request that cannot run gets the error. A caller that gave up (cancel) is skipped when
@@ -48,6 +52,9 @@ __all__ = ["DynamicBatcher"]
 log = logging.getLogger(__name__)
 
 _LOOP_TIMER_RESOLUTION_S = 1e-3
+# Waits of one pass of the loop, in a row, that gathered no second request before lone
+# requests stop waiting (and how often one of them waits anyway, to notice a burst).
+_FRUITLESS_PASSES = 8
 
 
 class _Pending:
@@ -134,6 +141,8 @@ class DynamicBatcher:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._timer: asyncio.Handle | None = None
+        self._fruitless = 0  # waits of one pass in a row that gathered no company
+        self._lone = 0  # lone requests since then
         self._closing = False
         self._drained: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,7 +198,7 @@ class DynamicBatcher:
     # -- requests (event loop) ----------------------------------------------------------------
 
     def enqueue(
-        self, data: np.ndarray, deadline: float | None = None
+        self, data: np.ndarray, deadline: float | None = None, *, may_run_now: bool = False
     ) -> asyncio.Future[np.ndarray]:
         """Queue one request (`[n, ...]`, n <= max_batch_size); the future gets its outputs.
 
@@ -200,6 +209,10 @@ class DynamicBatcher:
             data: the request's rows.
             deadline: `time.monotonic()` after which the answer is of no use (None: none).
                 A request still queued then is not run; its future raises `DeadlineExceeded`.
+            may_run_now: the request may run before this returns (its future is done) when it
+                finds nothing queued and waiting a pass of the loop has not been gathering
+                company (see the module docstring); a caller that enqueues several parts of
+                one request leaves it False, so that they run together.
 
         Raises:
             ResourceExhausted: the queue holds `max_queue_size` requests already.
@@ -215,6 +228,9 @@ class DynamicBatcher:
             raise DeadlineExceeded(f"the deadline passed before the request reached {self._name}")
         loop = self._loop
         future: asyncio.Future[np.ndarray] = loop.create_future()  # type: ignore[union-attr]
+        if may_run_now and self._runs_alone(len(data)):
+            self._run_now(data, future)
+            return future
         pending = _Pending(data, future, deadline)
         if deadline is not None:
             delay = max(0.0, deadline - time.monotonic())
@@ -239,6 +255,42 @@ class DynamicBatcher:
         else:
             self._dispatch()
 
+    def _runs_alone(self, rows: int) -> bool:
+        """Whether a request of `rows` rows runs at once, without waiting a pass of the loop:
+        the model is idle with nothing queued, the rows run on the loop, and waiting has not
+        been gathering company (every n-th lone request waits anyway, to look)."""
+        if (
+            self._idle
+            and not self._queue
+            and self._timer is None
+            and rows <= self._inline_rows
+            and not self._delay_s
+            and self._fruitless >= _FRUITLESS_PASSES
+        ):
+            self._lone += 1
+            return self._lone % _FRUITLESS_PASSES != 0
+        return False
+
+    def _run_now(self, data: np.ndarray, future: asyncio.Future[np.ndarray]) -> None:
+        """What `_dispatch` does for a batch of one request, without the queue (no wait)."""
+        self._idle -= 1
+        started = time.perf_counter_ns()
+        try:
+            outputs = self._run(data)
+        except BaseException as err:  # a failed run is not an execution to count
+            future.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
+        else:
+            computed = time.perf_counter_ns()
+            future.set_result(outputs)
+            if self._stats is not None:
+                done = time.perf_counter_ns()
+                self._stats.record_execution(
+                    len(data), 1, 0, 0, computed - started, done - computed, (0,)
+                )
+        finally:
+            self._idle += 1
+            self._check_drained()
+
     def _arm_timer(self, soon: bool = False) -> None:
         if self._timer is not None:
             return
@@ -262,6 +314,10 @@ class DynamicBatcher:
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self._inline_rows and self._idle:
+            # Did waiting this pass gather company for the request that started it?
+            alone = len(self._queue) == 1
+            self._fruitless = min(self._fruitless + 1, _FRUITLESS_PASSES) if alone else 0
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -271,12 +327,12 @@ class DynamicBatcher:
             self._timer.cancel()
             self._timer = None
         while self._idle and self._queue:
-            batch = self._take()
+            batch, rows = self._take()
             if not batch:
                 break
             self._idle -= 1
             job = _Job(batch)
-            if sum(len(p.data) for p in batch) <= self._inline_rows:
+            if rows <= self._inline_rows:
                 self._execute_safely(job)
                 self._complete(job)
                 if self._queue:
@@ -286,7 +342,9 @@ class DynamicBatcher:
                 self._jobs.put(job)
         self._check_drained()
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> tuple[list[_Pending], int]:
+        """The next batch and its rows (requests given up on or past their deadline are
+        dropped on the way)."""
         batch: list[_Pending] = []
         rows = 0
         now = time.monotonic()
@@ -307,7 +365,7 @@ class DynamicBatcher:
                 head.expiry = None
             batch.append(head)
             rows += n
-        return batch
+        return batch, rows
 
     def _finished(self, job: _Job) -> None:
         """Back on the event loop from an instance thread: answer, count, start the next batch."""
@@ -387,6 +445,9 @@ class DynamicBatcher:
             job.results = [self._run_alone(p.data) for p in batch]
             return
         job.computed_ns = time.perf_counter_ns()
+        if len(batch) == 1:
+            job.results = [outputs]
+            return
         results: list[np.ndarray | Exception] = []
         offset = 0
         for pending in batch:

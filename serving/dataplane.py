@@ -296,8 +296,11 @@ class DataPlane:
                 batch = batch[None]  # one row for the batcher; the runtime takes it off again
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
-            future = served.batcher.enqueue(batch, deadline)
-            logits = await _run(served, future)
+            future = served.batcher.enqueue(batch, deadline, may_run_now=True)
+            if future.done() and future.exception() is None:
+                logits = future.result()  # it ran at once (see DynamicBatcher.enqueue)
+            else:
+                logits = await _run(served, future)
             outputs = [
                 _encode_output(logits, out, target, served)
                 for out, target in zip(wanted, targets, strict=True)

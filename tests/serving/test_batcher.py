@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnnzoo.errors import DeadlineExceeded, Unavailable
+from cnnzoo.serving import batcher as batcher_module
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.stats import ModelStats
 
@@ -243,3 +244,48 @@ def test_small_batches_run_on_the_event_loop_and_still_batch():
     assert model.threads[2] == "infer-m-0"
     assert model.threads[3:] == ["MainThread"] * 3  # the failed pair, then each alone
     assert stats.execution_count == 3  # a failed batch is not an execution
+
+
+def test_lone_requests_stop_waiting_a_pass_when_waiting_gathers_nobody_and_a_burst_brings_it_back():
+    """`may_run_now`: while waiting a pass of the loop keeps gathering no company, a lone
+    request runs before `enqueue` returns (its future is done), except every n-th, which waits
+    to look; a wait that gathers a batch makes lone requests wait again."""
+    model = ThreadRecordingModel()
+    stats = ModelStats("m", "1")
+    n = batcher_module._FRUITLESS_PASSES
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=16, stats=stats, name="m", inline_rows=4)
+        batcher.start()
+        done_at_once = []
+        for i in range(4 * n):
+            future = batcher.enqueue(rows(1, i), may_run_now=True)
+            done_at_once.append(future.done())
+            np.testing.assert_array_equal(await future, 2 * rows(1, i) + 1)
+        # A burst: the next probe finds company, and lone requests wait again.
+        while batcher._lone % n != n - 1:
+            await batcher.enqueue(rows(1, 0), may_run_now=True)
+        burst = [batcher.enqueue(rows(1, 50 + i), may_run_now=True) for i in range(3)]
+        together = await asyncio.gather(*burst)
+        waits_again = batcher.enqueue(rows(1, 7), may_run_now=True)
+        waited = not waits_again.done()
+        failing = batcher.enqueue(-rows(1, 1), may_run_now=True)
+        await waits_again
+        with pytest.raises(ValueError):
+            await failing
+        await batcher.close()
+        return done_at_once, together, waited
+
+    done_at_once, together, waited = run(main())
+    assert done_at_once[:n] == [False] * n  # the first waits gather nobody
+    later = done_at_once[n:]
+    assert later.count(False) == len(later) // n  # every n-th still waits, to look
+    assert all(later[i] for i in range(len(later)) if (i + 1) % n)
+    for i, y in enumerate(together):
+        np.testing.assert_array_equal(y, 2 * rows(1, 50 + i) + 1)
+    assert [len(b) for b in model.batches if len(b) == 3] == [3]  # the burst ran as one batch
+    assert waited  # after a wait that paid, a lone request waits again
+    assert set(model.threads) == {"MainThread"}
+    # The waiting request and the failing one ran together; the failure was rerun alone.
+    assert [len(b) for b in model.batches[-3:]] == [2, 1, 1]
+    assert stats.execution_count == len(model.batches) - 3  # failed runs are not counted
