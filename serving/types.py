@@ -34,7 +34,7 @@ class SharedMemoryRef:
     byte_size: int
 
 
-@dataclass
+@dataclass(slots=True)
 class InferInput:
     """One input tensor as sent: exactly one of `raw` (little-endian bytes, or any buffer),
     `values` (the typed contents, a flat sequence) or `shared_memory` carries the data."""
@@ -47,7 +47,7 @@ class InferInput:
     shared_memory: SharedMemoryRef | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestedOutput:
     """An output the caller wants; `classification` > 0 asks for the top-k classes instead;
     `shared_memory` asks for it to be written into a registered region."""
@@ -57,7 +57,7 @@ class RequestedOutput:
     shared_memory: SharedMemoryRef | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     """`timeout_us` (> 0): Triton's per-request `timeout` parameter, in microseconds."""
 
@@ -69,7 +69,7 @@ class InferRequest:
     timeout_us: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class InferOutput:
     """`raw` is empty when the output was written to `shared_memory`."""
 
@@ -80,7 +80,7 @@ class InferOutput:
     shared_memory: SharedMemoryRef | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class InferResponse:
     model_name: str
     model_version: str
