@@ -4,6 +4,8 @@ It answers what perf_analyzer asks (ServerLive/Ready, ModelReady, ModelMetadata,
 ModelStatistics) and runs ModelInfer on the event loop itself with the same session `cnnzoo serve`
 builds (`OnnxModel`, same threads and warm-up), without validation, batching, deadlines,
 statistics or metrics. What cnnzoo costs on top of it is the price of those features.
+ModelStreamInfer answers each request of a stream in turn, the same way: what grpc.aio's
+streaming itself allows.
 
     python bench/bare_server.py model_repository/lenet5-mnist --port 9001 [--device cpu]
 """
@@ -91,6 +93,11 @@ class BareServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[output],
             raw_output_contents=[y.tobytes()],
         )
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        async for request in request_iterator:
+            response = await self.ModelInfer(request, context)
+            yield pb.ModelStreamInferResponse(infer_response=response)
 
 
 async def serve(folder: Path, host: str, port: int, device: str, intra_op_threads: int) -> None:

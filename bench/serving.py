@@ -9,7 +9,8 @@ Parts (targets are for a 2-core CPU, where server and load generator share the c
   1. lenet5-mnist, batch-1 unary requests at concurrency 1, 4, 16: cnnzoo and the bare server
      (target at c4: cnnzoo >= 0.95x the bare server's req/s); also the grpc.aio Python client.
   2. lenet5-mnist, batch 1, concurrency 4: `--streaming` (target >= 2.0x the bare server's unary
-     req/s) and the REST API with JSON and with binary tensors (`-i http`).
+     req/s; the bare server's own streaming shows how far grpc.aio goes) and the REST API with
+     JSON and with binary tensors (`-i http`).
   3. resnet18-imagenet, 224 px, batch 8: in-process ONNX Runtime; gRPC with the tensor in the
      request; `--shared-memory system` (target >= 0.97x in-process); REST binary (target >= 0.8x
      gRPC); uint8 images (`--input-dtype uint8` export: 4x fewer bytes) against fp32.
@@ -378,10 +379,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if 2 in parts:
         digit = rng.standard_normal((1, 32, 32)).astype(np.float32)
-        with server(repository, [LENET], device) as (target, rest):
+        with (
+            server(repository, [LENET], device) as (target, rest),
+            bare_server(repository, LENET, device) as bare,
+        ):
             measured = rounds(
                 {
                     "stream": lambda: pa(target, LENET, digit, 1, 4, "-i", "grpc", "--streaming"),
+                    "bare stream": lambda: pa(
+                        bare, LENET, digit, 1, 4, "-i", "grpc", "--streaming"
+                    ),
                     "json": lambda: pa(
                         rest,
                         LENET,
@@ -402,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         stream = measured["stream"]
         row("2", LENET, 1, 4, "grpc --streaming", stream, stream["req_per_s"] / floor,
             "streaming / bare unary", ">= 2.0")  # fmt: skip
+        bare_stream = measured["bare stream"]
+        row("2", LENET, 1, 4, "grpc --streaming, bare server", bare_stream,
+            bare_stream["req_per_s"] / floor, "bare streaming / bare unary")  # fmt: skip
         row("2", LENET, 1, 4, "REST, JSON tensors", measured["json"],
             measured["json"]["req_per_s"] / floor, "REST / bare unary gRPC")  # fmt: skip
         row("2", LENET, 1, 4, "REST, binary tensors", measured["binary"],
