@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 from cnnzoo.errors import DeadlineExceeded, ModelExecutionError, ResourceExhausted
 from cnnzoo.serving.latency import LatencyRecorder
 
-__all__ = ["FAILURE_REASONS", "BatchSizeStats", "Duration", "ModelStats", "failure_reason"]
+__all__ = [
+    "DEADLINE_SLACK_S",
+    "FAILURE_REASONS",
+    "BatchSizeStats",
+    "Duration",
+    "ModelStats",
+    "failure_reason",
+]
 
 # Triton's `reason` label of nv_inference_request_failure.
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+# How long before its deadline a cancelled call still counts as timed out (see failure_reason).
+DEADLINE_SLACK_S = 0.05
 
 
 def failure_reason(err: BaseException, deadline: float | None = None) -> str:
@@ -28,12 +37,15 @@ def failure_reason(err: BaseException, deadline: float | None = None) -> str:
     (the model failed to run it), OTHER (a malformed request, an unavailable model, ...).
 
     `deadline` (`time.monotonic()` seconds) tells the two cancellations apart: grpc cancels a
-    call whose deadline passed as it cancels one its caller gave up on.
+    call whose deadline passed as it cancels one its caller gave up on. The caller's clock
+    started before the server received the call, so a client that gives up at its deadline is
+    seen here a little before the server's: a cancellation within `DEADLINE_SLACK_S` of the
+    deadline is the deadline's.
     """
     if isinstance(err, (DeadlineExceeded, ResourceExhausted)):
         return "REJECTED"
     if isinstance(err, asyncio.CancelledError):
-        timed_out = deadline is not None and time.monotonic() >= deadline
+        timed_out = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S
         return "REJECTED" if timed_out else "CANCELED"
     if isinstance(err, ModelExecutionError):
         return "BACKEND"

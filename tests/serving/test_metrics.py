@@ -9,6 +9,7 @@ its histogram buckets set in config.pbtxt (Triton's `model_metrics`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -26,6 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cnnzoo.protos import grpc_service_pb2_grpc
+from cnnzoo.serving.stats import DEADLINE_SLACK_S, failure_reason
 from tests.ops.monitoring import PROMTOOL_HOW, dashboard_queries, monitoring_config
 from tests.serving.conftest import copy_model
 from tests.serving.helpers import MODEL, QUEUED, ServerProcess, free_port
@@ -311,3 +313,14 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(metrics_serve
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_cancellation_at_the_deadline_is_a_timeout_and_one_well_before_it_the_callers():
+    """A client that gives up at its own deadline reaches the server a little before the
+    server's copy of that deadline (its clock started first)."""
+    now = time.monotonic()
+    cancelled = asyncio.CancelledError()
+    assert failure_reason(cancelled, now + DEADLINE_SLACK_S / 2) == "REJECTED"
+    assert failure_reason(cancelled, now - 1) == "REJECTED"
+    assert failure_reason(cancelled, now + 10) == "CANCELED"
+    assert failure_reason(cancelled, None) == "CANCELED"
