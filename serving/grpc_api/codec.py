@@ -63,42 +63,22 @@ def infer_request_from_pb(request: grpc_service_pb2.ModelInferRequest) -> InferR
 
     As in Triton, `raw_input_contents` holds one entry per input that is not in shared memory.
     """
-    raw = request.raw_input_contents
-    tensors = request.inputs
-    if len(tensors) == 1 and len(raw) == 1 and not tensors[0].parameters:
-        inputs = [_raw_input(tensors[0], raw[0], request.model_name)]  # the common request
-    else:
-        inputs = _inputs(request)
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
-        inputs=inputs,
+        inputs=_inputs(request),
         outputs=[_requested_output(o) for o in request.outputs] if request.outputs else [],
         timeout_us=_timeout(request.parameters) if request.parameters else 0,
     )
 
 
-def _raw_input(
-    tensor: grpc_service_pb2.ModelInferRequest.InferInputTensor, data: bytes, model: str
-) -> InferInput:
-    if tensor.HasField("contents"):
-        raise _mixed_contents(tensor.name, model)
-    return InferInput(tensor.name, tensor.datatype, tuple(tensor.shape), data)
-
-
-def _mixed_contents(name: str, model: str) -> InvalidInput:
-    # KServe and Triton refuse the mix instead of ignoring one of them
-    return InvalidInput(
-        f"input {quoted(name)} has typed contents and the request has raw_input_contents; "
-        f"send the data of model {quoted(model)} in one of them, not both"
-    )
-
-
 def _inputs(request: grpc_service_pb2.ModelInferRequest) -> list[InferInput]:
     raw = request.raw_input_contents
-    regions = [_shared_memory(t.name, t.parameters) for t in request.inputs]
-    carried = sum(ref is None for ref in regions)
+    tensors = request.inputs
+    # Only a tensor with parameters can name a shared-memory region.
+    regions = [_shared_memory(t.name, t.parameters) if t.parameters else None for t in tensors]
+    carried = regions.count(None)
     if raw and len(raw) != carried:
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {carried} inputs that are not in "
@@ -106,26 +86,24 @@ def _inputs(request: grpc_service_pb2.ModelInferRequest) -> list[InferInput]:
         )
     inputs = []
     next_raw = 0
-    for tensor, region in zip(request.inputs, regions, strict=True):
-        values = data = None
-        if region is None and raw and tensor.HasField("contents"):
-            raise _mixed_contents(tensor.name, request.model_name)
-        if region is None and raw:
-            data = raw[next_raw]
+    for tensor, region in zip(tensors, regions, strict=True):
+        shape = tuple(tensor.shape)
+        if region is not None:
+            inputs.append(InferInput(tensor.name, tensor.datatype, shape, shared_memory=region))
+        elif raw:
+            if tensor.HasField("contents"):
+                # KServe and Triton refuse the mix instead of ignoring one of them
+                raise InvalidInput(
+                    f"input {quoted(tensor.name)} has typed contents and the request has "
+                    f"raw_input_contents; send the data of model {quoted(request.model_name)} "
+                    "in one of them, not both"
+                )
+            inputs.append(InferInput(tensor.name, tensor.datatype, shape, raw[next_raw]))
             next_raw += 1
-        elif region is None and tensor.HasField("contents"):
-            field = _CONTENTS_FIELD.get(tensor.datatype)
+        else:
+            field = _CONTENTS_FIELD.get(tensor.datatype) if tensor.HasField("contents") else None
             values = getattr(tensor.contents, field) if field else None
-        inputs.append(
-            InferInput(
-                name=tensor.name,
-                datatype=tensor.datatype,
-                shape=tuple(tensor.shape),
-                raw=data,
-                values=values,
-                shared_memory=region,
-            )
-        )
+            inputs.append(InferInput(tensor.name, tensor.datatype, shape, values=values))
     return inputs
 
 
