@@ -278,7 +278,7 @@ class DynamicBatcher:
         try:
             outputs = self._run(data)
         except BaseException as err:  # a failed run is not an execution to count
-            future.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
+            future.set_exception(_as_exception(err))
         else:
             computed = time.perf_counter_ns()
             future.set_result(outputs)
@@ -422,8 +422,7 @@ class DynamicBatcher:
         try:
             self._execute(job)
         except BaseException as err:  # never lose a job: answer it with the error
-            error = err if isinstance(err, Exception) else RuntimeError(str(err))
-            job.results = [error] * len(job.batch)
+            job.results = [_as_exception(err)] * len(job.batch)
 
     def _execute(self, job: _Job) -> None:
         batch = job.batch
@@ -461,3 +460,9 @@ class DynamicBatcher:
             return self._run(data)
         except Exception as err:
             return err
+
+
+def _as_exception(err: BaseException) -> Exception:
+    """What a caller's future can carry for `err` (a KeyboardInterrupt or SystemExit raised
+    inside the model call becomes a RuntimeError: it must not escape into the event loop)."""
+    return err if isinstance(err, Exception) else RuntimeError(str(err))

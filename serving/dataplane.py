@@ -297,10 +297,7 @@ class DataPlane:
             wanted = _requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
             future = served.batcher.enqueue(batch, deadline, may_run_now=True)
-            if future.done() and future.exception() is None:
-                logits = future.result()  # it ran at once (see DynamicBatcher.enqueue)
-            else:
-                logits = await _run(served, future)
+            logits = await _run(served, future)  # no wait when it ran at once
             outputs = [
                 _encode_output(logits, out, target, served)
                 for out, target in zip(wanted, targets, strict=True)
