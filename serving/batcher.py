@@ -272,24 +272,21 @@ class DynamicBatcher:
         return False
 
     def _run_now(self, data: np.ndarray, future: asyncio.Future[np.ndarray]) -> None:
-        """What `_dispatch` does for a batch of one request, without the queue (no wait)."""
-        self._idle -= 1
+        """What `_dispatch` does for a batch of one request, without the queue (no wait). It
+        runs to the end before the loop turns, so the instance is never seen busy."""
         started = time.perf_counter_ns()
         try:
             outputs = self._run(data)
         except BaseException as err:  # a failed run is not an execution to count
             future.set_exception(_as_exception(err))
-        else:
-            computed = time.perf_counter_ns()
-            future.set_result(outputs)
-            if self._stats is not None:
-                done = time.perf_counter_ns()
-                self._stats.record_execution(
-                    len(data), 1, 0, 0, computed - started, done - computed, (0,)
-                )
-        finally:
-            self._idle += 1
-            self._check_drained()
+            return
+        computed = time.perf_counter_ns()
+        future.set_result(outputs)
+        if self._stats is not None:
+            done = time.perf_counter_ns()
+            self._stats.record_execution(
+                len(data), 1, 0, 0, computed - started, done - computed, (0,)
+            )
 
     def _arm_timer(self, soon: bool = False) -> None:
         if self._timer is not None:
