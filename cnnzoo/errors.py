@@ -1,10 +1,11 @@
 """Errors the project raises on purpose: the one hierarchy every package uses.
 
 Each carries a `reason` a person can act on (names, counts, allowed values, the flag that fixes
-it). The CLI prints the reason as one line and exits with `exit_code`; the gRPC layer maps each
-class to one status code in one place (`cnnzoo.serving.grpc_api.status`), so handlers never pick
-codes themselves. `EXIT_CODES` lists every exit status of the command (`cnnzoo --help` and
-the README show it).
+it). The CLI prints the reason as one line and exits with `exit_code`. Each class names its
+status, `status` (a gRPC status code name, as google.rpc.Code spells it): the gRPC front end
+answers with that code and the REST front end with the HTTP code its table gives that name, by
+lookup, so handlers never pick codes themselves; `error_class` is the inverse a client uses.
+`EXIT_CODES` lists every exit status of the command (`cnnzoo --help` and the README show it).
 
 Reasons often quote what a caller sent; `quoted` bounds such quotes, so a 100 kB model name
 never comes back in a message (gRPC clients refuse status messages over their header limit).
@@ -31,6 +32,7 @@ class CnnzooError(Exception):
     """Base class. Status: INTERNAL unless a subclass says otherwise."""
 
     exit_code = 1
+    status = "INTERNAL"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -41,12 +43,14 @@ class InvalidInput(CnnzooError):
     """A request, argument or file is malformed. Status: INVALID_ARGUMENT."""
 
     exit_code = 2
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(CnnzooError):
     """A named model, version, layer or file does not exist. Status: NOT_FOUND."""
 
     exit_code = 3
+    status = "NOT_FOUND"
 
 
 class DatasetNotFound(NotFound):
@@ -57,18 +61,21 @@ class AlreadyExists(CnnzooError):
     """Refusing to overwrite something that exists (an exported version). Status: ALREADY_EXISTS."""
 
     exit_code = 4
+    status = "ALREADY_EXISTS"
 
 
 class IntegrityError(CnnzooError):
     """A file's sha256 or contents do not match what was recorded. Status: FAILED_PRECONDITION."""
 
     exit_code = 5
+    status = "FAILED_PRECONDITION"
 
 
 class Unavailable(CnnzooError):
     """The server or a model cannot answer now (loading, refused, draining). Status: UNAVAILABLE."""
 
     exit_code = 6
+    status = "UNAVAILABLE"
 
 
 class ResourceExhausted(CnnzooError):
@@ -76,12 +83,14 @@ class ResourceExhausted(CnnzooError):
     names the limit. Status: RESOURCE_EXHAUSTED."""
 
     exit_code = 7
+    status = "RESOURCE_EXHAUSTED"
 
 
 class DeadlineExceeded(CnnzooError):
     """The caller's deadline passed before the answer was ready. Status: DEADLINE_EXCEEDED."""
 
     exit_code = 8
+    status = "DEADLINE_EXCEEDED"
 
 
 class ModelExecutionError(CnnzooError):
@@ -134,14 +143,36 @@ def _meaning(kind: type[CnnzooError]) -> str:
     return text[:1].lower() + text[1:]
 
 
+def _error_classes() -> list[type[CnnzooError]]:
+    """Every error class, in definition order (a base before its subclasses)."""
+    return [v for v in globals().values() if isinstance(v, type) and issubclass(v, CnnzooError)]
+
+
 def _first_class_per_exit_code() -> list[type[CnnzooError]]:
-    """The most general class of each exit code (in definition order: a base before its
-    subclasses), so a new error class with a new code is listed without editing a table."""
+    """The most general class of each exit code, so a new error class with a new code is listed
+    without editing a table."""
     kinds: dict[int, type[CnnzooError]] = {}
-    for value in list(globals().values()):
-        if isinstance(value, type) and issubclass(value, CnnzooError):
-            kinds.setdefault(value.exit_code, value)
+    for kind in _error_classes():
+        kinds.setdefault(kind.exit_code, kind)
     return [kinds[code] for code in sorted(kinds)]
+
+
+def _first_class_per_status() -> dict[str, type[CnnzooError]]:
+    """The most general class of each status: what a client raises for a call that failed
+    with it."""
+    kinds: dict[str, type[CnnzooError]] = {}
+    for kind in _error_classes():
+        kinds.setdefault(kind.status, kind)
+    return kinds
+
+
+_CLASS_OF_STATUS = _first_class_per_status()
+
+
+def error_class(status: str) -> type[CnnzooError]:
+    """The error class a failed call's status name stands for (`CnnzooError` for a status no
+    class names, such as INTERNAL or UNKNOWN)."""
+    return _CLASS_OF_STATUS.get(status, CnnzooError)
 
 
 # Every exit status of the `cnnzoo` command: `cnnzoo --help` and the README list these.

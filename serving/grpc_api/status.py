@@ -1,10 +1,11 @@
 """Domain errors to gRPC status codes, in one place.
 
-Servicer methods are wrapped with `grpc_errors`: a `CnnzooError` becomes its status code with
-the error's `reason` as the message; anything else is logged with its traceback on the server
-and answered INTERNAL without one. Messages are cut at `MAX_MESSAGE_CHARS`: a status message
-travels in a header, and clients refuse headers over their limit (8 kB by default), which would
-turn the real status into RESOURCE_EXHAUSTED on the client.
+Servicer methods are wrapped with `grpc_errors`: a `CnnzooError` becomes the status code its
+class names (`status`) with the error's `reason` as the message; anything else is logged with
+its traceback on the server and answered INTERNAL without one. Messages are cut at
+`MAX_MESSAGE_CHARS`: a status message travels in a header, and clients refuse headers over
+their limit (8 kB by default), which would turn the real status into RESOURCE_EXHAUSTED on the
+client.
 """
 
 from __future__ import annotations
@@ -16,17 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cnnzoo.errors import (
-    AlreadyExists,
-    CnnzooError,
-    DeadlineExceeded,
-    IntegrityError,
-    InvalidImage,
-    InvalidInput,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
-)
+from cnnzoo.errors import CnnzooError, InvalidImage, Unavailable, error_class
 
 __all__ = [
     "IMAGE_INDEX_METADATA_KEY",
@@ -45,23 +36,10 @@ MAX_MESSAGE_CHARS = 2000
 
 log = logging.getLogger(__name__)
 
-# Most specific first: DatasetNotFound is a NotFound, and so on.
-_STATUS: tuple[tuple[type[CnnzooError], grpc.StatusCode], ...] = (
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (IntegrityError, grpc.StatusCode.FAILED_PRECONDITION),
-)
-
 
 def status_for(err: CnnzooError) -> grpc.StatusCode:
-    for kind, code in _STATUS:
-        if isinstance(err, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The status code `err`'s class names."""
+    return grpc.StatusCode[err.status]
 
 
 def message_for(err: CnnzooError) -> str:
@@ -99,10 +77,6 @@ def grpc_errors(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-# The client side of the same table: a failed call becomes the matching CnnzooError.
-_ERRORS: dict[grpc.StatusCode, type[CnnzooError]] = {code: kind for kind, code in _STATUS}
-
-
 def error_for(err: grpc.RpcError, target: str) -> CnnzooError:
     """The `CnnzooError` for a failed call (UNAVAILABLE names the server it could not reach;
     an unusable image becomes `InvalidImage` with its index)."""
@@ -113,8 +87,7 @@ def error_for(err: grpc.RpcError, target: str) -> CnnzooError:
     index = _image_index(err)
     if code == grpc.StatusCode.INVALID_ARGUMENT and index is not None:
         return InvalidImage(index, details.removeprefix(f"image {index}: "))
-    kind = _ERRORS.get(code, CnnzooError)
-    return kind(f"{code.name}: {details}")
+    return error_class(code.name)(f"{code.name}: {details}")
 
 
 def _image_index(err: grpc.RpcError) -> int | None:

@@ -5,7 +5,8 @@ aiohttp serves it on the server's own event loop, beside grpc.aio: both front en
 regions with gRPC ones, and no thread hand-off sits between a REST handler and the data plane.
 
 Errors are Triton's: a JSON body `{"error": "..."}` with the HTTP code of the status the same error
-gets over gRPC (400 invalid argument, 404 not found, 503 unavailable, ...; see `HTTP_CODES`);
+gets over gRPC (its class's `status`: 400 invalid argument, 404 not found, 503 unavailable, ...;
+see `HTTP_CODES`);
 unknown routes 404, a wrong method 405 (with `Allow`), a body over the limit 413 naming it.
 """
 
@@ -17,12 +18,10 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import grpc
 from aiohttp import web
 
 from cnnzoo.errors import CnnzooError, NotFound, Unavailable
 from cnnzoo.serving.dataplane import DataPlane
-from cnnzoo.serving.grpc_api.status import status_for
 from cnnzoo.serving.http_api import codec
 from cnnzoo.serving.http_api.model_config import model_config_to_json
 
@@ -30,19 +29,19 @@ __all__ = ["HTTP_CODES", "HttpServer", "make_app"]
 
 log = logging.getLogger(__name__)
 
-# The HTTP code of each gRPC status (Triton's mapping where it has one: ALREADY_EXISTS and
-# FAILED_PRECONDITION are 400; google.rpc's otherwise).
+# The HTTP code of each status an error class names (Triton's mapping where it has one:
+# ALREADY_EXISTS and FAILED_PRECONDITION are 400; google.rpc's otherwise; others 500).
 HTTP_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.ALREADY_EXISTS: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    "INVALID_ARGUMENT": 400,
+    "ALREADY_EXISTS": 400,
+    "FAILED_PRECONDITION": 400,
+    "NOT_FOUND": 404,
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 401,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,7 +70,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except CnnzooError as err:
-        return _error(err.reason, HTTP_CODES.get(status_for(err), 500))
+        return _error(err.reason, HTTP_CODES.get(err.status, 500))
     except web.HTTPMethodNotAllowed as err:
         allowed = ", ".join(sorted(err.allowed_methods))
         return _error(
