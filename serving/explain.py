@@ -10,8 +10,8 @@ from cnnzoo.errors import InvalidInput, quoted
 from cnnzoo.interpret.methods import METHODS
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.limits import check_deadline
-from cnnzoo.serving.model_manager import LoadedVersion
 from cnnzoo.serving.types import ExplainResult
+from cnnzoo.serving.version import LoadedVersion
 
 __all__ = ["explain_image"]
 

@@ -1,9 +1,9 @@
-"""The models a server holds: loading, integrity checks, warm-up, lookup and hot reload.
+"""The models a server holds: which version of each serves, lookup, model control, hot reload.
 
-Each model in the repository is served at its newest version that loads. Loading a version
-verifies every sha256 in its manifest, reads config.pbtxt and labels.txt, creates the ONNX
-Runtime session and warms up each batch size, all in a worker thread; only then does the version
-replace the one being served. Versions are tried newest first: a refused one is logged with its
+Each model in the repository is served at its newest version that loads. A version loads in a
+worker thread (`cnnzoo.serving.version`: integrity checks, config.pbtxt and labels, the ONNX
+Runtime session, warm-up); only then does it replace the one being served. Versions are tried
+newest first: a refused one is logged with its
 reason and the next older one is tried. A model none of whose versions loads is marked
 unavailable with the reasons (requests for it get UNAVAILABLE naming it) while the others serve.
 A refusal is remembered with the size and modification time of the files it depended on, so a
@@ -37,36 +37,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from cnnzoo.errors import (
     CnnzooError,
     ExecutionProviderError,
-    IntegrityError,
     InvalidInput,
-    ModelIncomplete,
     NotFound,
     Unavailable,
     quoted,
 )
-from cnnzoo.serving.autocomplete import GraphTensor, complete_config
-from cnnzoo.serving.batcher import DynamicBatcher
-from cnnzoo.serving.latency import LatencyRecorder, MetricsConfig
+from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.limits import RequestLimits
-from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
-from cnnzoo.serving.spec import ModelSpec
+from cnnzoo.serving.runtime import RuntimeOptions
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.types import IndexEntry
-from cnnzoo.zoo.preprocess import PARAMETER_KEYS, Preprocess
-from cnnzoo.zoo.repository import LABELS_FILE, ONNX_FILE, Manifest, ModelRepository
+from cnnzoo.serving.version import (
+    Fingerprint,
+    LoadedVersion,
+    LoadOptions,
+    VersionLoader,
+    fingerprint,
+)
+from cnnzoo.zoo.repository import ModelRepository
 
 __all__ = [
     "CONTROL_MODES",
     "EXPLICIT",
-    "LoadedVersion",
     "ModelManager",
     "ModelRecord",
     "NONE",
@@ -80,96 +78,6 @@ UNLOADED = "unloaded"  # Triton's reason for a model unloaded on request
 
 NONE, POLL, EXPLICIT = "none", "poll", "explicit"
 CONTROL_MODES = (NONE, POLL, EXPLICIT)
-
-# Batch sizes a model runs in at most this long (measured at warm-up) run on the event loop
-# thread, without the hand-off to an instance thread and back (see serving.batcher).
-INLINE_BUDGET_S = 1e-3
-
-
-# What loading a version read: (file name, size, mtime_ns) of each of its files and the model's.
-Fingerprint = tuple[tuple[str, int, int], ...]
-
-
-@dataclass(eq=False)
-class LoadedVersion:
-    """One model version ready to run: its interface, runtime session and batcher."""
-
-    name: str
-    version: int
-    repository: ModelRepository
-    spec: ModelSpec
-    config: Any  # model_config_pb2.ModelConfig, passed through to the ModelConfig RPC
-    labels: tuple[str, ...]  # empty: the model has no label file
-    preprocess: Preprocess | None  # None: config.pbtxt has no preprocessing parameters
-    manifest: Manifest | None  # None: a version without manifest.json (not written by cnnzoo)
-    runtime: OnnxModel
-    stats: ModelStats
-    batcher: DynamicBatcher  # started when the version begins to serve, closed when retired
-    preprocess_missing: str = ""  # why there is no preprocessing, for Classify and Explain
-    fingerprint: Fingerprint = ()  # the files as they were when the version was loaded
-    _torch_model: Any = None
-    _torch_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def version_str(self) -> str:
-        return str(self.version)
-
-    @property
-    def provider(self) -> str:
-        return self.runtime.provider
-
-    def label(self, index: int) -> str:
-        """The label of class `index` ("" when the model has no label file)."""
-        return self.labels[index] if index < len(self.labels) else ""
-
-    def image_preprocess(self, operation: str) -> Preprocess:
-        """The preprocessing `operation` (Classify, Explain) needs to turn images into inputs.
-
-        Raises:
-            ModelIncomplete: config.pbtxt has no preprocessing parameters (names the missing
-                one), or the model takes no batch of images (max_batch_size 0).
-        """
-        if not self.spec.batched:
-            raise ModelIncomplete(
-                f"{operation} sends images as a batch, and {self.name!r} has no batch dimension "
-                "(max_batch_size 0); ModelInfer works (send the input tensor itself)"
-            )
-        if self.preprocess is None:
-            raise ModelIncomplete(
-                f"{operation} needs the preprocessing of {self.name!r} version {self.version} to "
-                f"turn images into its input, and {self.preprocess_missing}; ModelInfer works "
-                "(send the input tensor itself)"
-            )
-        return self.preprocess
-
-    def torch_model(self) -> Any:
-        """The PyTorch model built from this version's model.safetensors (loaded once, lazily).
-
-        Explanations need gradients, which the ONNX session cannot give; torch is imported only
-        when the first explanation is asked for. The weights' sha256 is checked against the
-        manifest then (a refusal is logged and tried again on the next call).
-
-        Raises:
-            ModelIncomplete: nothing names the zoo entry, or model.safetensors is absent.
-        """
-        if self.manifest is None and not self.spec.parameters.get("zoo_entry"):
-            raise ModelIncomplete(
-                f"Explain needs the PyTorch model of {self.name!r} version {self.version}: it "
-                "has no manifest.json and config.pbtxt names no zoo_entry (export it with "
-                "cnnzoo export)"
-            )
-        with self._torch_lock:
-            if self._torch_model is None:
-                try:
-                    self._torch_model = self.repository.torch_model(
-                        self.name, self.version, manifest=self.manifest
-                    )
-                except CnnzooError as err:
-                    log.error(
-                        "Explain refused for %s version %d: %s", self.name, self.version, err.reason
-                    )
-                    raise
-            return self._torch_model
 
 
 @dataclass(frozen=True)
@@ -225,21 +133,26 @@ class ModelManager:
     ) -> None:
         self.repository = repository
         self.control = control
-        self._metrics = metrics or MetricsConfig()
-        self._require_manifest = require_manifest
         self._load_at_start = tuple(load_at_start)
-        self.runtime_options = runtime
         self.limits = limits or RequestLimits()
+        self._loader = VersionLoader(
+            repository,
+            LoadOptions(
+                runtime=runtime,
+                batching=batching,
+                warm_up=warm_up,
+                require_manifest=require_manifest,
+                metrics=metrics or MetricsConfig(),
+                max_queue_size=self.limits.max_queue_size,
+            ),
+        )
         # How the server's own paths appear in errors, longest first (all are cut from reasons).
         root = repository.root
         self._root_forms = sorted(
             {str(root), str(root.absolute()), str(root.resolve())}, key=len, reverse=True
         )
         self._only = tuple(models)
-        self._batching = batching
-        self._warm_up = warm_up
         self._records: dict[str, ModelRecord] = {}
-        self._stats: dict[tuple[str, int], ModelStats] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self.loaded = False  # the start-up load has finished
@@ -307,7 +220,7 @@ class ModelManager:
 
     def all_stats(self) -> list[ModelStats]:
         """Counters of every version ever served (Prometheus counters never go backwards)."""
-        return list(self._stats.values())
+        return list(self._loader.stats.values())
 
     @property
     def ready(self) -> bool:
@@ -464,15 +377,13 @@ class ModelManager:
         for version in reversed(on_disk):
             if (version < served or (version == served and not reload)) and not removed:
                 break
-            fingerprint = self._fingerprint(record.name, version)
+            files = fingerprint(self.repository, record.name, version)
             refusal = record.failed.get(version)
-            if refusal is not None and refusal.fingerprint == fingerprint:
+            if refusal is not None and refusal.fingerprint == files:
                 continue  # refused before and unchanged since
             log.info("loading %s version %d", record.name, version)
             try:
-                loaded = await asyncio.to_thread(
-                    self._load_version, record.name, version, fingerprint
-                )
+                loaded = await asyncio.to_thread(self._loader.load, record.name, version, files)
             except ExecutionProviderError:
                 raise  # the device choice is wrong for every model: a start-up error
             except (CnnzooError, OSError) as err:
@@ -492,7 +403,7 @@ class ModelManager:
                     self._serve(record, loaded)
                     record.versions = on_disk
                 return
-            record.failed[version] = Refusal(fingerprint, reason)
+            record.failed[version] = Refusal(files, reason)
             log.error("refused %s version %d: %s", record.name, version, reason)
         if removed:
             self._note(
@@ -530,8 +441,8 @@ class ModelManager:
         (a version without a manifest has nothing to be verified against)."""
         if current.manifest is None:
             return
-        fingerprint = self._fingerprint(record.name, current.version)
-        if fingerprint == current.fingerprint:
+        files = fingerprint(self.repository, record.name, current.version)
+        if files == current.fingerprint:
             return
         try:
             await asyncio.to_thread(self.repository.verify, record.name, current.version)
@@ -544,7 +455,7 @@ class ModelManager:
             )
         else:
             record.reason = ""
-        current.fingerprint = fingerprint  # reported once per change
+        current.fingerprint = files  # reported once per change
 
     def _note(self, record: ModelRecord, reason: str) -> None:
         """Report a problem of the served version (logged once; ListModels shows it)."""
@@ -564,124 +475,6 @@ class ModelManager:
         for form in self._root_forms:
             text = text.replace(form + "/", "").replace(form, "the model repository")
         return text
-
-    def _fingerprint(self, name: str, version: int) -> Fingerprint:
-        """Size and mtime of every file a load of `version` reads (cheap: stat calls only)."""
-        folder = self.repository.root / name
-        try:  # config.pbtxt and label files beside it, and the version's files
-            paths = sorted(path for path in folder.iterdir() if path.is_file())
-            paths += sorted((folder / str(version)).iterdir())
-            stats = [(path.name, path.stat()) for path in paths]
-        except OSError:
-            return ()  # unreadable now: tried again once it can be read (a new fingerprint)
-        return tuple((n, st.st_size, st.st_mtime_ns) for n, st in stats)
-
-    def _load_version(self, name: str, version: int, fingerprint: Fingerprint) -> LoadedVersion:
-        """Verify, read and open one version, then warm it up (runs in a worker thread).
-
-        Only config.pbtxt and model.onnx are required (completed from the graph as Triton
-        does); a manifest is verified when there is one (required with `require_manifest`),
-        labels and preprocessing parameters are used when present.
-        """
-        manifest = None
-        if self.repository.has_manifest(name, version):
-            manifest = self.repository.verify(name, version)
-        elif self._require_manifest:
-            raise IntegrityError(
-                f"{name} version {version} has no manifest.json, and the server runs with "
-                "--require-manifest (export it with cnnzoo export, or serve without the flag)"
-            )
-
-        config = self.repository.config(name)
-        runtime = OnnxModel(
-            self.repository.version_dir(name, version) / ONNX_FILE, self.runtime_options
-        )
-        filled = complete_config(
-            config,
-            [GraphTensor.from_ort(t) for t in runtime.inputs],
-            [GraphTensor.from_ort(t) for t in runtime.outputs],
-            model=name,
-        )
-        if filled:
-            log.info(
-                "%s version %d: completed from model.onnx: %s", name, version, "; ".join(filled)
-            )
-        spec = ModelSpec.from_config(config)
-        labels = self._labels(name, config, spec)
-        preprocess, preprocess_missing = self._preprocess(name, spec)
-        runtime.fit_shapes(
-            batched=spec.batched,
-            input_shape=spec.input.reshape,
-            output_dims=spec.output.dims if spec.output.reshape is not None else None,
-        )
-        if self._warm_up:
-            runtime.warm_up(
-                spec.input.dims, warm_up_sizes(spec.max_batch_size, spec.preferred_batch_sizes)
-            )
-        stats = self._stats.get((name, version))
-        if stats is None:
-            latency = None
-            if self._metrics.summary_latencies or self._metrics.histogram_latencies:
-                latency = LatencyRecorder(self._metrics, spec.histogram_buckets)
-            stats = self._stats[(name, version)] = ModelStats(name, str(version), latency=latency)
-        batcher = DynamicBatcher(
-            runtime.run,
-            max_batch_size=spec.max_batch_size,
-            max_queue_delay_us=spec.max_queue_delay_us,
-            batching=self._batching and spec.dynamic_batching,
-            instances=spec.instance_count,
-            max_queue_size=spec.max_queue_size or self.limits.max_queue_size,
-            stats=stats,
-            name=f"{name}-{version}",
-            inline_rows=inline_rows(runtime.run_seconds),
-        )
-        return LoadedVersion(
-            name=name,
-            version=version,
-            repository=self.repository,
-            spec=spec,
-            config=config,
-            labels=labels,
-            preprocess=preprocess,
-            manifest=manifest,
-            runtime=runtime,
-            stats=stats,
-            batcher=batcher,
-            preprocess_missing=preprocess_missing,
-            fingerprint=fingerprint,
-        )
-
-    def _labels(self, name: str, config: Any, spec: ModelSpec) -> tuple[str, ...]:
-        """The output's label file (config.pbtxt's `label_filename`, else labels.txt if there
-        is one); none is fine (the classification extension then answers indices)."""
-        filename = config.output[0].label_filename
-        if not filename and not (self.repository.root / name / LABELS_FILE).is_file():
-            return ()
-        labels = tuple(self.repository.labels(name, filename or LABELS_FILE))
-        classes = spec.output.dims[-1] if spec.output.dims else 0
-        if len(labels) != classes:
-            raise IntegrityError(
-                f"{name}/{filename or LABELS_FILE} has {len(labels)} labels but output "
-                f"{spec.output.name!r} has {classes} classes"
-            )
-        return labels
-
-    def _preprocess(self, name: str, spec: ModelSpec) -> tuple[Preprocess | None, str]:
-        """config.pbtxt's preprocessing parameters, or None and what is missing."""
-        present = [k for k in PARAMETER_KEYS if k in spec.parameters]
-        if not present:
-            return None, "config.pbtxt has no preprocessing parameters (colour, mean, std, ...)"
-        try:
-            preprocess = Preprocess.from_parameters(spec.parameters)
-        except InvalidInput as err:
-            return None, f"its config.pbtxt preprocessing is incomplete: {err.reason}"
-        if (preprocess.channels, *preprocess.input_size) != spec.input.dims:
-            raise IntegrityError(
-                f"{name}: preprocessing gives {preprocess.channels}x"
-                f"{preprocess.input_size[0]}x{preprocess.input_size[1]} images but input "
-                f"{spec.input.name!r} has dims {list(spec.input.dims)}"
-            )
-        return preprocess, ""
 
     def _refuse(self, record: ModelRecord, reason: str) -> None:
         """Report that `record` has nothing (new) to serve, once per reason."""
@@ -728,8 +521,3 @@ def _check_named(
             f"model {', '.join(map(repr, missing))} is not in {repository.root} "
             f"(models: {', '.join(available) or 'none'})"
         )
-
-
-def inline_rows(run_seconds: dict[int, float]) -> int:
-    """The largest warmed batch size that runs within `INLINE_BUDGET_S` (0: none)."""
-    return max((size for size, s in run_seconds.items() if s <= INLINE_BUDGET_S), default=0)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnzoo.errors import ExecutionProviderError, InvalidInput
+from cnnzoo.serving.tensors import RowLayout
 
 __all__ = [
     "CPU",
@@ -180,27 +181,15 @@ class OnnxModel:
         self._input_dtype = _NUMPY_TYPES.get(inputs[0].type, np.float32)
         self._io_binding = self.provider == CUDA
         # How a batch `[N, *dims]` becomes the graph's input and back (see `fit_shapes`).
-        self._batched = True
-        self._input_shape: tuple[int, ...] | None = None
-        self._output_dims: tuple[int, ...] | None = None
+        self._layout = RowLayout()
         self.warmed_sizes: tuple[int, ...] = ()  # set by warm_up
         self.run_seconds: dict[int, float] = {}  # batch size -> seconds per run, by warm_up
         log.info("loaded %s on %s", self.path, self.provider)
 
-    def fit_shapes(
-        self,
-        *,
-        batched: bool,
-        input_shape: tuple[int, ...] | None = None,
-        output_dims: tuple[int, ...] | None = None,
-    ) -> None:
-        """Adapt batches to the graph: without a batch dimension (`batched` False) the one row
-        of a batch is the graph's whole input and its output becomes one row; `input_shape`
-        (config.pbtxt's input `reshape`, without the batch) is the shape the graph takes, and
-        `output_dims` the dims its output is reshaped to (the output's config dims)."""
-        self._batched = batched
-        self._input_shape = input_shape
-        self._output_dims = output_dims
+    def fit_shapes(self, layout: RowLayout) -> None:
+        """Adapt batches to the graph as `layout` says (a model without a batch dimension,
+        config.pbtxt's `reshape`)."""
+        self._layout = layout
 
     def run_size(self, rows: int) -> int:
         """The batch size `rows` rows run at: the smallest warmed size that holds them (`rows`
@@ -225,12 +214,7 @@ class OnnxModel:
         rows = len(batch)
         if batch.dtype != self._input_dtype:
             batch = batch.astype(self._input_dtype)
-        if not self._batched:
-            batch = batch[0]
-        if self._input_shape is not None:
-            batch = batch.reshape(
-                (rows, *self._input_shape) if self._batched else self._input_shape
-            )
+        batch = self._layout.to_graph(batch)
         if self._io_binding:
             binding = self._session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
@@ -239,10 +223,7 @@ class OnnxModel:
             out = binding.copy_outputs_to_cpu()[0]
         else:
             out = self._session.run(self._output_names, {self.input_name: batch})[0]
-        if not self._batched:
-            out = out[None]
-        if self._output_dims is not None:
-            out = out.reshape((rows, *self._output_dims))
+        out = self._layout.from_graph(out, rows)
         return out.astype(np.float32) if out.dtype == np.float16 else out
 
     def warm_up(self, sample_shape: tuple[int, ...], batch_sizes: Iterable[int]) -> None:

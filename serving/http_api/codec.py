@@ -20,6 +20,7 @@ import numpy as np
 from cnnzoo.errors import InvalidInput
 from cnnzoo.serving.spec import DATATYPES
 from cnnzoo.serving.stats import Duration, ModelStats
+from cnnzoo.serving.tensors import deserialize_bytes_tensor
 from cnnzoo.serving.types import (
     InferInput,
     InferRequest,
@@ -234,12 +235,7 @@ def infer_response_to_body(
 
 def _json_data(datatype: str, raw: bytes) -> list[Any]:
     if datatype == "BYTES":
-        items, offset = [], 0
-        while offset < len(raw):
-            length = int.from_bytes(raw[offset : offset + 4], "little")
-            items.append(raw[offset + 4 : offset + 4 + length].decode("utf-8", "replace"))
-            offset += 4 + length
-        return items
+        return [item.decode("utf-8", "replace") for item in deserialize_bytes_tensor(raw)]
     return np.frombuffer(raw, dtype=np.dtype(DATATYPES[datatype]).newbyteorder("<")).tolist()
 
 
