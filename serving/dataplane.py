@@ -1,63 +1,51 @@
-"""The inference data plane: live/ready/metadata/infer/classify for any transport.
+"""The inference data plane: live/ready/metadata/infer/classify/explain for any transport.
 
-It checks requests against the model's spec (names, datatypes, rank, shape, batch size, byte
-length), runs them through the model's batcher and shapes the answers (raw tensors, the
-classification extension, softmax top-k). Errors are `CnnzooError`s with reasons that name the
-expected value; the transport maps them to status codes. No protobuf or gRPC in here.
+It runs requests through the model's batcher: inference tensors checked and encoded by
+`cnnzoo.serving.tensors`, Classify's images decoded and ranked (softmax top-k), Explain handed
+to `cnnzoo.serving.explain`. Every such call runs inside one admission frame
+(`cnnzoo.serving.admission`: limits, in-flight counts, the deadline, statistics). Errors are
+`CnnzooError`s with reasons that name the expected value; each front end maps them to its status
+codes. No protobuf or gRPC in here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import math
-import struct
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnzoo.errors import (
-    CnnzooError,
-    InvalidInput,
-    ModelExecutionError,
-    NotFound,
-    Unavailable,
-    quoted,
-)
+from cnnzoo.errors import CnnzooError, InvalidInput, ModelExecutionError, NotFound, Unavailable
+from cnnzoo.serving.admission import Admission
 from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
-from cnnzoo.serving.limits import InFlight, RequestLimits, over_limit
-from cnnzoo.serving.model_manager import LoadedVersion, ModelManager
+from cnnzoo.serving.limits import RequestLimits, over_limit
+from cnnzoo.serving.model_manager import ModelManager
 from cnnzoo.serving.shared_memory import SystemSharedMemory
 from cnnzoo.serving.spec import TensorSpec
-from cnnzoo.serving.stats import ModelStats, failure_reason
+from cnnzoo.serving.stats import ModelStats
+from cnnzoo.serving.tensors import decode_input, encode_output, requested_outputs, top_k_indices
 from cnnzoo.serving.types import (
     ClassifyResult,
     ClassPrediction,
     ExplainResult,
     IndexEntry,
-    InferInput,
-    InferOutput,
     InferRequest,
     InferResponse,
     ModelMetadata,
     ModelSummary,
-    RequestedOutput,
     SharedMemoryRef,
     TensorInfo,
 )
+from cnnzoo.serving.version import LoadedVersion
 
-__all__ = [
-    "DEFAULT_TOP_K",
-    "EXTENSIONS",
-    "DataPlane",
-    "classification_strings",
-    "serialize_bytes_tensor",
-    "softmax",
-    "top_k_indices",
-]
+if TYPE_CHECKING:  # the message type only: protobuf stays in the front ends
+    from cnnzoo.protos.model_config_pb2 import ModelConfig
+
+__all__ = ["DEFAULT_TOP_K", "EXTENSIONS", "DataPlane", "softmax"]
 
 # Protocol extensions this server implements (ServerMetadata.extensions); the data plane adds
 # "system_shared_memory" where it has a shared-memory registry.
@@ -102,16 +90,7 @@ class DataPlane:
         self.draining = False
         # Called after a client loaded or unloaded a model (the server updates health).
         self.on_models_changed: Callable[[], Awaitable[None]] | None = None
-        self._requests = InFlight(
-            self.limits.max_concurrent_requests,
-            "the requests in progress",
-            "--max-concurrent-requests",
-        )
-        self._explanations = InFlight(
-            self.limits.max_pending_explanations,
-            "the explanations waiting to run",
-            "--max-pending-explanations",
-        )
+        self._admission = Admission(self.limits)
         # Decoding uploads is CPU work in Pillow (releases the GIL); explanations hook the
         # torch model, so they run one at a time on their own thread.
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
@@ -120,7 +99,7 @@ class DataPlane:
     @property
     def requests_started(self) -> int:
         """Inference, Classify and Explain calls admitted so far."""
-        return self._requests.started
+        return self._admission.started
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -173,7 +152,7 @@ class DataPlane:
             execution_provider=served.provider,
         )
 
-    def model_config(self, name: str, version: str = "") -> object:
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
         """The model's ModelConfig message, as read from its config.pbtxt."""
         return self.models.get(name, version).config
 
@@ -275,10 +254,8 @@ class DataPlane:
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
         served = self.models.get(request.model_name, request.model_version)
-        started = time.perf_counter_ns()
-        ok, reason = False, ""
-        self._requests.enter()
-        try:
+        with self._admission.call(deadline) as call:
+            call.count(served.stats)
             spec = served.spec
             if len(request.inputs) != 1:
                 raise InvalidInput(
@@ -286,30 +263,20 @@ class DataPlane:
                     f"{spec.input.datatype} {spec.input.shape_with_batch()}), "
                     f"the request has {len(request.inputs)}"
                 )
-            if request.timeout_us > 0:
-                timeout = time.monotonic() + request.timeout_us / 1e6
-                deadline = timeout if deadline is None else min(deadline, timeout)
-            batch = _decode_input(
+            call.shorten(request.timeout_us)
+            tensor = decode_input(
                 request.inputs[0], spec.input, spec.max_batch_size, served.name, self._region
             )
-            if not spec.batched:
-                batch = batch[None]  # one row for the batcher; the runtime takes it off again
-            wanted = _requested_outputs(request.outputs, spec.output, served.name)
+            wanted = requested_outputs(request.outputs, spec.output, served.name)
             targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
-            future = served.batcher.enqueue(batch, deadline, may_run_now=True)
+            rows = served.layout.to_rows(tensor)
+            future = served.batcher.enqueue(rows, call.deadline, may_run_now=True)
             logits = await _run(served, future)  # no wait when it ran at once
             outputs = [
-                _encode_output(logits, out, target, served)
+                encode_output(logits, out, target, spec.output, served.labels, served.layout)
                 for out, target in zip(wanted, targets, strict=True)
             ]
-            ok = True
             return InferResponse(served.name, served.version_str, request.id, outputs)
-        except BaseException as err:
-            reason = failure_reason(err, deadline)
-            raise
-        finally:
-            self._requests.leave()
-            served.stats.record_request(ok, time.perf_counter_ns() - started, reason)
 
     def _region(self, ref: SharedMemoryRef) -> memoryview:
         return self.shared_memory_registry().view(ref)
@@ -323,7 +290,7 @@ class DataPlane:
         deadline: float | None = None,
     ) -> ClassifyResult:
         """Top-k classes with softmax probabilities for each encoded image (`deadline`: as for
-        `infer`)."""
+        `infer`). The call counts in the model's statistics from when its images are decoded."""
         if not name:
             raise InvalidInput("the request names no model")
         if top_k < 0:
@@ -334,24 +301,25 @@ class DataPlane:
                 "the images of the request", len(images), limit, "--max-classify-images"
             )
         served = self.models.get(name, version)
-        self._requests.enter()
-        try:
-            return await self._classify(served, name, version, images, top_k, deadline)
-        finally:
-            self._requests.leave()
+        with self._admission.call(deadline) as call:
+            batch = await self._decode(served, images, call.deadline)
+            # Look the model up again: a hot reload may have switched versions while decoding.
+            served = self.models.get(name, version)
+            call.count(served.stats)
+            logits = await self._run_in_batches(served, batch, call.deadline)
+            probabilities = softmax(logits)
+            k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
+            results = [
+                [ClassPrediction(int(i), served.label(i), float(row[i])) for i in order]
+                for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True)
+            ]
+            return ClassifyResult(served.name, served.version_str, results)
 
-    async def _classify(
-        self,
-        served: LoadedVersion,
-        name: str,
-        version: str,
-        images: Sequence[bytes],
-        top_k: int,
-        deadline: float | None,
-    ) -> ClassifyResult:
-        """`classify` once the request is admitted: decode, run in batches, rank."""
-        loop = asyncio.get_running_loop()
-        batch = await loop.run_in_executor(
+    async def _decode(
+        self, served: LoadedVersion, images: Sequence[bytes], deadline: float | None
+    ) -> np.ndarray:
+        """Classify's images as one input batch (decoded on the decoding threads)."""
+        return await asyncio.get_running_loop().run_in_executor(
             self._decode_pool,
             functools.partial(
                 images_to_batch,
@@ -363,33 +331,21 @@ class DataPlane:
                 as_pixels=served.spec.input.datatype == "UINT8",
             ),
         )
-        # Look the model up again: a hot reload may have switched versions while decoding.
-        served = self.models.get(name, version)
-        started = time.perf_counter_ns()
-        ok, reason = False, ""
-        try:
-            step = served.spec.max_batch_size
-            starts = range(0, len(batch), step)
-            served.batcher.check_room(len(starts))  # all of the request's batches, or none
-            futures = [served.batcher.enqueue(batch[i : i + step], deadline) for i in starts]
-            chunks = await asyncio.gather(*futures, return_exceptions=True)
-            for chunk in chunks:
-                if isinstance(chunk, BaseException):
-                    raise _failure(served, chunk)
-            logits = np.concatenate(chunks)
-            probabilities = softmax(logits)
-            k = min(top_k or DEFAULT_TOP_K, probabilities.shape[1])
-            results = [
-                [ClassPrediction(int(i), served.label(i), float(row[i])) for i in order]
-                for row, order in zip(probabilities, top_k_indices(probabilities, k), strict=True)
-            ]
-            ok = True
-            return ClassifyResult(served.name, served.version_str, results)
-        except BaseException as err:
-            reason = failure_reason(err, deadline)
-            raise
-        finally:
-            served.stats.record_request(ok, time.perf_counter_ns() - started, reason)
+
+    @staticmethod
+    async def _run_in_batches(
+        served: LoadedVersion, batch: np.ndarray, deadline: float | None
+    ) -> np.ndarray:
+        """The model's outputs for a batch of any size, run in batches it takes."""
+        step = served.spec.max_batch_size
+        starts = range(0, len(batch), step)
+        served.batcher.check_room(len(starts))  # all of the request's batches, or none
+        futures = [served.batcher.enqueue(batch[i : i + step], deadline) for i in starts]
+        chunks = await asyncio.gather(*futures, return_exceptions=True)
+        for chunk in chunks:
+            if isinstance(chunk, BaseException):
+                raise _failure(served, chunk)
+        return np.concatenate(chunks)
 
     async def explain(
         self,
@@ -407,24 +363,17 @@ class DataPlane:
         whose caller has given up is not started (`DeadlineExceeded`).
         """
         served = self.models.get(name, version)
-        explain = functools.partial(
-            explain_image,
-            served,
-            image,
-            method,
-            target,
-            max_pixels=self.limits.max_request_pixels,
-            deadline=deadline,
-        )
-        self._requests.enter()
-        try:
-            self._explanations.enter()
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._explain_pool, explain)
-            finally:
-                self._explanations.leave()
-        finally:
-            self._requests.leave()
+        with self._admission.call(deadline, explanation=True) as call:
+            explain = functools.partial(
+                explain_image,
+                served,
+                image,
+                method,
+                target,
+                max_pixels=self.limits.max_request_pixels,
+                deadline=call.deadline,
+            )
+            return await asyncio.get_running_loop().run_in_executor(self._explain_pool, explain)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -448,160 +397,6 @@ def _failure(served: LoadedVersion, err: BaseException) -> BaseException:
 
 def _tensor_info(spec: TensorSpec) -> TensorInfo:
     return TensorInfo(spec.name, spec.datatype, tuple(spec.shape_with_batch()))
-
-
-def _decode_input(
-    tensor: InferInput,
-    spec: TensorSpec,
-    max_batch_size: int,
-    model: str,
-    region: Callable[[SharedMemoryRef], memoryview],
-) -> np.ndarray:
-    """Check one input tensor against the model and return it as an array (a view of the
-    request's bytes or of a shared-memory region: no copy)."""
-    where = f"input {tensor.name!r} of model {model!r}"
-    expected_shape = spec.shape_with_batch()
-    if tensor.name != spec.name:
-        raise InvalidInput(
-            f"model {model!r} has no input {quoted(tensor.name)}; its input is {spec.name!r} "
-            f"{spec.datatype} {expected_shape}"
-        )
-    if tensor.datatype != spec.datatype:
-        raise InvalidInput(f"{where} must be {spec.datatype}, got {quoted(tensor.datatype)}")
-    shape = tensor.shape
-    if len(shape) != len(expected_shape):
-        raise InvalidInput(
-            f"{where} must have rank {len(expected_shape)} (shape {expected_shape}), "
-            f"got rank {len(shape)} (shape {_shape_text(shape)})"
-        )
-    if not spec.accepts(tuple(shape[1:]) if spec.batched else tuple(shape)):
-        raise InvalidInput(f"{where} must have shape {expected_shape}, got {list(shape)}")
-    if spec.batched:
-        batch = shape[0]
-        if batch < 1:
-            raise InvalidInput(f"{where} has batch size {batch}; it must be at least 1")
-        if batch > max_batch_size:
-            raise InvalidInput(
-                f"{where} has batch size {batch}, over the model's max_batch_size {max_batch_size}"
-            )
-    count = math.prod(shape)
-    dtype = spec.wire_dtype
-    needed = count * dtype.itemsize
-    if tensor.shared_memory is not None:
-        ref = tensor.shared_memory
-        if tensor.raw is not None or tensor.values:
-            raise InvalidInput(
-                f"{where} names shared-memory region {ref.region!r} and also carries data; "
-                "send one or the other"
-            )
-        if ref.byte_size != needed:
-            raise InvalidInput(
-                f"{where} has shared_memory_byte_size {ref.byte_size}; shape {list(shape)} "
-                f"{spec.datatype} needs {needed}"
-            )
-        return np.frombuffer(region(ref), dtype=dtype).reshape(shape)
-    if tensor.raw is not None:
-        if len(tensor.raw) != needed:
-            raise InvalidInput(
-                f"{where} has {len(tensor.raw)} bytes of raw data; shape {list(shape)} "
-                f"{spec.datatype} needs {needed}"
-            )
-        return np.frombuffer(tensor.raw, dtype=dtype).reshape(shape)
-    if tensor.values:
-        if len(tensor.values) != count:
-            raise InvalidInput(
-                f"{where} has {len(tensor.values)} values in its contents; shape "
-                f"{list(shape)} needs {count}"
-            )
-        return np.asarray(tensor.values, dtype=dtype).reshape(shape)
-    raise InvalidInput(
-        f"{where} carries no data: send it in raw_input_contents, in its typed contents or in "
-        "a shared-memory region"
-    )
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    """A shape as a message shows it (a caller may send thousands of dimensions)."""
-    if len(shape) <= 8:
-        return str(list(shape))
-    return f"[{', '.join(map(str, shape[:8]))}, ... ({len(shape)} dimensions)]"
-
-
-def _requested_outputs(
-    requested: list[RequestedOutput], spec: TensorSpec, model: str
-) -> list[RequestedOutput]:
-    if not requested:
-        return [RequestedOutput(spec.name)]
-    for output in requested:
-        if output.name != spec.name:
-            raise InvalidInput(
-                f"model {model!r} has no output {quoted(output.name)}; its output is {spec.name!r}"
-            )
-        if output.classification < 0:
-            raise InvalidInput(
-                f"classification for output {output.name!r} must be a class count >= 1, "
-                f"got {output.classification}"
-            )
-        if output.classification and output.shared_memory is not None:
-            raise InvalidInput(
-                f"output {output.name!r} asks for classification and a shared-memory region; "
-                "classification answers are sent in the response"
-            )
-    return requested
-
-
-def _encode_output(
-    logits: np.ndarray,
-    output: RequestedOutput,
-    target: memoryview | None,
-    served: LoadedVersion,
-) -> InferOutput:
-    batched = served.spec.output.batched
-    if output.classification:
-        scores = logits.reshape(len(logits), -1)  # e.g. [N, C, 1, 1] -> [N, C]
-        k = min(output.classification, scores.shape[1])
-        strings = classification_strings(scores, k, served.labels)
-        shape = (len(logits), k) if batched else (k,)
-        return InferOutput(output.name, "BYTES", shape, serialize_bytes_tensor(strings))
-    if not batched:
-        logits = logits[0]  # the batcher's row; the model has no batch dimension
-    data = np.ascontiguousarray(logits, dtype=served.spec.output.dtype.newbyteorder("<"))
-    datatype = served.spec.output.datatype
-    if target is None:
-        return InferOutput(output.name, datatype, logits.shape, data.tobytes())
-    ref = output.shared_memory
-    if data.nbytes > len(target):
-        raise InvalidInput(
-            f"output {output.name!r} needs {data.nbytes} bytes; shared-memory region "
-            f"{ref.region!r} was given shared_memory_byte_size {len(target)}"  # type: ignore[union-attr]
-        )
-    target[: data.nbytes] = memoryview(data).cast("B")
-    return InferOutput(output.name, datatype, logits.shape, b"", ref)
-
-
-def classification_strings(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[bytes]:
-    """The classification extension: per row, the top-k as `b"score:index:label"`, best first.
-
-    `score` is the output tensor's value (here the logit), formatted as Triton does (`%f`).
-    """
-    out: list[bytes] = []
-    for row, order in zip(scores, top_k_indices(scores, k), strict=True):
-        for index in order:
-            label = labels[index] if index < len(labels) else ""
-            text = f"{row[index]:f}:{index}:{label}" if label else f"{row[index]:f}:{index}"
-            out.append(text.encode("utf-8"))
-    return out
-
-
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Per row of `scores` `[N, C]`, the indices of the `k` largest, best first (ties: lower
-    index first), as `[N, k]`."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def serialize_bytes_tensor(elements: Sequence[bytes]) -> bytes:
-    """BYTES tensor wire format: each element prefixed by its 4-byte little-endian length."""
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
