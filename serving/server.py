@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ __all__ = [
     "ClientGoneFilter",
     "InferenceServer",
     "SERVICES",
+    "SERVICE_DESCRIPTORS",
     "ServerOptions",
     "serve",
 ]
@@ -61,6 +63,13 @@ DEFAULT_POLL_SECONDS = 15.0  # Triton's --repository-poll-secs
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 ZOO_SERVICE = "cnnzoo.v1.Zoo"
 SERVICES = (INFERENCE_SERVICE, ZOO_SERVICE)  # reported on grpc.health.v1 besides each model
+# Every service the gRPC port answers besides reflection (which reflection lists); each RPC of
+# each belongs to a restricted API group (`cnnzoo.serving.security.GROUPS`).
+SERVICE_DESCRIPTORS = (
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    zoo_pb2.DESCRIPTOR.services_by_name["Zoo"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
 
 
 class ClientGoneFilter(logging.Filter):
@@ -197,28 +206,39 @@ class InferenceServer:
         self.metrics_port = 0
         self._http: HttpServer | None = None
         self._access_log: AccessLog | None = None
-        self._server = None
-        self._health = None
-        self._metrics = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._metrics: MetricsServer | None = None
         self._poller: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         self._health_ready = False
 
     async def start(self) -> None:
+        """Start the ports one after another (gRPC first: live, not ready), then load the
+        models and report ready."""
         check_device(self.options.runtime)  # --device cuda without CUDA fails here, first
         grpc_log = logging.getLogger("grpc._cython.cygrpc")
         if _CLIENT_GONE_FILTER not in grpc_log.filters:
             grpc_log.addFilter(_CLIENT_GONE_FILTER)
-        limit = self.options.max_message_bytes
-        transport = self.options.transport
         # Read before binding, so that a bad certificate is a start-up error and never a
         # port that refuses every handshake.
         tls = self.options.tls
-        credentials = tls.server_credentials() if tls else None
+        credentials = _grpc_credentials(tls) if tls else None
         ssl_context = tls.ssl_context() if tls and self.options.http_port >= 0 else None
         if self.options.access_log:
             self._access_log = AccessLog(self.options.access_log)
+        await self._start_grpc(credentials)
+        if self.options.http_port >= 0:
+            await self._start_http(ssl_context)
+        if self.options.metrics_port >= 0:
+            self._start_metrics()
+        await self._start_models()
+
+    async def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> None:
+        """The gRPC port: every service, health (NOT_SERVING for now) and reflection."""
+        limit = self.options.max_message_bytes
+        transport = self.options.transport
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -234,12 +254,7 @@ class InferenceServer:
         zoo_pb2_grpc.add_ZooServicer_to_server(ZooServicer(self.plane), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        services = (
-            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-            zoo_pb2.DESCRIPTOR.services_by_name["Zoo"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        )
-        enable_reflection(services, server)
+        enable_reflection([service.full_name for service in SERVICE_DESCRIPTORS], server)
         address = f"{self.options.host}:{self.options.port}"
         try:
             if credentials is None:
@@ -257,28 +272,35 @@ class InferenceServer:
             self.port,
             _tls_note(self.options.tls),
         )
-        if self.options.http_port >= 0:
-            self._warn_if_rest_is_open()
-            self._http = HttpServer(
-                self.plane,
-                self.options.host,
-                self.options.http_port,
-                limit,
-                ssl_context=ssl_context,
-                middlewares=self._middlewares(),
-            )
-            await self._http.start(self.options.grace_seconds)
-            self.http_port = self._http.port
-        if self.options.metrics_port >= 0:
-            self._metrics = MetricsServer(
-                self.models,
-                self.options.host,
-                self.options.metrics_port,
-                config=self.options.metrics_config,
-                gpu=uses_cuda(self.options.runtime),
-                interval_s=self.options.metrics_interval_s,
-            )
-            self.metrics_port = self._metrics.port
+
+    async def _start_http(self, ssl_context: ssl.SSLContext | None) -> None:
+        """The KServe v2 REST port."""
+        self._warn_if_rest_is_open()
+        self._http = HttpServer(
+            self.plane,
+            self.options.host,
+            self.options.http_port,
+            self.options.max_message_bytes,
+            ssl_context=ssl_context,
+            middlewares=self._middlewares(),
+        )
+        await self._http.start(self.options.grace_seconds)
+        self.http_port = self._http.port
+
+    def _start_metrics(self) -> None:
+        """The Prometheus port."""
+        self._metrics = MetricsServer(
+            self.models,
+            self.options.host,
+            self.options.metrics_port,
+            config=self.options.metrics_config,
+            gpu=uses_cuda(self.options.runtime),
+            interval_s=self.options.metrics_interval_s,
+        )
+        self.metrics_port = self._metrics.port
+
+    async def _start_models(self) -> None:
+        """Load the models, report ready, and poll the repository if asked to."""
         await self.models.load_all()
         if not self._stopping:
             await self._set_health(True)
@@ -376,10 +398,13 @@ class InferenceServer:
         yes, no = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         serving = serving and self.plane.ready()
         self._health_ready = serving
+        servicer = self._health
+        if servicer is None:
+            return  # the gRPC port is not up yet
         for service in ("", *SERVICES):
-            await self._health.set(service, yes if serving else no)
+            await servicer.set(service, yes if serving else no)
         for record in self.models.records():
-            await self._health.set(record.name, yes if serving and record.current else no)
+            await servicer.set(record.name, yes if serving and record.current else no)
 
     async def stop(self) -> None:
         """Graceful stop: not ready, finish in-flight calls (up to the grace period), drain."""
@@ -432,6 +457,14 @@ class InferenceServer:
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+def _grpc_credentials(tls: TlsOptions) -> grpc.ServerCredentials:
+    """The gRPC port's TLS credentials (client certificates required when there is a CA)."""
+    cert, key, client_ca = tls.pem()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _tls_note(tls: TlsOptions | None) -> str:

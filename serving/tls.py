@@ -1,8 +1,9 @@
 """TLS for the server's ports (gRPC and REST) and for the project's client.
 
 `TlsOptions` holds the server's certificate chain and key, and optionally the CA whose
-certificates clients must present (mutual TLS). The same files give gRPC's credentials and the
-REST port's `ssl.SSLContext`, so both ports ask the same of a client. PEM files are read once,
+certificates clients must present (mutual TLS). The same files give gRPC's credentials (`pem`,
+which the server assembly hands to grpc) and the REST port's `ssl.SSLContext`, so both ports ask
+the same of a client. PEM files are read once,
 at start-up; a missing or non-PEM file is a one-line start-up error naming the option.
 """
 
@@ -11,12 +12,8 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cnnzoo.errors import InvalidInput, NotFound
-
-if TYPE_CHECKING:  # grpc is imported where credentials are built: `cnnzoo --help` stays quick
-    import grpc
 
 __all__ = ["TlsOptions", "read_pem"]
 
@@ -36,21 +33,17 @@ class TlsOptions:
     key: Path
     client_ca: Path | None = None
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """gRPC's server credentials.
+    def pem(self) -> tuple[bytes, bytes, bytes | None]:
+        """The certificate chain, its key and the client CA (None: clients need no
+        certificate), each read and checked to be PEM (what gRPC's credentials are made of).
 
         Raises:
             NotFound: a file is missing.
             InvalidInput: a file is not PEM.
         """
-        import grpc
-
         root = read_pem(self.client_ca, "--tls-client-ca") if self.client_ca else None
-        return grpc.ssl_server_credentials(
-            [(read_pem(self.key, "--tls-key"), read_pem(self.cert, "--tls-cert"))],
-            root_certificates=root,
-            require_client_auth=root is not None,
-        )
+        key = read_pem(self.key, "--tls-key")
+        return read_pem(self.cert, "--tls-cert"), key, root
 
     def ssl_context(self) -> ssl.SSLContext:
         """The REST port's context: TLS 1.2 or newer, client certificates when `client_ca`.

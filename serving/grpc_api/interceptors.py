@@ -11,16 +11,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
+from cnnzoo.protos import zoo_pb2
 from cnnzoo.serving.access_log import AccessLog
 from cnnzoo.serving.security import RestrictedProtocols
 
 __all__ = ["AccessLogInterceptor", "RestrictedProtocolInterceptor"]
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+# grpc's handler type is generic only in its stubs: these aliases are strings for that reason.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
+
+
+def _zoo_model_fields() -> dict[str, tuple[str, str]]:
+    """cnnzoo.v1's requests name their model in `model` and its version in `version`: every
+    RPC that follows the convention is logged with them, a new one included."""
+    fields: dict[str, tuple[str, str]] = {}
+    for method in zoo_pb2.DESCRIPTOR.services_by_name["Zoo"].methods:
+        names = method.input_type.fields_by_name
+        if "model" in names:
+            fields[method.input_type.full_name] = ("model", "version" if "version" in names else "")
+    return fields
+
 
 # Request message -> the fields naming the model and version it is about.
 _MODEL_FIELDS = {
@@ -31,14 +47,11 @@ _MODEL_FIELDS = {
     "inference.ModelStatisticsRequest": ("name", "version"),
     "inference.RepositoryModelLoadRequest": ("model_name", ""),
     "inference.RepositoryModelUnloadRequest": ("model_name", ""),
-    "cnnzoo.v1.ClassifyRequest": ("model", "version"),
-    "cnnzoo.v1.ExplainRequest": ("model", "version"),
+    **_zoo_model_fields(),
 }
 
 
-def _handler_like(
-    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
-) -> grpc.RpcMethodHandler:
+def _handler_like(handler: Handler, behavior: Callable[..., Any]) -> Handler:
     """A handler of the same kind and (de)serializers as `handler`, running `behavior`."""
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -54,10 +67,13 @@ def _handler_like(
     )
 
 
-def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return (
+def _behavior(handler: Handler) -> Callable[..., Any]:
+    behavior = (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     )
+    if behavior is None:
+        raise ValueError(f"a gRPC method handler without a behavior: {handler!r}")
+    return behavior
 
 
 class RestrictedProtocolInterceptor(grpc.aio.ServerInterceptor):
@@ -65,11 +81,11 @@ class RestrictedProtocolInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, protocols: RestrictedProtocols) -> None:
         self._protocols = protocols
-        self._refusals: dict[str, grpc.RpcMethodHandler] = {}
+        self._refusals: dict[str, Handler] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         method = handler_call_details.method
         restriction = self._protocols.for_method(method)
         if restriction is None or restriction.allows(handler_call_details.invocation_metadata):
@@ -81,7 +97,7 @@ class RestrictedProtocolInterceptor(grpc.aio.ServerInterceptor):
                 return None
             message = restriction.refusal
 
-            async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+            async def refuse(request_or_iterator: Any, context: Context) -> None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
             refusal = self._refusals[method] = _handler_like(handler, refuse)
@@ -97,11 +113,11 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         self._client_names = client_names
         # Wrapped handlers by the identity of the handler they wrap (a server has a fixed set of
         # handlers; keyed by RPC name, it would grow with every name a client invents).
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[int, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:  # no such RPC: grpc answers UNIMPLEMENTED, unlogged
             return None
@@ -111,13 +127,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             self._wrapped[id(handler)] = cached
         return cached[1]
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         inner = _behavior(handler)
         write = self._write
 
         if handler.response_streaming:
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def stream(request: Any, context: Context) -> Any:
                 started, status = time.perf_counter(), "UNKNOWN"
                 try:
                     result = inner(request, context)
@@ -135,7 +151,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
 
             return _handler_like(handler, stream)
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(request: Any, context: Context) -> Any:
             started, status = time.perf_counter(), "UNKNOWN"
             try:
                 response = await inner(request, context)
@@ -152,7 +168,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     def _write(
         self,
         method: str,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         request: Any,
         status: str,
         started: float,
@@ -178,9 +194,9 @@ def _message_name(request: Any) -> str:
     return descriptor.full_name if descriptor is not None else ""
 
 
-def _status(context: grpc.aio.ServicerContext, err: BaseException | None) -> str:
+def _status(context: Context, err: BaseException | None) -> str:
     """The status a call ended with: the one set or aborted with, else from the exception."""
-    code = context.code()
+    code: object = context.code()  # None until a code is set (grpc's stubs leave that out)
     if isinstance(code, grpc.StatusCode):
         return code.name
     if err is None:
@@ -190,7 +206,7 @@ def _status(context: grpc.aio.ServicerContext, err: BaseException | None) -> str
     return "UNKNOWN"
 
 
-def _client_name(context: grpc.aio.ServicerContext) -> str:
+def _client_name(context: Context) -> str:
     """The common name of the caller's TLS certificate (mutual TLS), else ""."""
-    names = context.auth_context().get("x509_common_name")
+    names = list(context.auth_context().get("x509_common_name") or ())
     return names[0].decode("utf-8", "replace") if names else ""

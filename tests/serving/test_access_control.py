@@ -235,6 +235,34 @@ def test_restrictions_are_parsed_as_triton_does_and_never_from_the_command_line(
     assert methods <= set(grouped) and len(grouped) == len(set(grouped))
 
 
+def test_every_rpc_of_every_service_is_in_exactly_one_group():
+    """Enumerated from the protobuf descriptors: every service the gRPC port answers and every
+    service the project's .proto files define, so a new RPC (or service) cannot be left outside
+    the groups, and a group cannot name an RPC that does not exist. (Reflection stays open: see
+    `cnnzoo.serving.security`.)"""
+    import importlib
+    import pkgutil
+
+    import cnnzoo.protos
+    from cnnzoo.serving.server import SERVICE_DESCRIPTORS
+
+    served = {service.full_name: service for service in SERVICE_DESCRIPTORS}
+    defined = {}
+    for module in pkgutil.iter_modules(cnnzoo.protos.__path__):
+        if module.name.endswith("_pb2"):
+            descriptor = importlib.import_module(f"cnnzoo.protos.{module.name}").DESCRIPTOR
+            defined.update(descriptor.services_by_name)
+    assert {s.full_name for s in defined.values()} <= set(served), "a defined service not served"
+    assert {"cnnzoo.v1.Zoo", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(
+        served
+    )
+    methods = {f"/{s.full_name}/{m.name}" for s in served.values() for m in s.methods}
+    grouped = [method for group in GROUPS.values() for method in group]
+    assert len(grouped) == len(set(grouped)), "an RPC in two groups"
+    assert sorted(methods - set(grouped)) == [], "RPCs in no restricted API group"
+    assert sorted(set(grouped) - methods) == [], "groups naming RPCs no service has"
+
+
 def test_a_literal_value_on_the_command_line_is_a_one_line_error(repository):
     result = cnnzoo(
         "serve",
