@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _log_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     if args.log_level:
-        return args.log_level
+        return str(args.log_level)
     from_env = os.environ.get(LOG_ENV, "").strip().upper()
     if from_env:
         if from_env not in LOG_LEVELS:

@@ -98,7 +98,8 @@ class ModelExecutionError(CnnzooError):
 
 
 class ExecutionProviderError(CnnzooError):
-    """The requested ONNX Runtime execution provider is unusable (a start-up error)."""
+    """The requested ONNX Runtime execution provider is unusable (a start-up error).
+    Status: INTERNAL."""
 
     exit_code = 9
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from cnnzoo.errors import IntegrityError
 from cnnzoo.protos import model_config_pb2
@@ -21,6 +24,12 @@ __all__ = ["DEFAULT_MAX_BATCH_SIZE", "GraphTensor", "complete_config"]
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 PLATFORM = "onnxruntime_onnx"
+
+# A config's inputs or its outputs.
+_Declared: TypeAlias = (
+    RepeatedCompositeFieldContainer[model_config_pb2.ModelInput]
+    | RepeatedCompositeFieldContainer[model_config_pb2.ModelOutput]
+)
 
 # ONNX Runtime's tensor type names -> config data types.
 _DATA_TYPES = {
@@ -89,13 +98,17 @@ def complete_config(
 
 
 def _complete_tensors(
-    kind: str, declared, graph: Sequence[GraphTensor], batched: bool, model: str
+    kind: str,
+    declared: _Declared,
+    graph: Sequence[GraphTensor],
+    batched: bool,
+    model: str,
 ) -> list[str]:
     by_name = {t.name: t for t in graph}
     filled = []
     if not declared:
-        for tensor in graph:
-            declared.add(name=tensor.name, data_type=_data_type(tensor, model))
+        for node in graph:
+            declared.add(name=node.name, data_type=_data_type(node, model))
         filled.append(f"{kind}s {', '.join(t.name for t in graph)}")
     for entry in declared:
         tensor = by_name.get(entry.name)
@@ -133,7 +146,7 @@ def _complete_tensors(
     return filled
 
 
-def _data_type(tensor: GraphTensor, model: str) -> int:
+def _data_type(tensor: GraphTensor, model: str) -> model_config_pb2.DataType:
     try:
         return _DATA_TYPES[tensor.onnx_type]
     except KeyError:

@@ -168,7 +168,7 @@ class DynamicBatcher:
             await self._drained.wait()  # type: ignore[union-attr]
         for _ in self._threads:
             self._jobs.put(None)
-        await asyncio.to_thread(lambda: [t.join() for t in self._threads])
+        await asyncio.to_thread(_join, self._threads)
 
     @property
     def queued(self) -> int:
@@ -457,6 +457,11 @@ class DynamicBatcher:
             return self._run(data)
         except Exception as err:
             return err
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join()
 
 
 def _as_exception(err: BaseException) -> Exception:

@@ -9,11 +9,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:  # imported where used: `cnnzoo --help` stays quick
+    from cnnzoo.serving.client import ZooClient
+    from cnnzoo.serving.types import ClassPrediction
+
+# argparse's subparsers action (generic only in the type stubs, so a string)
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add this package's subcommands to the `cnnzoo` parser."""
     _register_serve(sub)
     _register_classify(sub)
@@ -23,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # -- serve ---------------------------------------------------------------------------------------
 
 
-def _register_serve(sub: argparse._SubParsersAction) -> None:
+def _register_serve(sub: Subcommands) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a model repository over gRPC and REST (KServe v2 + cnnzoo.v1)",
@@ -380,7 +388,7 @@ def _serve(args: argparse.Namespace) -> int:
 # -- classify ------------------------------------------------------------------------------------
 
 
-def _register_classify(sub: argparse._SubParsersAction) -> None:
+def _register_classify(sub: Subcommands) -> None:
     p = sub.add_parser(
         "classify",
         help="classify image files with a running server",
@@ -428,7 +436,7 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _client(args: argparse.Namespace):  # noqa: ANN202 - a ZooClient (imported here: grpc)
+def _client(args: argparse.Namespace) -> ZooClient:
     import os
 
     # gRPC core logs a failed TLS handshake at INFO on stderr; the error line says it already.
@@ -484,7 +492,7 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_table(names: list[str], results: list) -> str:
+def format_table(names: list[str], results: list[list[ClassPrediction]]) -> str:
     """One row per image: its name, then `label  probability` for each of the top-k."""
     k = max((len(r) for r in results), default=0)
     header = ["image"] + [f"top-{i + 1}" for i in range(k)]
@@ -506,7 +514,7 @@ def format_table(names: list[str], results: list) -> str:
 # -- health --------------------------------------------------------------------------------------
 
 
-def _register_health(sub: argparse._SubParsersAction) -> None:
+def _register_health(sub: Subcommands) -> None:
     p = sub.add_parser(
         "health",
         help="exit 0 iff a server reports SERVING (grpc.health.v1)",

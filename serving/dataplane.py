@@ -341,11 +341,12 @@ class DataPlane:
         starts = range(0, len(batch), step)
         served.batcher.check_room(len(starts))  # all of the request's batches, or none
         futures = [served.batcher.enqueue(batch[i : i + step], deadline) for i in starts]
-        chunks = await asyncio.gather(*futures, return_exceptions=True)
-        for chunk in chunks:
+        outputs: list[np.ndarray] = []
+        for chunk in await asyncio.gather(*futures, return_exceptions=True):
             if isinstance(chunk, BaseException):
                 raise _failure(served, chunk)
-        return np.concatenate(chunks)
+            outputs.append(chunk)
+        return np.concatenate(outputs)
 
     async def explain(
         self,
@@ -402,4 +403,5 @@ def _tensor_info(spec: TensorSpec) -> TensorInfo:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities

@@ -144,7 +144,7 @@ class ServingCollector:
         yield ready
         yield provider
         if self._system is not None:
-            yield from self._system_metrics()
+            yield from self._system_metrics(self._system)
 
     def _latency(self, stats: list[ModelStats]) -> Iterator[Any]:
         from prometheus_client.core import HistogramMetricFamily, Metric
@@ -168,13 +168,13 @@ class ServingCollector:
             )
             for s, recorder in recorders:
                 h = recorder.histogram
-                histogram.add_metric([s.model, s.version], h.cumulative(), h.total)
+                if h is not None:
+                    histogram.add_metric([s.model, s.version], h.cumulative(), h.total)
             yield histogram
 
-    def _system_metrics(self) -> Iterator[Any]:
+    def _system_metrics(self, system: SystemMetrics) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily, Metric
 
-        system = self._system
         cpu = system.cpu
         for name, documentation in CPU_METRICS:
             if name in cpu:

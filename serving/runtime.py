@@ -238,7 +238,7 @@ class OnnxModel:
             return
         sizes = tuple(sorted({size for size in batch_sizes if size > 0}))
         for size in sizes:
-            batch = np.zeros((size, *sample_shape), dtype=self._input_dtype)
+            batch: np.ndarray = np.zeros((size, *sample_shape), dtype=self._input_dtype)
             seconds = _timed(self._run, batch)
             if seconds < _RETIME_BELOW_S:
                 seconds = min(_timed(self._run, batch) for _ in range(3))

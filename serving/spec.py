@@ -9,16 +9,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnnzoo.errors import InvalidInput
 
+if TYPE_CHECKING:  # the message types only: protobuf stays in the front ends
+    from cnnzoo.protos.model_config_pb2 import ModelConfig, ModelInput, ModelOutput
+
 __all__ = ["DATATYPES", "ModelSpec", "TensorSpec"]
 
 # KServe v2 datatype names -> numpy element types (BYTES has no fixed-size element).
-DATATYPES: dict[str, Any] = {
+DATATYPES: dict[str, type[np.generic]] = {
     "BOOL": np.bool_,
     "UINT8": np.uint8,
     "UINT16": np.uint16,
@@ -63,7 +66,8 @@ class TensorSpec:
     @functools.cached_property
     def wire_dtype(self) -> np.dtype:
         """The element type of the protocol's raw bytes (little-endian `dtype`)."""
-        return self.dtype.newbyteorder("<")
+        wire: np.dtype = self.dtype.newbyteorder("<")
+        return wire
 
     def shape_with_batch(self) -> list[int]:
         """The shape a request carries: -1 for the batch, then the dims (no batch: the dims)."""
@@ -101,7 +105,7 @@ class ModelSpec:
         return self.max_batch_size > 0
 
     @classmethod
-    def from_config(cls, config: Any) -> ModelSpec:
+    def from_config(cls, config: ModelConfig) -> ModelSpec:
         """Build from a `model_config_pb2.ModelConfig` (as `cnnzoo.zoo.repository` returns it).
 
         Raises:
@@ -124,7 +128,7 @@ class ModelSpec:
             .enum_type.values_by_number
         )
 
-        def tensor(t: Any) -> TensorSpec:
+        def tensor(t: ModelInput | ModelOutput) -> TensorSpec:
             return TensorSpec(
                 t.name,
                 protocol_datatype(dtype_name[t.data_type].name),
@@ -157,7 +161,7 @@ class ModelSpec:
         )
 
 
-def _histogram_buckets(config: Any) -> tuple[float, ...] | None:
+def _histogram_buckets(config: ModelConfig) -> tuple[float, ...] | None:
     """Buckets a config.pbtxt sets for the first-response histogram (Triton's `model_metrics`)."""
     for control in config.model_metrics.metric_control:
         if control.metric_identifier.family == "nv_inference_first_response_histogram_ms":

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,10 @@ class SystemMetrics:
     def _sample_cpu(self) -> None:
         busy, idle = cpu_busy_idle((self._proc / "stat").read_text())
         total, used = memory_bytes((self._proc / "meminfo").read_text())
-        cpu = {"nv_cpu_memory_total_bytes": total, "nv_cpu_memory_used_bytes": used}
+        cpu: dict[str, float] = {
+            "nv_cpu_memory_total_bytes": total,
+            "nv_cpu_memory_used_bytes": used,
+        }
         if self._previous is not None:
             d_busy = max(0, busy - self._previous[0])
             d_idle = max(0, idle - self._previous[1])
@@ -147,7 +151,7 @@ class SystemMetrics:
 
     def _sample_gpu(self, uuid: str, handle: Any, energy_start_mj: float) -> GpuSample:
         nvml, values = self._nvml, {}
-        readings = (
+        readings: tuple[tuple[str, Callable[[], float]], ...] = (
             ("nv_gpu_utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100),
             ("nv_gpu_memory_total_bytes", lambda: nvml.nvmlDeviceGetMemoryInfo(handle).total),
             ("nv_gpu_memory_used_bytes", lambda: nvml.nvmlDeviceGetMemoryInfo(handle).used),

@@ -250,7 +250,7 @@ def encode_output(
             f"output {output.name!r} needs {data.nbytes} bytes; shared-memory region "
             f"{output.shared_memory.region!r} was given shared_memory_byte_size {len(target)}"
         )
-    target[: data.nbytes] = memoryview(data).cast("B")
+    target[: data.nbytes] = data.data.cast("B")
     return InferOutput(output.name, spec.datatype, answer.shape, b"", output.shared_memory)
 
 

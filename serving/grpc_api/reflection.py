@@ -49,7 +49,7 @@ def _add_v1_descriptor() -> None:
     except KeyError:
         pass
     proto = descriptor_pb2.FileDescriptorProto()
-    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.ParseFromString(reflection_pb2.DESCRIPTOR.serialized_pb)
     proto.name, proto.package = _V1_FILE, _V1_PACKAGE
     proto.ClearField("options")  # v1alpha's Java/Go package options name v1alpha
     old, new = f".{_V1ALPHA_PACKAGE}.", f".{_V1_PACKAGE}."

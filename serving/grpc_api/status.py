@@ -57,13 +57,13 @@ def grpc_errors(handler: Handler) -> Handler:
     """Wrap an async servicer method so errors become status codes (see the module doc)."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await handler(self, request, context)
         except grpc.aio.AbortError:
             raise
         except CnnzooError as err:
-            trailers = ()
+            trailers: tuple[tuple[str, str], ...] = ()
             if isinstance(err, InvalidImage):
                 trailers = ((IMAGE_INDEX_METADATA_KEY, str(err.index)),)
             await context.abort(status_for(err), message_for(err), trailing_metadata=trailers)
@@ -80,8 +80,8 @@ def grpc_errors(handler: Handler) -> Handler:
 def error_for(err: grpc.RpcError, target: str) -> CnnzooError:
     """The `CnnzooError` for a failed call (UNAVAILABLE names the server it could not reach;
     an unusable image becomes `InvalidImage` with its index)."""
-    code = err.code()  # type: ignore[attr-defined]
-    details = err.details() or code.name  # type: ignore[attr-defined]
+    code = err.code()
+    details = err.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
         return Unavailable(f"cannot reach the server at {target}: {details}")
     index = _image_index(err)

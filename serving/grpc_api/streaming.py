@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -33,11 +34,10 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 256
 
 _Answer = asyncio.Future[grpc_service_pb2.ModelStreamInferResponse]
+_Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-async def stream_infer(
-    plane: DataPlane, context: grpc.aio.ServicerContext, deadline: float | None
-) -> None:
+async def stream_infer(plane: DataPlane, context: _Context, deadline: float | None) -> None:
     """Serve one ModelStreamInfer call: read requests, write their answers in order."""
     answers: asyncio.Queue[_Answer | None] = asyncio.Queue()
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -57,7 +57,7 @@ async def stream_infer(
 
 async def _read(
     plane: DataPlane,
-    context: grpc.aio.ServicerContext,
+    context: _Context,
     deadline: float | None,
     answers: asyncio.Queue[_Answer | None],
     slots: asyncio.Semaphore,
@@ -66,7 +66,7 @@ async def _read(
         while True:
             await slots.acquire()
             request = await context.read()
-            if request is grpc.aio.EOF:
+            if request is grpc.aio.EOF:  # type: ignore[attr-defined]  # not in grpc's stubs
                 return
             answers.put_nowait(asyncio.ensure_future(_answer(plane, request, deadline)))
     finally:

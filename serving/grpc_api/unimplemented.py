@@ -59,7 +59,7 @@ def _defined_by(cls: type, name: str) -> bool:
 
 
 def _unimplemented(full_name: str, message: str) -> Callable[..., Any]:
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if full_name not in _warned:
             _warned.add(full_name)
             log.warning(

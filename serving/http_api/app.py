@@ -15,17 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeGuard
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
-from cnnzoo.errors import CnnzooError, NotFound, Unavailable
+from cnnzoo.errors import CnnzooError, InvalidInput, NotFound, Unavailable
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.http_api import codec
 from cnnzoo.serving.http_api.model_config import model_config_to_json
 
-__all__ = ["HTTP_CODES", "HttpServer", "make_app"]
+__all__ = ["HTTP_CODES", "Handler", "HttpServer", "Middleware", "make_app"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ HTTP_CODES = {
     "DEADLINE_EXCEEDED": 504,
 }
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 
@@ -165,15 +164,12 @@ class _Routes:
     async def shm_register(self, request: web.Request) -> web.Response:
         document = codec.parse_json_object(await request.read(), "the register request")
         key, offset, size = (document.get(k) for k in ("key", "offset", "byte_size"))
-        if not isinstance(key, str) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in (offset or 0, size)
-        ):
-            raise codec.InvalidInput(
+        offset = offset or 0
+        if not isinstance(key, str) or not _is_integer(offset) or not _is_integer(size):
+            raise InvalidInput(
                 'a register request is {"key": string, "offset": integer, "byte_size": integer}'
             )
-        self.plane.shared_memory_registry().register(
-            request.match_info["name"], key, offset or 0, size
-        )
+        self.plane.shared_memory_registry().register(request.match_info["name"], key, offset, size)
         return web.Response()
 
     async def shm_unregister(self, request: web.Request) -> web.Response:
@@ -199,6 +195,10 @@ class _Routes:
         )
 
 
+def _is_integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info.get("model", ""), request.match_info.get("version", "")
 
@@ -208,7 +208,7 @@ def make_app(
 ) -> web.Application:
     """The aiohttp application (routes, error middleware, the body limit); `middlewares` run
     first, outermost first (the access log, restricted APIs)."""
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[*middlewares, _errors])
+    app = web.Application(client_max_size=max_body_bytes, middlewares=(*middlewares, _errors))
     app[_MAX_BODY] = max_body_bytes
     r = _Routes(plane)
     get, post = web.get, web.post

@@ -236,7 +236,10 @@ def infer_response_to_body(
 def _json_data(datatype: str, raw: bytes) -> list[Any]:
     if datatype == "BYTES":
         return [item.decode("utf-8", "replace") for item in deserialize_bytes_tensor(raw)]
-    return np.frombuffer(raw, dtype=np.dtype(DATATYPES[datatype]).newbyteorder("<")).tolist()
+    values: list[Any] = np.frombuffer(
+        raw, dtype=np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    ).tolist()
+    return values
 
 
 def model_metadata_to_json(metadata: ModelMetadata) -> dict[str, Any]:

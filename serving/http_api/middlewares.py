@@ -72,5 +72,5 @@ def _client_name(request: web.Request) -> str:
     for attributes in (cert or {}).get("subject", ()):
         for key, value in attributes:
             if key == "commonName":
-                return value
+                return str(value)
     return ""
