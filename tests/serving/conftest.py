@@ -10,24 +10,22 @@ pass while a request is queued in the server.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
-from tests.serving.helpers import MODEL, QUEUE_DELAY_S, QUEUED, TAMPERED, ServerProcess
-
-# The tests assert status codes and exit codes, so the default message limit of the shared
-# server is lowered to keep the oversized-message case cheap.
-SHARED_SERVER_MAX_MESSAGE_MB = "4"
-
-
-def export(repository: Path, *extra: str) -> None:
-    from cnnzoo.cli import main
-
-    assert main(["export", MODEL, "--repository", str(repository), *extra]) == 0
+from tests.serving.helpers import (
+    MODEL,
+    QUEUE_DELAY_S,
+    QUEUED,
+    SHARED_SERVER_MAX_MESSAGE_MB,
+    TAMPERED,
+    ServerProcess,
+    copy_model,
+    export,
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,38 +40,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_file.write_bytes(bytes(data))
     copy_model(root, MODEL, QUEUED, max_queue_delay_us=int(QUEUE_DELAY_S * 1e6))
     return root
-
-
-def copy_model(
-    root: Path,
-    source: str,
-    name: str,
-    *,
-    max_queue_delay_us: int = 0,
-    edit: Callable[[Any], None] | None = None,
-) -> None:
-    """Copy model `source` as `name` with another queue delay and whatever `edit` changes in its
-    ModelConfig (its manifest updated to match)."""
-    import json
-
-    from google.protobuf import text_format
-
-    from cnnzoo.fileio import sha256_file
-    from cnnzoo.protos import model_config_pb2
-
-    shutil.copytree(root / source, root / name)
-    config_file = root / name / "config.pbtxt"
-    config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
-    config.name = name
-    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    if edit is not None:
-        edit(config)
-    config_file.write_text(text_format.MessageToString(config))
-    for manifest_file in (root / name).glob("*/manifest.json"):
-        manifest = json.loads(manifest_file.read_text())
-        manifest["model"] = name
-        manifest["files"]["config.pbtxt"] = sha256_file(config_file)
-        manifest_file.write_text(json.dumps(manifest, indent=2))
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,20 @@
-"""Shared helpers for the serving tests: a real `cnnzoo serve` subprocess, images, requests."""
+"""Shared helpers for the serving tests: a real `cnnzoo serve` subprocess, model repositories,
+images, and `eventually` for waiting on what a server does in its own time."""
 
 from __future__ import annotations
 
 import io
 import os
+import reprlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +24,39 @@ MODEL = "lenet5-mnist"
 TAMPERED = "lenet5-tampered"
 QUEUED = "lenet5-queued"  # MODEL with a long max_queue_delay (see conftest.py)
 QUEUE_DELAY_S = 0.6
+# The tests assert status codes and exit codes, so the default message limit of the shared
+# server is lowered to keep the oversized-message case cheap.
+SHARED_SERVER_MAX_MESSAGE_MB = "4"
+
+T = TypeVar("T")
+
+
+def eventually(
+    condition: Callable[[], T],
+    what: str | Callable[[], str],
+    *,
+    timeout: float = 15,
+    interval: float = 0.05,
+) -> T:
+    """Call `condition` until it returns something true, and return that.
+
+    For what a server does in its own time (a poll, a background writer, a request reaching a
+    queue): the verdict comes from what is observed, never from how long a test slept. After
+    `timeout` seconds it fails naming `what` (a string, or a function giving one, such as the
+    server's log) and the last value. An exception from `condition` fails at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            description = what() if callable(what) else what
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {description} "
+                f"(last: {reprlib.repr(value)})"
+            )
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -57,10 +95,48 @@ def without_root_file_access() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
+def export(repository: Path, *extra: str) -> None:
+    """`cnnzoo export` of MODEL (the shipped LeNet-5 weights) into `repository`, in process."""
+    from cnnzoo.cli import main
+
+    assert main(["export", MODEL, "--repository", str(repository), *extra]) == 0
+
+
+def copy_model(
+    root: Path,
+    source: str,
+    name: str,
+    *,
+    max_queue_delay_us: int = 0,
+    edit: Callable[[Any], None] | None = None,
+) -> None:
+    """Copy model `source` as `name` with another queue delay and whatever `edit` changes in its
+    ModelConfig (its manifest updated to match)."""
+    import json
+
+    from google.protobuf import text_format
+
+    from cnnzoo.fileio import sha256_file
+    from cnnzoo.protos import model_config_pb2
+
+    shutil.copytree(root / source, root / name)
+    config_file = root / name / "config.pbtxt"
+    config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
+    config.name = name
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if edit is not None:
+        edit(config)
+    config_file.write_text(text_format.MessageToString(config))
+    for manifest_file in (root / name).glob("*/manifest.json"):
+        manifest = json.loads(manifest_file.read_text())
+        manifest["model"] = name
+        manifest["files"]["config.pbtxt"] = sha256_file(config_file)
+        manifest_file.write_text(json.dumps(manifest, indent=2))
+
+
 def add_version(model_dir: Path, source: int, target: int) -> Path:
     """Copy version `source` of a model to `target`, its manifest updated to match."""
     import json
-    import shutil
 
     shutil.copytree(model_dir / str(source), model_dir / str(target))
     manifest_file = model_dir / str(target) / "manifest.json"
@@ -121,14 +197,16 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 90) -> ServerProcess:
         """Wait for the "serving on" line (printed once the models are loaded)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if "serving on" in self.log():
-                return self
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")
+            return False
+
+        eventually(ready, lambda: f"the server to be ready:\n{self.log()}", timeout=timeout)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

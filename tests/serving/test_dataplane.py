@@ -171,7 +171,7 @@ def test_explain_is_not_started_after_the_callers_deadline_and_its_queue_is_boun
 def test_the_queue_bound_of_config_pbtxt_wins_over_the_servers_default(repository, tmp_path):
     """Triton's `dynamic_batching.default_queue_policy.max_queue_size` in config.pbtxt."""
     from cnnzoo.errors import ResourceExhausted
-    from tests.serving.conftest import copy_model
+    from tests.serving.helpers import copy_model
 
     root = copy_repository(repository, tmp_path, QUEUED)
     copy_model(

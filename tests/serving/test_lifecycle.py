@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
-from tests.serving.conftest import export
-from tests.serving.helpers import DIGITS, MODEL, ROOT, ServerProcess, cnnzoo
+from tests.serving.helpers import DIGITS, MODEL, ROOT, ServerProcess, cnnzoo, eventually, export
 from tests.serving.requests import infer_request
 
 EPOCH_1 = ROOT / "zoo" / "weights" / MODEL / "epochs" / "epoch_001.safetensors"
@@ -73,7 +72,17 @@ class Load:
             self.outcomes[worker].append(outcome)
 
     def versions_seen(self) -> set[str]:
-        return {v for outcomes in self.outcomes.values() for _, v, _ in outcomes}
+        return {v for outcomes in list(self.outcomes.values()) for _, v, _ in outcomes}
+
+    def every_worker_saw(self, version: str) -> bool:
+        """Every worker has had an answer from `version` (read without adding workers)."""
+        return all(
+            any(v == version for _, v, _ in self.outcomes.get(worker, ()))
+            for worker in range(len(self._threads))
+        )
+
+    def answers(self) -> int:
+        return sum(len(outcomes) for outcomes in list(self.outcomes.values()))
 
 
 def test_hot_reload_under_load_then_sigterm_drain(repository, tmp_path):
@@ -82,13 +91,14 @@ def test_hot_reload_under_load_then_sigterm_drain(repository, tmp_path):
     server = ServerProcess(repo, tmp_path / "server.log", "--poll-seconds", "0.2").wait_ready()
     try:
         with Load(server.target) as load:
-            time.sleep(0.3)
+            eventually(lambda: load.every_worker_saw("1"), "answers from version 1")
             # A new version with other weights appears while requests are running.
             export(repo, "--version", "2", "--weights", str(EPOCH_1))
-            deadline = time.monotonic() + 30
-            while "2" not in load.versions_seen() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.3)
+            eventually(
+                lambda: load.every_worker_saw("2") and load.answers() > 50,
+                lambda: f"every worker to be answered by version 2 ({load.answers()} answers)",
+                timeout=30,
+            )
         outcomes = [o for worker in load.outcomes.values() for o in worker]
         failed = [o for o in outcomes if o[0] != "OK"]
         assert not failed, failed[:3]
@@ -116,7 +126,8 @@ def test_hot_reload_under_load_then_sigterm_drain(repository, tmp_path):
             futures = [zoo.Classify.future(big, timeout=60) for _ in range(12)]
             for future in futures:
                 future.add_done_callback(lambda _: finished.append(time.monotonic()))
-            time.sleep(0.05)
+            # the server is answering them: the rest are in flight
+            eventually(lambda: finished, "the first Classify answer", interval=0.002)
             signalled = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             for future in futures:

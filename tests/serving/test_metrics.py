@@ -29,8 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from cnnzoo.protos import grpc_service_pb2_grpc
 from cnnzoo.serving.stats import DEADLINE_SLACK_S, failure_reason
 from tests.ops.monitoring import PROMTOOL_HOW, dashboard_queries, monitoring_config
-from tests.serving.conftest import copy_model
-from tests.serving.helpers import MODEL, QUEUED, ServerProcess, free_port
+from tests.serving.helpers import (
+    MODEL,
+    QUEUED,
+    ServerProcess,
+    copy_model,
+    eventually,
+    free_port,
+)
 from tests.serving.requests import infer_request
 from tests.tools import require_tool
 
@@ -134,6 +140,12 @@ def families(server: ServerProcess) -> dict:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
+def pending(server: ServerProcess, model: str) -> float:
+    """The requests waiting in `model`'s queue (Triton's pending-request gauge)."""
+    family = families(server)["nv_inference_pending_request_count"]
+    return sum(samples(family, model=model).values())
+
+
 def samples(family, **labels) -> dict[tuple, float]:
     """{(sample name, label items other than model/version): value} of one model's samples."""
     out = {}
@@ -173,16 +185,18 @@ def test_failures_are_counted_by_reason(metrics_server, stub):
         stub.ModelInfer(infer_request(X, model=QUEUED), timeout=0.2)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     call = stub.ModelInfer.future(infer_request(X, model=QUEUED), timeout=30)
-    time.sleep(0.2)  # CANCELED: the caller gives up while the request is queued
+    # CANCELED: the caller gives up while the request is queued
+    eventually(
+        lambda: pending(metrics_server, QUEUED) >= 1, "the request to be queued", interval=0.02
+    )
     assert call.cancel()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def changes() -> dict[str, float]:
         after = samples(families(metrics_server)["nv_inference_request_failure"], model=QUEUED)
-        changes = {dict(key[1])["reason"]: after[key] - before[key] for key in after}
-        if changes["CANCELED"]:
-            break
-        time.sleep(0.05)
-    assert changes == {"REJECTED": 1, "CANCELED": 1, "BACKEND": 0, "OTHER": 1}
+        return {dict(key[1])["reason"]: after[key] - before[key] for key in after}
+
+    eventually(lambda: changes()["CANCELED"], "the cancellation to be counted", timeout=10)
+    assert changes() == {"REJECTED": 1, "CANCELED": 1, "BACKEND": 0, "OTHER": 1}
 
 
 def test_latency_summaries_and_histograms(metrics_server, stub):
@@ -281,34 +295,53 @@ def _start_prometheus(scrape_target: str, folder: Path) -> tuple[subprocess.Pope
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(metrics_server, stub, tmp_path):
     process, prometheus = _start_prometheus(f"127.0.0.1:{metrics_server.metrics_port}", tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        up: list = []
-        while time.monotonic() < deadline and not up:
+
+        def up() -> list:
             with contextlib.suppress(OSError):  # not listening yet
-                up = _get(f"{prometheus}/api/v1/query?query=up%3D%3D1")["data"]["result"]
-            if not up:
-                time.sleep(0.2)
-        assert up, (tmp_path / "prometheus.log").read_text()
+                return _get(f"{prometheus}/api/v1/query?query=up%3D%3D1")["data"]["result"]
+            return []
+
+        scraped = eventually(
+            up,
+            lambda: (
+                f"Prometheus to scrape the server:\n{(tmp_path / 'prometheus.log').read_text()}"
+            ),
+            timeout=30,
+            interval=0.2,
+        )
+        assert scraped, (tmp_path / "prometheus.log").read_text()
         # traffic over several scrapes, so that rate() has points: answers and one failure
-        until = time.monotonic() + 3
-        while time.monotonic() < until:
+        grown = urllib.parse.quote(
+            f'changes(nv_inference_request_success{{model="{MODEL}"}}[1m]) >= 2'
+        )
+
+        def traffic_scraped() -> list:
             stub.ModelInfer(infer_request(X), timeout=10)
-            time.sleep(0.01)
+            return _get(f"{prometheus}/api/v1/query?query={grown}")["data"]["result"]
+
+        eventually(traffic_scraped, "Prometheus to see the traffic grow twice", interval=0.01)
         with pytest.raises(grpc.RpcError):
             stub.ModelInfer(infer_request(X, name="x"), timeout=10)
-        time.sleep(1.5)
-        empty = []
-        for title, query in dashboard_queries():
-            url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}"
-            answer = _get(url)
-            assert answer["status"] == "success", (title, query, answer)
-            if "nv_gpu_" in query:  # no GPU here: the query runs and finds nothing
-                assert answer["data"]["result"] == [], (title, answer)
-                continue
-            # idle models give NaN (0/0, or no observation in the summary's window): a gap
-            finite = [s for s in answer["data"]["result"] if s["value"][1] not in ("NaN", "+Inf")]
-            if not finite:
-                empty.append((title, query, answer["data"]["result"]))
+
+        def unanswered() -> list:
+            """The queries that find no data (yet: Prometheus scrapes every 500 ms)."""
+            empty = []
+            for title, query in dashboard_queries():
+                url = f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}"
+                answer = _get(url)
+                assert answer["status"] == "success", (title, query, answer)
+                if "nv_gpu_" in query:  # no GPU here: the query runs and finds nothing
+                    assert answer["data"]["result"] == [], (title, answer)
+                    continue
+                # idle models give NaN (0/0, or no observation in the summary's window): a gap
+                result = answer["data"]["result"]
+                finite = [s for s in result if s["value"][1] not in ("NaN", "+Inf")]
+                if not finite:
+                    empty.append((title, query, result))
+            return empty
+
+        eventually(lambda: not unanswered(), lambda: f"data for {unanswered()}", interval=0.5)
+        empty = unanswered()
         assert not empty, empty
     finally:
         process.terminate()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 import pytest
 
 from cnnzoo.protos import grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
-from tests.serving.helpers import DIGITS, MODEL, ServerProcess, add_version
+from tests.serving.helpers import DIGITS, MODEL, ServerProcess, add_version, eventually
 from tests.serving.requests import infer_request
 
 LOCKED, PARTLY, ROLLBACK, SOLO, CORRUPT = (
@@ -43,7 +42,7 @@ X = np.random.default_rng(8).standard_normal((1, 1, 32, 32)).astype(np.float32)
 
 
 def rename_model(root: Path, source: str, name: str) -> None:
-    from tests.serving.conftest import copy_model
+    from tests.serving.helpers import copy_model
 
     copy_model(root, source, name, max_queue_delay_us=0)
 
@@ -90,15 +89,6 @@ def served_version(inference, model: str) -> str:
     return inference.ModelInfer(infer_request(X, model=model), timeout=10).model_version
 
 
-def wait_for(condition, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_an_unreadable_model_folder_is_reported_while_the_others_serve(faulty, stubs, repo):
     inference, zoo = stubs
     listed = models(zoo)
@@ -130,8 +120,10 @@ def test_polling_goes_on_past_an_unreadable_model(faulty, stubs, repo):
     inference, _ = stubs
     assert served_version(inference, MODEL) == "1"
     add_version(repo / MODEL, 1, 2)
-    wait_for(lambda: served_version(inference, MODEL) == "2", "version 2 to be served")
-    time.sleep(0.5)  # a few more polls
+    eventually(lambda: served_version(inference, MODEL) == "2", "version 2 to be served")
+    for version in ("3", "4"):  # two more polls, each past the unreadable model again
+        add_version(repo / MODEL, 1, int(version))
+        eventually(lambda v=version: served_version(inference, MODEL) == v, f"version {version}")
     log = faulty.log()
     assert log.count(f"model {LOCKED} is unavailable") == 1, log
     assert "Traceback" not in log
@@ -146,7 +138,7 @@ def test_a_served_model_onnx_corrupted_on_disk_is_reported_and_the_loaded_copy_s
     data = bytearray(onnx_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(data))
-    wait_for(lambda: "changed on disk" in models(zoo)[CORRUPT].reason, "the change to be seen")
+    eventually(lambda: "changed on disk" in models(zoo)[CORRUPT].reason, "the change to be seen")
     summary = models(zoo)[CORRUPT]
     assert summary.state == "READY" and summary.version == "1"
     assert "model.onnx sha256" in summary.reason and "restart would refuse" in summary.reason
@@ -161,7 +153,7 @@ def test_removing_the_served_versions_folder_rolls_back_to_the_newest_remaining_
     inference, zoo = stubs
     assert served_version(inference, ROLLBACK) == "2"
     shutil.rmtree(repo / ROLLBACK / "2")
-    wait_for(lambda: served_version(inference, ROLLBACK) == "1", "version 1 to serve again")
+    eventually(lambda: served_version(inference, ROLLBACK) == "1", "version 1 to serve again")
     assert list(models(zoo)[ROLLBACK].versions) == ["1"]
     assert f"the folder of {ROLLBACK} version 2 was removed" in faulty.log()
 
@@ -169,7 +161,7 @@ def test_removing_the_served_versions_folder_rolls_back_to_the_newest_remaining_
 def test_removing_the_only_versions_folder_keeps_it_serving_and_listed(faulty, stubs, repo):
     inference, zoo = stubs
     shutil.rmtree(repo / SOLO / "1")
-    wait_for(lambda: "removed" in models(zoo)[SOLO].reason, "the removal to be reported")
+    eventually(lambda: "removed" in models(zoo)[SOLO].reason, "the removal to be reported")
     summary = models(zoo)[SOLO]
     assert summary.state == "READY" and summary.version == "1"
     assert list(summary.versions) == ["1"], "the served version vanished from ListModels"

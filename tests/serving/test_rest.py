@@ -13,8 +13,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from tests.serving.checks import SAMPLE, assert_still_serving, reference_logits
-from tests.serving.conftest import SHARED_SERVER_MAX_MESSAGE_MB
-from tests.serving.helpers import MODEL, TAMPERED
+from tests.serving.helpers import MODEL, SHARED_SERVER_MAX_MESSAGE_MB, TAMPERED
 
 X = SAMPLE[:2]
 

@@ -289,7 +289,7 @@ def test_unknown_model_metadata_config_and_readiness(inference):
 
 
 def test_oversized_message_is_resource_exhausted(inference, onnx_reference):
-    from tests.serving.conftest import SHARED_SERVER_MAX_MESSAGE_MB
+    from tests.serving.helpers import SHARED_SERVER_MAX_MESSAGE_MB
 
     limit = int(float(SHARED_SERVER_MAX_MESSAGE_MB) * 1024 * 1024)
     request = infer_request(SAMPLE[:1], raw=[b"\0" * (limit + 1)], shape=[1, 1, 32, 32])

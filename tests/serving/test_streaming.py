@@ -15,7 +15,7 @@ import tritonclient.grpc as triton
 
 from cnnzoo.protos import grpc_service_pb2
 from tests.serving.checks import SAMPLE, assert_still_serving, reference_logits, scrape
-from tests.serving.helpers import MODEL, QUEUE_DELAY_S, QUEUED, ROOT
+from tests.serving.helpers import MODEL, QUEUE_DELAY_S, QUEUED, ROOT, eventually
 from tests.serving.requests import infer_request, logits_of
 
 
@@ -182,18 +182,26 @@ def test_a_stream_left_open_by_a_killed_client_is_released(server, inference, on
 
 def wait_for_fails(inference, before, fails: int, timeout: float = 10):
     """Wait until QUEUED's failure count grew by `fails`; return its statistics."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def grown():
         now = statistics(inference, QUEUED)
-        if now[2] - before[2] >= fails:
-            return now
-        assert time.monotonic() < deadline, f"statistics {now}, before {before}"
-        time.sleep(0.02)
+        return now if now[2] - before[2] >= fails else None
+
+    return eventually(
+        grown,
+        lambda: (
+            f"{fails} more failures (statistics {statistics(inference, QUEUED)}, before {before})"
+        ),
+        timeout=timeout,
+        interval=0.02,
+    )
 
 
 def wait_for_queued(server, count: int, timeout: float = 10) -> None:
     """Wait until `count` requests wait in QUEUED's queue (its pending-request gauge)."""
-    deadline = time.monotonic() + timeout
-    while scrape(server)[("nv_inference_pending_request_count", QUEUED)] < count:
-        assert time.monotonic() < deadline, "the requests never reached the server's queue"
-        time.sleep(0.02)
+    eventually(
+        lambda: scrape(server)[("nv_inference_pending_request_count", QUEUED)] >= count,
+        "the requests to reach the server's queue",
+        timeout=timeout,
+        interval=0.02,
+    )

@@ -9,7 +9,6 @@ import asyncio
 import http.client
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.serving.certificates import CertificateAuthority, Issued
-from tests.serving.helpers import DIGITS, MODEL, ServerProcess, cnnzoo
+from tests.serving.helpers import DIGITS, MODEL, ServerProcess, cnnzoo, eventually
 
 
 @pytest.fixture(scope="module")
@@ -255,13 +254,14 @@ def test_the_access_log_names_the_client_certificate(mtls_server, pki):
     assert check_health(mtls_server.target, credentials(pki)) == "SERVING"
     assert get(f"https://127.0.0.1:{mtls_server.http_port}/v2", https_context(pki)) == 200
     access_log = mtls_server.log_path.parent / "access.jsonl"
-    deadline = time.monotonic() + 10  # lines are written by a background thread
-    while True:
+
+    def written() -> dict:
         lines = [json.loads(line) for line in access_log.read_text().splitlines()]
         rpcs = {line["rpc"]: line for line in lines}
-        if {"/grpc.health.v1.Health/Check", "GET /v2"} <= set(rpcs) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return rpcs if {"/grpc.health.v1.Health/Check", "GET /v2"} <= set(rpcs) else {}
+
+    # lines are written by a background thread
+    rpcs = eventually(written, "both calls in the access log", timeout=10)
     grpc_line, rest_line = rpcs["/grpc.health.v1.Health/Check"], rpcs["GET /v2"]
     assert grpc_line["client"] == rest_line["client"] == "client"
     assert grpc_line["status"] == "OK" and rest_line["status"] == "200"

@@ -13,8 +13,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
-from tests.serving.conftest import export
-from tests.serving.helpers import DIGITS, MODEL, ServerProcess
+from tests.serving.helpers import DIGITS, MODEL, ServerProcess, export
 
 
 @pytest.fixture(scope="module")
