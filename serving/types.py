@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -43,7 +42,7 @@ class InferInput:
     datatype: str
     shape: tuple[int, ...]
     raw: bytes | memoryview | None = None
-    values: Sequence[Any] | None = None
+    values: Sequence[float | int | bool | bytes] | None = None
     shared_memory: SharedMemoryRef | None = None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from cnnzoo.errors import InvalidInput, quoted
 from cnnzoo.protos import grpc_service_pb2, zoo_pb2
@@ -293,7 +292,7 @@ def model_summaries_to_pb(models: Sequence[ModelSummary]) -> zoo_pb2.ListModelsR
 
 
 def explain_response_to_pb(result: ExplainResult) -> zoo_pb2.ExplainResponse:
-    attribution: Any = result.attribution
+    attribution = result.attribution
     return zoo_pb2.ExplainResponse(
         model=result.model,
         version=result.version,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 __all__ = ["answer_unimplemented"]
 
@@ -24,7 +25,7 @@ _warned: set[str] = set()
 
 
 def answer_unimplemented(
-    service: Any, instead: Mapping[str, str], default: str
+    service: ServiceDescriptor, instead: Mapping[str, str], default: str
 ) -> Callable[[Servicer], Servicer]:
     """Class decorator: every method of `service` (a protobuf ServiceDescriptor) that the
     class does not define itself answers UNIMPLEMENTED.
