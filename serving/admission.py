@@ -9,20 +9,24 @@ manager around each inference):
 - in-flight counting: `started` counts the calls admitted so far (the server's drain watches
   it), and a call leaves its counts however it ends;
 - the deadline: the caller's (`time.monotonic()` seconds), shortened by a request's own timeout;
-- statistics: from the moment a call names the model version answering it (`count`), its
-  outcome is recorded there: success and its time, or failure by Triton's reason (a
-  cancellation close to the deadline counts as timed out, see `stats.failure_reason`).
+- statistics: from the moment a call names the model version answering it (when it is
+  admitted, or later with `count`), its outcome is recorded there: success and its time, or
+  failure by Triton's reason (a cancellation close to the deadline counts as timed out, see
+  `stats.failure_reason`).
 
 Usage (on the event loop; the counts take no lock)::
 
-    with admission.call(deadline) as call:
-        call.count(served.stats)
-        ...  # run the request; errors propagate and are recorded on the way out
+    with admission.call(deadline, served.stats) as call:
+        ...  # run the request until call.deadline; errors propagate, recorded on the way out
+
+The frame (an object and a `with`) costs about a microsecond more per call than the same steps
+written out in each handler did (0.7 to 1.3 µs measured on a busy 2-core machine).
 """
 
 from __future__ import annotations
 
 import time
+from time import perf_counter_ns
 from types import TracebackType
 
 from cnnzoo.serving.limits import InFlight, RequestLimits
@@ -51,10 +55,17 @@ class Admission:
         """Calls admitted so far."""
         return self.requests.started
 
-    def call(self, deadline: float | None = None, *, explanation: bool = False) -> Call:
-        """The frame of one call (enter it with `with`); `explanation`: it also takes one of
-        the explainer's places."""
-        return Call(self.requests, self.explanations if explanation else None, deadline)
+    def call(
+        self,
+        deadline: float | None = None,
+        stats: ModelStats | None = None,
+        *,
+        explanation: bool = False,
+    ) -> Call:
+        """The frame of one call (enter it with `with`): `stats` are the counters of the model
+        version answering it (None: none yet, see `Call.count`); `explanation`: it also takes
+        one of the explainer's places."""
+        return Call(self.requests, self.explanations if explanation else None, deadline, stats)
 
 
 class Call:
@@ -64,13 +75,17 @@ class Call:
     __slots__ = ("deadline", "_requests", "_explanations", "_stats", "_started")
 
     def __init__(
-        self, requests: InFlight, explanations: InFlight | None, deadline: float | None
+        self,
+        requests: InFlight,
+        explanations: InFlight | None,
+        deadline: float | None,
+        stats: ModelStats | None = None,
     ) -> None:
         self.deadline = deadline
         self._requests = requests
         self._explanations = explanations
-        self._stats: ModelStats | None = None
-        self._started = 0
+        self._stats = stats
+        self._started = perf_counter_ns() if stats is not None else 0
 
     def __enter__(self) -> Call:
         self._requests.enter()
@@ -93,7 +108,7 @@ class Call:
         self._requests.leave()
         stats = self._stats
         if stats is not None:
-            ns = time.perf_counter_ns() - self._started
+            ns = perf_counter_ns() - self._started
             if err is None:
                 stats.record_request(True, ns)
             else:
@@ -108,4 +123,4 @@ class Call:
     def count(self, stats: ModelStats) -> None:
         """From now on the call counts against `stats` (the model version answering it)."""
         self._stats = stats
-        self._started = time.perf_counter_ns()
+        self._started = perf_counter_ns()

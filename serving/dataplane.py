@@ -254,8 +254,7 @@ class DataPlane:
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
         served = self.models.get(request.model_name, request.model_version)
-        with self._admission.call(deadline) as call:
-            call.count(served.stats)
+        with self._admission.call(deadline, served.stats) as call:
             spec = served.spec
             if len(request.inputs) != 1:
                 raise InvalidInput(
