@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # or pulls a different CUDA build; pyproject.toml accepts the range these belong to.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv install test data demo protos bench lint clean
+.PHONY: venv install test data demo docs protos bench bench-tables lint clean
 
 venv: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $@
 
 install: venv
@@ -27,8 +27,13 @@ test: venv
 data: venv
 	$(PY) scripts/download_data.py
 
+# Ports and paths: `make demo GRPC_PORT=9001 METRICS_PORT=9002` (see scripts/demo.sh)
 demo: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+# The documentation site (mkdocs.yml) into build/site/; strict: any warning fails the build
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 protos: venv
 	$(PY) -m cnnzoo.protos.codegen
@@ -43,6 +48,10 @@ lint: venv
 bench: venv
 	$(PY) bench/serving.py
 	$(PY) bench/interpret.py
+
+# docs/benchmarks.md from bench/results/*.json (after a benchmark run; commit both)
+bench-tables: venv
+	$(PY) scripts/bench_tables.py
 
 clean:
 	rm -rf model_repository out build *.egg-info .pytest_cache

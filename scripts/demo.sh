@@ -2,30 +2,52 @@
 # The main job, offline on a fresh machine: export the shipped LeNet-5 into ./model_repository,
 # serve it over gRPC, classify the shipped MNIST digits, stop the server cleanly, then run a small
 # Zeiler-Fergus maximal-activation job over the same digits and print where its gallery is.
+#
+# Settings (environment variables, or `make demo NAME=VALUE`):
+#   GRPC_PORT     the server's gRPC port on 127.0.0.1                      8001
+#   METRICS_PORT  its Prometheus /metrics port (-1: none)                  8002
+#   REPOSITORY    the model repository the shipped LeNet-5 is exported to  model_repository
+#   JOB           the interpretability job file                            examples/jobs/lenet5-digits.toml
+#   OUT           the job's output folder                                  the job file's (out/lenet5-digits)
+# The demo talks gRPC only, so the server's REST port stays closed (nothing binds 8000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPOSITORY=${REPOSITORY:-model_repository}
-PORT=${PORT:-8001}
+GRPC_PORT=${GRPC_PORT:-8001}
 METRICS_PORT=${METRICS_PORT:-8002}
 JOB=${JOB:-examples/jobs/lenet5-digits.toml}
+OUT=${OUT:-}
+
+# The client must know where to connect: a real port (not 0, "any free port").
+if ! [[ $GRPC_PORT =~ ^[0-9]+$ ]] || ((GRPC_PORT < 1 || GRPC_PORT > 65535)); then
+  echo "demo: GRPC_PORT must be a port number from 1 to 65535, got '$GRPC_PORT'" >&2
+  exit 2
+fi
 
 echo "== 1. export lenet5-mnist into $REPOSITORY/ (a new version only if the weights changed)"
 cnnzoo export lenet5-mnist --repository "$REPOSITORY" --skip-unchanged
 
-echo "== 2. serve it on 127.0.0.1:$PORT (metrics on :$METRICS_PORT)"
-cnnzoo serve --repository "$REPOSITORY" --model lenet5-mnist --port "$PORT" --metrics-port "$METRICS_PORT" &
+metrics="metrics on :$METRICS_PORT"
+[ "$METRICS_PORT" = "-1" ] && metrics="no metrics port"
+echo "== 2. serve it on 127.0.0.1:$GRPC_PORT ($metrics)"
+cnnzoo serve --repository "$REPOSITORY" --model lenet5-mnist \
+  --port "$GRPC_PORT" --http-port -1 --metrics-port "$METRICS_PORT" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
-  if cnnzoo health --server "127.0.0.1:$PORT" >/dev/null 2>&1; then break; fi
-  if ! kill -0 $server 2>/dev/null; then echo "server exited early" >&2; exit 1; fi
+  if cnnzoo health --server "127.0.0.1:$GRPC_PORT" >/dev/null 2>&1; then break; fi
+  if ! kill -0 $server 2>/dev/null; then
+    echo "demo: the server exited early (see its error above); when a port is taken, pick others:" \
+      "make demo GRPC_PORT=9001 METRICS_PORT=9002" >&2
+    exit 1
+  fi
   sleep 0.5
 done
-cnnzoo health --server "127.0.0.1:$PORT"
+cnnzoo health --server "127.0.0.1:$GRPC_PORT"
 
 echo "== 3. classify the shipped digits over gRPC"
-cnnzoo classify examples/digits/*/*.png --model lenet5-mnist --server "127.0.0.1:$PORT" --top-k 3
+cnnzoo classify examples/digits/*/*.png --model lenet5-mnist --server "127.0.0.1:$GRPC_PORT" --top-k 3
 
 echo "== 4. stop the server (SIGTERM: drain, then exit 0)"
 kill -TERM $server
@@ -34,4 +56,4 @@ trap - EXIT
 
 echo "== 5. a Zeiler-Fergus maximal-activation job over the same digits"
 # --overwrite: results of an older version of the job or of the weights are replaced, not mixed
-cnnzoo job "$JOB" --overwrite
+cnnzoo job "$JOB" --overwrite ${OUT:+--out "$OUT"}

@@ -48,13 +48,14 @@ def test_a_closed_pipe_is_not_a_traceback():
     assert process.returncode == 141
 
 
-def test_help_lists_the_exit_codes_and_the_readme_documents_the_same():
+def test_help_lists_the_exit_codes_and_the_docs_document_the_same():
     result = subprocess.run([CNNZOO, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     listed = re.findall(r"^  (\d+) +(.+)$", result.stdout.split("exit codes:")[1], re.M)
     assert [(int(code), meaning) for code, meaning in listed] == list(EXIT_CODES)
-    readme = (ROOT / "README.md").read_text().split("### Exit codes")[1].split("\n#")[0]
-    table = re.findall(r"^\| (\d+) \| (.+?) \|$", readme, re.M)
+    page = (ROOT / "docs" / "reference" / "errors.md").read_text()
+    documented = page.split("## Exit codes")[1].split("\n#")[0]
+    table = re.findall(r"^\| (\d+) \| (.+?) \|$", documented, re.M)
     assert [(int(code), meaning) for code, meaning in table] == list(EXIT_CODES)
 
 
