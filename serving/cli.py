@@ -146,7 +146,11 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     from cnnzoo.serving.limits import RequestLimits
 
     default = RequestLimits()
-    g = p.add_argument_group("limits", "over a limit a request is answered RESOURCE_EXHAUSTED")
+    g = p.add_argument_group(
+        "limits",
+        "over a limit a request is answered RESOURCE_EXHAUSTED (REST: 429), except calls over "
+        "--max-concurrent-requests, which wait their turn",
+    )
     g.add_argument(
         "--max-classify-images",
         type=int,
@@ -183,8 +187,16 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         default=default.max_concurrent_requests,
-        help="inference, Classify and Explain calls in progress on the server at once "
-        "(default %(default)s)",
+        help="inference, Classify and Explain calls in progress on the server at once; more "
+        "wait their turn (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        metavar="N",
+        default=default.max_waiting_requests,
+        help="calls waiting for one of the --max-concurrent-requests places; beyond, a call is "
+        "refused (default %(default)s)",
     )
 
 
@@ -215,7 +227,22 @@ def _add_access_options(p: argparse.ArgumentParser) -> None:
         "--access-log",
         metavar="FILE",
         help="append one JSON line per call (time, peer, client, rpc, model, version, status, "
-        "latency_ms; never payloads) to FILE ('-': standard error)",
+        "latency_ms; never payloads) to FILE ('-': standard error); created mode 0640",
+    )
+    g.add_argument(
+        "--shared-memory",
+        choices=("system", "off"),
+        default="system",
+        help="offer Triton's system shared-memory extension to clients on this host (default "
+        "%(default)s; a client may register only POSIX shared-memory objects its own user "
+        "owns, and use only regions it registered); off: not offered",
+    )
+    g.add_argument(
+        "--shared-memory-prefix",
+        default="",
+        metavar="PREFIX",
+        help="only objects whose names start with /PREFIX may be registered; clients the "
+        "server cannot identify (other hosts, other containers) may then register them too",
     )
 
 
@@ -286,6 +313,38 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="close connections without calls for this long (default 0: never)",
     )
+    from cnnzoo.serving.http_api.limits import HttpLimits
+
+    rest = HttpLimits()
+    h = p.add_argument_group("REST connections", "times in seconds")
+    h.add_argument(
+        "--http-max-connections",
+        type=int,
+        metavar="N",
+        default=rest.max_connections,
+        help="REST connections open at once; the next is answered 503 (default %(default)s)",
+    )
+    h.add_argument(
+        "--http-header-timeout",
+        type=float,
+        metavar="S",
+        default=rest.header_timeout_s,
+        help="from a request's first byte to its complete head (default %(default)s)",
+    )
+    h.add_argument(
+        "--http-body-timeout",
+        type=float,
+        metavar="S",
+        default=rest.body_timeout_s,
+        help="for a request's whole body to arrive; else 408 (default %(default)s)",
+    )
+    h.add_argument(
+        "--http-idle-timeout",
+        type=float,
+        metavar="S",
+        default=rest.idle_timeout_s,
+        help="close a connection that sends nothing for this long (default %(default)s)",
+    )
     t = p.add_argument_group(
         "TLS", "serve gRPC and REST over TLS; with --tls-client-ca, mutual TLS"
     )
@@ -304,11 +363,13 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.errors import InvalidInput
     from cnnzoo.serving.grpc_api.transport import TransportOptions
+    from cnnzoo.serving.http_api.limits import HttpLimits
     from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.limits import RequestLimits
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.serving.security import GRPC, HTTP, RestrictedProtocols, parse_restriction
     from cnnzoo.serving.server import ServerOptions, serve
+    from cnnzoo.serving.shared_memory import SharedMemoryPolicy
     from cnnzoo.serving.tls import TlsOptions
 
     if args.max_message_mb <= 0:
@@ -351,6 +412,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
             max_pending_explanations=args.max_pending_explanations,
             max_concurrent_requests=args.max_concurrent_requests,
+            max_waiting_requests=args.max_waiting_requests,
         ),
         transport=TransportOptions(
             max_concurrent_streams=args.max_concurrent_streams,
@@ -373,6 +435,15 @@ def _serve(args: argparse.Namespace) -> int:
             [parse_restriction(spec, HTTP) for spec in args.http_restricted_api], HTTP.flag
         ),
         access_log=args.access_log,
+        http_limits=HttpLimits(
+            max_connections=args.http_max_connections,
+            header_timeout_s=args.http_header_timeout,
+            body_timeout_s=args.http_body_timeout,
+            idle_timeout_s=args.http_idle_timeout,
+        ),
+        shared_memory=SharedMemoryPolicy(
+            enabled=args.shared_memory == "system", prefix=args.shared_memory_prefix
+        ),
     )
     return serve(options)
 

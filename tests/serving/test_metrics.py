@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cnnzoo.protos import grpc_service_pb2_grpc
 from cnnzoo.serving.stats import DEADLINE_SLACK_S, failure_reason
 from tests.ops.monitoring import PROMTOOL_HOW, dashboard_queries, monitoring_config
+from tests.serving.checks import wire_name
 from tests.serving.conftest import copy_model
 from tests.serving.helpers import MODEL, QUEUED, ServerProcess, free_port
 from tests.serving.requests import infer_request
@@ -39,36 +40,36 @@ BUCKET_BOUNDS = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
 X = np.random.default_rng(4).standard_normal((1, 1, 32, 32)).astype(np.float32)
 REASONS = {"REJECTED", "CANCELED", "BACKEND", "OTHER"}
 
-# Triton's help text and type of each family (core src/metrics.cc; counters are exposed untyped
-# because prometheus-client would otherwise rename them with a _total suffix).
+# Triton's help text and type of each family (core src/metrics.cc; counters are typed `counter`
+# under Triton's names, without a _total suffix, as prometheus-cpp writes them).
 TRITON_FAMILIES = {
     "nv_inference_request_success": (
         "Number of successful inference requests, all batch sizes",
-        "unknown",
+        "counter",
     ),
     "nv_inference_request_failure": (
         "Number of failed inference requests, all batch sizes",
-        "unknown",
+        "counter",
     ),
     "nv_inference_count": (
         "Number of inferences performed (does not include cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_exec_count": (
         "Number of model executions performed (does not include cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_request_duration_us": (
         "Cumulative inference request duration in microseconds (includes cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_queue_duration_us": (
         "Cumulative inference queuing duration in microseconds (includes cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_compute_infer_duration_us": (
         "Cumulative compute inference duration in microseconds (does not include cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_pending_request_count": (
         "Instantaneous number of pending requests awaiting execution per-model.",
@@ -142,7 +143,7 @@ def samples(family, **labels) -> dict[tuple, float]:
             rest = tuple(
                 sorted((k, v) for k, v in s.labels.items() if k not in ("model", "version"))
             )
-            out[(s.name, rest)] = s.value
+            out[(wire_name(family, s), rest)] = s.value
     return out
 
 
@@ -217,7 +218,8 @@ def test_latency_summaries_and_histograms(metrics_server, stub):
     assert counts == sorted(counts) and counts[-1] == 30
     default = samples(after["nv_inference_first_response_histogram_ms"], model=MODEL)
     assert [dict(r)["le"] for (n, r), _ in default.items() if n.endswith("_bucket")] == [
-        "100", "500", "2000", "5000", "+Inf"
+        "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "25", "50", "100", "250", "500", "1000",
+        "2000", "5000", "+Inf",
     ]  # fmt: skip
 
 
