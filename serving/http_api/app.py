@@ -346,6 +346,7 @@ class HttpServer:
         self.port = 0
 
     async def start(self, shutdown_timeout: float) -> None:
+        self.connections.max_connections = limits.connections_that_fit(self.limits.max_connections)
         runner = web.AppRunner(
             self._app,
             access_log=None,

@@ -1,7 +1,11 @@
 """Bounds on what a REST client can hold: connections, time to send a request, bodies.
 
 Every connection takes a file descriptor, which the gRPC port needs too, so the REST port holds
-at most `--http-max-connections` at once; the next one is answered 503 and closed at once. A
+at most `--http-max-connections` at once; the next one is answered 503 and closed at once. The
+limit never takes more than half the descriptors the process may open (`ulimit -n`, whose soft
+limit the server first raises to the hard one), less room for one burst of accepted connections
+(`ACCEPT_BACKLOG`, each holding a descriptor until it is refused): a lower limit is used, with a
+warning. A
 connection must send a complete request head within `--http-header-timeout` of its first byte
 (a client trickling headers a byte at a time, "slowloris", is cut off), its body within
 `--http-body-timeout` (408), and a connection that sends nothing for `--http-idle-timeout`
@@ -36,6 +40,7 @@ from cnnzoo.serving.peers import CALLER, Caller
 __all__ = [
     "CLIENT_FAULTS",
     "ConnectionTracker",
+    "connections_that_fit",
     "GuardedSite",
     "HttpLimits",
     "PROTOCOL_LOG",
@@ -49,6 +54,8 @@ PROTOCOL_LOG = logging.getLogger("cnnzoo.serving.http_api.protocol")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Connections the kernel queues for the port, and asyncio accepts in one go.
+ACCEPT_BACKLOG = 64
 _CODINGS = ("gzip", "x-gzip", "deflate", "br")
 # Bodies above this size are decompressed off the event loop (zlib and brotli release the GIL).
 _DECODE_IN_THREAD = 256 * 1024
@@ -81,11 +88,39 @@ class HttpLimits:
 _LIMITS = web.AppKey("http_limits", HttpLimits)
 
 
+def connections_that_fit(wanted: int) -> int:
+    """`wanted`, or half the file descriptors this process may open if that is less (raising
+    the soft limit to the hard one first, as servers do)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    budget = max(8, soft // 2 - ACCEPT_BACKLOG)
+    if wanted <= budget:
+        return wanted
+    log.warning(
+        "--http-max-connections %d lowered to %d: this process may open only %d files "
+        "(ulimit -n), and gRPC, models and shared-memory regions need the rest; raise the "
+        "limit to allow more",
+        wanted,
+        budget,
+        soft,
+    )
+    return budget
+
+
 class ConnectionTracker:
     """The REST port's open connections and what the limits did (read by `/metrics`)."""
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
+        self.max_connections = limits.max_connections  # lowered to what fits at start
         self.open = 0
         self.refused = 0  # over max_connections
         self.header_timeouts = 0
@@ -115,10 +150,10 @@ class _GuardedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tracker = self._tracker
         self._transport = transport  # type: ignore[assignment]
-        if tracker.open >= tracker.limits.max_connections:
+        if tracker.open >= tracker.max_connections:
             tracker.refused += 1
             body = (
-                f'{{"error":"this server holds at most {tracker.limits.max_connections} REST '
+                f'{{"error":"this server holds at most {tracker.max_connections} REST '
                 'connections at once (--http-max-connections); try again shortly"}'
             ).encode()
             transport.write(  # type: ignore[attr-defined]
@@ -204,7 +239,7 @@ class GuardedSite(web.BaseSite):
         tracker: ConnectionTracker,
         *,
         ssl_context: Any = None,
-        backlog: int = 128,
+        backlog: int = ACCEPT_BACKLOG,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host

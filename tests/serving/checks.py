@@ -37,8 +37,13 @@ def assert_still_serving(inference, onnx_reference) -> None:
 
 def wire_name(family, sample) -> str:
     """A sample's name as the server wrote it: prometheus-client's parser adds `_total` to
-    the samples of a counter that (as Triton's) is written without it."""
-    if family.type == "counter" and sample.name == family.name + "_total":
+    the samples of a counter, and Triton's counters (`nv_*`) are written without it (the
+    server's own, `cnnzoo_*_total`, with it)."""
+    if (
+        family.type == "counter"
+        and family.name.startswith("nv_")
+        and sample.name == family.name + "_total"
+    ):
         return family.name
     return sample.name
 
