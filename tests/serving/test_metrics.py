@@ -164,6 +164,45 @@ def test_names_help_texts_and_types_are_tritons(metrics_server, stub):
     assert not [name for name in found if name.startswith("nv_gpu_")]
 
 
+def test_counters_are_written_as_triton_writes_them(metrics_server, stub):
+    """The text itself: `# TYPE <name> counter` under Triton's names, no `_total` anywhere."""
+    stub.ModelInfer(infer_request(X), timeout=10)
+    url = f"http://127.0.0.1:{metrics_server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+    ):
+        assert f"\n# TYPE {name} counter\n" in text, name
+        assert f"{name}_total" not in text, name
+        assert f'\n{name}{{model="{MODEL}",version="1"' in text, name
+
+
+def test_the_default_histogram_resolves_a_sub_millisecond_model(metrics_server, stub):
+    """LeNet-5 answers in well under a millisecond of server time; Triton's default buckets
+    (100 ms and up) would put every request in the first one."""
+    for _ in range(50):
+        stub.ModelInfer(infer_request(X), timeout=10)
+    family = families(metrics_server)["nv_inference_first_response_histogram_ms"]
+    histogram = samples(family, model=MODEL)
+    by_bound = {
+        float(dict(rest)["le"]): value
+        for (name, rest), value in histogram.items()
+        if name.endswith("_bucket")
+    }
+    total = by_bound[float("inf")]
+    below_10ms = [bound for bound in by_bound if bound < 10]
+    assert len(below_10ms) >= 6, sorted(by_bound)
+    # the median falls in a bucket under 10 ms, which Triton's defaults cannot show
+    median_bucket = min(bound for bound, count in by_bound.items() if count >= total / 2)
+    assert median_bucket < 10, by_bound
+
+
 def test_failures_are_counted_by_reason(metrics_server, stub):
     before = samples(families(metrics_server)["nv_inference_request_failure"], model=QUEUED)
     assert {dict(rest)["reason"] for _, rest in before} == REASONS
