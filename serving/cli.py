@@ -454,10 +454,25 @@ def _serve(args: argparse.Namespace) -> int:
 def _register_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify",
-        help="classify image files with a running server",
-        description="Send PNG/JPEG files to a cnnzoo server and print the top-k classes.",
+        help="classify image files or folders of them with a running server",
+        description="Send PNG/JPEG files to a cnnzoo server and print the top-k classes. A "
+        "folder stands for every .png, .jpg and .jpeg file under it (sub-folders included, "
+        "in name order); they are sent --batch-size at a time.",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="PNG or JPEG files, or folders of them",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per request (default %(default)s; the server's --max-classify-images "
+        "bounds it)",
+    )
     p.add_argument("--model", required=True, help="model name, e.g. lenet5-mnist")
     p.add_argument("--version", default="", help="model version (default: the served one)")
     p.add_argument("--server", default=DEFAULT_SERVER, help="host:port (default %(default)s)")
@@ -520,23 +535,87 @@ def _client(args: argparse.Namespace):  # noqa: ANN202 - a ZooClient (imported h
     return ZooClient(args.server, timeout=args.timeout, tls=tls, metadata=headers)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A request carries at most this many bytes of images (the server's message limit is 64 MiB).
+_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files to classify: each file named, and every image file under each folder named
+    (sub-folders included, hidden ones left out, in name order).
+
+    Raises:
+        NotFound: a path does not exist, or a folder holds no image file.
+    """
+    from cnnzoo.errors import NotFound
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise NotFound(f"folder {path} holds no PNG or JPEG file (.png, .jpg, .jpeg)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise NotFound(f"image file {path} does not exist")
+    return files
+
+
+def _batches(files: list[Path], batch_size: int):  # noqa: ANN202 - yields (files, payloads)
+    """Files read a batch at a time (a folder of 70,000 images is never held at once)."""
+    batch: list[Path] = []
+    payloads: list[bytes] = []
+    size = 0
+    for path in files:
+        data = path.read_bytes()
+        if batch and (len(batch) >= batch_size or size + len(data) > _REQUEST_BYTES):
+            yield batch, payloads
+            batch, payloads, size = [], [], 0
+        batch.append(path)
+        payloads.append(data)
+        size += len(data)
+    if batch:
+        yield batch, payloads
+
+
 def _classify(args: argparse.Namespace) -> int:
-    from cnnzoo.errors import InvalidImage, InvalidInput, NotFound
+    from tqdm import tqdm
+
+    from cnnzoo.errors import InvalidImage, InvalidInput
 
     if args.top_k < 1:
         raise InvalidInput(f"--top-k must be >= 1, got {args.top_k}")
-    payloads = []
-    for path in args.images:
-        if not path.is_file():
-            raise NotFound(f"image file {path} does not exist")
-        payloads.append(path.read_bytes())
-    with _client(args) as client:
-        try:
-            results = client.classify(payloads, args.model, top_k=args.top_k, version=args.version)
-        except InvalidImage as err:  # the server counts images; name the file instead
-            if not 0 <= err.index < len(args.images):
-                raise
-            raise InvalidInput(f"{args.images[err.index]}: {err.problem}") from None
+    if args.batch_size < 1:
+        raise InvalidInput(f"--batch-size must be >= 1, got {args.batch_size}")
+    files = image_files(args.images)
+    results = []
+    with (
+        _client(args) as client,
+        tqdm(
+            total=len(files),
+            unit="img",
+            desc="classify",
+            disable=None if len(files) > args.batch_size else True,  # a terminal, several requests
+        ) as progress,
+    ):
+        for batch, payloads in _batches(files, args.batch_size):
+            try:
+                results += client.classify(
+                    payloads, args.model, top_k=args.top_k, version=args.version
+                )
+            except InvalidImage as err:  # the server counts images; name the file instead
+                if not 0 <= err.index < len(batch):
+                    raise
+                raise InvalidInput(f"{batch[err.index]}: {err.problem}") from None
+            progress.update(len(batch))
     if args.json:
         document = [
             {
@@ -546,12 +625,12 @@ def _classify(args: argparse.Namespace) -> int:
                     for p in predictions
                 ],
             }
-            for path, predictions in zip(args.images, results, strict=True)
+            for path, predictions in zip(files, results, strict=True)
         ]
         json.dump(document, sys.stdout, indent=2)
         print()
         return 0
-    print(format_table([str(p) for p in args.images], results))
+    print(format_table([str(p) for p in files], results))
     return 0
 
 
