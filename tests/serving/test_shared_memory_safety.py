@@ -320,3 +320,27 @@ def test_the_prefix_holds_for_every_client(tmp_path):
     registry = SystemSharedMemory(root=tmp_path, policy=SharedMemoryPolicy(prefix="cnnzoo_"))
     with pytest.raises(InvalidInput, match="outside the prefix this server allows"):
         registry.register("r", "/x", 0, 64)
+
+
+def test_the_extension_can_be_turned_off(repository, tmp_path):
+    server = ServerProcess(
+        repository, tmp_path / "server.log", "--model", MODEL, "--shared-memory", "off"
+    ).wait_ready()
+    try:
+        client = triton.InferenceServerClient(server.target)
+        metadata = client.get_server_metadata(as_json=True)
+        assert "system_shared_memory" not in metadata["extensions"]
+        with region("/cnnzoo_off", X.nbytes):
+            with pytest.raises(InferenceServerException) as info:
+                client.register_system_shared_memory("off", "/cnnzoo_off", X.nbytes)
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+            status, answer = rest(
+                server.http_port,
+                "POST",
+                "/v2/systemsharedmemory/region/off/register",
+                {"key": "/cnnzoo_off", "offset": 0, "byte_size": X.nbytes},
+            )
+            assert status == 503 and "does not offer system shared memory" in answer["error"]
+        client.close()
+    finally:
+        assert server.stop() == 0
