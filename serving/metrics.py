@@ -287,6 +287,15 @@ class _PageServer(ThreadingHTTPServer):
     render: Callable[[], str]
 
 
+def _page_server(host: str, port: int) -> _PageServer:
+    """The HTTP server for /metrics on `host` (an IPv4 or IPv6 address, or a name)."""
+    import socket
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("_PageServerOnFamily", (_PageServer,), {"address_family": family})
+    return server_class((host, port), _Page)
+
+
 class MetricsServer:
     """The `/metrics` HTTP endpoint (prometheus-client's server on its own thread).
 
@@ -319,7 +328,7 @@ class MetricsServer:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         try:
-            self._httpd = _PageServer((host, port), _Page)
+            self._httpd = _page_server(host, port)
         except OSError as err:
             self.system.close()
             raise Unavailable(f"cannot serve metrics on {host}:{port}: {err.strerror}") from None

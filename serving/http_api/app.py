@@ -7,6 +7,8 @@ regions with gRPC ones, and no thread hand-off sits between a REST handler and t
 Errors are Triton's: a JSON body `{"error": "..."}` with the HTTP code of the status the same error
 gets over gRPC (400 invalid argument, 404 not found, 503 unavailable, ...; see `HTTP_CODES`);
 unknown routes 404, a wrong method 405 (with `Allow`), a body over the limit 413 naming it.
+Connections, request timing and body decoding are bounded by `cnnzoo.serving.http_api.limits`;
+model control (`/v2/repository/...`) calls the same data-plane methods as gRPC's.
 """
 
 from __future__ import annotations
