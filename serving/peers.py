@@ -85,7 +85,7 @@ CALLER: ContextVar[Caller | None] = ContextVar("cnnzoo_caller", default=None)
 def caller_from_grpc_peer(peer: str, server_host: str, server_port: int) -> Caller | None:
     """A `Caller` from grpc's `context.peer()` (`ipv4:127.0.0.1:5555`, `ipv6:%5B::1%5D:5555`);
     None for other transports (e.g. `unix:`), whose peers have no port."""
-    kind, _, address = unquote(peer).partition(":")
+    kind, _, address = (unquote(peer) if "%" in peer else peer).partition(":")
     if kind not in ("ipv4", "ipv6"):
         return None
     host, _, port = address.rpartition(":")

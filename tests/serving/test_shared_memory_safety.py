@@ -344,3 +344,30 @@ def test_the_extension_can_be_turned_off(repository, tmp_path):
         client.close()
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize(("family", "host"), [("AF_INET", "127.0.0.1"), ("AF_INET6", "::1")])
+def test_the_user_behind_a_local_connection_is_found(family, host):
+    import socket
+
+    from cnnzoo.serving.peers import caller_from_grpc_peer, socket_owner
+
+    kind = getattr(socket, family)
+    with socket.socket(kind) as listener:
+        listener.bind((host, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.socket(kind) as client:
+            client.connect((host, port))
+            accepted, peer = listener.accept()
+            with accepted:
+                assert socket_owner(peer[0], peer[1], host, port) == os.geteuid()
+                assert socket_owner(peer[0], peer[1] ^ 1, host, port) is None  # no such socket
+                grpc_peer = (
+                    f"ipv4:{host}:{peer[1]}" if ":" not in host else f"ipv6:%5B{host}%5D:{peer[1]}"
+                )
+                caller = caller_from_grpc_peer(grpc_peer, "0.0.0.0", port)
+                assert caller is not None and caller.uid() == os.geteuid()
+                assert caller.identity() == ("uid", str(os.geteuid()))
+    assert caller_from_grpc_peer("unix:/run/x.sock", "", 1) is None
+    assert remote().uid() is None and remote().identity() == ("host", "192.0.2.7")
