@@ -313,7 +313,7 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="close connections without calls for this long (default 0: never)",
     )
-    from cnnzoo.serving.http_api.limits import HttpLimits
+    from cnnzoo.serving.http_api.options import HttpLimits
 
     rest = HttpLimits()
     h = p.add_argument_group("REST connections", "times in seconds")
@@ -363,7 +363,7 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.errors import InvalidInput
     from cnnzoo.serving.grpc_api.transport import TransportOptions
-    from cnnzoo.serving.http_api.limits import HttpLimits
+    from cnnzoo.serving.http_api.options import HttpLimits
     from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.limits import RequestLimits
     from cnnzoo.serving.runtime import RuntimeOptions

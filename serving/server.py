@@ -33,8 +33,8 @@ from cnnzoo.serving.grpc_api.reflection import enable_reflection
 from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
 from cnnzoo.serving.grpc_api.transport import TransportOptions
 from cnnzoo.serving.http_api.app import HttpServer, Middleware
-from cnnzoo.serving.http_api.limits import HttpLimits
 from cnnzoo.serving.http_api.middlewares import access_log_middleware, restricted_api_middleware
+from cnnzoo.serving.http_api.options import HttpLimits
 from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.limits import RequestLimits
 from cnnzoo.serving.log_limits import RateLimitFilter, install_rate_limit

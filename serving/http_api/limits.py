@@ -28,13 +28,13 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
 from typing import Any
 
 from aiohttp import web
 
-from cnnzoo.errors import CnnzooError, DeadlineExceeded, InvalidInput
+from cnnzoo.errors import CnnzooError, DeadlineExceeded
 from cnnzoo.serving.call_queue import CallQueue
+from cnnzoo.serving.http_api.options import HttpLimits
 from cnnzoo.serving.peers import CALLER, Caller
 
 __all__ = [
@@ -59,30 +59,6 @@ ACCEPT_BACKLOG = 64
 _CODINGS = ("gzip", "x-gzip", "deflate", "br")
 # Bodies above this size are decompressed off the event loop (zlib and brotli release the GIL).
 _DECODE_IN_THREAD = 256 * 1024
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """The REST port's connection bounds (see the module docstring); times in seconds.
-
-    Args:
-        max_connections: connections open at once.
-        header_timeout_s: from a request's first byte to its complete head.
-        body_timeout_s: for a request's whole body to arrive.
-        idle_timeout_s: a connection sending nothing for this long is closed.
-    """
-
-    max_connections: int = 1024
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    idle_timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not value > 0:
-                flag = "--http-" + item.name.removesuffix("_s").replace("_", "-")
-                raise InvalidInput(f"{flag} must be positive, got {value!r}")
 
 
 _LIMITS = web.AppKey("http_limits", HttpLimits)
