@@ -6,7 +6,9 @@ figures are per-call latencies, not throughput under contention): no interceptor
 both. Prints a markdown table (p50 and mean latency, the added microseconds against the
 reference: the median over interleaved rounds of each round's difference) and, measured in
 process, what the checks themselves cost per call (the restriction's header comparison; the
-access log's wrapper and queued line); writes JSON to bench/results/.
+access log's wrapper and queued line; the call gate every server runs: a place in the call
+queue and the caller recorded, so the reference "none" includes it); writes JSON to
+bench/results/.
 
     python bench/guards.py [--requests 3000] [--rounds 3]
 """
@@ -69,12 +71,17 @@ class _Context:
     def code(self) -> None:
         return None
 
+    def time_remaining(self) -> None:
+        return None
+
 
 def in_process_costs(calls: int = 20_000) -> dict[str, float]:
     """Per-call cost of the checks alone, without gRPC around them (µs)."""
     import grpc
 
     from cnnzoo.serving.access_log import AccessLog
+    from cnnzoo.serving.call_queue import CallQueue
+    from cnnzoo.serving.grpc_api.gate import GateInterceptor
     from cnnzoo.serving.grpc_api.interceptors import (
         AccessLogInterceptor,
         RestrictedProtocolInterceptor,
@@ -116,6 +123,7 @@ def in_process_costs(calls: int = 20_000) -> dict[str, float]:
                     RestrictedProtocolInterceptor(RestrictedProtocols([restriction]))
                 ),
                 "access log": await timed(AccessLogInterceptor(log)),
+                "call gate (always on)": await timed(GateInterceptor(CallQueue(256), "127.0.0.1")),
             }
             log.close()
         return {name: us - bare for name, us in costs.items()}

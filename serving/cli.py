@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:  # imported where used: `cnnzoo --help` stays quick
+    from collections.abc import Iterator
+
     from cnnzoo.serving.client import ZooClient
     from cnnzoo.serving.types import ClassPrediction
 
@@ -154,7 +156,11 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     from cnnzoo.serving.limits import RequestLimits
 
     default = RequestLimits()
-    g = p.add_argument_group("limits", "over a limit a request is answered RESOURCE_EXHAUSTED")
+    g = p.add_argument_group(
+        "limits",
+        "over a limit a request is answered RESOURCE_EXHAUSTED (REST: 429), except calls over "
+        "--max-concurrent-requests, which wait their turn",
+    )
     g.add_argument(
         "--max-classify-images",
         type=int,
@@ -191,8 +197,16 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         default=default.max_concurrent_requests,
-        help="inference, Classify and Explain calls in progress on the server at once "
-        "(default %(default)s)",
+        help="inference, Classify and Explain calls in progress on the server at once; more "
+        "wait their turn (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        metavar="N",
+        default=default.max_waiting_requests,
+        help="calls waiting for one of the --max-concurrent-requests places; beyond, a call is "
+        "refused (default %(default)s)",
     )
 
 
@@ -223,7 +237,22 @@ def _add_access_options(p: argparse.ArgumentParser) -> None:
         "--access-log",
         metavar="FILE",
         help="append one JSON line per call (time, peer, client, rpc, model, version, status, "
-        "latency_ms; never payloads) to FILE ('-': standard error)",
+        "latency_ms; never payloads) to FILE ('-': standard error); created mode 0640",
+    )
+    g.add_argument(
+        "--shared-memory",
+        choices=("system", "off"),
+        default="system",
+        help="offer Triton's system shared-memory extension to clients on this host (default "
+        "%(default)s; a client may register only POSIX shared-memory objects its own user "
+        "owns, and use only regions it registered); off: not offered",
+    )
+    g.add_argument(
+        "--shared-memory-prefix",
+        default="",
+        metavar="PREFIX",
+        help="only objects whose names start with /PREFIX may be registered; clients the "
+        "server cannot identify (other hosts, other containers) may then register them too",
     )
 
 
@@ -294,6 +323,38 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="close connections without calls for this long (default 0: never)",
     )
+    from cnnzoo.serving.http_api.options import HttpLimits
+
+    rest = HttpLimits()
+    h = p.add_argument_group("REST connections", "times in seconds")
+    h.add_argument(
+        "--http-max-connections",
+        type=int,
+        metavar="N",
+        default=rest.max_connections,
+        help="REST connections open at once; the next is answered 503 (default %(default)s)",
+    )
+    h.add_argument(
+        "--http-header-timeout",
+        type=float,
+        metavar="S",
+        default=rest.header_timeout_s,
+        help="from a request's first byte to its complete head (default %(default)s)",
+    )
+    h.add_argument(
+        "--http-body-timeout",
+        type=float,
+        metavar="S",
+        default=rest.body_timeout_s,
+        help="for a request's whole body to arrive; else 408 (default %(default)s)",
+    )
+    h.add_argument(
+        "--http-idle-timeout",
+        type=float,
+        metavar="S",
+        default=rest.idle_timeout_s,
+        help="close a connection that sends nothing for this long (default %(default)s)",
+    )
     t = p.add_argument_group(
         "TLS", "serve gRPC and REST over TLS; with --tls-client-ca, mutual TLS"
     )
@@ -312,11 +373,13 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.errors import InvalidInput
     from cnnzoo.serving.grpc_api.transport import TransportOptions
+    from cnnzoo.serving.http_api.options import HttpLimits
     from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.limits import RequestLimits
     from cnnzoo.serving.runtime import RuntimeOptions
     from cnnzoo.serving.security import GRPC, HTTP, RestrictedProtocols, parse_restriction
     from cnnzoo.serving.server import ServerOptions, serve
+    from cnnzoo.serving.shared_memory import SharedMemoryPolicy
     from cnnzoo.serving.tls import TlsOptions
 
     if args.max_message_mb <= 0:
@@ -359,6 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
             max_pending_explanations=args.max_pending_explanations,
             max_concurrent_requests=args.max_concurrent_requests,
+            max_waiting_requests=args.max_waiting_requests,
         ),
         transport=TransportOptions(
             max_concurrent_streams=args.max_concurrent_streams,
@@ -381,6 +445,15 @@ def _serve(args: argparse.Namespace) -> int:
             [parse_restriction(spec, HTTP) for spec in args.http_restricted_api], HTTP.flag
         ),
         access_log=args.access_log,
+        http_limits=HttpLimits(
+            max_connections=args.http_max_connections,
+            header_timeout_s=args.http_header_timeout,
+            body_timeout_s=args.http_body_timeout,
+            idle_timeout_s=args.http_idle_timeout,
+        ),
+        shared_memory=SharedMemoryPolicy(
+            enabled=args.shared_memory == "system", prefix=args.shared_memory_prefix
+        ),
     )
     return serve(options)
 
@@ -391,10 +464,25 @@ def _serve(args: argparse.Namespace) -> int:
 def _register_classify(sub: Subcommands) -> None:
     p = sub.add_parser(
         "classify",
-        help="classify image files with a running server",
-        description="Send PNG/JPEG files to a cnnzoo server and print the top-k classes.",
+        help="classify image files or folders of them with a running server",
+        description="Send PNG/JPEG files to a cnnzoo server and print the top-k classes. A "
+        "folder stands for every .png, .jpg and .jpeg file under it (sub-folders included, "
+        "in name order); they are sent --batch-size at a time.",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="PNG or JPEG files, or folders of them",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per request (default %(default)s; the server's --max-classify-images "
+        "bounds it)",
+    )
     p.add_argument("--model", required=True, help="model name, e.g. lenet5-mnist")
     p.add_argument("--version", default="", help="model version (default: the served one)")
     p.add_argument("--server", default=DEFAULT_SERVER, help="host:port (default %(default)s)")
@@ -457,23 +545,87 @@ def _client(args: argparse.Namespace) -> ZooClient:
     return ZooClient(args.server, timeout=args.timeout, tls=tls, metadata=headers)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A request carries at most this many bytes of images (the server's message limit is 64 MiB).
+_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files to classify: each file named, and every image file under each folder named
+    (sub-folders included, hidden ones left out, in name order).
+
+    Raises:
+        NotFound: a path does not exist, or a folder holds no image file.
+    """
+    from cnnzoo.errors import NotFound
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise NotFound(f"folder {path} holds no PNG or JPEG file (.png, .jpg, .jpeg)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise NotFound(f"image file {path} does not exist")
+    return files
+
+
+def _batches(files: list[Path], batch_size: int) -> Iterator[tuple[list[Path], list[bytes]]]:
+    """Files read a batch at a time (a folder of 70,000 images is never held at once)."""
+    batch: list[Path] = []
+    payloads: list[bytes] = []
+    size = 0
+    for path in files:
+        data = path.read_bytes()
+        if batch and (len(batch) >= batch_size or size + len(data) > _REQUEST_BYTES):
+            yield batch, payloads
+            batch, payloads, size = [], [], 0
+        batch.append(path)
+        payloads.append(data)
+        size += len(data)
+    if batch:
+        yield batch, payloads
+
+
 def _classify(args: argparse.Namespace) -> int:
-    from cnnzoo.errors import InvalidImage, InvalidInput, NotFound
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from cnnzoo.errors import InvalidImage, InvalidInput
 
     if args.top_k < 1:
         raise InvalidInput(f"--top-k must be >= 1, got {args.top_k}")
-    payloads = []
-    for path in args.images:
-        if not path.is_file():
-            raise NotFound(f"image file {path} does not exist")
-        payloads.append(path.read_bytes())
-    with _client(args) as client:
-        try:
-            results = client.classify(payloads, args.model, top_k=args.top_k, version=args.version)
-        except InvalidImage as err:  # the server counts images; name the file instead
-            if not 0 <= err.index < len(args.images):
-                raise
-            raise InvalidInput(f"{args.images[err.index]}: {err.problem}") from None
+    if args.batch_size < 1:
+        raise InvalidInput(f"--batch-size must be >= 1, got {args.batch_size}")
+    files = image_files(args.images)
+    results = []
+    with (
+        _client(args) as client,
+        tqdm(
+            total=len(files),
+            unit="img",
+            desc="classify",
+            disable=None if len(files) > args.batch_size else True,  # a terminal, several requests
+        ) as progress,
+    ):
+        for batch, payloads in _batches(files, args.batch_size):
+            try:
+                results += client.classify(
+                    payloads, args.model, top_k=args.top_k, version=args.version
+                )
+            except InvalidImage as err:  # the server counts images; name the file instead
+                if not 0 <= err.index < len(batch):
+                    raise
+                raise InvalidInput(f"{batch[err.index]}: {err.problem}") from None
+            progress.update(len(batch))
     if args.json:
         document = [
             {
@@ -483,12 +635,12 @@ def _classify(args: argparse.Namespace) -> int:
                     for p in predictions
                 ],
             }
-            for path, predictions in zip(args.images, results, strict=True)
+            for path, predictions in zip(files, results, strict=True)
         ]
         json.dump(document, sys.stdout, indent=2)
         print()
         return 0
-    print(format_table([str(p) for p in args.images], results))
+    print(format_table([str(p) for p in files], results))
     return 0
 
 

@@ -24,7 +24,7 @@ from cnnzoo.serving.explain import explain_image
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.limits import RequestLimits, over_limit
 from cnnzoo.serving.model_manager import ModelManager
-from cnnzoo.serving.shared_memory import SystemSharedMemory
+from cnnzoo.serving.shared_memory import RegionWriter, SystemSharedMemory
 from cnnzoo.serving.spec import TensorSpec
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.tensors import decode_input, encode_output, requested_outputs, top_k_indices
@@ -264,10 +264,12 @@ class DataPlane:
                 )
             call.shorten(request.timeout_us)
             tensor = decode_input(
-                request.inputs[0], spec.input, spec.max_batch_size, served.name, self._region
+                request.inputs[0], spec.input, spec.max_batch_size, served.name, self._input_region
             )
             wanted = requested_outputs(request.outputs, spec.output, served.name)
-            targets = [self._region(o.shared_memory) if o.shared_memory else None for o in wanted]
+            targets = [
+                self._output_region(o.shared_memory) if o.shared_memory else None for o in wanted
+            ]
             rows = served.layout.to_rows(tensor)
             future = served.batcher.enqueue(rows, call.deadline, may_run_now=True)
             logits = await _run(served, future)  # no wait when it ran at once
@@ -277,8 +279,11 @@ class DataPlane:
             ]
             return InferResponse(served.name, served.version_str, request.id, outputs)
 
-    def _region(self, ref: SharedMemoryRef) -> memoryview:
-        return self.shared_memory_registry().view(ref)
+    def _input_region(self, ref: SharedMemoryRef) -> memoryview:
+        return self.shared_memory_registry().read(ref)
+
+    def _output_region(self, ref: SharedMemoryRef) -> RegionWriter:
+        return self.shared_memory_registry().writer(ref)
 
     async def classify(
         self,

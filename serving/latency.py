@@ -7,9 +7,12 @@ Chosen with Triton's `--metrics-config` settings (`MetricsConfig.parse`):
   last 60 s kept in 5 age buckets (prometheus-cpp's defaults, which Triton uses), Triton's default
   quantiles 0.5/0.9/0.95/0.99/0.999 or `summary_quantiles=0.5:0.05,0.99:0.001`;
 - `histogram_latencies=true`: `nv_inference_first_response_histogram_ms` (for a model that answers
-  once, its request duration) with Triton's default buckets 100/500/2000/5000 ms, which a model's
+  once, its request duration), buckets from 0.1 ms to 5 s in 1-2.5-5 steps, which a model's
   config.pbtxt can replace (`model_metrics { metric_control { metric_identifier { family:
-  "nv_inference_first_response_histogram_ms" } histogram_options { buckets: [...] } } }`);
+  "nv_inference_first_response_histogram_ms" } histogram_options { buckets: [...] } } }`).
+  Triton's own defaults (100/500/2000/5000 ms) put every request of a sub-millisecond model
+  (LeNet-5 answers in about 0.3 ms) in the first bucket, so no quantile can be read from them;
+  these keep Triton's four bounds and add finer ones below;
 - `counter_latencies=false` drops the cumulative `*_duration_us` counters.
 
 prometheus-client's own Summary keeps no quantiles, so the window here keeps the observations
@@ -45,7 +48,10 @@ __all__ = [
 ]
 
 FIRST_RESPONSE_HISTOGRAM = "nv_inference_first_response_histogram_ms"
-DEFAULT_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)  # Triton's defaults for that histogram
+# Triton's 100/500/2000/5000 ms, with bounds down to 0.1 ms for fast models (see the docstring).
+DEFAULT_BUCKETS_MS = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0
+)  # fmt: skip
 # (quantile, allowed error) as Triton's summary_quantiles; the error documents the target.
 DEFAULT_QUANTILES = ((0.5, 0.05), (0.9, 0.01), (0.95, 0.001), (0.99, 0.001), (0.999, 0.001))
 _BOOLEAN_SETTINGS = ("counter_latencies", "histogram_latencies", "summary_latencies")

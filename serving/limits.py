@@ -4,7 +4,8 @@ Every resource a request can ask for has a limit here or in the transport (messa
 streams per connection: `cnnzoo.serving.grpc_api.transport`). Over a limit the request is
 answered RESOURCE_EXHAUSTED naming the limit and the `cnnzoo serve` option that raises it;
 nothing of it is decoded, queued or run. The defaults fit a workstation: at most 256
-inference, Classify and Explain calls in progress at once; a Classify call decodes at most 256
+inference, Classify and Explain calls in progress at once (up to 2048 more wait their turn, see
+`cnnzoo.serving.call_queue`); a Classify call decodes at most 256
 images and 100 megapixels (a few seconds of Pillow on one core); a model's queue holds at most
 1024 requests; Explain (seconds of PyTorch per call on a large model) keeps at most 8 calls.
 Work that takes long (decoding, explaining) checks the caller's deadline before each step
@@ -37,6 +38,8 @@ class RequestLimits:
         max_concurrent_requests: inference, Classify and Explain calls in progress on the
             server, whatever the transport (with the message size, this bounds the memory that
             requests hold once they are decoded).
+        max_waiting_requests: calls waiting for one of those places (beyond it a call is
+            refused RESOURCE_EXHAUSTED).
     """
 
     max_classify_images: int = 256
@@ -44,6 +47,7 @@ class RequestLimits:
     max_queue_size: int = 1024
     max_pending_explanations: int = 8
     max_concurrent_requests: int = 256
+    max_waiting_requests: int = 2048
 
     def __post_init__(self) -> None:
         for item in fields(self):

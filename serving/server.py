@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import cnnzoo
-from cnnzoo.errors import InvalidInput, Unavailable
+from cnnzoo.errors import CnnzooError, InvalidInput, Unavailable
 from cnnzoo.protos import grpc_service_pb2, grpc_service_pb2_grpc, zoo_pb2, zoo_pb2_grpc
 from cnnzoo.serving.access_log import AccessLog
+from cnnzoo.serving.call_queue import CallQueue
 from cnnzoo.serving.dataplane import DataPlane
+from cnnzoo.serving.grpc_api.gate import GateInterceptor
 from cnnzoo.serving.grpc_api.interceptors import (
     AccessLogInterceptor,
     RestrictedProtocolInterceptor,
@@ -32,13 +35,15 @@ from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
 from cnnzoo.serving.grpc_api.transport import TransportOptions
 from cnnzoo.serving.http_api.app import HttpServer, Middleware
 from cnnzoo.serving.http_api.middlewares import access_log_middleware, restricted_api_middleware
+from cnnzoo.serving.http_api.options import HttpLimits
 from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.limits import RequestLimits
-from cnnzoo.serving.metrics import MetricsServer
+from cnnzoo.serving.log_limits import RateLimitFilter, install_rate_limit
+from cnnzoo.serving.metrics import MetricsServer, ReadingsCollector
 from cnnzoo.serving.model_manager import CONTROL_MODES, EXPLICIT, NONE, POLL, ModelManager
 from cnnzoo.serving.runtime import RuntimeOptions, check_device, uses_cuda
 from cnnzoo.serving.security import RestrictedProtocols
-from cnnzoo.serving.shared_memory import SystemSharedMemory
+from cnnzoo.serving.shared_memory import SharedMemoryPolicy, SystemSharedMemory
 from cnnzoo.serving.shared_memory import supported as shared_memory_supported
 from cnnzoo.serving.tls import TlsOptions
 from cnnzoo.zoo.repository import ModelRepository
@@ -120,6 +125,8 @@ class ServerOptions:
         grpc_restricted: restricted gRPC protocol groups (`--grpc-restricted-protocol`).
         http_restricted: restricted REST API groups (`--http-restricted-api`).
         access_log: write one JSON line per call to this file ("-": stderr); None: no log.
+        http_limits: the REST port's connection limit and timeouts.
+        shared_memory: whether system shared memory is offered, and to whom.
     """
 
     repository: Path
@@ -144,6 +151,8 @@ class ServerOptions:
     grpc_restricted: RestrictedProtocols = field(default_factory=RestrictedProtocols)
     http_restricted: RestrictedProtocols = field(default_factory=RestrictedProtocols)
     access_log: str | None = None
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    shared_memory: SharedMemoryPolicy = field(default_factory=SharedMemoryPolicy)
 
     def __post_init__(self) -> None:
         mode = self.model_control or (POLL if self.poll_seconds > 0 else NONE)
@@ -193,13 +202,25 @@ class InferenceServer:
             limits=options.limits,
         )
         self.models.discover()
+        policy = options.shared_memory
         self.plane = DataPlane(
             self.models,
             "cnnzoo",
             cnnzoo.__version__,
-            shared_memory=SystemSharedMemory() if shared_memory_supported() else None,
+            shared_memory=(
+                SystemSharedMemory(policy=policy)
+                if policy.enabled and shared_memory_supported()
+                else None
+            ),
             limits=options.limits,
         )
+        # One queue for gRPC and REST: calls over the concurrency limit wait their turn.
+        self.calls = CallQueue(
+            options.limits.max_concurrent_requests, options.limits.max_waiting_requests
+        )
+        self._gate = GateInterceptor(self.calls, options.host)
+        self._log_limiter = RateLimitFilter()
+        self._log_unlimit: Callable[[], None] | None = None
         self.plane.on_models_changed = self._refresh_health
         self.port = 0
         self.http_port = 0
@@ -218,6 +239,7 @@ class InferenceServer:
         """Start the ports one after another (gRPC first: live, not ready), then load the
         models and report ready."""
         check_device(self.options.runtime)  # --device cuda without CUDA fails here, first
+        self._log_unlimit = install_rate_limit(self._log_limiter)  # no client floods the log
         grpc_log = logging.getLogger("grpc._cython.cygrpc")
         if _CLIENT_GONE_FILTER not in grpc_log.filters:
             grpc_log.addFilter(_CLIENT_GONE_FILTER)
@@ -263,6 +285,7 @@ class InferenceServer:
                 self.port = server.add_secure_port(address, credentials)
         except RuntimeError as err:
             raise Unavailable(f"cannot listen on {address} (is the port in use?): {err}") from None
+        self._gate.port = self.port
         await self._set_health(False)
         await server.start()
         self._server = server
@@ -283,6 +306,8 @@ class InferenceServer:
             self.options.max_message_bytes,
             ssl_context=ssl_context,
             middlewares=self._middlewares(),
+            http_limits=self.options.http_limits,
+            queue=self.calls,
         )
         await self._http.start(self.options.grace_seconds)
         self.http_port = self._http.port
@@ -298,6 +323,7 @@ class InferenceServer:
             interval_s=self.options.metrics_interval_s,
         )
         self.metrics_port = self._metrics.port
+        self._metrics.add(ReadingsCollector(self._bound_readings()))
 
     async def _start_models(self) -> None:
         """Load the models, report ready, and poll the repository if asked to."""
@@ -315,6 +341,9 @@ class InferenceServer:
             await asyncio.sleep(seconds)
             try:
                 await self.models.poll()
+            except CnnzooError as err:  # e.g. the repository became unreadable: say why
+                log.warning("repository poll failed: %s", err.reason)
+                continue
             except Exception:
                 log.exception("repository poll failed")
                 continue
@@ -337,7 +366,65 @@ class InferenceServer:
             interceptors.append(AccessLogInterceptor(self._access_log, client_names=mutual))
         if self.options.grpc_restricted:
             interceptors.append(RestrictedProtocolInterceptor(self.options.grpc_restricted))
+        interceptors.append(self._gate)  # innermost: refused calls take no place in the queue
         return interceptors
+
+    def _bound_readings(self) -> list[tuple[str, str, str, Callable[[], float]]]:
+        """What the server's bounds did, for /metrics."""
+        calls = self.calls
+        readings: list[tuple[str, str, str, Callable[[], float]]] = [
+            (
+                "cnnzoo_requests_waiting",
+                "Calls waiting for one of the --max-concurrent-requests places",
+                "gauge",
+                lambda: calls.waiting,
+            ),
+            (
+                "cnnzoo_requests_waited_total",
+                "Calls that had to wait for a place (--max-concurrent-requests)",
+                "counter",
+                lambda: calls.waited,
+            ),
+            (
+                "cnnzoo_log_lines_dropped_total",
+                "Log lines dropped by the rate limit (one kind of line repeated too often)",
+                "counter",
+                lambda: self._log_limiter.suppressed,
+            ),
+        ]
+        if self._http is not None:
+            connections = self._http.connections
+            readings += [
+                (
+                    "cnnzoo_http_connections",
+                    "Open connections on the REST port",
+                    "gauge",
+                    lambda: connections.open,
+                ),
+                (
+                    "cnnzoo_http_connections_refused_total",
+                    "REST connections refused over --http-max-connections",
+                    "counter",
+                    lambda: connections.refused,
+                ),
+                (
+                    "cnnzoo_http_header_timeouts_total",
+                    "REST connections closed for not sending a request head in time",
+                    "counter",
+                    lambda: connections.header_timeouts,
+                ),
+            ]
+        access_log = self._access_log
+        if access_log is not None:
+            readings.append(
+                (
+                    "cnnzoo_access_log_dropped_lines_total",
+                    "Access log lines dropped (queue full, or the write failed)",
+                    "counter",
+                    lambda: access_log.dropped,
+                )
+            )
+        return readings
 
     def _middlewares(self) -> list[Middleware]:
         middlewares: list[Middleware] = []
@@ -435,6 +522,8 @@ class InferenceServer:
             self._metrics.close()
         if self._access_log is not None:
             self._access_log.close()  # after the last call is answered: its line is written
+        if self._log_unlimit is not None:
+            self._log_unlimit()
         if started:
             log.info("stopped")
         self._stopped.set()

@@ -8,6 +8,9 @@
   `nv_gpu_memory_used_bytes`, `nv_gpu_power_usage` and `nv_gpu_power_limit` (W),
   `nv_energy_consumption` (J since the server started), each labelled `gpu_uuid`, for the GPUs
   CUDA_VISIBLE_DEVICES leaves visible. A machine without a driver has none of them (logged once).
+
+A sample that cannot be read (a transient /proc error) leaves the CPU figures out of that scrape
+and logs one warning; the next interval tries again, and the figures come back with it.
 """
 
 from __future__ import annotations
@@ -69,14 +72,22 @@ class GpuSample:
 
 
 class SystemMetrics:
-    """Samples CPU (and, with `gpu`, GPU) figures every `interval_s` on a daemon thread."""
+    """Samples CPU (and, with `gpu`, GPU) figures every `interval_s` on a daemon thread.
 
-    def __init__(self, interval_s: float = 2.0, *, gpu: bool = False) -> None:
+    `proc` is where /proc is (another folder with `stat` and `meminfo` in the same format will
+    do); without those files (not Linux) there are no CPU figures.
+    """
+
+    def __init__(
+        self, interval_s: float = 2.0, *, gpu: bool = False, proc: Path = Path("/proc")
+    ) -> None:
         self.cpu: dict[str, float] = {}
         self.gpus: list[GpuSample] = []
+        self.cpu_read_errors = 0
         self._interval = interval_s
-        self._proc = Path("/proc")
+        self._proc = proc
         self._cpu_ok = (self._proc / "stat").is_file() and (self._proc / "meminfo").is_file()
+        self._cpu_failing = False
         self._previous: tuple[int, int] | None = None
         self._nvml: Any = None
         self._handles: list[tuple[str, Any, float]] = []  # (uuid, handle, energy at start, mJ)
@@ -102,9 +113,21 @@ class SystemMetrics:
         if self._cpu_ok:
             try:
                 self._sample_cpu()
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("CPU metrics are off: cannot read /proc: %s", err)
-                self._cpu_ok, self.cpu = False, {}
+            except (OSError, ValueError, KeyError, IndexError) as err:
+                self.cpu_read_errors += 1
+                self.cpu, self._previous = {}, None  # this interval has no figures
+                if not self._cpu_failing:
+                    self._cpu_failing = True
+                    log.warning(
+                        "CPU metrics: cannot read %s (%s); trying again every %gs",
+                        self._proc,
+                        err,
+                        self._interval,
+                    )
+            else:
+                if self._cpu_failing:
+                    self._cpu_failing = False
+                    log.info("CPU metrics: %s can be read again", self._proc)
         if self._handles:
             self.gpus = [self._sample_gpu(*entry) for entry in self._handles]
 

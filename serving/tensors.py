@@ -22,6 +22,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -221,10 +222,19 @@ def requested_outputs(
 # -- encoding ------------------------------------------------------------------------------------
 
 
+class OutputRegion(Protocol):
+    """Where an output in shared memory is written: its byte size and a slice assignment (a
+    mapped `memoryview`, or the registry's `RegionWriter`, which writes with one `pwrite`)."""
+
+    def __len__(self) -> int: ...
+
+    def __setitem__(self, index: slice, data: memoryview, /) -> None: ...
+
+
 def encode_output(
     rows: np.ndarray,
     output: RequestedOutput,
-    target: memoryview | None,
+    target: OutputRegion | None,
     spec: TensorSpec,
     labels: Sequence[str],
     layout: RowLayout,

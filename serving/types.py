@@ -26,11 +26,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SharedMemoryRef:
-    """Where a tensor lies in a registered shared-memory region (instead of in the message)."""
+    """Where a tensor lies in a registered shared-memory region (instead of in the message);
+    `output`: the region is to be written (an output's), not read."""
 
     region: str
     offset: int
     byte_size: int
+    output: bool = False
 
 
 @dataclass(slots=True)

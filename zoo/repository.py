@@ -230,9 +230,16 @@ class ModelRepository:
     def models(self) -> list[str]:
         """Sorted names of the models that have a config.pbtxt, and of model folders that
         cannot be read (loading one then says why, instead of the folder going unnoticed)."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError as err:  # unreadable (permissions), or gone since start-up
+            raise InvalidInput(
+                f"cannot read the model repository {self.root}: {err.strerror}; the server "
+                f"needs permission to list it (running as uid {os.geteuid()})"
+            ) from None
         return sorted(
             path.name
-            for path in self.root.iterdir()
+            for path in entries
             if MODEL_NAME.match(path.name) and path.is_dir() and _holds(path, CONFIG_FILE)
         )
 

@@ -115,12 +115,12 @@ def _requested_output(
     return RequestedOutput(
         output.name,
         _classification(output.name, parameters),
-        _shared_memory(output.name, parameters),
+        _shared_memory(output.name, parameters, output=True),
     )
 
 
 def _shared_memory(
-    name: str, parameters: Mapping[str, grpc_service_pb2.InferParameter]
+    name: str, parameters: Mapping[str, grpc_service_pb2.InferParameter], output: bool = False
 ) -> SharedMemoryRef | None:
     """Triton's `shared_memory_region` / `_offset` / `_byte_size` tensor parameters."""
     if not parameters:
@@ -143,7 +143,10 @@ def _shared_memory(
         if param is not None and param.WhichOneof("parameter_choice") != "int64_param":
             raise InvalidInput(f"parameter {key!r} of tensor {name!r} must be an int64")
     return SharedMemoryRef(
-        region.string_param, offset.int64_param if offset is not None else 0, size.int64_param
+        region.string_param,
+        offset.int64_param if offset is not None else 0,
+        size.int64_param,
+        output,
     )
 
 

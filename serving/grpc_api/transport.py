@@ -5,7 +5,12 @@ bound on calls in progress on the whole server is the data plane's, `--max-concu
 grpc.aio's own `maximum_concurrent_rpcs` answers UNAVAILABLE or stalls instead of refusing when
 `max_concurrent_streams` is set too):
 - `max_concurrent_streams`: calls in progress on one HTTP/2 connection (gRPC's
-  `grpc.max_concurrent_streams`); a client opening more waits for a free stream.
+  `grpc.max_concurrent_streams`); a client opening more waits for a free stream. The default,
+  1024, is far above what a client opens in a burst: near the limit a stream that has just ended
+  may still count on the server, which then refuses the client's next one (UNAVAILABLE "Stream
+  removed"), so the limit must not be what bounds a normal client's calls. The server bounds
+  calls in progress by queueing them instead (`--max-concurrent-requests`,
+  `cnnzoo.serving.call_queue`).
 - keepalive, with Triton's option names and defaults (`--grpc-keepalive-time` and so on, in
   milliseconds): how often the server pings an idle client and how long it waits for the answer,
   and how often a client may ping (a client pinging faster is disconnected).
@@ -42,7 +47,7 @@ class TransportOptions:
         max_connection_idle_ms: close connections without calls for this long (0: never).
     """
 
-    max_concurrent_streams: int = 128
+    max_concurrent_streams: int = 1024
     keepalive_time_ms: int = 7_200_000
     keepalive_timeout_ms: int = 20_000
     keepalive_permit_without_calls: bool = False

@@ -8,6 +8,8 @@ Errors are Triton's: a JSON body `{"error": "..."}` with the HTTP code of the st
 gets over gRPC (its class's `status`: 400 invalid argument, 404 not found, 503 unavailable, ...;
 see `HTTP_CODES`);
 unknown routes 404, a wrong method 405 (with `Allow`), a body over the limit 413 naming it.
+Connections, request timing and body decoding are bounded by `cnnzoo.serving.http_api.limits`;
+model control (`/v2/repository/...`) calls the same data-plane methods as gRPC's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from cnnzoo.errors import CnnzooError, InvalidInput, NotFound, Unavailable
+from cnnzoo.serving.call_queue import CallQueue
 from cnnzoo.serving.dataplane import DataPlane
-from cnnzoo.serving.http_api import codec
+from cnnzoo.serving.http_api import codec, limits
 from cnnzoo.serving.http_api.model_config import model_config_to_json
 
 __all__ = ["HTTP_CODES", "Handler", "HttpServer", "Middleware", "make_app"]
@@ -132,7 +135,7 @@ class _Routes:
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
         self.plane.models.get(name, version)  # an unknown model is 404 whatever the body
-        body = await request.read()
+        body = await limits.read_body(request)
         header_length = request.headers.get(codec.HEADER_LENGTH)
         infer_request, binary = codec.infer_request_from_body(name, version, body, header_length)
         response = await self.plane.infer(infer_request)
@@ -162,7 +165,7 @@ class _Routes:
         )
 
     async def shm_register(self, request: web.Request) -> web.Response:
-        document = codec.parse_json_object(await request.read(), "the register request")
+        document = codec.parse_json_object(await limits.read_body(request), "the register request")
         key, offset, size = (document.get(k) for k in ("key", "offset", "byte_size"))
         offset = offset or 0
         if not isinstance(key, str) or not _is_integer(offset) or not _is_integer(size):
@@ -175,6 +178,52 @@ class _Routes:
     async def shm_unregister(self, request: web.Request) -> web.Response:
         self.plane.shared_memory_registry().unregister(request.match_info.get("name", ""))
         return web.Response()
+
+    # -- model repository (the same calls as gRPC's RepositoryIndex/ModelLoad/ModelUnload) -----
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        document = await _optional_json(request, "the index request")
+        ready = document.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput("'ready' of the index request must be true or false")
+        entries = self.plane.repository_index(request.match_info.get("repository", ""), ready)
+        return _json(
+            [
+                {"name": e.name}
+                | {k: v for k, v in (("version", e.version), ("state", e.state)) if v}
+                | ({"reason": e.reason} if e.reason else {})
+                for e in entries
+            ]
+        )
+
+    async def repository_load(self, request: web.Request) -> web.Response:
+        parameters = _parameters(await _optional_json(request, "the load request"))
+        await self.plane.load_model(
+            request.match_info.get("repository", ""), request.match_info["model"], parameters
+        )
+        return web.Response()
+
+    async def repository_unload(self, request: web.Request) -> web.Response:
+        _parameters(await _optional_json(request, "the unload request"))  # checked, no effect
+        await self.plane.unload_model(
+            request.match_info.get("repository", ""), request.match_info["model"]
+        )
+        return web.Response()
+
+    # Triton has these; this server does not: said so, as gRPC's UNIMPLEMENTED says it.
+    async def trace_setting(self, request: web.Request) -> web.Response:
+        return _error(
+            f"{request.path[:200]} (trace settings) is not implemented by this server; "
+            "per-model latencies are in /v2/models/stats and on the metrics endpoint",
+            501,
+        )
+
+    async def logging_setting(self, request: web.Request) -> web.Response:
+        return _error(
+            "/v2/logging is not implemented by this server; set the log level when starting "
+            "it (--log-level or CNNZOO_LOG_LEVEL)",
+            501,
+        )
 
     # No CUDA region can be registered here: as over gRPC, none is listed and unregistering
     # succeeds.
@@ -203,13 +252,30 @@ def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info.get("model", ""), request.match_info.get("version", "")
 
 
+async def _optional_json(request: web.Request, what: str) -> dict[str, Any]:
+    """A JSON object body, or {} for an empty one."""
+    body = await limits.read_body(request)
+    return codec.parse_json_object(body, what) if body.strip() else {}
+
+
+def _parameters(document: dict[str, Any]) -> list[str]:
+    parameters = document.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    return list(parameters)
+
+
 def make_app(
-    plane: DataPlane, max_body_bytes: int, middlewares: Sequence[Middleware] = ()
+    plane: DataPlane,
+    max_body_bytes: int,
+    middlewares: Sequence[Middleware] = (),
+    http_limits: limits.HttpLimits | None = None,
 ) -> web.Application:
     """The aiohttp application (routes, error middleware, the body limit); `middlewares` run
-    first, outermost first (the access log, restricted APIs)."""
+    first, outermost first (the access log, restricted APIs, the limits)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=(*middlewares, _errors))
     app[_MAX_BODY] = max_body_bytes
+    limits.install(app, http_limits or limits.HttpLimits())
     r = _Routes(plane)
     get, post = web.get, web.post
     model = "/v2/models/{model}"
@@ -229,7 +295,19 @@ def make_app(
         post("/v2/cudasharedmemory/region/{name}/register", r.cuda_register),
         post("/v2/cudasharedmemory/unregister", r.cuda_unregister),
         post("/v2/cudasharedmemory/region/{name}/unregister", r.cuda_unregister),
+        get("/v2/trace/setting", r.trace_setting, allow_head=False),
+        post("/v2/trace/setting", r.trace_setting),
+        get("/v2/models/{model}/trace/setting", r.trace_setting, allow_head=False),
+        post("/v2/models/{model}/trace/setting", r.trace_setting),
+        get("/v2/logging", r.logging_setting, allow_head=False),
+        post("/v2/logging", r.logging_setting),
     ]
+    for repository in ("/v2/repository", "/v2/repository/{repository}"):
+        routes += [
+            post(f"{repository}/index", r.repository_index),
+            post(f"{repository}/models/{{model}}/load", r.repository_load),
+            post(f"{repository}/models/{{model}}/unload", r.repository_unload),
+        ]
     for prefix in (model, versioned):
         routes += [
             get(prefix, r.model_metadata, allow_head=False),
@@ -255,23 +333,36 @@ class HttpServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         middlewares: Sequence[Middleware] = (),
+        http_limits: limits.HttpLimits | None = None,
+        queue: CallQueue | None = None,
     ) -> None:
-        self._app = make_app(plane, max_body_bytes, middlewares)
+        self.limits = http_limits or limits.HttpLimits()
+        self.connections = limits.ConnectionTracker(self.limits)
+        queue = queue or CallQueue(plane.limits.max_concurrent_requests)
+        middlewares = [*middlewares, limits.request_limits_middleware(self.connections, queue)]
+        self._app = make_app(plane, max_body_bytes, middlewares, self.limits)
         self._ssl_context = ssl_context
         self._host, self._requested_port = host, port
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self, shutdown_timeout: float) -> None:
+        self.connections.max_connections = limits.connections_that_fit(self.limits.max_connections)
         runner = web.AppRunner(
-            self._app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=shutdown_timeout,
+            keepalive_timeout=self.limits.idle_timeout_s,
+            auto_decompress=False,  # bodies are decoded by limits.read_body, within the limit
+            logger=limits.PROTOCOL_LOG,
         )
         await runner.setup()
-        site = web.TCPSite(
+        site = limits.GuardedSite(
             runner,
             self._host,
             self._requested_port,
-            reuse_port=False,
+            self.connections,
             ssl_context=self._ssl_context,
         )
         try:
@@ -283,7 +374,7 @@ class HttpServer:
                 f"use?): {err.strerror}"
             ) from None
         self._runner = runner
-        self.port = runner.addresses[0][1]
+        self.port = site.port
         log.info(
             "HTTP (KServe v2 REST) listening on %s:%d%s",
             self._host,

@@ -126,6 +126,11 @@ def _input(tensor: Mapping[str, Any], binary: memoryview, offset: int) -> tuple[
     if shared is not None:
         return InferInput(name, datatype, shape, shared_memory=shared), 0
     if "binary_data_size" in parameters:
+        if "data" in tensor:
+            raise InvalidInput(
+                f"input {name!r} has both 'data' and the binary_data_size parameter; send its "
+                "values one way: in 'data', or as binary tensor data after the JSON header"
+            )
         size = _integer(parameters["binary_data_size"], f"input {name!r} binary_data_size")
         if offset + size > len(binary):
             raise InvalidInput(
@@ -179,12 +184,14 @@ def _output(output: Mapping[str, Any], binary_default: bool) -> tuple[RequestedO
     classification = _integer(
         parameters.get("classification", 0), f"output {name!r} classification"
     )
-    shared = _shared_memory(name, parameters)
+    shared = _shared_memory(name, parameters, output=True)
     as_binary = _flag(parameters, "binary_data", f"output {name!r}", binary_default)
     return RequestedOutput(name, classification, shared), as_binary
 
 
-def _shared_memory(name: str, parameters: Mapping[str, Any]) -> SharedMemoryRef | None:
+def _shared_memory(
+    name: str, parameters: Mapping[str, Any], output: bool = False
+) -> SharedMemoryRef | None:
     if _REGION not in parameters:
         if _OFFSET in parameters or _BYTE_SIZE in parameters:
             raise InvalidInput(
@@ -197,7 +204,7 @@ def _shared_memory(name: str, parameters: Mapping[str, Any]) -> SharedMemoryRef 
         raise InvalidInput(f"tensor {name!r} names a shared-memory region without {_BYTE_SIZE!r}")
     offset = _integer(parameters.get(_OFFSET, 0), f"parameter {_OFFSET!r} of tensor {name!r}")
     size = _integer(parameters[_BYTE_SIZE], f"parameter {_BYTE_SIZE!r} of tensor {name!r}")
-    return SharedMemoryRef(region, offset, size)
+    return SharedMemoryRef(region, offset, size, output)
 
 
 def infer_response_to_body(
@@ -305,6 +312,8 @@ def _parse_json(data: bytes | memoryview, what: str) -> Any:
         return json.loads(bytes(data))
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:  # e.g. 100,000 nested brackets
+        raise InvalidInput(f"{what} is nested too deeply to be a KServe v2 request") from None
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

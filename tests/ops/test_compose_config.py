@@ -54,7 +54,15 @@ def test_defaults_give_the_documented_cpu_stack():
     assert server["command"][:3] == ["serve", "--repository", "/models"]
     assert server["command"][server["command"].index("--device") + 1] == "auto"
     published = {(p["host_ip"], p["published"], p["target"]) for p in server["ports"]}
-    assert published == {("127.0.0.1", "8001", 8001), ("127.0.0.1", "8002", 8002)}
+    assert published == {
+        ("127.0.0.1", "8001", 8001),
+        ("127.0.0.1", "8000", 8000),
+        ("127.0.0.1", "8002", 8002),
+    }
+    command = server["command"]
+    assert command[command.index("--http-port") + 1] == "8000"
+    # no client outside the container shares its /dev/shm: the extension is not offered
+    assert command[command.index("--shared-memory") + 1] == "off"
     assert server["healthcheck"]["test"] == [
         "CMD",
         "cnnzoo",
@@ -100,7 +108,9 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
         "CNNZOO_IMAGE": "registry.example/cnnzoo:1.2",
         "CNNZOO_BIND": "0.0.0.0",
         "CNNZOO_GRPC_PORT": "9101",
+        "CNNZOO_HTTP_PORT": "9100",
         "CNNZOO_METRICS_PORT": "9102",
+        "CNNZOO_SHARED_MEMORY": "system",
         "CNNZOO_DEVICE": "cpu",
         "CNNZOO_EXPORT_FLAGS": "--include-untrained",
         "CNNZOO_DATA": str(tmp_path / "data"),
@@ -119,12 +129,18 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
     assert {s["image"] for s in services.values()} == {"registry.example/cnnzoo:1.2"}
     command = server["command"]
     assert command[command.index("--port") + 1] == "9101"
+    assert command[command.index("--http-port") + 1] == "9100"
+    assert command[command.index("--shared-memory") + 1] == "system"
     assert command[command.index("--metrics-port") + 1] == "9102"
     assert command[command.index("--device") + 1] == "cpu"
     assert command[command.index("--grace-seconds") + 1] == "40"
     assert command[command.index("--poll-seconds") + 1] == "7"
     published = {(p["host_ip"], p["published"], p["target"]) for p in server["ports"]}
-    assert published == {("0.0.0.0", "9101", 9101), ("0.0.0.0", "9102", 9102)}
+    assert published == {
+        ("0.0.0.0", "9101", 9101),
+        ("0.0.0.0", "9100", 9100),
+        ("0.0.0.0", "9102", 9102),
+    }
     assert server["healthcheck"]["test"][-1] == "127.0.0.1:9101"
     assert parse_duration(server["healthcheck"]["start_period"]) == 300
     assert server["stop_grace_period"] == worker["stop_grace_period"] == "45s"

@@ -129,7 +129,8 @@ def test_the_deployment_runs_valid_cnnzoo_commands_with_matching_ports_and_probe
     serve = serve_arguments(server["args"])
     assert serve.command == "serve" and str(serve.repository) == "/models"
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-    assert ports == {"grpc": serve.port, "metrics": serve.metrics_port}
+    assert ports == {"grpc": serve.port, "http": serve.http_port, "metrics": serve.metrics_port}
+    assert serve.shared_memory == "off"  # no client in another pod shares /dev/shm
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == serve.port, probe
     # the liveness service is one the server registers with grpc.health.v1
@@ -155,8 +156,9 @@ def test_the_kserve_runtime_serves_the_storage_initializers_folder_over_grpc_v2(
     (container,) = runtime["spec"]["containers"]
     serve = serve_arguments(container["args"])
     assert str(serve.repository) == "/mnt/models"  # where KServe puts storageUri's files
-    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
-    (port,) = container["ports"]
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2", "v2"]
+    assert serve.http_port == 8080 and serve.shared_memory == "off"  # KServe's REST port
+    (port,) = container["ports"]  # the default; a REST InferenceService names http1 8080
     assert (port["name"], port["containerPort"]) == ("h2c", serve.port)
     assert container["readinessProbe"]["grpc"]["port"] == serve.port
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == str(serve.metrics_port)

@@ -35,6 +35,19 @@ def assert_still_serving(inference, onnx_reference) -> None:
     np.testing.assert_array_equal(logits_of(response), reference_logits(onnx_reference, SAMPLE[:1]))
 
 
+def wire_name(family, sample) -> str:
+    """A sample's name as the server wrote it: prometheus-client's parser adds `_total` to
+    the samples of a counter, and Triton's counters (`nv_*`) are written without it (the
+    server's own, `cnnzoo_*_total`, with it)."""
+    if (
+        family.type == "counter"
+        and family.name.startswith("nv_")
+        and sample.name == family.name + "_total"
+    ):
+        return family.name
+    return sample.name
+
+
 def scrape(server) -> dict[tuple[str, str], float]:
     """`/metrics` parsed with prometheus-client's own parser: {(sample name, model): value},
     summed over the other labels (a failure count is per reason)."""
@@ -45,6 +58,6 @@ def scrape(server) -> dict[tuple[str, str], float]:
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            key = (sample.name, sample.labels.get("model", ""))
+            key = (wire_name(family, sample), sample.labels.get("model", ""))
             samples[key] = samples.get(key, 0.0) + sample.value
     return samples

@@ -150,11 +150,27 @@ def add_version(model_dir: Path, source: int, target: int) -> Path:
     return model_dir / str(target)
 
 
+def _preexec(restricted_files: bool, max_open_files: int | None):  # noqa: ANN202
+    if not restricted_files and max_open_files is None:
+        return None
+
+    def before_exec() -> None:
+        if restricted_files:
+            without_root_file_access()
+        if max_open_files is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
+    return before_exec
+
+
 class ServerProcess:
     """`cnnzoo serve` in a subprocess on free ports of 127.0.0.1, logging to a file.
 
     `restricted_files=True` runs it without root's file-permission override (see
-    `without_root_file_access`), so chmod'ed folders are unreadable to it.
+    `without_root_file_access`), so chmod'ed folders are unreadable to it; `max_open_files`
+    lowers its limit on open file descriptors (RLIMIT_NOFILE).
     """
 
     def __init__(
@@ -164,6 +180,7 @@ class ServerProcess:
         *extra: str,
         env: dict[str, str] | None = None,
         restricted_files: bool = False,
+        max_open_files: int | None = None,
     ) -> None:
         self.port = free_port()
         self.http_port = free_port()
@@ -185,7 +202,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=env,
-            preexec_fn=without_root_file_access if restricted_files else None,
+            preexec_fn=_preexec(restricted_files, max_open_files),
         )  # fmt: skip
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.serving.helpers import DIGITS, MODEL, ServerProcess, cnnzoo, digit_label, free_port
 
@@ -78,3 +79,51 @@ def test_log_level_after_the_command_wins_over_the_environment(tmp_path):
     log = process.log()
     assert " INFO " not in log and " DEBUG " not in log, log
     assert " WARNING cnnzoo.serving.server: not ready, nothing is served" in log, log
+
+
+def test_classify_a_folder(server, tmp_path):
+    """`cnnzoo classify FOLDER`: every image under it (sub-folders too, in name order), sent a
+    batch at a time; other files and hidden ones are left out."""
+    folder = tmp_path / "digits"
+    for path in DIGITS:
+        target = folder / digit_label(path) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    (folder / "README.txt").write_text("not an image")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x.png").write_bytes(b"not even a png")
+    result = cnnzoo("classify", str(folder), "--model", MODEL, "--server", server.target,
+                    "--top-k", "1", "--batch-size", "7", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    expected = sorted(folder / digit_label(p) / p.name for p in DIGITS)
+    assert [item["image"] for item in document] == list(map(str, expected))
+    correct = sum(
+        item["predictions"][0]["label"] == digit_label(Path(item["image"])) for item in document
+    )
+    assert correct >= 0.9 * len(DIGITS)
+    # a folder and a file together; an empty folder is one clear error
+    mixed = cnnzoo("classify", str(folder / "3"), str(DIGITS[0]), "--model", MODEL,
+                   "--server", server.target)  # fmt: skip
+    assert (
+        mixed.returncode == 0
+        and len(mixed.stdout.splitlines()) == 2 + len(list((folder / "3").glob("*.png"))) + 1
+    )
+    (tmp_path / "empty").mkdir()
+    empty = cnnzoo("classify", str(tmp_path / "empty"), "--model", MODEL, "--server",
+                   server.target)  # fmt: skip
+    assert empty.returncode == 3
+    assert "holds no PNG or JPEG file" in empty.stderr.strip().splitlines()[-1]
+
+
+def test_a_bad_image_in_a_folder_is_named_by_its_path(server, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, path in enumerate(DIGITS[:9]):
+        (folder / f"{i:02d}.png").write_bytes(path.read_bytes())
+    (folder / "05b.png").write_text("broken")
+    result = cnnzoo("classify", str(folder), "--model", MODEL, "--server", server.target,
+                    "--batch-size", "4")  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{folder / '05b.png'}: not a PNG or JPEG" in line, line

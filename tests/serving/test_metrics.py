@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cnnzoo.protos import grpc_service_pb2_grpc
 from cnnzoo.serving.stats import DEADLINE_SLACK_S, failure_reason
 from tests.ops.monitoring import PROMTOOL_HOW, dashboard_queries, monitoring_config
+from tests.serving.checks import wire_name
 from tests.serving.helpers import (
     MODEL,
     QUEUED,
@@ -45,36 +46,36 @@ BUCKET_BOUNDS = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
 X = np.random.default_rng(4).standard_normal((1, 1, 32, 32)).astype(np.float32)
 REASONS = {"REJECTED", "CANCELED", "BACKEND", "OTHER"}
 
-# Triton's help text and type of each family (core src/metrics.cc; counters are exposed untyped
-# because prometheus-client would otherwise rename them with a _total suffix).
+# Triton's help text and type of each family (core src/metrics.cc; counters are typed `counter`
+# under Triton's names, without a _total suffix, as prometheus-cpp writes them).
 TRITON_FAMILIES = {
     "nv_inference_request_success": (
         "Number of successful inference requests, all batch sizes",
-        "unknown",
+        "counter",
     ),
     "nv_inference_request_failure": (
         "Number of failed inference requests, all batch sizes",
-        "unknown",
+        "counter",
     ),
     "nv_inference_count": (
         "Number of inferences performed (does not include cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_exec_count": (
         "Number of model executions performed (does not include cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_request_duration_us": (
         "Cumulative inference request duration in microseconds (includes cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_queue_duration_us": (
         "Cumulative inference queuing duration in microseconds (includes cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_compute_infer_duration_us": (
         "Cumulative compute inference duration in microseconds (does not include cached requests)",
-        "unknown",
+        "counter",
     ),
     "nv_inference_pending_request_count": (
         "Instantaneous number of pending requests awaiting execution per-model.",
@@ -154,7 +155,7 @@ def samples(family, **labels) -> dict[tuple, float]:
             rest = tuple(
                 sorted((k, v) for k, v in s.labels.items() if k not in ("model", "version"))
             )
-            out[(s.name, rest)] = s.value
+            out[(wire_name(family, s), rest)] = s.value
     return out
 
 
@@ -173,6 +174,45 @@ def test_names_help_texts_and_types_are_tritons(metrics_server, stub):
     assert {"python_info", "python_gc_objects_collected"} <= set(found)
     # no CUDA here: no GPU families at all (they carry gpu_uuid labels where there is one)
     assert not [name for name in found if name.startswith("nv_gpu_")]
+
+
+def test_counters_are_written_as_triton_writes_them(metrics_server, stub):
+    """The text itself: `# TYPE <name> counter` under Triton's names, no `_total` anywhere."""
+    stub.ModelInfer(infer_request(X), timeout=10)
+    url = f"http://127.0.0.1:{metrics_server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+    ):
+        assert f"\n# TYPE {name} counter\n" in text, name
+        assert f"{name}_total" not in text, name
+        assert f'\n{name}{{model="{MODEL}",version="1"' in text, name
+
+
+def test_the_default_histogram_resolves_a_sub_millisecond_model(metrics_server, stub):
+    """LeNet-5 answers in well under a millisecond of server time; Triton's default buckets
+    (100 ms and up) would put every request in the first one."""
+    for _ in range(50):
+        stub.ModelInfer(infer_request(X), timeout=10)
+    family = families(metrics_server)["nv_inference_first_response_histogram_ms"]
+    histogram = samples(family, model=MODEL)
+    by_bound = {
+        float(dict(rest)["le"]): value
+        for (name, rest), value in histogram.items()
+        if name.endswith("_bucket")
+    }
+    total = by_bound[float("inf")]
+    below_10ms = [bound for bound in by_bound if bound < 10]
+    assert len(below_10ms) >= 6, sorted(by_bound)
+    # the median falls in a bucket under 10 ms, which Triton's defaults cannot show
+    median_bucket = min(bound for bound, count in by_bound.items() if count >= total / 2)
+    assert median_bucket < 10, by_bound
 
 
 def test_failures_are_counted_by_reason(metrics_server, stub):
@@ -231,7 +271,8 @@ def test_latency_summaries_and_histograms(metrics_server, stub):
     assert counts == sorted(counts) and counts[-1] == 30
     default = samples(after["nv_inference_first_response_histogram_ms"], model=MODEL)
     assert [dict(r)["le"] for (n, r), _ in default.items() if n.endswith("_bucket")] == [
-        "100", "500", "2000", "5000", "+Inf"
+        "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "25", "50", "100", "250", "500", "1000",
+        "2000", "5000", "+Inf",
     ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ import tritonclient.grpc as triton
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
+from cnnzoo.errors import InvalidInput
 from cnnzoo.protos import grpc_service_pb2
 from cnnzoo.serving.shared_memory import DEFAULT_MAX_REGIONS, SystemSharedMemory
 from cnnzoo.serving.types import SharedMemoryRef
@@ -52,10 +53,15 @@ def shm_input(name: str, byte_size: int, offset: int = 0, shape=X.shape) -> trit
     return tensor
 
 
-def mapped_keys(server) -> set[str]:
-    """The /dev/shm objects the server process has mapped (from its /proc maps)."""
-    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
-    return {line.split()[-1] for line in maps.splitlines() if "/dev/shm/" in line}
+def open_keys(server) -> set[str]:
+    """The /dev/shm objects the server process holds open (from its /proc fd links)."""
+    links = set()
+    for fd in Path(f"/proc/{server.proc.pid}/fd").iterdir():
+        try:
+            links.add(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return {link for link in links if link.startswith("/dev/shm/")}
 
 
 def test_inputs_and_outputs_in_shared_memory_equal_onnxruntime(server, client, onnx_reference):
@@ -71,7 +77,7 @@ def test_inputs_and_outputs_in_shared_memory_equal_onnxruntime(server, client, o
             "offset": "64",
             "byte_size": str(X.nbytes),
         }
-        assert "/dev/shm/cnnzoo_in" in mapped_keys(server)
+        assert "/dev/shm/cnnzoo_in" in open_keys(server)
 
         output = triton.InferRequestedOutput("logits")
         output.set_shared_memory("out", LOGITS_BYTES, offset=16)
@@ -80,7 +86,7 @@ def test_inputs_and_outputs_in_shared_memory_equal_onnxruntime(server, client, o
         logits = shm.get_contents_as_numpy(outputs, np.float32, [2, 10], offset=16)
         np.testing.assert_array_equal(logits, reference_logits(onnx_reference, X))
 
-        # New contents in the same region: the server reads the client's memory, not a copy.
+        # New contents in the same region: each request reads the client's memory as it is.
         shm.set_shared_memory_region(inputs, [X[::-1].copy()], offset=64)
         plain = triton.InferRequestedOutput("logits")
         result = client.infer(MODEL, [shm_input("in", X.nbytes)], outputs=[plain])
@@ -90,9 +96,9 @@ def test_inputs_and_outputs_in_shared_memory_equal_onnxruntime(server, client, o
 
         client.unregister_system_shared_memory("in")
         assert set(client.get_system_shared_memory_status(as_json=True)["regions"]) == {"out"}
-        assert "/dev/shm/cnnzoo_in" not in mapped_keys(server)
+        assert "/dev/shm/cnnzoo_in" not in open_keys(server)
         client.unregister_system_shared_memory()
-        assert not mapped_keys(server) & {"/dev/shm/cnnzoo_in", "/dev/shm/cnnzoo_out"}
+        assert not open_keys(server) & {"/dev/shm/cnnzoo_in", "/dev/shm/cnnzoo_out"}
         client.unregister_system_shared_memory("never-registered")  # not an error, as in Triton
 
 
@@ -230,20 +236,24 @@ def test_the_number_of_regions_is_bounded(client, inference, onnx_reference):
     assert_still_serving(inference, onnx_reference)
 
 
-def test_a_view_is_the_clients_memory_without_a_copy(tmp_path):
-    """The array an input becomes shares the client's pages (what ONNX Runtime is given)."""
+def test_an_input_is_the_regions_bytes_at_the_time_of_the_request(tmp_path):
+    """What ONNX Runtime is given is the server's own copy: a client that changes or shrinks its
+    object afterwards cannot change or crash a request already decoded."""
     (tmp_path / "obj").write_bytes(bytes(4096))
     registry = SystemSharedMemory(root=tmp_path)
     registry.register("r", "/obj", 1024, 2048)
     with open(tmp_path / "obj", "r+b") as handle:
         client_view = mmap.mmap(handle.fileno(), 4096)
-        array = np.frombuffer(registry.view(SharedMemoryRef("r", 16, 64)), dtype=np.float32)
         client_view[1024 + 16 : 1024 + 20] = np.float32(2.5).tobytes()
+        array = np.frombuffer(registry.view(SharedMemoryRef("r", 16, 64)), dtype=np.float32)
         assert array[0] == 2.5
-        registry.close()
-        assert array[0] == 2.5  # still mapped while the request holds it
-        del array
+        client_view[1024 + 16 : 1024 + 20] = np.float32(7.0).tobytes()
         client_view.close()
+    os.truncate(tmp_path / "obj", 0)
+    assert array[0] == 2.5 and array.sum() == 2.5  # the copy, whole
+    with pytest.raises(InvalidInput, match="shrank to 0 bytes"):
+        registry.view(SharedMemoryRef("r", 16, 64))
+    registry.close()
 
 
 def test_cuda_shared_memory_lists_none(inference):

@@ -1,6 +1,6 @@
 """Connection, concurrency and queue limits as a client meets them: calls in progress on the
-server, a model's queue, streams per connection, idle connections closed. One server with small
-limits;
+server (more wait their turn, up to a bound), a model's queue, streams per connection, idle
+connections closed. One server with small limits;
 `lenet5-queued` holds each request `QUEUE_DELAY_S` for its batch to fill, so calls stay in
 progress long enough to collide."""
 
@@ -22,7 +22,7 @@ from tests.serving.helpers import QUEUE_DELAY_S, QUEUED, ServerProcess
 from tests.serving.requests import encode, infer_request
 
 X = np.zeros((1, 1, 32, 32), np.float32)
-MAX_RPCS, MAX_QUEUE, MAX_STREAMS, IDLE_MS = 2, 3, 2, 1000
+MAX_RPCS, MAX_WAITING, MAX_QUEUE, MAX_STREAMS, IDLE_MS = 2, 1, 3, 2, 1000
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,8 @@ def limited(repository, tmp_path_factory) -> Iterator[ServerProcess]:
         "-1",
         "--max-concurrent-requests",
         str(MAX_RPCS),
+        "--max-waiting-requests",
+        str(MAX_WAITING),
         "--max-queue-size",
         str(MAX_QUEUE),
         "--max-concurrent-streams",
@@ -79,8 +81,8 @@ def connect(target: str, *options: tuple[str, object]) -> grpc.Channel:
     return channel
 
 
-def test_calls_over_the_servers_limit_are_resource_exhausted(limited):
-    channels = [connect(limited.target) for _ in range(MAX_RPCS + 2)]  # one call each
+def test_calls_over_the_servers_limit_wait_and_beyond_the_waiting_bound_are_refused(limited):
+    channels = [connect(limited.target) for _ in range(MAX_RPCS + MAX_WAITING + 1)]  # one each
     try:
         futures = [
             grpc_service_pb2_grpc.GRPCInferenceServiceStub(c).ModelInfer.future(
@@ -92,9 +94,10 @@ def test_calls_over_the_servers_limit_are_resource_exhausted(limited):
     finally:
         for channel in channels:
             channel.close()
-    assert codes.count(grpc.StatusCode.OK) == MAX_RPCS, (codes, refusals)
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 2, (codes, refusals)
-    assert f"limit of {MAX_RPCS}" in refusals[0] and "--max-concurrent-requests" in refusals[0]
+    assert codes.count(grpc.StatusCode.OK) == MAX_RPCS + MAX_WAITING, (codes, refusals)
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 1, (codes, refusals)
+    assert f"--max-concurrent-requests {MAX_RPCS}" in refusals[0], refusals
+    assert f"--max-waiting-requests {MAX_WAITING}" in refusals[0], refusals
 
 
 def outcomes(futures) -> tuple[list[grpc.StatusCode], list[str]]:
