@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,15 @@ __all__ = ["EvalOptions", "evaluate", "evaluate_entry", "limit_dataset", "torch_
 
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     labels: Sequence[str],
     *,
     device: str = "cpu",
     progress: bool = False,
     description: str = "eval",
 ) -> dict[str, Any]:
-    """Accuracy of `model` over `loader`.
+    """Accuracy of `model` over `loader` (a DataLoader, or any iterable of (images, labels)
+    batches).
 
     Returns:
         {"top1", "top5", "n", "loss", "per_class": {label: accuracy}}; top-5 is top-k with

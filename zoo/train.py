@@ -26,12 +26,13 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -52,11 +53,20 @@ from cnnzoo.zoo.checkpoints import (
 from cnnzoo.zoo.datasets import NAMED_DATASETS, named_dataset_card
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
+from cnnzoo.zoo.loop import Batch, TrainStep, loader_batches, train_one_epoch
 from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
 from cnnzoo.zoo.registry import ZooEntry, get_entry, list_models
 from cnnzoo.zoo.runs import check_run_name, default_run_name, plan_run
 
-__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "data_workers"]
+__all__ = [
+    "ResumedRun",
+    "RunSettings",
+    "STATE_FILE",
+    "TrainOptions",
+    "TrainResult",
+    "data_workers",
+    "train",
+]
 
 DEVICES = ("cpu", "cuda")
 # Options that only apply to a run of an architecture on other data (`dataset`).
@@ -166,8 +176,93 @@ class TrainResult:
         )
 
 
-def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | None) -> Recipe:
-    recipe = Recipe(**saved["recipe"]) if saved else entry.recipe
+@dataclass(frozen=True)
+class RunSettings:
+    """What fixes a run beside its recipe: the seed and the subsets (kept in its train state)."""
+
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    @classmethod
+    def resolve(cls, options: TrainOptions, saved: RunSettings | None) -> RunSettings:
+        """Explicit options, else the resumed run's, else the defaults.
+
+        Raises:
+            InvalidInput: --resume with a value the run did not use.
+        """
+        base = saved or cls()
+        chosen = {}
+        for key in ("seed", "train_subset", "test_subset"):
+            value, used = getattr(options, key), getattr(base, key)
+            if saved and value is not None and value != used:
+                raise InvalidInput(
+                    f"--resume continues the run with its own settings; it used "
+                    f"--{key.replace('_', '-')} {used}"
+                )
+            chosen[key] = used if value is None else value
+        return cls(**chosen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ResumedRun:
+    """An unfinished run read back from its `train_state.safetensors`.
+
+    Attributes:
+        model_state: the weights after `epoch`.
+        optimizer_state: the optimizer's state dict after `epoch`.
+        epoch: the last finished epoch.
+        recipe: the recipe the run trains with.
+        settings: its seed and subsets.
+        history: one record per finished epoch.
+        wall_time_seconds: training time so far, over all sessions.
+        command: the command lines so far, joined by "; ".
+        entry_fields: the entry it trains (`ZooEntry.card_fields`).
+        dataset_card: the card's `dataset` section without the counts.
+        init: what a fine-tuned run started from, or None.
+    """
+
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    epoch: int
+    recipe: Recipe
+    settings: RunSettings
+    history: list[dict[str, Any]]
+    wall_time_seconds: float
+    command: str
+    entry_fields: dict[str, Any]
+    dataset_card: dict[str, Any]
+    init: dict[str, Any] | None
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ResumedRun:
+        """The run in `model_dir` (see `cnnzoo.zoo.checkpoints.load_train_state`).
+
+        Raises:
+            NotFound: nothing to resume there.
+            InvalidInput: a damaged state file.
+        """
+        model_state, optimizer_state, info = load_train_state(model_dir)
+        return cls(
+            model_state=model_state,
+            optimizer_state=optimizer_state,
+            epoch=info["epoch"],
+            recipe=Recipe(**info["recipe"]),
+            settings=RunSettings(**info["settings"]),
+            history=info["history"],
+            wall_time_seconds=float(info["wall_time_seconds"]),
+            command=info["command"],
+            entry_fields=info["entry"],
+            dataset_card=info["dataset_card"],
+            init=info.get("init"),
+        )
+
+
+def _recipe_for(entry: ZooEntry, options: TrainOptions, resumed: ResumedRun | None) -> Recipe:
+    recipe = resumed.recipe if resumed else entry.recipe
     overrides = {
         k: v
         for k, v in {
@@ -177,7 +272,7 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | 
         }.items()
         if v is not None
     }
-    if saved:
+    if resumed:
         changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
         if changed:
             raise InvalidInput(
@@ -185,21 +280,6 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | 
                 + ", ".join(f"--{k.replace('_', '-')} {getattr(recipe, k)}" for k in changed)
             )
     return replace(recipe, **overrides)
-
-
-def _settings(options: TrainOptions, saved: dict[str, Any] | None) -> dict[str, Any]:
-    """Seed and subsets: explicit options, else the resumed run's, else defaults."""
-    defaults = saved or {"seed": 0, "train_subset": None, "test_subset": None}
-    result = {}
-    for key in ("seed", "train_subset", "test_subset"):
-        value = getattr(options, key)
-        if saved and value is not None and value != saved[key]:
-            raise InvalidInput(
-                f"--resume continues the run with its own settings; it used "
-                f"--{key.replace('_', '-')} {saved[key]}"
-            )
-        result[key] = defaults[key] if value is None else value
-    return result
 
 
 @dataclass
@@ -233,28 +313,32 @@ def train(options: TrainOptions) -> TrainResult:
     else:
         run_name = options.name or default_run_name(options.model, options.dataset)
     model_dir = options.out / run_name
-    resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None = None
+    resumed = None
     if options.resume:
-        resumed = load_train_state(model_dir)
+        resumed = ResumedRun.load(model_dir)
     elif model_dir.exists() and any(model_dir.iterdir()):
         raise AlreadyExists(
             f"{model_dir} already holds a training run; continue it with --resume or choose "
             f"another --out"
         )
-    saved = resumed[2] if resumed else None
-    plan = _plan(options, saved)
-    recipe = _recipe_for(plan.entry, options, saved)
-    settings = _settings(options, saved["settings"] if saved else None)
+    plan = _plan(options, resumed)
+    recipe = _recipe_for(plan.entry, options, resumed)
+    settings = RunSettings.resolve(options, resumed.settings if resumed else None)
     augment = build_augmentation(recipe.augment, plan.entry.preprocess.input_size)
     plan.train_set.transform = plan.entry.preprocess.torch_transform(augment)
     plan.test_set.transform = plan.entry.preprocess.torch_transform()
-    train_set = limit_dataset(plan.train_set, settings["train_subset"])
-    test_set = limit_dataset(plan.test_set, settings["test_subset"])
+    plan.train_set = limit_dataset(plan.train_set, settings.train_subset)
+    plan.test_set = limit_dataset(plan.test_set, settings.test_subset)
     with torch_threads(options.threads), _deterministic(options.device):
-        return _run(
-            plan.entry, options, recipe, settings, train_set, test_set, model_dir, resumed,
-            plan.dataset_card,
-        )  # fmt: skip
+        run = _start(plan, options, recipe, settings, model_dir, resumed)
+        for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
+            run.metrics = _train_epoch(run, epoch)
+            stopping = (
+                options.stop_after is not None and epoch - run.start_epoch >= options.stop_after
+            )
+            if stopping and epoch < recipe.epochs:
+                return TrainResult(run.entry.name, model_dir, epoch, recipe.epochs)
+        return _finish(run)
 
 
 def _preset(name: str) -> ZooEntry:
@@ -272,7 +356,7 @@ def _preset(name: str) -> ZooEntry:
     return get_entry(name)
 
 
-def _plan(options: TrainOptions, saved: dict[str, Any] | None) -> _Plan:
+def _plan(options: TrainOptions, resumed: ResumedRun | None) -> _Plan:
     """The entry and splits of this run: a preset's, the resumed run's, or derived from data."""
     opened = {"data_dir": options.data_dir, "download": options.download, "offer_download": True}
     if options.dataset is None:
@@ -280,14 +364,14 @@ def _plan(options: TrainOptions, saved: dict[str, Any] | None) -> _Plan:
         card = named_dataset_card(entry.dataset, options.data_dir)
         train_set = entry.open_dataset("train", **opened)
         return _Plan(entry, train_set, entry.open_dataset("test", **opened), card)
-    if saved is not None:  # the entry the run derived when it started
-        entry = ZooEntry.from_card(saved["entry"], None, where=f"{STATE_FILE} of the run")
+    if resumed is not None:  # the entry the run derived when it started
+        entry = ZooEntry.from_card(resumed.entry_fields, None, where=f"{STATE_FILE} of the run")
         strict = {"strict": options.strict}
         return _Plan(
             entry,
             entry.open_dataset("train", **opened, **strict),
             entry.open_dataset("test", **opened, **strict),
-            saved["dataset_card"],
+            resumed.dataset_card,
         )
     arch = get_architecture(options.model) if options.model not in list_models() else None
     recipe = None
@@ -308,26 +392,47 @@ def _plan(options: TrainOptions, saved: dict[str, Any] | None) -> _Plan:
     return _Plan(data.entry, data.train_set, data.test_set, data.card)
 
 
-def _run(
-    entry: ZooEntry,
+@dataclass
+class _Run:
+    """A training session under way: what `_train_epoch` and `_finish` share."""
+
+    plan: _Plan
+    options: TrainOptions
+    recipe: Recipe
+    settings: RunSettings
+    model_dir: Path
+    model: nn.Module
+    step: TrainStep
+    test_loader: DataLoader
+    workers: int
+    start_epoch: int
+    init: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    wall: float
+    commands: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def entry(self) -> ZooEntry:
+        return self.plan.entry
+
+
+def _start(
+    plan: _Plan,
     options: TrainOptions,
     recipe: Recipe,
-    settings: dict[str, Any],
-    train_set: Any,
-    test_set: Any,
+    settings: RunSettings,
     model_dir: Path,
-    resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None,
-    dataset_card: dict[str, Any],
-) -> TrainResult:
-    seed = settings["seed"]
-    device = options.device
+    resumed: ResumedRun | None,
+) -> _Run:
+    """Build the model (seeded), load a resumed or initial state, the optimizer and schedule."""
+    entry, device = plan.entry, options.device
     workers = data_workers(options)
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     model = entry.build()
-    saved = resumed[2] if resumed else None
-    init: dict[str, Any] | None = saved.get("init") if saved else None
+    init = resumed.init if resumed else None
     if resumed:
-        model.load_state_dict(resumed[0])
+        model.load_state_dict(resumed.model_state)
     elif options.init is not None:
         init = load_init(model, options.init, entry.spec, freeze=options.freeze)
     frozen = bool(init and init["frozen"])
@@ -338,144 +443,137 @@ def _run(
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
     if resumed:
-        optimizer.load_state_dict(resumed[1])
-
-    pin = device == "cuda"
-    test_loader = DataLoader(
-        test_set, batch_size=256, shuffle=False, num_workers=workers, pin_memory=pin
-    )
-    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
-    start_epoch = saved["epoch"] if saved else 0
+        optimizer.load_state_dict(resumed.optimizer_state)
+    steps_per_epoch = math.ceil(len(plan.train_set) / recipe.batch_size)
+    start_epoch = resumed.epoch if resumed else 0
     scheduler = make_scheduler(
         optimizer, recipe, steps_per_epoch * recipe.epochs, start_epoch * steps_per_epoch
     )
-    history: list[dict[str, Any]] = saved["history"] if saved else []
-    wall = float(saved["wall_time_seconds"]) if saved else 0.0
-    commands = saved["command"] if saved else ""
+    spec = entry.spec
+    step = TrainStep(
+        model, optimizer, scheduler, recipe.label_smoothing,
+        train_mode=(lambda m: head_train_mode(m, spec)) if frozen else nn.Module.train,
+    )  # fmt: skip
     command = options.command or _command_for(options)
-    commands = f"{commands}; {command}" if commands else command
-    metrics: dict[str, Any] = {}
+    commands = f"{resumed.command}; {command}" if resumed and resumed.command else command
+    test_loader = DataLoader(
+        plan.test_set, batch_size=256, shuffle=False, num_workers=workers,
+        pin_memory=device == "cuda",
+    )  # fmt: skip
+    return _Run(
+        plan, options, recipe, settings, model_dir, model, step, test_loader, workers,
+        start_epoch, init,
+        history=resumed.history if resumed else [],
+        wall=resumed.wall_time_seconds if resumed else 0.0,
+        commands=commands,
+    )  # fmt: skip
 
-    for epoch in range(start_epoch + 1, recipe.epochs + 1):
-        started = time.perf_counter()
-        epoch_seed = seed * 100_003 + epoch
-        torch.manual_seed(epoch_seed)  # augmentation and dropout of this epoch
-        generator = torch.Generator().manual_seed(epoch_seed)
-        loader = DataLoader(
-            train_set,
-            batch_size=recipe.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=workers,  # worker w seeds from the generator: same order, same crops
-            pin_memory=pin,
-            drop_last=False,
-        )
-        if frozen:
-            head_train_mode(model, entry.spec)
-        else:
-            model.train()
-        # Running sums stay on the device: reading them every step would stall a GPU.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = tqdm(
-            loader,
-            desc=f"{entry.name} epoch {epoch}/{recipe.epochs}",
-            disable=None if options.progress else True,  # None: only on a terminal
-            leave=False,
-        )
-        for step, (images, targets) in enumerate(bar):
-            images = images.to(device, non_blocking=pin)
-            targets = targets.to(device, non_blocking=pin)
-            logits = model(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach().double() * targets.numel()
-            correct += (logits.detach().argmax(1) == targets).sum()
-            seen += targets.numel()
-            if options.progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
-        loss_sum, correct = float(loss_sum), int(correct)
-        lr_used = optimizer.param_groups[0]["lr"]
-        metrics = evaluate(model, test_loader, entry.labels, device=device)
-        seconds = time.perf_counter() - started
-        wall += seconds
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_top1": correct / seen,
-                "test_top1": metrics["top1"],
-                "test_loss": metrics["loss"],
-                "lr": lr_used,
-                "seconds": round(seconds, 2),
-            }
-        )
-        tqdm.write(
-            f"{entry.name} epoch {epoch}/{recipe.epochs}: train loss {loss_sum / seen:.4f} "
-            f"acc {correct / seen:.4f}, test top-1 {metrics['top1']:.4f} ({seconds:.0f}s)",
-            file=sys.stderr,
-        )
-        meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(seed)}
-        save_weights(model, epoch_path(model_dir, epoch), meta, entry.weights_dtype)
-        save_train_state(
-            model_dir,
-            model,
-            optimizer,
-            {
-                "epoch": epoch,
-                "recipe": recipe.to_dict(),
-                "settings": settings,
-                "history": history,
-                "wall_time_seconds": wall,
-                "command": commands,
-                "entry": entry.card_fields(),
-                "dataset_card": dataset_card,
-                "init": init,
-            },
-        )
-        stopping = options.stop_after is not None and epoch - start_epoch >= options.stop_after
-        if stopping and epoch < recipe.epochs:
-            return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
 
+def _epoch_batches(run: _Run, generator: torch.Generator) -> Iterable[Batch]:
+    """The training batches of one epoch, shuffled by `generator`.
+
+    The hook for another data path: a source holding the training split on the device (with
+    its own augmentation there) returns its batches here instead of a DataLoader's.
+    """
+    return loader_batches(
+        run.plan.train_set,
+        batch_size=run.recipe.batch_size,
+        generator=generator,
+        workers=run.workers,
+        pin=run.options.device == "cuda",
+    )
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train epoch `epoch`, evaluate, record and checkpoint it; its test metrics."""
+    entry, recipe, device = run.entry, run.recipe, run.options.device
+    started = time.perf_counter()
+    epoch_seed = run.settings.seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)  # augmentation and dropout of this epoch
+    batches = _epoch_batches(run, torch.Generator().manual_seed(epoch_seed))
+    run.step.train_mode(run.model)
+    stats = train_one_epoch(
+        run.step,
+        batches,
+        device=device,
+        description=f"{entry.name} epoch {epoch}/{recipe.epochs}",
+        progress=run.options.progress,
+    )
+    metrics = evaluate(run.model, run.test_loader, entry.labels, device=device)
+    seconds = time.perf_counter() - started
+    run.wall += seconds
+    run.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_top1": stats.top1,
+            "test_top1": metrics["top1"],
+            "test_loss": metrics["loss"],
+            "lr": run.step.lr,
+            "seconds": round(seconds, 2),
+        }
+    )
+    tqdm.write(
+        f"{entry.name} epoch {epoch}/{recipe.epochs}: train loss {stats.loss:.4f} "
+        f"acc {stats.top1:.4f}, test top-1 {metrics['top1']:.4f} ({seconds:.0f}s)",
+        file=sys.stderr,
+    )
+    meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(run.settings.seed)}
+    save_weights(run.model, epoch_path(run.model_dir, epoch), meta, entry.weights_dtype)
+    save_train_state(run.model_dir, run.model, run.step.optimizer, _state_info(run, epoch))
+    return metrics
+
+
+def _state_info(run: _Run, epoch: int) -> dict[str, Any]:
+    """What `ResumedRun.load` reads back, after `epoch`."""
+    return {
+        "epoch": epoch,
+        "recipe": run.recipe.to_dict(),
+        "settings": run.settings.to_dict(),
+        "history": run.history,
+        "wall_time_seconds": run.wall,
+        "command": run.commands,
+        "entry": run.entry.card_fields(),
+        "dataset_card": run.plan.dataset_card,
+        "init": run.init,
+    }
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Write the final weights and the card; the state file goes."""
+    entry, model, settings = run.entry, run.model, run.settings
+    metrics = run.metrics
     if entry.weights_dtype != "float32":  # the card measures the weights as they are stored
         model.load_state_dict(decode_state(encode_state(model.state_dict(), entry.weights_dtype)))
         metrics = {}
     if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
-        metrics = evaluate(model, test_loader, entry.labels, device=device)
-
-    weights = model_dir / "model.safetensors"
-    save_weights(
-        model,
-        weights,
-        {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(seed)},
-        entry.weights_dtype,
-    )
+        metrics = evaluate(model, run.test_loader, entry.labels, device=run.options.device)
+    weights = run.model_dir / "model.safetensors"
+    epochs = run.recipe.epochs
+    meta = {"zoo_entry": entry.name, "epochs": str(epochs), "seed": str(settings.seed)}
+    save_weights(model, weights, meta, entry.weights_dtype)
     card = build_card(
-        {**entry.card_fields(), "recipe": recipe.to_dict()},
+        {**entry.card_fields(), "recipe": run.recipe.to_dict()},
         model=model,
         weights=weights,
-        seed=seed,
+        seed=settings.seed,
         dataset={
-            **dataset_card,
-            "n_train": len(train_set),
-            "n_test": len(test_set),
-            "train_subset": settings["train_subset"],
-            "test_subset": settings["test_subset"],
+            **run.plan.dataset_card,
+            "n_train": len(run.plan.train_set),
+            "n_test": len(run.plan.test_set),
+            "train_subset": settings.train_subset,
+            "test_subset": settings.test_subset,
         },
         metrics=metrics,
-        history=history,
-        wall_time_seconds=wall,
-        hardware={**hardware_info(device), "data_workers": workers},
-        command=commands,
-        init=init,
+        history=run.history,
+        wall_time_seconds=run.wall,
+        hardware={**hardware_info(run.options.device), "data_workers": run.workers},
+        command=run.commands,
+        init=run.init,
     )
-    atomic_write_json(model_dir / "card.json", card)
-    (model_dir / STATE_FILE).unlink(missing_ok=True)
-    return TrainResult(entry.name, model_dir, recipe.epochs, recipe.epochs, card)
+    atomic_write_json(run.model_dir / "card.json", card)
+    (run.model_dir / STATE_FILE).unlink(missing_ok=True)
+    return TrainResult(entry.name, run.model_dir, epochs, epochs, card)
 
 
 def _command_for(options: TrainOptions) -> str:
