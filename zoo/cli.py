@@ -248,10 +248,14 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)"
     )
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
-    parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images")
     parser.add_argument(
-        "--test-subset", type=int, metavar="N", help="evaluate on the first N images"
-    )
+        "--train-subset", type=int, metavar="N",
+        help="train on N images drawn from every class in proportion (seeded by --seed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--test-subset", type=int, metavar="N",
+        help="evaluate on N images drawn from every class in proportion (seed 0)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--workers",
@@ -325,7 +329,11 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
         "--dataset", help="evaluate on an ImageFolder path instead of the entry's test set"
     )
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
-    parser.add_argument("--subset", type=int, metavar="N", help="evaluate on the first N images")
+    parser.add_argument(
+        "--subset", type=int, metavar="N",
+        help="evaluate on N images drawn from every class in proportion (seed 0, as "
+        "`train --test-subset` draws them)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -11,13 +11,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cnnzoo.errors import InvalidInput
 from cnnzoo.fileio import sha256_file
 from cnnzoo.zoo.datasets import get_dataset
 from cnnzoo.zoo.registry import build_model, get_entry
+from cnnzoo.zoo.subsets import subset_of
 
 __all__ = ["EvalOptions", "evaluate", "evaluate_entry", "limit_dataset", "torch_threads"]
 
@@ -81,13 +82,10 @@ def evaluate(
     }
 
 
-def limit_dataset(dataset: Any, count: int | None) -> Any:
-    """The first `count` items of `dataset` (all when None)."""
-    if count is None:
-        return dataset
-    if count <= 0:
-        raise InvalidInput(f"a subset needs at least 1 image, got {count}")
-    return Subset(dataset, range(min(count, len(dataset))))
+def limit_dataset(dataset: Any, count: int | None, seed: int = 0) -> Any:
+    """`count` images of `dataset` from every class in proportion, drawn with `seed` (all when
+    None; see `cnnzoo.zoo.subsets`)."""
+    return subset_of(dataset, count, seed)
 
 
 class torch_threads:  # noqa: N801 - used like a function
@@ -120,7 +118,8 @@ class EvalOptions:
         dataset: an image folder to evaluate on instead of the entry's test set; its class
             folders are matched to the entry's labels by name.
         download: fetch the entry's dataset when it is missing.
-        subset: evaluate on the first N images.
+        subset: evaluate on N images drawn from every class (seed 0, as training's
+            `--test-subset` draws them).
         batch_size: images per batch.
         threads: torch CPU threads (default: torch's).
         progress: show a progress bar (on a terminal only).

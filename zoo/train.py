@@ -327,7 +327,7 @@ def train(options: TrainOptions) -> TrainResult:
     augment = build_augmentation(recipe.augment, plan.entry.preprocess.input_size)
     plan.train_set.transform = plan.entry.preprocess.torch_transform(augment)
     plan.test_set.transform = plan.entry.preprocess.torch_transform()
-    plan.train_set = limit_dataset(plan.train_set, settings.train_subset)
+    plan.train_set = limit_dataset(plan.train_set, settings.train_subset, settings.seed)
     plan.test_set = limit_dataset(plan.test_set, settings.test_subset)
     with torch_threads(options.threads), _deterministic(options.device):
         run = _start(plan, options, recipe, settings, model_dir, resumed)
