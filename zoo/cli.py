@@ -190,8 +190,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "model",
-        help="a preset (`cnnzoo list`), or with --dataset an architecture "
-        "(`cnnzoo list --architectures`)",
+        help="a preset (`cnnzoo list`), with --dataset an architecture "
+        "(`cnnzoo list --architectures`), or with --resume a run folder (runs/NAME)",
     )
     parser.add_argument(
         "--dataset",
@@ -239,7 +239,10 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("runs"), help="output folder (default runs/)"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run in --out"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: `cnnzoo train runs/NAME --resume` (or the command "
+        "that started it, plus --resume)",
     )
     parser.add_argument(
         "--stop-after", type=int, metavar="N", help="stop after N epochs of this run (resume later)"
@@ -274,7 +277,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cnnzoo.zoo.train import TrainOptions, train  # imports torch: only when training
+    # imports torch: only when training
+    from cnnzoo.zoo.train import TrainingInterrupted, TrainOptions, train
 
     options = TrainOptions(
         model=args.model,
@@ -303,7 +307,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=_command_line(),
     )
-    result = train(options)
+    try:
+        result = train(options)
+    except TrainingInterrupted as stop:  # what is saved and how to continue, then exit 130
+        print(f"cnnzoo train: {stop.hint}", file=sys.stderr)
+        raise
     print(result.summary())
     return 0
 

@@ -64,7 +64,9 @@ __all__ = [
     "STATE_FILE",
     "TrainOptions",
     "TrainResult",
+    "TrainingInterrupted",
     "data_workers",
+    "resume_command",
     "train",
 ]
 
@@ -164,7 +166,7 @@ class TrainResult:
         if not self.finished:
             return (
                 f"{self.model}: stopped after epoch {self.epochs_done} of {self.epochs} in "
-                f"{self.model_dir}; continue with --resume"
+                f"{self.model_dir}; continue with `{resume_command(self.model_dir)}`"
             )
         assert self.card is not None
         metrics = self.card["metrics"]
@@ -223,6 +225,7 @@ class ResumedRun:
         entry_fields: the entry it trains (`ZooEntry.card_fields`).
         dataset_card: the card's `dataset` section without the counts.
         init: what a fine-tuned run started from, or None.
+        preset: whether it trains a preset (else an architecture on a dataset).
     """
 
     model_state: dict[str, torch.Tensor]
@@ -236,6 +239,7 @@ class ResumedRun:
     entry_fields: dict[str, Any]
     dataset_card: dict[str, Any]
     init: dict[str, Any] | None
+    preset: bool
 
     @classmethod
     def load(cls, model_dir: Path) -> ResumedRun:
@@ -258,7 +262,50 @@ class ResumedRun:
             entry_fields=info["entry"],
             dataset_card=info["dataset_card"],
             init=info.get("init"),
+            preset=info.get("preset", _was_preset(info, Path(model_dir))),
         )
+
+    def options_for(self, options: TrainOptions, folder: Path) -> TrainOptions:
+        """`options` naming the run in `folder` as the command that started it did."""
+        fields = self.entry_fields
+        if self.preset:
+            return replace(options, model=fields["model"], out=folder.parent)
+        data = fields["dataset"]
+        dataset = data["name"] if data["name"] in NAMED_DATASETS else data["folder"]
+        return replace(
+            options, model=fields["arch"], dataset=dataset, name=folder.name, out=folder.parent
+        )
+
+
+def _was_preset(info: dict[str, Any], folder: Path) -> bool:
+    """Whether a state written before states said so trains a preset (its name, arch, data)."""
+    name = info["entry"]["model"]
+    if name not in list_models() or folder.name != name:
+        return False
+    preset = get_entry(name)
+    return (preset.arch, preset.dataset) == (info["entry"]["arch"], info["dataset_card"]["name"])
+
+
+def resume_command(model_dir: Path) -> str:
+    """The command that continues the run in `model_dir`."""
+    return shlex.join(["cnnzoo", "train", str(model_dir), "--resume"])
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: what is saved and how to continue (`hint`)."""
+
+    def __init__(self, model_dir: Path, epoch: int, epochs_done: int) -> None:
+        if epochs_done:
+            hint = (
+                f"interrupted in epoch {epoch}; epochs 1-{epochs_done} are saved in {model_dir}: "
+                f"continue with `{resume_command(model_dir)}`"
+            )
+        else:
+            hint = f"interrupted in epoch {epoch}, before any epoch was saved: start it again"
+        super().__init__(hint)
+        self.hint = hint
+        self.model_dir = model_dir
+        self.epochs_done = epochs_done
 
 
 def _recipe_for(entry: ZooEntry, options: TrainOptions, resumed: ResumedRun | None) -> Recipe:
@@ -308,14 +355,18 @@ def train(options: TrainOptions) -> TrainResult:
         raise InvalidInput("device cuda requested but no CUDA device is available")
     if options.init is not None and not options.init.is_file():
         raise NotFound(f"--init {options.init} does not exist")
+    resumed = None
+    if options.resume and _is_run_folder(options.model):  # cnnzoo train runs/NAME --resume
+        folder = Path(options.model)
+        resumed = ResumedRun.load(folder)
+        options = resumed.options_for(options, folder)
     if options.dataset is None:
         run_name = _preset(options.model).name
     else:
         run_name = options.name or default_run_name(options.model, options.dataset)
     model_dir = options.out / run_name
-    resumed = None
     if options.resume:
-        resumed = ResumedRun.load(model_dir)
+        resumed = resumed or ResumedRun.load(model_dir)
     elif model_dir.exists() and any(model_dir.iterdir()):
         raise AlreadyExists(
             f"{model_dir} already holds a training run; continue it with --resume or choose "
@@ -331,14 +382,24 @@ def train(options: TrainOptions) -> TrainResult:
     plan.test_set = limit_dataset(plan.test_set, settings.test_subset)
     with torch_threads(options.threads), _deterministic(options.device):
         run = _start(plan, options, recipe, settings, model_dir, resumed)
-        for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
-            run.metrics = _train_epoch(run, epoch)
-            stopping = (
-                options.stop_after is not None and epoch - run.start_epoch >= options.stop_after
-            )
-            if stopping and epoch < recipe.epochs:
-                return TrainResult(run.entry.name, model_dir, epoch, recipe.epochs)
+        epoch = run.start_epoch
+        try:
+            for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
+                run.metrics = _train_epoch(run, epoch)
+                stop = options.stop_after
+                if stop is not None and epoch - run.start_epoch >= stop and epoch < recipe.epochs:
+                    return TrainResult(run.entry.name, model_dir, epoch, recipe.epochs)
+        except KeyboardInterrupt:
+            saved = len(run.history) if (model_dir / STATE_FILE).is_file() else 0
+            raise TrainingInterrupted(model_dir, epoch, saved) from None
         return _finish(run)
+
+
+def _is_run_folder(model: str) -> bool:
+    """Whether `model` names a run folder rather than a preset or an architecture."""
+    if model in ARCHITECTURES or model in list_models():
+        return False
+    return "/" in model or os.sep in model or Path(model).is_dir()
 
 
 def _preset(name: str) -> ZooEntry:
@@ -347,6 +408,11 @@ def _preset(name: str) -> ZooEntry:
         raise InvalidInput(
             f"{name} is an architecture: name the data with --dataset (one of "
             f"{', '.join(NAMED_DATASETS[:-1])} or an image folder)"
+        )
+    if _is_run_folder(name):
+        raise InvalidInput(
+            f"{name} is a run folder: continue it with `{resume_command(Path(name))}`, or "
+            f"fine-tune from it with --init {Path(name) / 'model.safetensors'}"
         )
     if name not in list_models():
         raise NotFound(
@@ -536,6 +602,7 @@ def _state_info(run: _Run, epoch: int) -> dict[str, Any]:
         "entry": run.entry.card_fields(),
         "dataset_card": run.plan.dataset_card,
         "init": run.init,
+        "preset": run.options.dataset is None,
     }
 
 

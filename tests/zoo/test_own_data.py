@@ -381,9 +381,10 @@ def test_a_run_on_an_image_folder_resumes_bit_for_bit(digit_folder, tmp_path, ca
 
     assert train(tmp_path / "whole") == 0
     assert train(tmp_path / "parts", "--stop-after", "1") == 0
-    assert "continue with --resume" in capsys.readouterr().out
-    assert train(tmp_path / "parts", "--resume") == 0
     whole, parts = (tmp_path / p / "lenet5-my-digits" for p in ("whole", "parts"))
+    # the run folder alone names the run to continue
+    assert f"continue with `cnnzoo train {parts} --resume`" in capsys.readouterr().out
+    assert main(["train", str(parts), "--resume", "--threads", "1", "--no-progress"]) == 0
     assert sha256_file(whole / "model.safetensors") == sha256_file(parts / "model.safetensors")
     cards = [json.loads((run / "card.json").read_text()) for run in (whole, parts)]
     assert cards[0]["metrics"] == cards[1]["metrics"] and cards[0]["dataset"] == cards[1]["dataset"]
