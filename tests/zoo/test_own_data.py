@@ -150,6 +150,14 @@ def test_the_exported_run_serves_classify_with_its_class_names(digit_run, tmp_pa
     assert manifest.arch == "lenet5" and manifest.parity["inputs"] == "dataset"
     config = repo.config("lenet5-my-digits")
     assert config.output[0].label_filename == "labels.txt" and list(config.output[0].dims) == [5]
+    # clients read the config and the ONNX metadata: the folder's name, never its path
+    assert config.parameters["dataset"].string_value == "my-digits"
+    import onnx
+
+    onnx_file = onnx.load(str(repository / "lenet5-my-digits" / "1" / "model.onnx"))
+    written = (repository / "lenet5-my-digits" / "config.pbtxt").read_text()
+    written += json.dumps({p.key: p.value for p in onnx_file.metadata_props})
+    assert str(digit_run.parents[1]) not in written and str(Path.home()) not in written
     # the PyTorch model of the version rebuilds from the repository alone (Explain needs it)
     torch_model = repo.torch_model("lenet5-my-digits", 1)
     assert torch_model.classifier.output.out_features == 5
