@@ -9,17 +9,24 @@ that already holds its tensors on the training device, whose `.to(device)` is th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
-__all__ = ["Batch", "EpochStats", "TrainStep", "loader_batches", "train_one_epoch"]
+__all__ = [
+    "Batch",
+    "EpochStats",
+    "TrainStep",
+    "loader_batches",
+    "steps_per_epoch",
+    "train_one_epoch",
+]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A training step: (images, labels) on the device in, (loss, logits) of the batch out, detached.
@@ -64,22 +71,42 @@ class TrainStep:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `images` (a last batch of one image is left out)."""
+    return images // batch_size + (images % batch_size > 1)
+
+
+class _NoLoneLastBatch(BatchSampler):
+    """Batches of a sampler, leaving out a last batch of a single image: batch norm cannot
+    train on one image whose feature map has shrunk to 1x1 (it raises), and one image is
+    noise anyway. Its image comes back in another epoch's order."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in super().__iter__():
+            if len(batch) > 1 or self.batch_size == 1:
+                yield batch
+
+    def __len__(self) -> int:
+        count = len(self.sampler)  # type: ignore[arg-type]
+        return count if self.batch_size == 1 else steps_per_epoch(count, self.batch_size)
+
+
 def loader_batches(
     dataset: Any, *, batch_size: int, generator: torch.Generator, workers: int, pin: bool
 ) -> DataLoader:
-    """A shuffled epoch of `dataset` in batches, its order drawn from `generator`.
+    """A shuffled epoch of `dataset` in batches, its order drawn from `generator` (what
+    `DataLoader(shuffle=True)` draws), without a last batch of one image.
 
     Worker w seeds its augmentation from the generator too: the same generator state and
     `workers` give the same batches, crops included.
     """
+    sampler = RandomSampler(dataset, generator=generator)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=True,
+        batch_sampler=_NoLoneLastBatch(sampler, batch_size, drop_last=False),
         generator=generator,
         num_workers=workers,
         pin_memory=pin,
-        drop_last=False,
     )
 
 

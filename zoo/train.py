@@ -21,13 +21,12 @@ uninterrupted one bit for bit on the same machine and thread count.
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +36,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
-from cnnzoo.fileio import atomic_write_json
-from cnnzoo.zoo.architectures import ARCHITECTURES, get_architecture
+from cnnzoo.zoo.architectures import ARCHITECTURES, Architecture, get_architecture
 from cnnzoo.zoo.augment import AUGMENTATIONS, build_augmentation
-from cnnzoo.zoo.card import build_card, hardware_info
-from cnnzoo.zoo.checkpoints import (
-    STATE_FILE,
-    decode_state,
-    encode_state,
-    epoch_path,
-    load_train_state,
-    save_train_state,
-    save_weights,
-)
+from cnnzoo.zoo.checkpoints import STATE_FILE, epoch_path, save_train_state, save_weights
 from cnnzoo.zoo.datasets import NAMED_DATASETS, named_dataset_card
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
-from cnnzoo.zoo.loop import Batch, TrainStep, loader_batches, train_one_epoch
+from cnnzoo.zoo.folder_defaults import folder_defaults
+from cnnzoo.zoo.loop import Batch, TrainStep, loader_batches, steps_per_epoch, train_one_epoch
+from cnnzoo.zoo.lr_range import lr_range_test
+from cnnzoo.zoo.pretrained import PretrainedWeights, is_pretrained_spec, pretrained_weights
 from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
 from cnnzoo.zoo.registry import ZooEntry, get_entry, list_models
+from cnnzoo.zoo.run_state import ResumedRun, RunSettings, TrainingInterrupted, resume_command
 from cnnzoo.zoo.runs import check_run_name, default_run_name, plan_run
+from cnnzoo.zoo.training_run import TrainingRun, TrainResult, finish_run
 
 __all__ = [
     "ResumedRun",
@@ -79,14 +73,18 @@ _DATA_OPTIONS = ("name", "input_size", "val_split", "strict", "augment")
 class TrainOptions:
     """What `cnnzoo train` was asked to do; None means the recipe's value (or the resumed run's).
 
-    `model` is a preset, or with `dataset` an architecture; `name`, `input_size`, `val_split`,
-    `strict` and `augment` shape such a run; `init` (and `freeze`) fine-tune it.
+    `model` is a preset, with `dataset` an architecture, or with `resume` a run folder; `name`,
+    `input_size`, `val_split`, `strict` and `augment` shape a run on other data; `init` (a
+    weights file, `"torchvision[:TAG]"` or a `PretrainedWeights`), `freeze` and
+    `backbone_lr_scale` fine-tune it. `lr` is a rate or "auto" (a range test picks it: the
+    default for image folders, `cnnzoo.zoo.folder_defaults`).
 
     Raises:
         InvalidInput: a count below 1 (epochs, batch size, stop-after, subsets, threads, input
-            size), a learning rate that is not positive, negative workers, an unknown device or
-            augmentation, `val_split` outside (0, 1), options that need `dataset` without it,
-            `freeze` without `init`.
+            size), a learning rate that is not positive or "auto", negative workers, an
+            unknown device or augmentation, `val_split` outside (0, 1), a backbone scale
+            outside (0, 1], options that need `dataset` without it, `freeze` without `init`,
+            `freeze` with `backbone_lr_scale`.
     """
 
     model: str
@@ -96,12 +94,13 @@ class TrainOptions:
     input_size: int | None = None
     val_split: float | None = None
     strict: bool = False
-    init: Path | None = None
+    init: Path | str | PretrainedWeights | None = None
     freeze: bool = False
+    backbone_lr_scale: float | None = None
     augment: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float | None = None
+    lr: float | str | None = None
     seed: int | None = None
     resume: bool = False
     stop_after: int | None = None
@@ -117,14 +116,20 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        self.init = None if self.init is None else Path(self.init)
+        if self.init is not None and not isinstance(self.init, PretrainedWeights):
+            self.init = self.init if is_pretrained_spec(self.init) else Path(self.init)
         counts = ("epochs", "batch_size", "stop_after", "train_subset", "test_subset", "threads")
         for key in (*counts, "input_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            raise InvalidInput(f"--lr must be > 0, got {self.lr}")
+        if self.lr is not None and self.lr != "auto":
+            if isinstance(self.lr, str) or not self.lr > 0:
+                raise InvalidInput(f"--lr must be > 0 or auto, got {self.lr}")
+            self.lr = float(self.lr)
+        scale = self.backbone_lr_scale
+        if scale is not None and not 0.0 < scale <= 1.0:
+            raise InvalidInput(f"--backbone-lr-scale must be in (0, 1], got {scale}")
         if self.workers is not None and self.workers < 0:
             raise InvalidInput(f"--workers must be >= 0, got {self.workers}")
         if self.device not in DEVICES:
@@ -142,6 +147,10 @@ class TrainOptions:
                 )
         if self.freeze and self.init is None:
             raise InvalidInput("--freeze trains only the new head of an --init model; add --init")
+        if self.freeze and scale is not None:
+            raise InvalidInput(
+                "--backbone-lr-scale sets the rate of the layers --freeze keeps fixed; use one"
+            )
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise InvalidInput(
                 f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTATIONS)}"
@@ -150,177 +159,24 @@ class TrainOptions:
             check_run_name(self.name)
 
 
-@dataclass
-class TrainResult:
-    model: str
-    model_dir: Path
-    epochs_done: int
-    epochs: int
-    card: dict[str, Any] | None = field(default=None, repr=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.epochs_done >= self.epochs
-
-    def summary(self) -> str:
-        if not self.finished:
-            return (
-                f"{self.model}: stopped after epoch {self.epochs_done} of {self.epochs} in "
-                f"{self.model_dir}; continue with `{resume_command(self.model_dir)}`"
-            )
-        assert self.card is not None
-        metrics = self.card["metrics"]
-        return (
-            f"{self.model}: {self.epochs} epochs, test top-1 {100 * metrics['top1']:.2f}% "
-            f"top-5 {100 * metrics['top5']:.2f}% ({metrics['n']} images), "
-            f"{self.card['wall_time_seconds']:.0f}s; wrote {self.model_dir / 'model.safetensors'} "
-            f"and card.json"
-        )
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What fixes a run beside its recipe: the seed and the subsets (kept in its train state)."""
-
-    seed: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
-
-    @classmethod
-    def resolve(cls, options: TrainOptions, saved: RunSettings | None) -> RunSettings:
-        """Explicit options, else the resumed run's, else the defaults.
-
-        Raises:
-            InvalidInput: --resume with a value the run did not use.
-        """
-        base = saved or cls()
-        chosen = {}
-        for key in ("seed", "train_subset", "test_subset"):
-            value, used = getattr(options, key), getattr(base, key)
-            if saved and value is not None and value != used:
-                raise InvalidInput(
-                    f"--resume continues the run with its own settings; it used "
-                    f"--{key.replace('_', '-')} {used}"
-                )
-            chosen[key] = used if value is None else value
-        return cls(**chosen)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ResumedRun:
-    """An unfinished run read back from its `train_state.safetensors`.
-
-    Attributes:
-        model_state: the weights after `epoch`.
-        optimizer_state: the optimizer's state dict after `epoch`.
-        epoch: the last finished epoch.
-        recipe: the recipe the run trains with.
-        settings: its seed and subsets.
-        history: one record per finished epoch.
-        wall_time_seconds: training time so far, over all sessions.
-        command: the command lines so far, joined by "; ".
-        entry_fields: the entry it trains (`ZooEntry.card_fields`).
-        dataset_card: the card's `dataset` section without the counts.
-        init: what a fine-tuned run started from, or None.
-        preset: whether it trains a preset (else an architecture on a dataset).
-    """
-
-    model_state: dict[str, torch.Tensor]
-    optimizer_state: dict[str, Any]
-    epoch: int
-    recipe: Recipe
-    settings: RunSettings
-    history: list[dict[str, Any]]
-    wall_time_seconds: float
-    command: str
-    entry_fields: dict[str, Any]
-    dataset_card: dict[str, Any]
-    init: dict[str, Any] | None
-    preset: bool
-
-    @classmethod
-    def load(cls, model_dir: Path) -> ResumedRun:
-        """The run in `model_dir` (see `cnnzoo.zoo.checkpoints.load_train_state`).
-
-        Raises:
-            NotFound: nothing to resume there.
-            InvalidInput: a damaged state file.
-        """
-        model_state, optimizer_state, info = load_train_state(model_dir)
-        return cls(
-            model_state=model_state,
-            optimizer_state=optimizer_state,
-            epoch=info["epoch"],
-            recipe=Recipe(**info["recipe"]),
-            settings=RunSettings(**info["settings"]),
-            history=info["history"],
-            wall_time_seconds=float(info["wall_time_seconds"]),
-            command=info["command"],
-            entry_fields=info["entry"],
-            dataset_card=info["dataset_card"],
-            init=info.get("init"),
-            preset=info.get("preset", _was_preset(info, Path(model_dir))),
-        )
-
-    def options_for(self, options: TrainOptions, folder: Path) -> TrainOptions:
-        """`options` naming the run in `folder` as the command that started it did."""
-        fields = self.entry_fields
-        if self.preset:
-            return replace(options, model=fields["model"], out=folder.parent)
-        data = fields["dataset"]
-        dataset = data["name"] if data["name"] in NAMED_DATASETS else data["folder"]
-        return replace(
-            options, model=fields["arch"], dataset=dataset, name=folder.name, out=folder.parent
-        )
-
-
-def _was_preset(info: dict[str, Any], folder: Path) -> bool:
-    """Whether a state written before states said so trains a preset (its name, arch, data)."""
-    name = info["entry"]["model"]
-    if name not in list_models() or folder.name != name:
-        return False
-    preset = get_entry(name)
-    return (preset.arch, preset.dataset) == (info["entry"]["arch"], info["dataset_card"]["name"])
-
-
-def resume_command(model_dir: Path) -> str:
-    """The command that continues the run in `model_dir`."""
-    return shlex.join(["cnnzoo", "train", str(model_dir), "--resume"])
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: what is saved and how to continue (`hint`)."""
-
-    def __init__(self, model_dir: Path, epoch: int, epochs_done: int) -> None:
-        if epochs_done:
-            hint = (
-                f"interrupted in epoch {epoch}; epochs 1-{epochs_done} are saved in {model_dir}: "
-                f"continue with `{resume_command(model_dir)}`"
-            )
-        else:
-            hint = f"interrupted in epoch {epoch}, before any epoch was saved: start it again"
-        super().__init__(hint)
-        self.hint = hint
-        self.model_dir = model_dir
-        self.epochs_done = epochs_done
-
-
-def _recipe_for(entry: ZooEntry, options: TrainOptions, resumed: ResumedRun | None) -> Recipe:
-    recipe = resumed.recipe if resumed else entry.recipe
+def _recipe_for(plan: _Plan, options: TrainOptions, resumed: ResumedRun | None) -> Recipe:
+    """The entry's recipe (the resumed run's) with the options given; refuses a resume that
+    would change it."""
+    recipe = resumed.recipe if resumed else plan.entry.recipe
     overrides = {
         k: v
         for k, v in {
             "epochs": options.epochs,
             "batch_size": options.batch_size,
-            "lr": options.lr,
+            "lr": options.lr if options.lr != "auto" else None,
+            "backbone_lr_scale": options.backbone_lr_scale,
         }.items()
         if v is not None
     }
     if resumed:
         changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
+        if options.lr == "auto" and "lr" not in resumed.chosen:
+            changed["lr"] = "auto"
         if changed:
             raise InvalidInput(
                 "--resume continues the run with its own settings; it used "
@@ -331,12 +187,16 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, resumed: ResumedRun | No
 
 @dataclass
 class _Plan:
-    """What one run trains: the entry, its splits and the card's dataset section."""
+    """What one run trains: the entry, its splits, the card's dataset section, where its
+    weights start, and what was chosen for it from the data."""
 
     entry: ZooEntry
     train_set: Any
     test_set: Any
     dataset_card: dict[str, Any]
+    init: Path | PretrainedWeights | None = None
+    lr_auto: bool = False
+    chosen: dict[str, Any] = field(default_factory=dict)
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -347,13 +207,14 @@ def train(options: TrainOptions) -> TrainResult:
             nothing to resume.
         AlreadyExists: the output folder already holds a run (and --resume is not set).
         DatasetNotFound: the dataset is missing.
+        Unavailable: torchvision's weights are not cached and cannot be downloaded.
         InvalidInput: a bad option, bad data, or CUDA asked for where there is none.
     """
     if options.out.exists() and not options.out.is_dir():
         raise InvalidInput(f"--out {options.out} is a file, not a folder")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInput("device cuda requested but no CUDA device is available")
-    if options.init is not None and not options.init.is_file():
+    if isinstance(options.init, Path) and not options.init.is_file():
         raise NotFound(f"--init {options.init} does not exist")
     resumed = None
     if options.resume and _is_run_folder(options.model):  # cnnzoo train runs/NAME --resume
@@ -373,7 +234,7 @@ def train(options: TrainOptions) -> TrainResult:
             f"another --out"
         )
     plan = _plan(options, resumed)
-    recipe = _recipe_for(plan.entry, options, resumed)
+    recipe = _recipe_for(plan, options, resumed)
     settings = RunSettings.resolve(options, resumed.settings if resumed else None)
     augment = build_augmentation(recipe.augment, plan.entry.preprocess.input_size)
     plan.train_set.transform = plan.entry.preprocess.torch_transform(augment)
@@ -384,15 +245,17 @@ def train(options: TrainOptions) -> TrainResult:
         run = _start(plan, options, recipe, settings, model_dir, resumed)
         epoch = run.start_epoch
         try:
-            for epoch in range(run.start_epoch + 1, recipe.epochs + 1):
+            if plan.lr_auto and resumed is None:
+                _pick_lr(run)
+            for epoch in range(run.start_epoch + 1, run.recipe.epochs + 1):
                 run.metrics = _train_epoch(run, epoch)
-                stop = options.stop_after
-                if stop is not None and epoch - run.start_epoch >= stop and epoch < recipe.epochs:
-                    return TrainResult(run.entry.name, model_dir, epoch, recipe.epochs)
+                stop, last = options.stop_after, run.recipe.epochs
+                if stop is not None and epoch - run.start_epoch >= stop and epoch < last:
+                    return TrainResult(run.entry.name, model_dir, epoch, last)
         except KeyboardInterrupt:
             saved = len(run.history) if (model_dir / STATE_FILE).is_file() else 0
             raise TrainingInterrupted(model_dir, epoch, saved) from None
-        return _finish(run)
+        return finish_run(run)
 
 
 def _is_run_folder(model: str) -> bool:
@@ -422,15 +285,18 @@ def _preset(name: str) -> ZooEntry:
     return get_entry(name)
 
 
+def _init_source(options: TrainOptions, arch: Architecture) -> Path | PretrainedWeights | None:
+    """Where `--init` points: a file, or torchvision's weights resolved for `arch`."""
+    if isinstance(options.init, str):
+        return pretrained_weights(arch, options.init)
+    return options.init
+
+
 def _plan(options: TrainOptions, resumed: ResumedRun | None) -> _Plan:
     """The entry and splits of this run: a preset's, the resumed run's, or derived from data."""
     opened = {"data_dir": options.data_dir, "download": options.download, "offer_download": True}
-    if options.dataset is None:
-        entry = _preset(options.model)
-        card = named_dataset_card(entry.dataset, options.data_dir)
-        train_set = entry.open_dataset("train", **opened)
-        return _Plan(entry, train_set, entry.open_dataset("test", **opened), card)
-    if resumed is not None:  # the entry the run derived when it started
+    lr_auto = options.lr == "auto"
+    if resumed is not None and not resumed.preset:  # the entry the run derived when it started
         entry = ZooEntry.from_card(resumed.entry_fields, None, where=f"{STATE_FILE} of the run")
         strict = {"strict": options.strict}
         return _Plan(
@@ -438,49 +304,52 @@ def _plan(options: TrainOptions, resumed: ResumedRun | None) -> _Plan:
             entry.open_dataset("train", **opened, **strict),
             entry.open_dataset("test", **opened, **strict),
             resumed.dataset_card,
+            chosen=resumed.chosen,
         )
+    if options.dataset is None:
+        entry = _preset(options.model)
+        card = named_dataset_card(entry.dataset, options.data_dir)
+        train_set = entry.open_dataset("train", **opened)
+        test_set = entry.open_dataset("test", **opened)
+        init = None if resumed else _init_source(options, entry.spec)
+        chosen = resumed.chosen if resumed else {}
+        return _Plan(entry, train_set, test_set, card, init, lr_auto, chosen)
     arch = get_architecture(options.model) if options.model not in list_models() else None
-    recipe = None
-    if arch is not None and options.augment is not None:
-        recipe = replace(arch.recipe, augment=options.augment)
+    init = _init_source(options, arch) if arch is not None else None
     data = plan_run(
         options.model,
         options.dataset,
         name=options.name,
-        recipe=recipe,
         input_size=options.input_size,
         val_split=options.val_split,
         seed=options.seed or 0,
         strict=options.strict,
         data_dir=options.data_dir,
         download=options.download,
+        pretrained=init.preprocess if isinstance(init, PretrainedWeights) else None,
     )
-    return _Plan(data.entry, data.train_set, data.test_set, data.card)
-
-
-@dataclass
-class _Run:
-    """A training session under way: what `_train_epoch` and `_finish` share."""
-
-    plan: _Plan
-    options: TrainOptions
-    recipe: Recipe
-    settings: RunSettings
-    model_dir: Path
-    model: nn.Module
-    step: TrainStep
-    test_loader: DataLoader
-    workers: int
-    start_epoch: int
-    init: dict[str, Any] | None
-    history: list[dict[str, Any]]
-    wall: float
-    commands: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def entry(self) -> ZooEntry:
-        return self.plan.entry
+    assert arch is not None  # plan_run refused a preset
+    if options.dataset in NAMED_DATASETS:  # the architecture's recipe, as the flags change it
+        recipe = replace(arch.recipe, augment=options.augment or arch.recipe.augment)
+        entry = replace(data.entry, recipe=recipe)
+        return _Plan(entry, data.train_set, data.test_set, data.card, init, lr_auto)
+    n_train = len(data.train_set)
+    defaults = folder_defaults(
+        arch,
+        colour=data.colour,
+        n_train=min(n_train, options.train_subset or n_train),
+        pretrained=init is not None,
+        freeze=options.freeze,
+        augment=options.augment,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        backbone_lr_scale=options.backbone_lr_scale,
+    )
+    entry = replace(data.entry, recipe=defaults.recipe)
+    return _Plan(
+        entry, data.train_set, data.test_set, data.card, init, defaults.lr_auto, defaults.chosen
+    )
 
 
 def _start(
@@ -490,59 +359,97 @@ def _start(
     settings: RunSettings,
     model_dir: Path,
     resumed: ResumedRun | None,
-) -> _Run:
+) -> TrainingRun:
     """Build the model (seeded), load a resumed or initial state, the optimizer and schedule."""
     entry, device = plan.entry, options.device
-    workers = data_workers(options)
     torch.manual_seed(settings.seed)
     model = entry.build()
     init = resumed.init if resumed else None
     if resumed:
         model.load_state_dict(resumed.model_state)
-    elif options.init is not None:
-        init = load_init(model, options.init, entry.spec, freeze=options.freeze)
+    elif plan.init is not None:
+        init = load_init(model, plan.init, entry.spec, freeze=options.freeze,
+                         progress=options.progress)  # fmt: skip
     frozen = bool(init and init["frozen"])
     if frozen:
         freeze_all_but_head(model, entry.spec)
     model.to(device)
     if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    if resumed:
-        optimizer.load_state_dict(resumed.optimizer_state)
-    steps_per_epoch = math.ceil(len(plan.train_set) / recipe.batch_size)
-    start_epoch = resumed.epoch if resumed else 0
-    scheduler = make_scheduler(
-        optimizer, recipe, steps_per_epoch * recipe.epochs, start_epoch * steps_per_epoch
-    )
     spec = entry.spec
     step = TrainStep(
-        model, optimizer, scheduler, recipe.label_smoothing,
+        model, *_optimizer_and_schedule(model, recipe, entry, len(plan.train_set), resumed),
+        recipe.label_smoothing,
         train_mode=(lambda m: head_train_mode(m, spec)) if frozen else nn.Module.train,
     )  # fmt: skip
     command = options.command or _command_for(options)
     commands = f"{resumed.command}; {command}" if resumed and resumed.command else command
+    workers = data_workers(options)
     test_loader = DataLoader(
         plan.test_set, batch_size=256, shuffle=False, num_workers=workers,
         pin_memory=device == "cuda",
     )  # fmt: skip
-    return _Run(
-        plan, options, recipe, settings, model_dir, model, step, test_loader, workers,
-        start_epoch, init,
+    return TrainingRun(
+        plan.entry, plan.train_set, plan.dataset_card, options, recipe, settings, model_dir,
+        model, step, test_loader, workers, resumed.epoch if resumed else 0, init,
         history=resumed.history if resumed else [],
         wall=resumed.wall_time_seconds if resumed else 0.0,
         commands=commands,
+        chosen=dict(plan.chosen),
     )  # fmt: skip
 
 
-def _epoch_batches(run: _Run, generator: torch.Generator) -> Iterable[Batch]:
+def _optimizer_and_schedule(
+    model: nn.Module, recipe: Recipe, entry: ZooEntry, n_train: int, resumed: ResumedRun | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer (the resumed state loaded), and its schedule positioned after
+    the resumed epochs."""
+    optimizer = make_optimizer(model, recipe, entry.spec.head)
+    if resumed:
+        optimizer.load_state_dict(resumed.optimizer_state)
+    steps = steps_per_epoch(n_train, recipe.batch_size)
+    done = (resumed.epoch if resumed else 0) * steps
+    return optimizer, make_scheduler(optimizer, recipe, steps * recipe.epochs, done)
+
+
+def _pick_lr(run: TrainingRun) -> None:
+    """`--lr auto`: a range test on the training data (seeded as an epoch 0) sets the peak
+    learning rate; the optimizer and schedule are made again with it."""
+    epoch_seed = run.settings.seed * 100_003
+    torch.manual_seed(epoch_seed)
+    started = time.perf_counter()
+    test = lr_range_test(
+        run.model,
+        run.recipe,
+        _epoch_batches(run, torch.Generator().manual_seed(epoch_seed)),
+        head=run.entry.spec.head,
+        device=run.options.device,
+        train_mode=run.step.train_mode,
+    )
+    run.wall += time.perf_counter() - started
+    run.recipe = replace(run.recipe, lr=test.lr)
+    run.step.optimizer, run.step.scheduler = _optimizer_and_schedule(
+        run.model, run.recipe, run.entry, len(run.train_set), None
+    )
+    why = (
+        f"learning-rate range test over {test.steps} batches: half a decade below the rate "
+        f"with the lowest loss ({test.min_loss_lr:.3g})"
+        if test.broke_down
+        else f"learning-rate range test over {test.steps} batches: the loss never broke down "
+        f"up to {test.end:g}, so the {run.entry.arch} recipe's rate is kept"
+    )
+    run.chosen["lr"] = {"value": test.lr, "why": why, "range_test": test.record()}
+    tqdm.write(f"{run.entry.name}: --lr auto picked {test.lr:g} ({why})", file=sys.stderr)
+
+
+def _epoch_batches(run: TrainingRun, generator: torch.Generator) -> Iterable[Batch]:
     """The training batches of one epoch, shuffled by `generator`.
 
     The hook for another data path: a source holding the training split on the device (with
     its own augmentation there) returns its batches here instead of a DataLoader's.
     """
     return loader_batches(
-        run.plan.train_set,
+        run.train_set,
         batch_size=run.recipe.batch_size,
         generator=generator,
         workers=run.workers,
@@ -550,7 +457,7 @@ def _epoch_batches(run: _Run, generator: torch.Generator) -> Iterable[Batch]:
     )
 
 
-def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
     """Train epoch `epoch`, evaluate, record and checkpoint it; its test metrics."""
     entry, recipe, device = run.entry, run.recipe, run.options.device
     started = time.perf_counter()
@@ -586,61 +493,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     )
     meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(run.settings.seed)}
     save_weights(run.model, epoch_path(run.model_dir, epoch), meta, entry.weights_dtype)
-    save_train_state(run.model_dir, run.model, run.step.optimizer, _state_info(run, epoch))
+    save_train_state(run.model_dir, run.model, run.step.optimizer, run.state_info(epoch))
     return metrics
-
-
-def _state_info(run: _Run, epoch: int) -> dict[str, Any]:
-    """What `ResumedRun.load` reads back, after `epoch`."""
-    return {
-        "epoch": epoch,
-        "recipe": run.recipe.to_dict(),
-        "settings": run.settings.to_dict(),
-        "history": run.history,
-        "wall_time_seconds": run.wall,
-        "command": run.commands,
-        "entry": run.entry.card_fields(),
-        "dataset_card": run.plan.dataset_card,
-        "init": run.init,
-        "preset": run.options.dataset is None,
-    }
-
-
-def _finish(run: _Run) -> TrainResult:
-    """Write the final weights and the card; the state file goes."""
-    entry, model, settings = run.entry, run.model, run.settings
-    metrics = run.metrics
-    if entry.weights_dtype != "float32":  # the card measures the weights as they are stored
-        model.load_state_dict(decode_state(encode_state(model.state_dict(), entry.weights_dtype)))
-        metrics = {}
-    if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
-        metrics = evaluate(model, run.test_loader, entry.labels, device=run.options.device)
-    weights = run.model_dir / "model.safetensors"
-    epochs = run.recipe.epochs
-    meta = {"zoo_entry": entry.name, "epochs": str(epochs), "seed": str(settings.seed)}
-    save_weights(model, weights, meta, entry.weights_dtype)
-    card = build_card(
-        {**entry.card_fields(), "recipe": run.recipe.to_dict()},
-        model=model,
-        weights=weights,
-        seed=settings.seed,
-        dataset={
-            **run.plan.dataset_card,
-            "n_train": len(run.plan.train_set),
-            "n_test": len(run.plan.test_set),
-            "train_subset": settings.train_subset,
-            "test_subset": settings.test_subset,
-        },
-        metrics=metrics,
-        history=run.history,
-        wall_time_seconds=run.wall,
-        hardware={**hardware_info(run.options.device), "data_workers": run.workers},
-        command=run.commands,
-        init=run.init,
-    )
-    atomic_write_json(run.model_dir / "card.json", card)
-    (run.model_dir / STATE_FILE).unlink(missing_ok=True)
-    return TrainResult(entry.name, run.model_dir, epochs, epochs, card)
 
 
 def _command_for(options: TrainOptions) -> str:
@@ -652,7 +506,11 @@ def _command_for(options: TrainOptions) -> str:
         ("--input-size", options.input_size),
         ("--val-split", options.val_split),
         ("--augment", options.augment),
-        ("--init", options.init),
+        (
+            "--init",
+            options.init.spec if isinstance(options.init, PretrainedWeights) else options.init,
+        ),
+        ("--backbone-lr-scale", options.backbone_lr_scale),
         ("--epochs", options.epochs),
         ("--batch-size", options.batch_size),
         ("--lr", options.lr),

@@ -39,7 +39,9 @@ def test_short_training_raises_accuracy(trained_lenet, data_dir):
 
 def test_run_folder_layout_and_epoch_checkpoints(trained_lenet):
     _, run = trained_lenet
-    assert sorted(p.name for p in run.iterdir()) == ["card.json", "epochs", "model.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "card.json", "confusion.png", "epochs", "model.safetensors",
+    ]  # fmt: skip
     epochs = list_epochs(run)
     assert [e for e, _ in epochs] == [1, 2]
     assert list_epochs(run / "epochs") == epochs
