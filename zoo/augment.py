@@ -12,26 +12,34 @@ from cnnzoo.errors import InvalidInput
 
 __all__ = ["AUGMENTATIONS", "build_augmentation"]
 
-AUGMENTATIONS = ("none", "mnist-affine", "cifar-crop-flip", "imagenet")
+AUGMENTATIONS = ("none", "small-affine", "crop-flip", "mnist-affine", "cifar-crop-flip", "imagenet")
 
 
 def build_augmentation(name: str, input_size: tuple[int, int]) -> Any:
     """The torchvision transform for augmentation `name` (None for "none").
 
-    - mnist-affine: rotation up to 10 degrees, translation up to 10%, scale 0.9-1.1, black fill
-      (the digit moves inside LeNet-5's 32x32 frame).
-    - cifar-crop-flip: He et al. 2016's 4-pixel padded random crop plus horizontal flip.
+    - small-affine: rotation up to 10 degrees, translation up to 10%, scale 0.9-1.1, black fill:
+      glyphs (digits, letters, symbols) move and tilt a little and keep their meaning (no flip).
+    - crop-flip: a random crop of the image padded by an eighth of its side (black), plus a
+      horizontal flip: natural images (He et al. 2016's CIFAR augmentation at any size).
+    - mnist-affine: small-affine, as LeNet-5's MNIST preset names it.
+    - cifar-crop-flip: the 4-pixel padded random crop plus horizontal flip of the CIFAR presets.
     - imagenet: horizontal flip.
     """
     from torchvision import transforms
 
     if name == "none":
         return None
-    if name == "mnist-affine":
+    if name in ("small-affine", "mnist-affine"):
         return transforms.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=0)
     if name == "cifar-crop-flip":
         return transforms.Compose(
             [transforms.RandomCrop(input_size, padding=4), transforms.RandomHorizontalFlip()]
+        )
+    if name == "crop-flip":
+        padding = max(1, round(input_size[0] / 8))
+        return transforms.Compose(
+            [transforms.RandomCrop(input_size, padding=padding), transforms.RandomHorizontalFlip()]
         )
     if name == "imagenet":
         return transforms.RandomHorizontalFlip()

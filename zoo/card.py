@@ -53,8 +53,10 @@ CARD_SCHEMA: dict[str, tuple[str, ...] | None] = {
 }  # fmt: skip
 
 # Keys cards may carry (cards written before they existed lack them): the architecture's name in
-# `cnnzoo.zoo.architectures`, and what a fine-tuned run started from (`cnnzoo train --init`).
-OPTIONAL_KEYS = ("arch", "init")
+# `cnnzoo.zoo.architectures`, what a fine-tuned run started from (`cnnzoo train --init`), what
+# was chosen for a run from its data (`cnnzoo.zoo.folder_defaults`, `--lr auto`), and which
+# epoch a run on other data kept as its best (`best.safetensors`).
+OPTIONAL_KEYS = ("arch", "init", "chosen", "selection")
 
 _HISTORY_KEYS = ("epoch", "train_loss", "train_top1", "test_top1", "lr", "seconds")
 
@@ -140,6 +142,7 @@ def build_card(
     hardware: dict[str, Any],
     command: str,
     init: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card of a finished run whose final weights are the file `weights`.
 
@@ -156,6 +159,7 @@ def build_card(
         hardware: `hardware_info(...)` plus anything the run adds.
         command: the command line(s) that made the run.
         init: what a fine-tuned run started from (file, sha256, tensors kept and new).
+        extra: other `OPTIONAL_KEYS` (chosen, selection).
 
     Raises:
         AssertionError: the card breaks the schema (a bug in the caller, not a user error).
@@ -186,6 +190,7 @@ def build_card(
     }
     if init is not None:
         card["init"] = init
+    card.update(extra or {})
     problems = validate_card(card)
     assert not problems, problems
     return card

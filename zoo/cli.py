@@ -184,93 +184,143 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         help="train a preset, or an architecture on any dataset",
         description="Train a preset with its recipe (`cnnzoo train lenet5-mnist`), or an "
         "architecture on a dataset (`cnnzoo train resnet18 --dataset DIR`: classes, colour "
-        "mode, input size and normalisation come from the data). Writes "
-        "OUT/NAME/epochs/epoch_NNN.safetensors each epoch, then OUT/NAME/model.safetensors "
-        "and card.json; OUT/NAME is then a model for eval, export and explain.",
+        "mode, input size and normalisation come from the data; for an image folder also the "
+        "augmentation, the learning rate (a range test), epochs and batch size, each written "
+        "in the card with the reason). Writes OUT/NAME/epochs/epoch_NNN.safetensors each "
+        "epoch, then OUT/NAME/model.safetensors, card.json and confusion.png (and "
+        "best.safetensors for a run on other data); OUT/NAME is then a model for eval, export "
+        "and explain.",
     )
     parser.add_argument(
         "model",
-        help="a preset (`cnnzoo list`), or with --dataset an architecture "
-        "(`cnnzoo list --architectures`)",
+        help="a preset (`cnnzoo list`), with --dataset an architecture "
+        "(`cnnzoo list --architectures`), or with --resume a run folder (runs/NAME)",
     )
-    parser.add_argument(
+    _add_data_arguments(parser.add_argument_group("data (a run of an architecture)"))
+    _add_finetune_arguments(parser.add_argument_group("fine-tuning"))
+    _add_recipe_arguments(parser.add_argument_group("recipe (default: the preset's or chosen)"))
+    _add_run_arguments(parser.add_argument_group("the run"))
+    parser.set_defaults(func=_cmd_train)
+
+
+def _add_data_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--dataset",
         metavar="SPEC",
         help="mnist, fashion-mnist, cifar10, cifar100, or an image folder (train/ and test/ "
         "or val/ of class folders, or class folders with --val-split)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--name", help="run name: OUT/NAME and the model's name (default ARCH-<dataset>)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--input-size", type=int, metavar="PX", help="resize images to PX (default: theirs)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--val-split",
         type=float,
         metavar="F",
         help="hold out a seeded, stratified fraction F of an image folder as its test split",
     )
-    parser.add_argument(
+    group.add_argument(
         "--strict",
         action="store_true",
         help="refuse unreadable images in an image folder instead of skipping them",
     )
-    parser.add_argument(
+    group.add_argument(
         "--augment",
         choices=AUGMENTATIONS,
-        help="training augmentation (default: the architecture's recipe)",
+        help="training augmentation (default: an image folder's by its images, small-affine "
+        "for grey-scale and crop-flip for colour; else the recipe's)",
     )
-    parser.add_argument(
+
+
+def _add_finetune_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--init",
-        type=Path,
-        metavar="FILE",
-        help="fine-tune from a torchvision state dict (.pth) or a cnnzoo checkpoint; the "
-        "classifier head is replaced to fit the classes",
+        metavar="SOURCE",
+        help="start from other weights: `torchvision` (the architecture's default ImageNet "
+        "weights, downloaded once into torch's cache), `torchvision:TAG` (e.g. IMAGENET1K_V2), "
+        "a torchvision state dict (.pth) or a cnnzoo checkpoint; the classifier head is "
+        "replaced to fit the classes",
     )
-    parser.add_argument(
-        "--freeze", action="store_true", help="with --init: train only the new head"
+    group.add_argument("--freeze", action="store_true", help="with --init: train only the head")
+    group.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        metavar="F",
+        help="learning rate of the layers below the head, as a fraction of the head's "
+        "(default 0.1 when fine-tuning an image folder from --init, else 1)",
     )
-    parser.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the recipe's)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument(
+
+
+def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--epochs", type=int, help="number of epochs")
+    group.add_argument("--batch-size", type=int, help="batch size")
+    group.add_argument(
+        "--lr",
+        type=_learning_rate,
+        metavar="LR|auto",
+        help="peak learning rate, or auto: a range test on the data picks it (the default "
+        "for image folders)",
+    )
+    group.add_argument("--seed", type=int, help="random seed (default 0)")
+
+
+def _add_run_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--out", type=Path, default=Path("runs"), help="output folder (default runs/)"
     )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run in --out"
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: `cnnzoo train runs/NAME --resume` (or the command "
+        "that started it, plus --resume)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--stop-after", type=int, metavar="N", help="stop after N epochs of this run (resume later)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)"
     )
-    parser.add_argument("--download", action="store_true", help="download the dataset if missing")
-    parser.add_argument("--train-subset", type=int, metavar="N", help="train on the first N images")
-    parser.add_argument(
-        "--test-subset", type=int, metavar="N", help="evaluate on the first N images"
-    )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
+    group.add_argument("--download", action="store_true", help="download the dataset if missing")
+    group.add_argument(
+        "--train-subset", type=int, metavar="N",
+        help="train on N images drawn from every class in proportion (seeded by --seed)",
+    )  # fmt: skip
+    group.add_argument(
+        "--test-subset", type=int, metavar="N",
+        help="evaluate on N images drawn from every class in proportion (seed 0)",
+    )  # fmt: skip
+    group.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    group.add_argument(
         "--workers",
         type=int,
         metavar="N",
         help="data-loading processes (default 0 on cpu, up to 8 on cuda); part of the recipe's "
         "randomness: the same seed and N give the same run",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    parser.add_argument(
+    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    group.add_argument(
         "--no-progress",
         action="store_true",
         help="hide the progress bars (they are drawn on a terminal only)",
     )
-    parser.set_defaults(func=_cmd_train)
+
+
+def _learning_rate(text: str) -> float | str:
+    """`--lr`: a number or `auto`."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, not {text!r}") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cnnzoo.zoo.train import TrainOptions, train  # imports torch: only when training
+    # imports torch: only when training
+    from cnnzoo.zoo.train import TrainingInterrupted, TrainOptions, train
 
     options = TrainOptions(
         model=args.model,
@@ -282,6 +332,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         strict=args.strict,
         init=args.init,
         freeze=args.freeze,
+        backbone_lr_scale=args.backbone_lr_scale,
         augment=args.augment,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -299,7 +350,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=_command_line(),
     )
-    result = train(options)
+    try:
+        result = train(options)
+    except TrainingInterrupted as stop:  # what is saved and how to continue, then exit 130
+        print(f"cnnzoo train: {stop.hint}", file=sys.stderr)
+        raise
     print(result.summary())
     return 0
 
@@ -316,7 +371,10 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="zoo entry (`cnnzoo list`) or a run folder (runs/NAME)")
     parser.add_argument(
-        "--weights", default="default", help="weights file (default: the model's own)"
+        "--weights",
+        default="default",
+        help="weights file (default: the model's own), or torchvision's by name for the "
+        "torchvision architectures: torchvision (their default) or torchvision:TAG",
     )
     parser.add_argument(
         "--data-dir", type=Path, help="dataset folder (default $CNNZOO_DATA or ./data)"
@@ -324,8 +382,23 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset", help="evaluate on an ImageFolder path instead of the entry's test set"
     )
+    parser.add_argument(
+        "--misclassified",
+        type=Path,
+        metavar="DIR",
+        help="draw the worst mistakes (the surest wrong answers) into the new folder DIR as "
+        "images captioned with their true and predicted labels, plus mistakes.json",
+    )
+    parser.add_argument(
+        "--misclassified-count", type=int, default=50, metavar="N",
+        help="how many mistakes --misclassified draws (default 50)",
+    )  # fmt: skip
     parser.add_argument("--download", action="store_true", help="download the dataset if missing")
-    parser.add_argument("--subset", type=int, metavar="N", help="evaluate on the first N images")
+    parser.add_argument(
+        "--subset", type=int, metavar="N",
+        help="evaluate on N images drawn from every class in proportion (seed 0, as "
+        "`train --test-subset` draws them)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -351,6 +424,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             threads=args.threads,
             progress=not (args.no_progress or args.json),
+            misclassified=args.misclassified,
+            misclassified_count=args.misclassified_count,
         )
     )
     if args.json:
@@ -360,9 +435,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"{report['model']} on {report['dataset']} ({report['n']} images): "
             f"top-1 {100 * report['top1']:.2f}%  top-5 {100 * report['top5']:.2f}%"
         )
-        for label, accuracy in report["per_class"].items():
-            print(f"  {label:>20}  {100 * accuracy:6.2f}%")
+        print(f"  {'class':>20}  {'recall':>7}  {'precision':>9}")
+        for label, recall in report["recall"].items():
+            precision = report["precision"][label]
+            print(f"  {label:>20}  {_percent(recall):>7}  {_percent(precision):>9}")
+        wrote = report.get("misclassified")
+        if wrote:
+            print(
+                f"{wrote['misclassified']} images misclassified; the {wrote['written']} surest "
+                f"are drawn in {wrote['folder']} (mistakes.json lists them)"
+            )
     return 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -380,7 +467,11 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--include-untrained", action="store_true", help="with --all, also the untrained entries"
     )
-    parser.add_argument("--weights", help="weights file (default: the shipped weights)")
+    parser.add_argument(
+        "--weights",
+        help="weights file (default: the shipped weights), or for the *-imagenet entries "
+        "torchvision's by name: torchvision or torchvision:TAG",
+    )
     parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
     parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
     parser.add_argument("--fp16", action="store_true", help="half-precision graph (FP32 in/out)")
@@ -414,6 +505,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.all and (args.weights or args.version is not None):
         raise InvalidInput("--weights and --version apply to one model, not --all")
     names = models_to_export(args.all, args.model, args.include_untrained)
+    source = args.weights
+    if source is not None and names:
+        source = _export_weights(names[0], source)
     for number, name in enumerate(names, 1):
         if len(names) > 1:  # each export takes seconds: say which one runs (stderr: --json)
             print(f"[{number}/{len(names)}] exporting {name} ...", file=sys.stderr, flush=True)
@@ -421,7 +515,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             ExportOptions(
                 model=name,
                 repository=args.repository,
-                weights=args.weights,
+                weights=source,
                 version=args.version,
                 fp16=args.fp16,
                 input_dtype=args.input_dtype,
@@ -455,6 +549,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
         sys.stdout.flush()
     return 0
+
+
+def _export_weights(name: str, weights: str) -> str:
+    """`--weights torchvision[:TAG]` as the checked file in torch's cache (other values as
+    they are); refused where the weights' classes or preprocessing are not the entry's."""
+    from cnnzoo.zoo.pretrained import is_pretrained_spec, pretrained_weights
+
+    if not is_pretrained_spec(weights):
+        return weights
+    entry = get_entry(name)
+    found = pretrained_weights(entry.spec, weights)
+    if found.categories != entry.labels or found.preprocess != entry.preprocess:
+        differs = "classes" if found.categories != entry.labels else "preprocessing"
+        raise InvalidInput(
+            f"--weights {weights}: the {differs} of {found.name} are not {entry.name}'s "
+            f"({found.preprocess} against {entry.preprocess}); export torchvision's weights "
+            f"whose preprocessing the entry has (`cnnzoo eval {entry.name} --weights {weights}` "
+            "measures these with their own), or a run fine-tuned from them"
+        )
+    return str(found.fetch())
 
 
 # -- examples -------------------------------------------------------------------------------

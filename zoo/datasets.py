@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cnnzoo.errors import DatasetNotFound, InvalidInput
+from cnnzoo.zoo.downloads import DOWNLOADABLE, download_dataset
 from cnnzoo.zoo.image_folders import open_split
 
 __all__ = [
@@ -54,9 +55,6 @@ FOLDERS = {
 }
 
 CIFAR10_FOLDER = "cifar-10-batches-bin"
-# The official binary archive (https://www.cs.toronto.edu/~kriz/cifar.html), for --download.
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-CIFAR10_ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 _CIFAR10_FILES = {
     "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
     "test": ("test_batch.bin",),
@@ -114,7 +112,8 @@ def get_dataset(
         split: "train" or "test".
         data_dir: the data folder; see `resolve_data_dir`.
         transform: applied to each PIL image; default `ToTensor()`.
-        download: fetch MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 when missing.
+        download: fetch MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 when missing
+            (`cnnzoo.zoo.downloads`: one clear error and nothing left behind offline).
         offer_download: the caller has a `--download` flag: a missing-data error suggests it
             (never for image folders, which cannot be downloaded).
         val_split: an image folder of class folders only: the fraction held out as "test".
@@ -133,11 +132,14 @@ def get_dataset(
     if key in NAMED_DATASETS:
         _check_split(split)
     train = split == "train"
-    remedy = _download_remedy(offer_download)
+    if download and key in DOWNLOADABLE and not any((root / f).is_dir() for f in FOLDERS[key][1:]):
+        download_dataset(key, root)  # (CIFAR-10's python layout, when there, is read instead)
+    # after a download (or with no --download flag) the remedy is pointing at the data
+    remedy = _download_remedy(offer_download and not download)
     if key in ("mnist", "fashion-mnist"):
         reader = datasets.MNIST if key == "mnist" else datasets.FashionMNIST
         try:
-            return reader(str(root), train=train, transform=transform, download=download)
+            return reader(str(root), train=train, transform=transform, download=False)
         except RuntimeError:
             folder = root / FOLDERS[key][0] / "raw"
             raise _missing(
@@ -147,11 +149,9 @@ def get_dataset(
         if not (root / CIFAR10_FOLDER).is_dir() and (root / FOLDERS[key][1]).is_dir():
             return _torchvision_cifar(datasets.CIFAR10, root, train, transform, remedy)
         return CIFAR10Binary(
-            root, split, transform=transform, download=download, offer_download=offer_download
+            root, split, transform=transform, offer_download=offer_download and not download
         )
     if key == "cifar100":
-        if download:
-            datasets.CIFAR100(str(root), train=train, download=True)
         return _torchvision_cifar(datasets.CIFAR100, root, train, transform, remedy)
     if key == "imagenet":
         folder = root / "imagenet" / ("train" if train else "val")
@@ -266,10 +266,8 @@ class CIFAR10Binary:
         self.folder = self.root / CIFAR10_FOLDER
         self.split = split
         self.transform = transform
-        if download and not self.folder.is_dir():
-            from torchvision.datasets.utils import download_and_extract_archive
-
-            download_and_extract_archive(CIFAR10_URL, str(self.root), md5=CIFAR10_ARCHIVE_MD5)
+        if download:
+            download_dataset("cifar10", self.root)
         self.classes = self._read_classes()
         images, labels = [], []
         for file_name in _CIFAR10_FILES[split]:

@@ -143,8 +143,14 @@ def models_to_export(all_models: bool, model: str | None, include_untrained: boo
 
 
 def _parameters(entry: ZooEntry) -> dict[str, str]:
-    """config.pbtxt's parameters: the preprocessing, and which zoo model and dataset."""
-    return {**entry.preprocess.to_parameters(), "zoo_entry": entry.name, "dataset": entry.dataset}
+    """config.pbtxt's parameters: the preprocessing, and which zoo model and dataset.
+
+    An image folder is named by its folder's name, never its path: clients read the config
+    (ModelConfig), and where the training data lay on the machine that trained the model is not
+    theirs to know.
+    """
+    dataset = entry.card_fields()["dataset"]["name"]
+    return {**entry.preprocess.to_parameters(), "zoo_entry": entry.name, "dataset": dataset}
 
 
 def onnx_metadata(

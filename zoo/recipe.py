@@ -27,12 +27,15 @@ OPTIMIZERS = ("sgd", "adamw")
 class Recipe:
     """Training defaults of an entry; every field can be overridden on the `cnnzoo train` line.
 
-    `schedule` is "onecycle", "cosine" or "step" (x0.1 at 50% and 75% of the epochs);
-    `augment` names a training augmentation in `cnnzoo.zoo.augment`.
+    `schedule` is "onecycle", "cosine" or "step" (x0.1 at 50% and 75% of the epochs), each a
+    curve over the run's steps, so it scales with the epochs; `augment` names a training
+    augmentation in `cnnzoo.zoo.augment`; `backbone_lr_scale` multiplies the learning rate of
+    every layer but the classifier head (fine-tuning pretrained layers more gently than the new
+    head).
 
     Raises:
-        InvalidInput: a count below 1, a learning rate that is not positive, or an unknown
-            optimizer, schedule or augmentation.
+        InvalidInput: a count below 1, a learning rate that is not positive, a backbone scale
+            outside (0, 1], or an unknown optimizer, schedule or augmentation.
     """
 
     epochs: int
@@ -45,6 +48,7 @@ class Recipe:
     schedule: str = "onecycle"
     augment: str = "none"
     label_smoothing: float = 0.0
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -63,11 +67,20 @@ class Recipe:
                 raise InvalidInput(
                     f"unknown {key} {getattr(self, key)!r} in a recipe; known: {', '.join(known)}"
                 )
+        if not 0.0 < self.backbone_lr_scale <= 1.0:
+            raise InvalidInput(
+                f"--backbone-lr-scale must be in (0, 1], got {self.backbone_lr_scale}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InvalidInput(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as plain data; `backbone_lr_scale` only when it is not 1 (the recipes of
+        cards written before it existed read back equal)."""
+        fields = asdict(self)
+        if self.backbone_lr_scale == 1.0:
+            del fields["backbone_lr_scale"]
+        return fields
 
 
 def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
@@ -87,11 +100,30 @@ def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
     return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the parameters of `model` that require gradients."""
+def make_optimizer(
+    model: nn.Module, recipe: Recipe, head: str | None = None
+) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the parameters of `model` that require gradients.
+
+    With a `backbone_lr_scale` below 1 and the module path of the classifier `head`, the
+    parameters outside the head form a first group at the scaled rate, the head a second one;
+    the schedule multiplies both.
+    """
     import torch
 
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters: Any = [p for p in model.parameters() if p.requires_grad]
+    if head is not None and recipe.backbone_lr_scale != 1.0:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        in_head = [n == head or n.startswith(head + ".") for n, _ in named]
+        backbone = [p for (_, p), h in zip(named, in_head, strict=True) if not h]
+        parameters = [
+            *(
+                [{"params": backbone, "lr": recipe.lr * recipe.backbone_lr_scale}]
+                if backbone
+                else []
+            ),
+            {"params": [p for (_, p), h in zip(named, in_head, strict=True) if h]},
+        ]
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(

@@ -24,6 +24,7 @@ from cnnzoo.zoo.card import validate_card
 from cnnzoo.zoo.checkpoints import STATE_FILE, WEIGHT_DTYPES, load_weights_file
 from cnnzoo.zoo.datasets import NAMED_DATASETS, get_dataset
 from cnnzoo.zoo.preprocess import Preprocess
+from cnnzoo.zoo.pretrained import is_pretrained_spec, pretrained_weights
 from cnnzoo.zoo.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -329,13 +330,15 @@ def build_model(
     Args:
         name: a registered entry (see `list_models()`), a run folder, or an entry.
         weights: None for random initialisation, "default" for the entry's own weights (the
-            shipped ones, or a run folder's model.safetensors), or a path to a `.safetensors`
+            shipped ones, or a run folder's model.safetensors), a path to a `.safetensors`
             state dict (a torchvision `.pth` state dict is accepted for the torchvision
-            architectures).
+            architectures), or torchvision's weights by name ("torchvision[:TAG]", fetched
+            and checked by `cnnzoo.zoo.pretrained`; their preprocessing is theirs).
 
     Raises:
         NotFound: unknown model, no shipped weights, or a missing weights file.
         InvalidInput: a corrupt weights file or one made for another architecture.
+        Unavailable, IntegrityError: torchvision's weights cannot be fetched or are damaged.
     """
     entry = name if isinstance(name, ZooEntry) else get_entry(name)
     model = entry.build()
@@ -347,6 +350,8 @@ def build_model(
                     f"`cnnzoo train {entry.name}` or pass a weights file"
                 )
             weights = entry.weights_file
+        elif is_pretrained_spec(weights):
+            weights = pretrained_weights(entry.spec, str(weights)).fetch()
         load_weights_file(
             model, Path(weights), entry.name, accept_pth=entry.torchvision_state_dicts
         )

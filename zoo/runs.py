@@ -59,12 +59,15 @@ class DataPlan:
         train_set: the training split (its transform is set by the trainer).
         test_set: the test split.
         card: the card's `dataset` section without the counts the trainer adds.
+        colour: the images' own colour mode ("L" or "RGB", before any conversion the
+            architecture needs): what they are, for the choice of augmentation.
     """
 
     entry: ZooEntry
     train_set: Any
     test_set: Any
     card: dict[str, Any]
+    colour: str = "RGB"
 
 
 def default_run_name(arch: str, dataset: str) -> str:
@@ -90,13 +93,16 @@ def fit_preprocess(
     input_size: int | None,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    reference: Preprocess | None = None,
 ) -> Preprocess:
     """The preprocessing that brings images of `side` px to what `arch` takes.
 
     A fixed-input network takes its size: smaller images padded when the border is even and no
     `input_size` was asked for (28x28 digits into LeNet-5's 32x32), others resized. Other
-    networks take `input_size`, else the images' side, refused below the network's minimum.
-    `mean`/`std` are for `colour` (a grey statistic is repeated for RGB).
+    networks take `input_size`, else the images' side, refused below the network's minimum;
+    with the `reference` preprocessing of pretrained weights and no `input_size`, images at
+    least its crop size take its resize and crop (224 from 256 for torchvision's ImageNet
+    weights). `mean`/`std` are for `colour` (a grey statistic is repeated for RGB).
 
     Raises:
         InvalidInput: an input size the architecture cannot take (names what it needs).
@@ -116,6 +122,8 @@ def fit_preprocess(
         if input_size is None and border > 0 and border % 2 == 0:
             return Preprocess(colour, resize=side, crop=side, pad=border // 2, mean=mean, std=std)
         return Preprocess(colour, resize=fixed, crop=fixed, pad=0, mean=mean, std=std)
+    if reference is not None and input_size is None and reference.crop and side >= reference.crop:
+        return Preprocess(colour, reference.resize, reference.crop, 0, mean=mean, std=std)
     size = input_size or side
     if size < arch.min_input:
         given = f"--input-size {size}" if input_size else f"the images' {size} px"
@@ -135,6 +143,7 @@ class _Data:
     train_set: Any
     test_set: Any
     card: dict[str, Any]
+    colour: str
 
 
 def plan_run(
@@ -149,6 +158,7 @@ def plan_run(
     strict: bool = False,
     data_dir: Any = None,
     download: bool = False,
+    pretrained: Preprocess | None = None,
 ) -> DataPlan:
     """Read `dataset` and derive the entry `arch_name` trains on it (see the module docstring).
 
@@ -163,6 +173,9 @@ def plan_run(
         strict: refuse unreadable images instead of skipping them.
         data_dir: the data folder of the named datasets.
         download: fetch a missing named dataset.
+        pretrained: the preprocessing of the pretrained weights the run starts from: their
+            normalisation replaces the data's (the layers expect it), and their resize and
+            crop apply to images as large as the crop (see `fit_preprocess`).
 
     Raises:
         NotFound: an unknown architecture.
@@ -180,9 +193,9 @@ def plan_run(
     check_dataset_name(dataset)
     run_name = check_run_name(name) if name else default_run_name(arch.name, dataset)
     if dataset in NAMED_DATASETS:
-        data = _read_named(arch, dataset, input_size, val_split, data_dir, download)
+        data = _read_named(arch, dataset, input_size, val_split, data_dir, download, pretrained)
     else:
-        data = _read_folder(arch, Path(dataset), input_size, val_split, seed, strict)
+        data = _read_folder(arch, Path(dataset), input_size, val_split, seed, strict, pretrained)
     entry = ZooEntry(
         name=run_name,
         arch=arch.name,
@@ -194,7 +207,7 @@ def plan_run(
         val_split=val_split,
         split_seed=data.card["split_seed"],
     )
-    return DataPlan(entry, data.train_set, data.test_set, data.card)
+    return DataPlan(entry, data.train_set, data.test_set, data.card, data.colour)
 
 
 def _read_named(
@@ -204,6 +217,7 @@ def _read_named(
     val_split: float | None,
     data_dir: Any,
     download: bool,
+    pretrained: Preprocess | None,
 ) -> _Data:
     if name not in _NAMED:
         raise InvalidInput(
@@ -218,11 +232,12 @@ def _read_named(
     train_set = get_dataset(name, "train", **opened)
     test_set = get_dataset(name, "test", **opened)
     colour, side = _NAMED[name]
-    mean, std = channel_stats(train_set)
+    mean, std = _statistics(pretrained, lambda: channel_stats(train_set))
     labels = [str(d) for d in range(10)] if name == "mnist" else list(train_set.classes)
     card = {**named_dataset_card(name, data_dir), "val_split": None, "split_seed": 0}
-    preprocess = fit_preprocess(arch, colour, side, input_size, mean, std)
-    return _Data(tuple(labels), preprocess, train_set, test_set, card)
+    card["normalisation"] = _normalisation_source(pretrained)
+    preprocess = fit_preprocess(arch, colour, side, input_size, mean, std, pretrained)
+    return _Data(tuple(labels), preprocess, train_set, test_set, card, colour)
 
 
 def _read_folder(
@@ -232,6 +247,7 @@ def _read_folder(
     val_split: float | None,
     seed: int,
     strict: bool,
+    pretrained: Preprocess | None,
 ) -> _Data:
     if val_split is not None and not 0.0 < val_split < 1.0:
         raise InvalidInput(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
@@ -254,16 +270,17 @@ def _read_folder(
     train_samples, test_samples = train_scan.samples, test_scan.samples if test_scan else []
     if val_split is not None:
         train_samples, test_samples = stratified_split(train_samples, val_split, seed)
-    colour = "L" if train_scan.modes["L"] > train_scan.modes["RGB"] else "RGB"
-    if 1 not in arch.channels:
-        colour = "RGB"
+    files_colour = "L" if train_scan.modes["L"] > train_scan.modes["RGB"] else "RGB"
+    colour = files_colour if 1 in arch.channels else "RGB"
     sides: Counter[int] = Counter()
     for size, count in train_scan.sizes.items():
         sides[min(size)] += count
     side = sides.most_common(1)[0][0]
     common_size = train_scan.sizes.most_common(1)[0][0]
-    unit = fit_preprocess(arch, colour, side, input_size, (0.0,), (1.0,))
-    mean, std = _folder_stats(train_samples, layout.classes, unit, root)
+    unit = fit_preprocess(arch, colour, side, input_size, (0.0,), (1.0,), pretrained)
+    mean, std = _statistics(
+        pretrained, lambda: _folder_stats(train_samples, layout.classes, unit, root)
+    )
     skipped = [(path, reason) for s in scans for path, reason in s.skipped]
     if skipped:
         log.warning(
@@ -280,6 +297,7 @@ def _read_folder(
         "source_sha256": None,
         "val_split": val_split,
         "split_seed": seed if val_split is not None else 0,
+        "normalisation": _normalisation_source(pretrained),
         "images": {
             "skipped": len(skipped),
             "skipped_files": [
@@ -295,11 +313,25 @@ def _read_folder(
     }
     return _Data(
         layout.classes,
-        fit_preprocess(arch, colour, side, input_size, mean, std),
+        fit_preprocess(arch, colour, side, input_size, mean, std, pretrained),
         FolderDataset(train_samples, layout.classes, None, train_scan, root),
         FolderDataset(test_samples, layout.classes, None, test_scan or train_scan, root),
         card,
+        files_colour,
     )
+
+
+def _statistics(
+    pretrained: Preprocess | None, measure: Any
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pretrained weights' mean and std, else `measure()` of the training split."""
+    if pretrained is not None:
+        return pretrained.mean, pretrained.std
+    return measure()
+
+
+def _normalisation_source(pretrained: Preprocess | None) -> str:
+    return "the pretrained weights'" if pretrained is not None else "measured on the training split"
 
 
 def _folder_stats(

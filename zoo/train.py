@@ -21,42 +21,48 @@ uninterrupted one bit for bit on the same machine and thread count.
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
-from cnnzoo.fileio import atomic_write_json
-from cnnzoo.zoo.architectures import ARCHITECTURES, get_architecture
+from cnnzoo.zoo.architectures import ARCHITECTURES, Architecture, get_architecture
 from cnnzoo.zoo.augment import AUGMENTATIONS, build_augmentation
-from cnnzoo.zoo.card import build_card, hardware_info
-from cnnzoo.zoo.checkpoints import (
-    STATE_FILE,
-    decode_state,
-    encode_state,
-    epoch_path,
-    load_train_state,
-    save_train_state,
-    save_weights,
-)
+from cnnzoo.zoo.checkpoints import STATE_FILE, epoch_path, save_train_state, save_weights
 from cnnzoo.zoo.datasets import NAMED_DATASETS, named_dataset_card
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
+from cnnzoo.zoo.folder_defaults import folder_defaults
+from cnnzoo.zoo.loop import Batch, TrainStep, loader_batches, steps_per_epoch, train_one_epoch
+from cnnzoo.zoo.lr_range import lr_range_test
+from cnnzoo.zoo.pretrained import PretrainedWeights, is_pretrained_spec, pretrained_weights
 from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
 from cnnzoo.zoo.registry import ZooEntry, get_entry, list_models
+from cnnzoo.zoo.run_state import ResumedRun, RunSettings, TrainingInterrupted, resume_command
 from cnnzoo.zoo.runs import check_run_name, default_run_name, plan_run
+from cnnzoo.zoo.training_run import TrainingRun, TrainResult, finish_run
 
-__all__ = ["TrainOptions", "TrainResult", "train", "STATE_FILE", "data_workers"]
+__all__ = [
+    "ResumedRun",
+    "RunSettings",
+    "STATE_FILE",
+    "TrainOptions",
+    "TrainResult",
+    "TrainingInterrupted",
+    "data_workers",
+    "resume_command",
+    "train",
+]
 
 DEVICES = ("cpu", "cuda")
 # Options that only apply to a run of an architecture on other data (`dataset`).
@@ -67,14 +73,18 @@ _DATA_OPTIONS = ("name", "input_size", "val_split", "strict", "augment")
 class TrainOptions:
     """What `cnnzoo train` was asked to do; None means the recipe's value (or the resumed run's).
 
-    `model` is a preset, or with `dataset` an architecture; `name`, `input_size`, `val_split`,
-    `strict` and `augment` shape such a run; `init` (and `freeze`) fine-tune it.
+    `model` is a preset, with `dataset` an architecture, or with `resume` a run folder; `name`,
+    `input_size`, `val_split`, `strict` and `augment` shape a run on other data; `init` (a
+    weights file, `"torchvision[:TAG]"` or a `PretrainedWeights`), `freeze` and
+    `backbone_lr_scale` fine-tune it. `lr` is a rate or "auto" (a range test picks it: the
+    default for image folders, `cnnzoo.zoo.folder_defaults`).
 
     Raises:
         InvalidInput: a count below 1 (epochs, batch size, stop-after, subsets, threads, input
-            size), a learning rate that is not positive, negative workers, an unknown device or
-            augmentation, `val_split` outside (0, 1), options that need `dataset` without it,
-            `freeze` without `init`.
+            size), a learning rate that is not positive or "auto", negative workers, an
+            unknown device or augmentation, `val_split` outside (0, 1), a backbone scale
+            outside (0, 1], options that need `dataset` without it, `freeze` without `init`,
+            `freeze` with `backbone_lr_scale`.
     """
 
     model: str
@@ -84,12 +94,13 @@ class TrainOptions:
     input_size: int | None = None
     val_split: float | None = None
     strict: bool = False
-    init: Path | None = None
+    init: Path | str | PretrainedWeights | None = None
     freeze: bool = False
+    backbone_lr_scale: float | None = None
     augment: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float | None = None
+    lr: float | str | None = None
     seed: int | None = None
     resume: bool = False
     stop_after: int | None = None
@@ -105,14 +116,20 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        self.init = None if self.init is None else Path(self.init)
+        if self.init is not None and not isinstance(self.init, PretrainedWeights):
+            self.init = self.init if is_pretrained_spec(self.init) else Path(self.init)
         counts = ("epochs", "batch_size", "stop_after", "train_subset", "test_subset", "threads")
         for key in (*counts, "input_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise InvalidInput(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            raise InvalidInput(f"--lr must be > 0, got {self.lr}")
+        if self.lr is not None and self.lr != "auto":
+            if isinstance(self.lr, str) or not self.lr > 0:
+                raise InvalidInput(f"--lr must be > 0 or auto, got {self.lr}")
+            self.lr = float(self.lr)
+        scale = self.backbone_lr_scale
+        if scale is not None and not 0.0 < scale <= 1.0:
+            raise InvalidInput(f"--backbone-lr-scale must be in (0, 1], got {scale}")
         if self.workers is not None and self.workers < 0:
             raise InvalidInput(f"--workers must be >= 0, got {self.workers}")
         if self.device not in DEVICES:
@@ -130,6 +147,10 @@ class TrainOptions:
                 )
         if self.freeze and self.init is None:
             raise InvalidInput("--freeze trains only the new head of an --init model; add --init")
+        if self.freeze and scale is not None:
+            raise InvalidInput(
+                "--backbone-lr-scale sets the rate of the layers --freeze keeps fixed; use one"
+            )
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise InvalidInput(
                 f"unknown augmentation {self.augment!r}; known: {', '.join(AUGMENTATIONS)}"
@@ -138,47 +159,24 @@ class TrainOptions:
             check_run_name(self.name)
 
 
-@dataclass
-class TrainResult:
-    model: str
-    model_dir: Path
-    epochs_done: int
-    epochs: int
-    card: dict[str, Any] | None = field(default=None, repr=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.epochs_done >= self.epochs
-
-    def summary(self) -> str:
-        if not self.finished:
-            return (
-                f"{self.model}: stopped after epoch {self.epochs_done} of {self.epochs} in "
-                f"{self.model_dir}; continue with --resume"
-            )
-        assert self.card is not None
-        metrics = self.card["metrics"]
-        return (
-            f"{self.model}: {self.epochs} epochs, test top-1 {100 * metrics['top1']:.2f}% "
-            f"top-5 {100 * metrics['top5']:.2f}% ({metrics['n']} images), "
-            f"{self.card['wall_time_seconds']:.0f}s; wrote {self.model_dir / 'model.safetensors'} "
-            f"and card.json"
-        )
-
-
-def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | None) -> Recipe:
-    recipe = Recipe(**saved["recipe"]) if saved else entry.recipe
+def _recipe_for(plan: _Plan, options: TrainOptions, resumed: ResumedRun | None) -> Recipe:
+    """The entry's recipe (the resumed run's) with the options given; refuses a resume that
+    would change it."""
+    recipe = resumed.recipe if resumed else plan.entry.recipe
     overrides = {
         k: v
         for k, v in {
             "epochs": options.epochs,
             "batch_size": options.batch_size,
-            "lr": options.lr,
+            "lr": options.lr if options.lr != "auto" else None,
+            "backbone_lr_scale": options.backbone_lr_scale,
         }.items()
         if v is not None
     }
-    if saved:
+    if resumed:
         changed = {k: v for k, v in overrides.items() if getattr(recipe, k) != v}
+        if options.lr == "auto" and "lr" not in resumed.chosen:
+            changed["lr"] = "auto"
         if changed:
             raise InvalidInput(
                 "--resume continues the run with its own settings; it used "
@@ -187,29 +185,18 @@ def _recipe_for(entry: ZooEntry, options: TrainOptions, saved: dict[str, Any] | 
     return replace(recipe, **overrides)
 
 
-def _settings(options: TrainOptions, saved: dict[str, Any] | None) -> dict[str, Any]:
-    """Seed and subsets: explicit options, else the resumed run's, else defaults."""
-    defaults = saved or {"seed": 0, "train_subset": None, "test_subset": None}
-    result = {}
-    for key in ("seed", "train_subset", "test_subset"):
-        value = getattr(options, key)
-        if saved and value is not None and value != saved[key]:
-            raise InvalidInput(
-                f"--resume continues the run with its own settings; it used "
-                f"--{key.replace('_', '-')} {saved[key]}"
-            )
-        result[key] = defaults[key] if value is None else value
-    return result
-
-
 @dataclass
 class _Plan:
-    """What one run trains: the entry, its splits and the card's dataset section."""
+    """What one run trains: the entry, its splits, the card's dataset section, where its
+    weights start, and what was chosen for it from the data."""
 
     entry: ZooEntry
     train_set: Any
     test_set: Any
     dataset_card: dict[str, Any]
+    init: Path | PretrainedWeights | None = None
+    lr_auto: bool = False
+    chosen: dict[str, Any] = field(default_factory=dict)
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -220,41 +207,62 @@ def train(options: TrainOptions) -> TrainResult:
             nothing to resume.
         AlreadyExists: the output folder already holds a run (and --resume is not set).
         DatasetNotFound: the dataset is missing.
+        Unavailable: torchvision's weights are not cached and cannot be downloaded.
         InvalidInput: a bad option, bad data, or CUDA asked for where there is none.
     """
     if options.out.exists() and not options.out.is_dir():
         raise InvalidInput(f"--out {options.out} is a file, not a folder")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidInput("device cuda requested but no CUDA device is available")
-    if options.init is not None and not options.init.is_file():
+    if isinstance(options.init, Path) and not options.init.is_file():
         raise NotFound(f"--init {options.init} does not exist")
+    resumed = None
+    if options.resume and _is_run_folder(options.model):  # cnnzoo train runs/NAME --resume
+        folder = Path(options.model)
+        resumed = ResumedRun.load(folder)
+        options = resumed.options_for(options, folder)
     if options.dataset is None:
         run_name = _preset(options.model).name
     else:
         run_name = options.name or default_run_name(options.model, options.dataset)
     model_dir = options.out / run_name
-    resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None = None
     if options.resume:
-        resumed = load_train_state(model_dir)
+        resumed = resumed or ResumedRun.load(model_dir)
     elif model_dir.exists() and any(model_dir.iterdir()):
         raise AlreadyExists(
             f"{model_dir} already holds a training run; continue it with --resume or choose "
             f"another --out"
         )
-    saved = resumed[2] if resumed else None
-    plan = _plan(options, saved)
-    recipe = _recipe_for(plan.entry, options, saved)
-    settings = _settings(options, saved["settings"] if saved else None)
+    plan = _plan(options, resumed)
+    recipe = _recipe_for(plan, options, resumed)
+    settings = RunSettings.resolve(options, resumed.settings if resumed else None)
     augment = build_augmentation(recipe.augment, plan.entry.preprocess.input_size)
     plan.train_set.transform = plan.entry.preprocess.torch_transform(augment)
     plan.test_set.transform = plan.entry.preprocess.torch_transform()
-    train_set = limit_dataset(plan.train_set, settings["train_subset"])
-    test_set = limit_dataset(plan.test_set, settings["test_subset"])
+    plan.train_set = limit_dataset(plan.train_set, settings.train_subset, settings.seed)
+    plan.test_set = limit_dataset(plan.test_set, settings.test_subset)
     with torch_threads(options.threads), _deterministic(options.device):
-        return _run(
-            plan.entry, options, recipe, settings, train_set, test_set, model_dir, resumed,
-            plan.dataset_card,
-        )  # fmt: skip
+        run = _start(plan, options, recipe, settings, model_dir, resumed)
+        epoch = run.start_epoch
+        try:
+            if plan.lr_auto and resumed is None:
+                _pick_lr(run)
+            for epoch in range(run.start_epoch + 1, run.recipe.epochs + 1):
+                run.metrics = _train_epoch(run, epoch)
+                stop, last = options.stop_after, run.recipe.epochs
+                if stop is not None and epoch - run.start_epoch >= stop and epoch < last:
+                    return TrainResult(run.entry.name, model_dir, epoch, last)
+        except KeyboardInterrupt:
+            saved = len(run.history) if (model_dir / STATE_FILE).is_file() else 0
+            raise TrainingInterrupted(model_dir, epoch, saved) from None
+        return finish_run(run)
+
+
+def _is_run_folder(model: str) -> bool:
+    """Whether `model` names a run folder rather than a preset or an architecture."""
+    if model in ARCHITECTURES or model in list_models():
+        return False
+    return "/" in model or os.sep in model or Path(model).is_dir()
 
 
 def _preset(name: str) -> ZooEntry:
@@ -264,6 +272,11 @@ def _preset(name: str) -> ZooEntry:
             f"{name} is an architecture: name the data with --dataset (one of "
             f"{', '.join(NAMED_DATASETS[:-1])} or an image folder)"
         )
+    if _is_run_folder(name):
+        raise InvalidInput(
+            f"{name} is a run folder: continue it with `{resume_command(Path(name))}`, or "
+            f"fine-tune from it with --init {Path(name) / 'model.safetensors'}"
+        )
     if name not in list_models():
         raise NotFound(
             f"unknown model {name!r}; known models: {', '.join(list_models())}; architectures "
@@ -272,210 +285,216 @@ def _preset(name: str) -> ZooEntry:
     return get_entry(name)
 
 
-def _plan(options: TrainOptions, saved: dict[str, Any] | None) -> _Plan:
+def _init_source(options: TrainOptions, arch: Architecture) -> Path | PretrainedWeights | None:
+    """Where `--init` points: a file, or torchvision's weights resolved for `arch`."""
+    if isinstance(options.init, str):
+        return pretrained_weights(arch, options.init)
+    return options.init
+
+
+def _plan(options: TrainOptions, resumed: ResumedRun | None) -> _Plan:
     """The entry and splits of this run: a preset's, the resumed run's, or derived from data."""
     opened = {"data_dir": options.data_dir, "download": options.download, "offer_download": True}
-    if options.dataset is None:
-        entry = _preset(options.model)
-        card = named_dataset_card(entry.dataset, options.data_dir)
-        train_set = entry.open_dataset("train", **opened)
-        return _Plan(entry, train_set, entry.open_dataset("test", **opened), card)
-    if saved is not None:  # the entry the run derived when it started
-        entry = ZooEntry.from_card(saved["entry"], None, where=f"{STATE_FILE} of the run")
+    lr_auto = options.lr == "auto"
+    if resumed is not None and not resumed.preset:  # the entry the run derived when it started
+        entry = ZooEntry.from_card(resumed.entry_fields, None, where=f"{STATE_FILE} of the run")
         strict = {"strict": options.strict}
         return _Plan(
             entry,
             entry.open_dataset("train", **opened, **strict),
             entry.open_dataset("test", **opened, **strict),
-            saved["dataset_card"],
+            resumed.dataset_card,
+            chosen=resumed.chosen,
         )
+    if options.dataset is None:
+        entry = _preset(options.model)
+        card = named_dataset_card(entry.dataset, options.data_dir)
+        train_set = entry.open_dataset("train", **opened)
+        test_set = entry.open_dataset("test", **opened)
+        init = None if resumed else _init_source(options, entry.spec)
+        chosen = resumed.chosen if resumed else {}
+        return _Plan(entry, train_set, test_set, card, init, lr_auto, chosen)
     arch = get_architecture(options.model) if options.model not in list_models() else None
-    recipe = None
-    if arch is not None and options.augment is not None:
-        recipe = replace(arch.recipe, augment=options.augment)
+    init = _init_source(options, arch) if arch is not None else None
     data = plan_run(
         options.model,
         options.dataset,
         name=options.name,
-        recipe=recipe,
         input_size=options.input_size,
         val_split=options.val_split,
         seed=options.seed or 0,
         strict=options.strict,
         data_dir=options.data_dir,
         download=options.download,
+        pretrained=init.preprocess if isinstance(init, PretrainedWeights) else None,
     )
-    return _Plan(data.entry, data.train_set, data.test_set, data.card)
+    assert arch is not None  # plan_run refused a preset
+    if options.dataset in NAMED_DATASETS:  # the architecture's recipe, as the flags change it
+        recipe = replace(arch.recipe, augment=options.augment or arch.recipe.augment)
+        entry = replace(data.entry, recipe=recipe)
+        return _Plan(entry, data.train_set, data.test_set, data.card, init, lr_auto)
+    n_train = len(data.train_set)
+    defaults = folder_defaults(
+        arch,
+        colour=data.colour,
+        n_train=min(n_train, options.train_subset or n_train),
+        pretrained=init is not None,
+        freeze=options.freeze,
+        augment=options.augment,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        backbone_lr_scale=options.backbone_lr_scale,
+    )
+    entry = replace(data.entry, recipe=defaults.recipe)
+    return _Plan(
+        entry, data.train_set, data.test_set, data.card, init, defaults.lr_auto, defaults.chosen
+    )
 
 
-def _run(
-    entry: ZooEntry,
+def _start(
+    plan: _Plan,
     options: TrainOptions,
     recipe: Recipe,
-    settings: dict[str, Any],
-    train_set: Any,
-    test_set: Any,
+    settings: RunSettings,
     model_dir: Path,
-    resumed: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None,
-    dataset_card: dict[str, Any],
-) -> TrainResult:
-    seed = settings["seed"]
-    device = options.device
-    workers = data_workers(options)
-    torch.manual_seed(seed)
+    resumed: ResumedRun | None,
+) -> TrainingRun:
+    """Build the model (seeded), load a resumed or initial state, the optimizer and schedule."""
+    entry, device = plan.entry, options.device
+    torch.manual_seed(settings.seed)
     model = entry.build()
-    saved = resumed[2] if resumed else None
-    init: dict[str, Any] | None = saved.get("init") if saved else None
+    init = resumed.init if resumed else None
     if resumed:
-        model.load_state_dict(resumed[0])
-    elif options.init is not None:
-        init = load_init(model, options.init, entry.spec, freeze=options.freeze)
+        model.load_state_dict(resumed.model_state)
+    elif plan.init is not None:
+        init = load_init(model, plan.init, entry.spec, freeze=options.freeze,
+                         progress=options.progress)  # fmt: skip
     frozen = bool(init and init["frozen"])
     if frozen:
         freeze_all_but_head(model, entry.spec)
     model.to(device)
     if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    if resumed:
-        optimizer.load_state_dict(resumed[1])
-
-    pin = device == "cuda"
-    test_loader = DataLoader(
-        test_set, batch_size=256, shuffle=False, num_workers=workers, pin_memory=pin
-    )
-    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
-    start_epoch = saved["epoch"] if saved else 0
-    scheduler = make_scheduler(
-        optimizer, recipe, steps_per_epoch * recipe.epochs, start_epoch * steps_per_epoch
-    )
-    history: list[dict[str, Any]] = saved["history"] if saved else []
-    wall = float(saved["wall_time_seconds"]) if saved else 0.0
-    commands = saved["command"] if saved else ""
+    spec = entry.spec
+    step = TrainStep(
+        model, *_optimizer_and_schedule(model, recipe, entry, len(plan.train_set), resumed),
+        recipe.label_smoothing,
+        train_mode=(lambda m: head_train_mode(m, spec)) if frozen else nn.Module.train,
+    )  # fmt: skip
     command = options.command or _command_for(options)
-    commands = f"{commands}; {command}" if commands else command
-    metrics: dict[str, Any] = {}
+    commands = f"{resumed.command}; {command}" if resumed and resumed.command else command
+    workers = data_workers(options)
+    test_loader = DataLoader(
+        plan.test_set, batch_size=256, shuffle=False, num_workers=workers,
+        pin_memory=device == "cuda",
+    )  # fmt: skip
+    return TrainingRun(
+        plan.entry, plan.train_set, plan.dataset_card, options, recipe, settings, model_dir,
+        model, step, test_loader, workers, resumed.epoch if resumed else 0, init,
+        history=resumed.history if resumed else [],
+        wall=resumed.wall_time_seconds if resumed else 0.0,
+        commands=commands,
+        chosen=dict(plan.chosen),
+    )  # fmt: skip
 
-    for epoch in range(start_epoch + 1, recipe.epochs + 1):
-        started = time.perf_counter()
-        epoch_seed = seed * 100_003 + epoch
-        torch.manual_seed(epoch_seed)  # augmentation and dropout of this epoch
-        generator = torch.Generator().manual_seed(epoch_seed)
-        loader = DataLoader(
-            train_set,
-            batch_size=recipe.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=workers,  # worker w seeds from the generator: same order, same crops
-            pin_memory=pin,
-            drop_last=False,
-        )
-        if frozen:
-            head_train_mode(model, entry.spec)
-        else:
-            model.train()
-        # Running sums stay on the device: reading them every step would stall a GPU.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = tqdm(
-            loader,
-            desc=f"{entry.name} epoch {epoch}/{recipe.epochs}",
-            disable=None if options.progress else True,  # None: only on a terminal
-            leave=False,
-        )
-        for step, (images, targets) in enumerate(bar):
-            images = images.to(device, non_blocking=pin)
-            targets = targets.to(device, non_blocking=pin)
-            logits = model(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach().double() * targets.numel()
-            correct += (logits.detach().argmax(1) == targets).sum()
-            seen += targets.numel()
-            if options.progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
-        loss_sum, correct = float(loss_sum), int(correct)
-        lr_used = optimizer.param_groups[0]["lr"]
-        metrics = evaluate(model, test_loader, entry.labels, device=device)
-        seconds = time.perf_counter() - started
-        wall += seconds
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "train_top1": correct / seen,
-                "test_top1": metrics["top1"],
-                "test_loss": metrics["loss"],
-                "lr": lr_used,
-                "seconds": round(seconds, 2),
-            }
-        )
-        tqdm.write(
-            f"{entry.name} epoch {epoch}/{recipe.epochs}: train loss {loss_sum / seen:.4f} "
-            f"acc {correct / seen:.4f}, test top-1 {metrics['top1']:.4f} ({seconds:.0f}s)",
-            file=sys.stderr,
-        )
-        meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(seed)}
-        save_weights(model, epoch_path(model_dir, epoch), meta, entry.weights_dtype)
-        save_train_state(
-            model_dir,
-            model,
-            optimizer,
-            {
-                "epoch": epoch,
-                "recipe": recipe.to_dict(),
-                "settings": settings,
-                "history": history,
-                "wall_time_seconds": wall,
-                "command": commands,
-                "entry": entry.card_fields(),
-                "dataset_card": dataset_card,
-                "init": init,
-            },
-        )
-        stopping = options.stop_after is not None and epoch - start_epoch >= options.stop_after
-        if stopping and epoch < recipe.epochs:
-            return TrainResult(entry.name, model_dir, epoch, recipe.epochs)
 
-    if entry.weights_dtype != "float32":  # the card measures the weights as they are stored
-        model.load_state_dict(decode_state(encode_state(model.state_dict(), entry.weights_dtype)))
-        metrics = {}
-    if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
-        metrics = evaluate(model, test_loader, entry.labels, device=device)
+def _optimizer_and_schedule(
+    model: nn.Module, recipe: Recipe, entry: ZooEntry, n_train: int, resumed: ResumedRun | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer (the resumed state loaded), and its schedule positioned after
+    the resumed epochs."""
+    optimizer = make_optimizer(model, recipe, entry.spec.head)
+    if resumed:
+        optimizer.load_state_dict(resumed.optimizer_state)
+    steps = steps_per_epoch(n_train, recipe.batch_size)
+    done = (resumed.epoch if resumed else 0) * steps
+    return optimizer, make_scheduler(optimizer, recipe, steps * recipe.epochs, done)
 
-    weights = model_dir / "model.safetensors"
-    save_weights(
-        model,
-        weights,
-        {"zoo_entry": entry.name, "epochs": str(recipe.epochs), "seed": str(seed)},
-        entry.weights_dtype,
+
+def _pick_lr(run: TrainingRun) -> None:
+    """`--lr auto`: a range test on the training data (seeded as an epoch 0) sets the peak
+    learning rate; the optimizer and schedule are made again with it."""
+    epoch_seed = run.settings.seed * 100_003
+    torch.manual_seed(epoch_seed)
+    started = time.perf_counter()
+    test = lr_range_test(
+        run.model,
+        run.recipe,
+        _epoch_batches(run, torch.Generator().manual_seed(epoch_seed)),
+        head=run.entry.spec.head,
+        device=run.options.device,
+        train_mode=run.step.train_mode,
     )
-    card = build_card(
-        {**entry.card_fields(), "recipe": recipe.to_dict()},
-        model=model,
-        weights=weights,
-        seed=seed,
-        dataset={
-            **dataset_card,
-            "n_train": len(train_set),
-            "n_test": len(test_set),
-            "train_subset": settings["train_subset"],
-            "test_subset": settings["test_subset"],
-        },
-        metrics=metrics,
-        history=history,
-        wall_time_seconds=wall,
-        hardware={**hardware_info(device), "data_workers": workers},
-        command=commands,
-        init=init,
+    run.wall += time.perf_counter() - started
+    run.recipe = replace(run.recipe, lr=test.lr)
+    run.step.optimizer, run.step.scheduler = _optimizer_and_schedule(
+        run.model, run.recipe, run.entry, len(run.train_set), None
     )
-    atomic_write_json(model_dir / "card.json", card)
-    (model_dir / STATE_FILE).unlink(missing_ok=True)
-    return TrainResult(entry.name, model_dir, recipe.epochs, recipe.epochs, card)
+    why = (
+        f"learning-rate range test over {test.steps} batches: half a decade below the rate "
+        f"with the lowest loss ({test.min_loss_lr:.3g})"
+        if test.broke_down
+        else f"learning-rate range test over {test.steps} batches: the loss never broke down "
+        f"up to {test.end:g}, so the {run.entry.arch} recipe's rate is kept"
+    )
+    run.chosen["lr"] = {"value": test.lr, "why": why, "range_test": test.record()}
+    tqdm.write(f"{run.entry.name}: --lr auto picked {test.lr:g} ({why})", file=sys.stderr)
+
+
+def _epoch_batches(run: TrainingRun, generator: torch.Generator) -> Iterable[Batch]:
+    """The training batches of one epoch, shuffled by `generator`.
+
+    The hook for another data path: a source holding the training split on the device (with
+    its own augmentation there) returns its batches here instead of a DataLoader's.
+    """
+    return loader_batches(
+        run.train_set,
+        batch_size=run.recipe.batch_size,
+        generator=generator,
+        workers=run.workers,
+        pin=run.options.device == "cuda",
+    )
+
+
+def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
+    """Train epoch `epoch`, evaluate, record and checkpoint it; its test metrics."""
+    entry, recipe, device = run.entry, run.recipe, run.options.device
+    started = time.perf_counter()
+    epoch_seed = run.settings.seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)  # augmentation and dropout of this epoch
+    batches = _epoch_batches(run, torch.Generator().manual_seed(epoch_seed))
+    run.step.train_mode(run.model)
+    stats = train_one_epoch(
+        run.step,
+        batches,
+        device=device,
+        description=f"{entry.name} epoch {epoch}/{recipe.epochs}",
+        progress=run.options.progress,
+    )
+    metrics = evaluate(run.model, run.test_loader, entry.labels, device=device)
+    seconds = time.perf_counter() - started
+    run.wall += seconds
+    run.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_top1": stats.top1,
+            "test_top1": metrics["top1"],
+            "test_loss": metrics["loss"],
+            "lr": run.step.lr,
+            "seconds": round(seconds, 2),
+        }
+    )
+    tqdm.write(
+        f"{entry.name} epoch {epoch}/{recipe.epochs}: train loss {stats.loss:.4f} "
+        f"acc {stats.top1:.4f}, test top-1 {metrics['top1']:.4f} ({seconds:.0f}s)",
+        file=sys.stderr,
+    )
+    meta = {"zoo_entry": entry.name, "epoch": str(epoch), "seed": str(run.settings.seed)}
+    save_weights(run.model, epoch_path(run.model_dir, epoch), meta, entry.weights_dtype)
+    save_train_state(run.model_dir, run.model, run.step.optimizer, run.state_info(epoch))
+    return metrics
 
 
 def _command_for(options: TrainOptions) -> str:
@@ -487,7 +506,11 @@ def _command_for(options: TrainOptions) -> str:
         ("--input-size", options.input_size),
         ("--val-split", options.val_split),
         ("--augment", options.augment),
-        ("--init", options.init),
+        (
+            "--init",
+            options.init.spec if isinstance(options.init, PretrainedWeights) else options.init,
+        ),
+        ("--backbone-lr-scale", options.backbone_lr_scale),
         ("--epochs", options.epochs),
         ("--batch-size", options.batch_size),
         ("--lr", options.lr),

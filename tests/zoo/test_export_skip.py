@@ -73,8 +73,9 @@ def test_skip_unchanged_writes_a_version_only_when_something_changed(
     # the shipped models the repository lacks get their version 1
     before = _snapshot(tmp_path / MODEL)
     code = main(["export", "--all", "--skip-unchanged", "--repository", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
     line = next(line for line in out.splitlines() if line.startswith(f"{MODEL}:"))
     assert "up to date, version 3" in line and "nothing written" in line
     assert sha256_file(shipped)[:12] in line

@@ -92,7 +92,9 @@ def test_an_image_folder_trains_into_a_run_folder_whose_card_tells_the_data(
     digit_run, digit_folder
 ):
     assert sorted(p.name for p in digit_run.iterdir()) == [
+        "best.safetensors",
         "card.json",
+        "confusion.png",
         "epochs",
         "model.safetensors",
     ]
@@ -116,7 +118,25 @@ def test_an_image_folder_trains_into_a_run_folder_whose_card_tells_the_data(
     pre = card["preprocess"]
     assert (pre["colour"], pre["resize"], pre["crop"], pre["pad"]) == ("L", 28, 28, 2)
     assert 0.05 < pre["mean"][0] < 0.3 and 0.2 < pre["std"][0] < 0.45  # measured on train/
+    assert data["normalisation"] == "measured on the training split"
     assert card["metrics"]["top1"] > 0.6  # five classes: chance is 0.2
+    # chosen from the data (the flags fixed epochs and batch size): each with its reason
+    chosen = card["chosen"]
+    assert sorted(chosen) == ["augment", "lr"]
+    assert chosen["augment"]["value"] == card["recipe"]["augment"] == "small-affine"
+    assert "grey-scale" in chosen["augment"]["why"]
+    assert chosen["lr"]["value"] == card["recipe"]["lr"] == chosen["lr"]["range_test"]["lr"]
+    assert card["recipe"]["schedule"] == "onecycle" and card["recipe"]["epochs"] == 8
+    # the best epoch on the held-out split beside the last
+    selection = card["selection"]
+    best = max(card["history"], key=lambda r: r["test_top1"])
+    assert selection["best_epoch"] == best["epoch"] and selection["best_top1"] == best["test_top1"]
+    assert selection["last_top1"] == card["metrics"]["top1"] and "test" in selection["metric"]
+    assert selection["best_sha256"] == sha256_file(digit_run / "best.safetensors")
+    assert (digit_run / "best.safetensors").read_bytes() == (
+        digit_run / "epochs" / f"epoch_{best['epoch']:03d}.safetensors"
+    ).read_bytes()
+    assert "model.safetensors (the last epoch)" in selection["exported"]
 
 
 def test_the_run_folder_is_a_model_for_eval_build_and_layers(digit_run, capsys):
@@ -150,6 +170,14 @@ def test_the_exported_run_serves_classify_with_its_class_names(digit_run, tmp_pa
     assert manifest.arch == "lenet5" and manifest.parity["inputs"] == "dataset"
     config = repo.config("lenet5-my-digits")
     assert config.output[0].label_filename == "labels.txt" and list(config.output[0].dims) == [5]
+    # clients read the config and the ONNX metadata: the folder's name, never its path
+    assert config.parameters["dataset"].string_value == "my-digits"
+    import onnx
+
+    onnx_file = onnx.load(str(repository / "lenet5-my-digits" / "1" / "model.onnx"))
+    written = (repository / "lenet5-my-digits" / "config.pbtxt").read_text()
+    written += json.dumps({p.key: p.value for p in onnx_file.metadata_props})
+    assert str(digit_run.parents[1]) not in written and str(Path.home()) not in written
     # the PyTorch model of the version rebuilds from the repository alone (Explain needs it)
     torch_model = repo.torch_model("lenet5-my-digits", 1)
     assert torch_model.classifier.output.out_features == 5
@@ -222,8 +250,12 @@ def test_fine_tuning_a_torchvision_resnet18_state_dict_with_a_frozen_backbone(tm
     card = json.loads((run / "card.json").read_text())
     assert card["init"]["file"] == "resnet18.pth"
     assert card["init"]["sha256"] == sha256_file(init)
-    assert card["init"]["new"] == ["fc.weight", "fc.bias"] and card["init"]["frozen"] is True
+    # the 1000-class head is replaced; every other tensor kept, every parameter below frozen
+    assert card["init"]["source"] == "file" and card["init"]["freeze"] is True
+    assert card["init"]["replaced"] == ["fc.weight", "fc.bias"] and card["init"]["new"] == []
     assert set(card["init"]["kept"]) == set(source) - {"fc.weight", "fc.bias"}
+    parameters = {n for n, _ in resnet18().named_parameters()}
+    assert set(card["init"]["frozen"]) == parameters - {"fc.weight", "fc.bias"}
     data = card["dataset"]
     assert (data["val_split"], data["test_split"], data["n_train"], data["n_test"]) == (
         0.25, "val-split", 18, 6,
@@ -381,9 +413,52 @@ def test_a_run_on_an_image_folder_resumes_bit_for_bit(digit_folder, tmp_path, ca
 
     assert train(tmp_path / "whole") == 0
     assert train(tmp_path / "parts", "--stop-after", "1") == 0
-    assert "continue with --resume" in capsys.readouterr().out
-    assert train(tmp_path / "parts", "--resume") == 0
     whole, parts = (tmp_path / p / "lenet5-my-digits" for p in ("whole", "parts"))
+    # the run folder alone names the run to continue
+    assert f"continue with `cnnzoo train {parts} --resume`" in capsys.readouterr().out
+    assert main(["train", str(parts), "--resume", "--threads", "1", "--no-progress"]) == 0
     assert sha256_file(whole / "model.safetensors") == sha256_file(parts / "model.safetensors")
     cards = [json.loads((run / "card.json").read_text()) for run in (whole, parts)]
     assert cards[0]["metrics"] == cards[1]["metrics"] and cards[0]["dataset"] == cards[1]["dataset"]
+
+
+def test_eval_draws_the_surest_mistakes_with_their_labels(
+    digit_run, digit_folder, tmp_path, capsys
+):
+    early = digit_run / "epochs" / "epoch_001.safetensors"  # a model that still errs
+    mistakes = tmp_path / "mistakes"
+    code, out, _ = _run(capsys, "eval", str(digit_run), "--weights", str(early), "--json",
+                        "--misclassified", str(mistakes), "--misclassified-count", "4")  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    wrong = round(report["n"] * (1 - report["top1"]))
+    assert report["misclassified"] == {
+        "folder": str(mistakes),
+        "written": 4,
+        "misclassified": wrong,
+    }
+    listed = json.loads((mistakes / "mistakes.json").read_text())
+    assert listed["misclassified"] == wrong and len(listed["mistakes"]) == 4
+    confidences = [m["confidence"] for m in listed["mistakes"]]
+    assert confidences == sorted(confidences, reverse=True)  # surest first
+    assert sorted(p.name for p in mistakes.iterdir()) == sorted(
+        ["mistakes.json", *(m["file"] for m in listed["mistakes"])]
+    )
+    for mistake in listed["mistakes"]:
+        assert mistake["true"] != mistake["predicted"] and mistake["p_true"] < mistake["confidence"]
+        assert mistake["file"].endswith(f"-true-{mistake['true']}-pred-{mistake['predicted']}.png")
+        source = Path(mistake["source"])
+        assert source.parent.name == mistake["true"] and source.parents[1] == digit_folder / "test"
+        with Image.open(mistakes / mistake["file"]) as drawn:
+            assert min(drawn.size) >= 128  # a 28-px digit, enlarged, above its caption
+    # the confusion matrix agrees with the mistakes
+    confusion = report["confusion"]
+    assert sum(sum(row) for row in confusion) == report["n"]
+    assert report["n"] - sum(confusion[i][i] for i in range(5)) == wrong
+    # nothing is overwritten
+    code, _, err = _run(capsys, "eval", str(digit_run), "--misclassified", str(mistakes))
+    assert code == 4 and "is not empty" in _error_line(err, "eval")
+    # the text report lists recall and precision per class
+    code, out, _ = _run(capsys, "eval", str(digit_run))
+    assert code == 0 and "recall" in out and "precision" in out
+    assert [line.split()[0] for line in out.splitlines()[2:]] == sorted(WORDS)

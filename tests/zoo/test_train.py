@@ -10,7 +10,7 @@ from cnnzoo.fileio import sha256_file
 from cnnzoo.zoo.card import validate_card
 from cnnzoo.zoo.checkpoints import list_epochs
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset
-from cnnzoo.zoo.train import STATE_FILE, train
+from cnnzoo.zoo.train import STATE_FILE, TrainOptions, train
 
 from .conftest import SHORT_RUN, short_run_options
 
@@ -39,7 +39,9 @@ def test_short_training_raises_accuracy(trained_lenet, data_dir):
 
 def test_run_folder_layout_and_epoch_checkpoints(trained_lenet):
     _, run = trained_lenet
-    assert sorted(p.name for p in run.iterdir()) == ["card.json", "epochs", "model.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "card.json", "confusion.png", "epochs", "model.safetensors",
+    ]  # fmt: skip
     epochs = list_epochs(run)
     assert [e for e, _ in epochs] == [1, 2]
     assert list_epochs(run / "epochs") == epochs
@@ -273,3 +275,36 @@ def test_recipes_are_checked_when_made():
         Recipe(epochs=1, batch_size=1, lr=0.1, schedule="linear")
     with pytest.raises(InvalidInput, match="unknown augment"):
         Recipe(epochs=1, batch_size=1, lr=0.1, augment="mixup")
+
+
+def test_ctrl_c_says_how_to_resume_and_the_run_folder_resumes_it(trained_lenet, tmp_path):
+    # a real SIGINT to a real `cnnzoo train` once its first epoch is saved
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, reference = trained_lenet
+    argv = [sys.executable, "-m", "cnnzoo", "train", "lenet5-mnist", "--out", str(tmp_path),
+            "--threads", "1", "--no-progress"]  # fmt: skip
+    for key, value in SHORT_RUN.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=os.environ)
+    run = tmp_path / "lenet5-mnist"
+    deadline = time.monotonic() + 300
+    while not (run / STATE_FILE).is_file() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    hint = f"interrupted in epoch 2; epochs 1-1 are saved in {run}: continue with `cnnzoo train"
+    assert hint in err and f"{run} --resume`" in err and "Traceback" not in err
+    assert not (run / "model.safetensors").exists()
+    # the run folder is all `--resume` needs; the result is the uninterrupted run's
+    result = train(TrainOptions(model=str(run), resume=True, progress=False))
+    assert result.finished
+    assert sha256_file(run / "model.safetensors") == sha256_file(reference / "model.safetensors")
+    with pytest.raises(InvalidInput, match="is a run folder: continue it with"):
+        train(TrainOptions(model=str(run), progress=False))
