@@ -20,6 +20,13 @@ _MAX_PANEL = 2048  # longest side of one enlarged picture: bounds --scale and th
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `cnnzoo` parser."""
+    _register_layers(sub)
+    _register_explain(sub)
+    _register_job(sub)
+    _register_worker(sub)
+
+
+def _register_layers(sub: argparse._SubParsersAction) -> None:
     layers = sub.add_parser(
         "layers",
         help="list a model's layers: names for job files, shapes, parameters, receptive fields",
@@ -30,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     layers.add_argument("model", help="a zoo entry (see `cnnzoo list`)")
     layers.set_defaults(func=_layers)
 
+
+def _register_explain(sub: argparse._SubParsersAction) -> None:
     explain = sub.add_parser(
         "explain",
         help="attribute one image to a class and save the map as PNG",
@@ -74,6 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     explain.add_argument("--save-map", type=Path, help="also save the raw float32 map as .npy")
     explain.set_defaults(func=_explain)
 
+
+def _register_job(sub: argparse._SubParsersAction) -> None:
     job = sub.add_parser(
         "job",
         help="run an interpretability job file (TOML or JSON); resumable, shardable with torchrun",
@@ -105,6 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     job.add_argument("--no-progress", action="store_true", help="hide progress bars")
     job.set_defaults(func=_job)
 
+
+def _register_worker(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser(
         "worker",
         help="run each job file dropped into a folder once (the compose worker)",
