@@ -65,49 +65,48 @@ class Randomisation(Analysis[RandomisationOptions]):
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         opts = self.options
-
-        def run(key: str) -> dict[str, Any]:
-            images, _ = ctx.images(list(opts.images))
-            rules = [Rule(m) for m in opts.methods]
-            result = cascading_randomisation(ctx.model, images, opts.layers, rules, seed=opts.seed)
-            files = []
-            for row, index in enumerate(opts.images[:4]):
-                tiles = [
-                    upscale(attribution_rgb(result.maps[m][stage, row]), TILE * 2)
-                    for m in opts.methods
-                    for stage in range(len(result.stages))
-                ]
-                picture = side_by_side(
-                    [
-                        upscale(ctx.display(images[row]), TILE * 2),
-                        tile_grid(tiles, len(result.stages)),
-                    ]
-                )
-                stages = " | ".join(result.stages)
-                files.append(
-                    ctx.write_png(
-                        picture,
-                        f"{self.id}/image_{index:05d}.png",
-                        f"image {index}: rows {', '.join(opts.methods)}; columns: {stages} "
-                        "(layers re-initialised cumulatively from the top)",
-                    )
-                )
-            correlation = {
-                m: [round(c, 4) for c in values] for m, values in result.correlation.items()
-            }
-            lines = "; ".join(
-                f"{m}: {', '.join(f'{c:.2f}' for c in values)}" for m, values in correlation.items()
-            )
-            files[0]["caption"] += (
-                f". Mean rank correlation with the trained model's map per stage: {lines}"
-            )
-            return {
-                "files": files,
-                "data": {"stages": list(result.stages), "correlation": correlation},
-            }
-
-        records = ctx.run_parts(self.id, ["check"], run)
+        records = ctx.run_parts(self.id, ["check"], lambda key: self._check(ctx))
         warnings = [input_independence(ctx.model, Rule(m)) for m in opts.methods]
         return self.section(
             ctx, records, warnings=[w for w in warnings if w], tables=records["check"]["data"]
         )
+
+    def _check(self, ctx: JobContext) -> dict[str, Any]:
+        """The check's one part: the cascade, a picture per drawn image, the correlations."""
+        opts = self.options
+        images, _ = ctx.images(list(opts.images))
+        rules = [Rule(m) for m in opts.methods]
+        result = cascading_randomisation(ctx.model, images, opts.layers, rules, seed=opts.seed)
+        files = []
+        for row, index in enumerate(opts.images[:4]):
+            tiles = [
+                upscale(attribution_rgb(result.maps[m][stage, row]), TILE * 2)
+                for m in opts.methods
+                for stage in range(len(result.stages))
+            ]
+            picture = side_by_side(
+                [
+                    upscale(ctx.display(images[row]), TILE * 2),
+                    tile_grid(tiles, len(result.stages)),
+                ]
+            )
+            stages = " | ".join(result.stages)
+            files.append(
+                ctx.write_png(
+                    picture,
+                    f"{self.id}/image_{index:05d}.png",
+                    f"image {index}: rows {', '.join(opts.methods)}; columns: {stages} "
+                    "(layers re-initialised cumulatively from the top)",
+                )
+            )
+        correlation = {m: [round(c, 4) for c in values] for m, values in result.correlation.items()}
+        lines = "; ".join(
+            f"{m}: {', '.join(f'{c:.2f}' for c in values)}" for m, values in correlation.items()
+        )
+        files[0]["caption"] += (
+            f". Mean rank correlation with the trained model's map per stage: {lines}"
+        )
+        return {
+            "files": files,
+            "data": {"stages": list(result.stages), "correlation": correlation},
+        }
