@@ -14,7 +14,6 @@ and the methods of `cnnzoo.interpret.methods` as the numpy callables the metrics
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import InvalidInput
+from cnnzoo.interpret.explain import takes_layer
 from cnnzoo.interpret.methods import get_method
 from cnnzoo.interpret.modules import get_layer, record_runs
 from cnnzoo.interpret.quality.report import MethodQuality, evaluate
@@ -35,7 +35,10 @@ __all__ = [
     "explanation_quality",
     "method_maps",
     "model_callable",
+    "randomisable",
+    "randomisable_layers",
     "randomisation_stages",
+    "randomise_layer",
     "takes_layer",
 ]
 
@@ -57,11 +60,6 @@ def model_callable(model: nn.Module) -> Model:
             return model(x).float().cpu().numpy()
 
     return logits
-
-
-def takes_layer(method: str) -> bool:
-    """Whether the method's class takes a `layer` (Grad-CAM and guided Grad-CAM do)."""
-    return "layer" in inspect.signature(get_method(method).load().__init__).parameters
 
 
 def _attributor(model: nn.Module, method: str, layer: str | None) -> Any:
@@ -122,6 +120,33 @@ def _reseeded(seed: int, position: int) -> int:
     return int(np.random.SeedSequence((seed, position)).generate_state(1)[0])
 
 
+def randomisable(model: nn.Module, layers: Sequence[str]) -> list[nn.Module]:
+    """The modules called `layers`, each able to re-initialise itself.
+
+    Raises:
+        LayerNotFound: an unknown layer (lists the valid ones).
+        InvalidInput: a layer without `reset_parameters`.
+    """
+    modules = [get_layer(model, name) for name in layers]
+    for name, module in zip(layers, modules, strict=True):
+        if not callable(getattr(module, "reset_parameters", None)):
+            raise InvalidInput(
+                f"layer {name!r} ({type(module).__name__}) has no reset_parameters(), so it "
+                "cannot be randomised; pick layers with parameters (convolutions, linear layers, "
+                "batch norm)"
+            )
+    return modules
+
+
+def randomise_layer(module: nn.Module, seed: int, position: int) -> None:
+    """Re-initialise `module` (`reset_parameters`) from a seed derived from `seed` and its
+    `position` in the cascade, without touching the global random state."""
+    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(_reseeded(seed, position))
+        module.reset_parameters()
+
+
 def randomisation_stages(
     model: nn.Module,
     methods: Sequence[str],
@@ -133,8 +158,8 @@ def randomisation_stages(
 ) -> Stages:
     """The MPRT cascade on a copy of `model` (the model itself is not touched): stage i has the
     first i + 1 of `layers` re-initialised with their own `reset_parameters`, each from a seed of
-    its own derived from `seed` and its position, so its random weights do not depend on the
-    layers before it.
+    its own derived from `seed` and its position (`randomise_layer`), so its random weights do
+    not depend on the layers before it.
 
     Args:
         methods: the methods to explain each stage with.
@@ -146,21 +171,11 @@ def randomisation_stages(
         InvalidInput: a layer without `reset_parameters`.
     """
     work = copy.deepcopy(model).eval()
-    modules = [get_layer(work, name) for name in layers]
-    for name, module in zip(layers, modules, strict=True):
-        if not callable(getattr(module, "reset_parameters", None)):
-            raise InvalidInput(
-                f"layer {name!r} ({type(module).__name__}) has no reset_parameters(), so it "
-                "cannot be randomised; pick layers with parameters (convolutions, linear layers, "
-                "batch norm)"
-            )
-    devices = sorted({p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"})
+    modules = randomisable(work, layers)
 
     def cascade() -> Iterator[tuple[str, Mapping[str, Explainer]]]:
         for position, (name, module) in enumerate(zip(layers, modules, strict=True)):
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(_reseeded(seed, position))
-                module.reset_parameters()
+            randomise_layer(module, seed, position)
             yield (
                 name,
                 {

@@ -280,7 +280,9 @@ def test_random_logit_equals_quantus_random_logit(lenet: dict) -> None:
     expected = _quantus(metric, lenet, original, explain_func=recording)
     others = asked[-1]
     assert np.all(others != targets)
-    ours = random_logit({"gradient": explainer(model, "gradient")}, x, others, {"gradient": original})
+    ours = random_logit(
+        {"gradient": explainer(model, "gradient")}, x, others, {"gradient": original}
+    )
     np.testing.assert_allclose(ours["gradient"].ssim, expected, atol=1e-9)
     assert ours["gradient"].ssim.shape == (8,)
 
