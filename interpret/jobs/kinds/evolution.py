@@ -79,6 +79,7 @@ class Evolution(Analysis[EvolutionOptions]):
         except CnnzooError as err:
             raise type(err)(f"{where}: checkpoints: {err.reason}") from None
         layer = world.layer(f"{where}: layer", opts.layer or world.of_kind("Conv2d")[-1])
+        world.check_projection(where, opts.projection, layer)
         return replace(
             opts,
             checkpoints=str(path),

@@ -102,6 +102,8 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
             MAX_TILES,
             f"{MAX_TILES} tiles per analysis; ask for fewer channels or a smaller top_k",
         )
+        for layer in table:
+            world.check_projection(self.where, opts.projection, layer)
         return replace(opts, layers=tuple(table), channels=table, top_k=top_k)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:

@@ -24,7 +24,13 @@ from cnnzoo.interpret.jobs.limits import MAX_IMAGES
 from cnnzoo.interpret.jobs.options import Options, index_list, option, positive, text
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.occlusion import occlusion_maps
-from cnnzoo.interpret.render import heat_rgb, label_colours, side_by_side, upscale
+from cnnzoo.interpret.render import (
+    heat_rgb,
+    label_colours,
+    label_legend,
+    side_by_side,
+    upscale,
+)
 
 __all__ = ["Occlusion", "OcclusionOptions"]
 
@@ -99,15 +105,12 @@ class Occlusion(Analysis[OcclusionOptions]):
             grow(top_colours),
         ]
         seen = sorted({int(c) for c in maps.top_label.flatten()})
-        legend = ", ".join(
-            f"{labels_of_model[c]}=#{''.join(f'{int(v * 255):02x}' for v in colours[c])}"
-            for c in seen
-        )
+        panels.append(label_legend([labels_of_model[c] for c in seen], colours[seen]))
         caption = (
             f"image {index} (true class {labels_of_model[true_class]}), grey "
             f"{maps.window}px square in steps of {maps.stride}px: image | {opts.layer} map "
             f"{maps.feature_channel} total activation | p(true class) (black 0 .. white 1) | "
-            f"top label ({legend})"
+            f"top label (colours as in the legend: {', '.join(labels_of_model[c] for c in seen)})"
         )
         data = {
             "image": index,
