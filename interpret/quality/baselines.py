@@ -23,6 +23,7 @@ from cnnzoo.interpret.quality.settings import Explainer
 __all__ = ["BASELINES", "baseline_explainer", "edge_map", "random_map"]
 
 BASELINES = ("random", "edges")
+_SOBEL = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])  # d/dy, smoothed in x
 
 
 def random_map(images: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -38,8 +39,10 @@ def random_map(images: np.ndarray, seed: int = 0) -> np.ndarray:
 def edge_map(images: np.ndarray) -> np.ndarray:
     """`[N, H, W]` Sobel gradient magnitude of each image's channel mean."""
     grey = np.asarray(images, dtype=np.float64).mean(axis=1)
-    dy = ndimage.sobel(grey, axis=1, mode="nearest")
-    dx = ndimage.sobel(grey, axis=2, mode="nearest")
+    # 2-D kernels with a batch axis of 1: `ndimage.sobel` on the stack would also smooth
+    # across neighbouring images
+    dy = ndimage.correlate(grey, _SOBEL[None], mode="nearest")
+    dx = ndimage.correlate(grey, _SOBEL.T[None], mode="nearest")
     return np.hypot(dx, dy)
 
 

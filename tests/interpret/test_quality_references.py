@@ -316,3 +316,23 @@ def test_similarity_measures_agree_with_their_parts() -> None:
     scaled = np.abs(a) / np.abs(a).max(axis=(1, 2), keepdims=True)
     other = np.abs(b) / np.abs(b).max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(s.ssim, ssim(scaled, other))
+
+
+def test_baselines_are_per_image_whatever_the_batch() -> None:
+    from scipy import ndimage
+
+    from cnnzoo.interpret.quality.baselines import edge_map, random_map
+
+    x = np.random.default_rng(5).random((5, 3, 12, 10)).astype(np.float32)
+    edges = edge_map(x)
+    for i in range(5):
+        grey = x[i].astype(np.float64).mean(axis=0)
+        sobel = np.hypot(
+            ndimage.sobel(grey, 0, mode="nearest"), ndimage.sobel(grey, 1, mode="nearest")
+        )
+        np.testing.assert_allclose(edges[i], sobel, atol=1e-12)
+        np.testing.assert_array_equal(edge_map(x[i : i + 1])[0], edges[i])
+    noise = random_map(x, seed=3)
+    np.testing.assert_array_equal(random_map(x[3:4], seed=3)[0], noise[3])
+    assert not np.array_equal(random_map(x, seed=4), noise)
+    assert noise.shape == (5, 12, 10) and noise.min() >= 0 and noise.max() < 1
