@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnzoo.errors import JobFileError
+from cnnzoo.errors import InvalidInput, JobFileError
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import JobContext
 from cnnzoo.interpret.jobs.limits import MAX_QUALITY_IMAGES, at_most, batch_limit
@@ -141,11 +141,10 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
         limit = batch_limit(shape)
         at_most(where, "batch_size", opts.batch_size, limit, f"{limit} images of {shape} fit")
         at_most(where, "steps", opts.steps, MAX_STEPS, "points per curve")
-        settings = opts.settings()
         try:
-            settings.check_image(*shape[1:])
-        except Exception as err:  # InvalidInput: say which analysis
-            raise JobFileError(f"{where}: {getattr(err, 'reason', err)}") from None
+            opts.settings().check_image(*shape[1:])
+        except InvalidInput as err:  # say which analysis
+            raise JobFileError(f"{where}: {err.reason}") from None
         weighted = world.of_kind("Conv2d", "Linear")
         randomise = opts.randomise if opts.randomise is not None else tuple(weighted[::-1])
         for name in randomise:
