@@ -32,6 +32,7 @@ from cnnzoo.interpret.rules import left_as_found
 
 __all__ = [
     "explainer",
+    "explainer_warnings",
     "explanation_quality",
     "method_maps",
     "model_callable",
@@ -69,6 +70,12 @@ def _attributor(model: nn.Module, method: str, layer: str | None) -> Any:
     if not takes_layer(method):
         raise InvalidInput(f"method {method} takes no layer; only methods with a layer do")
     return implementation(model, layer=layer)
+
+
+def explainer_warnings(model: nn.Module, method: str) -> tuple[str, ...]:
+    """Why `method`'s maps of `model` cannot depend on the input, if they cannot (e.g. the
+    deconvnet of a model without max-pooling)."""
+    return tuple(get_method(method).load()(model).warnings())
 
 
 def explainer(

@@ -70,6 +70,7 @@ from cnnzoo.interpret.quality.report import (
 from cnnzoo.interpret.quality.settings import FILLINGS, MAX_STEPS, QualitySettings
 from cnnzoo.interpret.torch_backend import (
     explainer,
+    explainer_warnings,
     method_maps,
     model_callable,
     randomisation_stages,
@@ -174,9 +175,11 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
         model = ctx.world.entry.name
         lines = reading(rows, model)
         files = self._write_results(ctx, rows, lines, parts) if ctx.ranks.is_main else []
+        warnings = [w for m in self.options.methods for w in explainer_warnings(ctx.model, m)]
         section = self.section(
             ctx,
             records,
+            warnings=warnings,
             tables={"rows": [_table_row(r) for r in rows], "reading": lines},
         )
         section["files"] = files

@@ -34,9 +34,10 @@ from cnnzoo.interpret.jobs.options import (
     text,
 )
 from cnnzoo.interpret.jobs.world import World
-from cnnzoo.interpret.methods import METHODS, get_method
+from cnnzoo.interpret.methods import METHODS
 from cnnzoo.interpret.render import attribution_rgb, side_by_side, tile_grid, upscale, with_scale
 from cnnzoo.interpret.sanity import ADEBAYO_METHODS, cascading_randomisation
+from cnnzoo.interpret.torch_backend import explainer_warnings
 
 __all__ = ["Randomisation", "RandomisationOptions"]
 
@@ -75,10 +76,7 @@ class Randomisation(Analysis[RandomisationOptions]):
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         records = ctx.run_parts(self.id, ["check"], lambda key: self._check(ctx))
-        warnings = []
-        for method in self.options.methods:
-            attributor = get_method(method).load()(ctx.model)
-            warnings += list(attributor.warnings())
+        warnings = [w for m in self.options.methods for w in explainer_warnings(ctx.model, m)]
         return self.section(ctx, records, warnings=warnings, tables=records["check"]["data"])
 
     def _check(self, ctx: JobContext) -> dict[str, Any]:
