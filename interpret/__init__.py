@@ -5,7 +5,9 @@ deconvnet and guided-backprop attribution (`attribution`, rules in `rules`), occ
 (`occlusion`), Grad-CAM (`gradcam`); batched unit projections (`projection`); modules by name
 (`modules`), layers and receptive fields (`layers`, `receptive_field`); streaming top-k
 activations (`topk`, `scan`); activation maximisation (`actmax`); pictures (`render`); `explain`
-for one image (`explain`) and batch jobs (`jobs`).
+for one image (`explain`) and batch jobs (`jobs`); how trustworthy each method's maps are
+(`quality`, torch-free, on numpy callables that `torch_backend` makes from a PyTorch model) and
+the randomisation sanity check with its maps (`sanity`).
 
 Names below are imported on first use, so `import cnnzoo.interpret` (and `cnnzoo --help`) does not
 import torch.

@@ -134,18 +134,19 @@ def maximise_units(
         low = torch.tensor(bounds[0], dtype=dtype, device=device).view(1, channels, 1, 1)
         high = torch.tensor(bounds[1], dtype=dtype, device=device).view(1, channels, 1, 1)
     reg = regularisers
-    kernel = 2 * math.ceil(2 * reg.blur_sigma) + 1
     images, starts, finals = [], [], []
     with torch.inference_mode(False), torch.enable_grad(), left_as_found(model):
         for begin in range(0, len(units), batch_size):
             chunk = list(units[begin : begin + batch_size])
-            noise = []
-            for unit in chunk:
-                generator = torch.Generator().manual_seed(_unit_seed(seed, layer, unit))
-                noise.append(torch.randn(tuple(input_shape), generator=generator) * 0.1)
-            x = torch.stack(noise).to(device=device, dtype=dtype)
-            if low is not None:
-                x = torch.maximum(torch.minimum(x, high), low)
+            noise = [
+                torch.randn(
+                    tuple(input_shape),
+                    generator=torch.Generator().manual_seed(_unit_seed(seed, layer, unit)),
+                )
+                * 0.1
+                for unit in chunk
+            ]
+            x = _clamp(torch.stack(noise).to(device=device, dtype=dtype), low, high)
             jitter = torch.Generator().manual_seed(seed)
             with torch.no_grad():
                 start = _check_and_measure(model, layer, x, chunk)
@@ -160,17 +161,7 @@ def maximise_units(
                 out = forward_to(model, [layer], shifted)[layer]
                 (grad,) = torch.autograd.grad(_unit_values(out, chunk).sum(), x)
                 with torch.no_grad():
-                    rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-                    x = x + reg.learning_rate * grad / (rms + 1e-12)
-                    x = x * (1 - reg.l2_decay)
-                    if reg.blur_every and reg.blur_sigma > 0 and (step + 1) % reg.blur_every == 0:
-                        x = gaussian_blur(x, [kernel, kernel], [reg.blur_sigma, reg.blur_sigma])
-                    if reg.clip_percentile > 0:
-                        norms = x.norm(dim=1)  # [U, H, W]
-                        cut = torch.quantile(norms.flatten(1), reg.clip_percentile / 100, dim=1)
-                        x = x * (norms >= cut.view(-1, 1, 1)).unsqueeze(1)
-                    if low is not None:
-                        x = torch.maximum(torch.minimum(x, high), low)
+                    x = _clamp(_ascend(x, grad, reg, step), low, high)
             with torch.no_grad():
                 finals.append(_unit_values(forward_to(model, [layer], x)[layer], chunk))
             images.append(x.detach())
@@ -180,6 +171,30 @@ def maximise_units(
         start=torch.cat(starts).detach(),
         activation=torch.cat(finals).detach(),
     )
+
+
+def _clamp(x: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None) -> torch.Tensor:
+    """`x` within the per-channel bounds, if any."""
+    if low is None or high is None:
+        return x
+    return torch.maximum(torch.minimum(x, high), low)
+
+
+def _ascend(x: torch.Tensor, grad: torch.Tensor, reg: Regularisers, step: int) -> torch.Tensor:
+    """One step of gradient ascent (the gradient scaled to unit RMS per image) followed by the
+    regularisers due at `step`: L2 decay, a Gaussian blur every `blur_every` steps, and zeroing
+    the pixels whose norm is below the `clip_percentile`-th percentile."""
+    rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    x = x + reg.learning_rate * grad / (rms + 1e-12)
+    x = x * (1 - reg.l2_decay)
+    if reg.blur_every and reg.blur_sigma > 0 and (step + 1) % reg.blur_every == 0:
+        kernel = 2 * math.ceil(2 * reg.blur_sigma) + 1
+        x = gaussian_blur(x, [kernel, kernel], [reg.blur_sigma, reg.blur_sigma])
+    if reg.clip_percentile > 0:
+        norms = x.norm(dim=1)  # [U, H, W]
+        cut = torch.quantile(norms.flatten(1), reg.clip_percentile / 100, dim=1)
+        x = x * (norms >= cut.view(-1, 1, 1)).unsqueeze(1)
+    return x
 
 
 def _check_and_measure(

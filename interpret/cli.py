@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from cnnzoo import zoo
 from cnnzoo.errors import InvalidInput
@@ -20,6 +21,13 @@ _MAX_PANEL = 2048  # longest side of one enlarged picture: bounds --scale and th
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `cnnzoo` parser."""
+    _register_layers(sub)
+    _register_explain(sub)
+    _register_job(sub)
+    _register_worker(sub)
+
+
+def _register_layers(sub: argparse._SubParsersAction) -> None:
     layers = sub.add_parser(
         "layers",
         help="list a model's layers: names for job files, shapes, parameters, receptive fields",
@@ -30,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     layers.add_argument("model", help="a zoo entry (see `cnnzoo list`)")
     layers.set_defaults(func=_layers)
 
+
+def _register_explain(sub: argparse._SubParsersAction) -> None:
     explain = sub.add_parser(
         "explain",
         help="attribute one image to a class and save the map as PNG",
@@ -72,8 +82,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "short side is at least 256 px; at most 2048 px a side)",
     )
     explain.add_argument("--save-map", type=Path, help="also save the raw float32 map as .npy")
+    explain.add_argument(
+        "--layer",
+        help="the layer of the methods that take one (grad-cam, guided-grad-cam; default: the "
+        "last layer with a spatial output that runs once); see `cnnzoo layers MODEL`",
+    )
+    explain.add_argument(
+        "--quality",
+        action="store_true",
+        help="also print how trustworthy the map is: deletion and insertion areas (mean colour "
+        "and ROAD imputation), Average Drop, and the randomisation checks (MPRT, random logit), "
+        "beside a random map and an edge detector",
+    )
+    _threads_argument(explain)
     explain.set_defaults(func=_explain)
 
+
+def _register_job(sub: argparse._SubParsersAction) -> None:
     job = sub.add_parser(
         "job",
         help="run an interpretability job file (TOML or JSON); resumable, shardable with torchrun",
@@ -103,8 +128,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a folder is refused); the old results are deleted once the new run has finished",
     )
     job.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _threads_argument(job)
     job.set_defaults(func=_job)
 
+
+def _register_worker(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser(
         "worker",
         help="run each job file dropped into a folder once (the compose worker)",
@@ -120,7 +148,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--poll-seconds", type=float, default=5.0, help="seconds between looks (default 5)"
     )
     worker.add_argument("--data-dir", help="dataset root (default: $CNNZOO_DATA, else ./data)")
+    _threads_argument(worker)
     worker.set_defaults(func=_worker)
+
+
+def _threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for PyTorch's operators (default: PyTorch's, one per core; under "
+        "torchrun, per process)",
+    )
+
+
+def _set_threads(threads: int | None) -> None:
+    """Apply --threads (PyTorch's intra-op threads) before any work."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InvalidInput(f"--threads must be a positive integer, got {threads}")
+    import torch  # kept out of `cnnzoo --help`
+
+    torch.set_num_threads(threads)
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -160,6 +209,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--out {args.out}: the figure is written as PNG; name a .png file")
     if args.scale is not None and args.scale < 1:
         raise InvalidInput(f"--scale must be a positive integer, got {args.scale}")
+    _set_threads(args.threads)
     image = read_image(args.image)  # decoded as the Explain RPC decodes uploads
     if args.repository is not None:
         repo = ModelRepository(args.repository)
@@ -174,7 +224,7 @@ def _explain(args: argparse.Namespace) -> int:
         model = zoo.build_model(args.model, weights=weights)
         preprocess, labels = entry.preprocess, list(entry.labels)
     x = torch.from_numpy(preprocess.apply(image)).unsqueeze(0)
-    result = explain(model, x, args.method, target=args.target)
+    result = explain(model, x, args.method, target=args.target, layer=args.layer)
     label = labels[result.target] if result.target < len(labels) else str(result.target)
     summary = f"{result.method} map of class {result.target} ({label}), p={result.score:.4f}"
     height, width = result.attribution.shape
@@ -194,7 +244,22 @@ def _explain(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"cnnzoo explain: warning: {warning}", file=sys.stderr)
     print(f"{args.image}: {summary} -> {args.out}")
+    if args.quality:
+        _print_quality(model, x, args.method, result.target, args.layer)
     return 0
+
+
+def _print_quality(model: Any, x: Any, method: str, target: int, layer: str | None) -> None:
+    """`explain --quality`: the figures of one map beside the baselines, and what they say."""
+    from cnnzoo.interpret.quality.report import reading, summarise, table_text
+    from cnnzoo.interpret.torch_backend import explanation_quality
+
+    results = explanation_quality(model, x, [method], targets=[target], layer=layer)
+    rows = summarise(results)
+    print(f"quality of the {method} map (class {target}) beside a random map and edges:")
+    print(table_text(rows))
+    for line in reading(rows):
+        print(f"  {line}")
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -202,10 +267,12 @@ def _job(args: argparse.Namespace) -> int:
     from cnnzoo.interpret.jobs.runner import run_job
     from cnnzoo.interpret.jobs.spec import load_job
 
-    job = load_job(args.job_file, data_dir=args.data_dir)
+    _set_threads(args.threads)
+    job = load_job(args.job_file, data_dir=args.data_dir)  # refuses what the run would refuse
     if args.check:
         spec = job.spec
-        print(f"{args.job_file}: ok ({len(spec.analyses)} analyses on {spec.model})")
+        names = ", ".join(analysis.id for analysis in spec.analyses)
+        print(f"{args.job_file}: ok ({len(spec.analyses)} analyses on {spec.model}: {names})")
         return 0
     index = run_job(
         job,
@@ -222,6 +289,7 @@ def _job(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from cnnzoo.interpret.jobs.worker import run_worker  # torch: kept out of `cnnzoo --help`
 
+    _set_threads(args.threads)
     failed = run_worker(
         args.jobs,
         args.results,

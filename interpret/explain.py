@@ -4,6 +4,7 @@ both call, so the two give identical maps.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,12 @@ from cnnzoo.interpret.methods import METHODS, get_method
 from cnnzoo.interpret.render import attribution_rgb, png_bytes
 from cnnzoo.interpret.rules import left_as_found
 
-__all__ = ["METHODS", "Explanation", "explain"]
+__all__ = ["METHODS", "Explanation", "explain", "takes_layer"]
+
+
+def takes_layer(method: str) -> bool:
+    """Whether the method's class takes a `layer` (Grad-CAM and guided Grad-CAM do)."""
+    return "layer" in inspect.signature(get_method(method).load()).parameters
 
 
 @dataclass
@@ -44,7 +50,12 @@ class Explanation:
 
 
 def explain(
-    model: nn.Module, x: torch.Tensor, method: str, target: int | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    target: int | None = None,
+    *,
+    layer: str | None = None,
 ) -> Explanation:
     """Attribute one preprocessed image to a class.
 
@@ -53,13 +64,22 @@ def explain(
         x: one preprocessed image `[1, C, H, W]`, float32.
         method: one of `cnnzoo.interpret.methods.METHODS`.
         target: class index; None explains the predicted class.
+        layer: the layer of the methods that take one (Grad-CAM and guided Grad-CAM; default:
+            the last spatial layer that runs once).
 
     Raises:
-        InvalidInput: an unknown method, a badly shaped input or a target out of range.
+        InvalidInput: an unknown method, a badly shaped input, a target out of range, or a layer
+            for a method that takes none.
+        LayerNotFound: an unknown layer (lists the valid names).
         UnsupportedModel: the model calls functional ReLU or has an activation other than ReLU
             (the ReLU-rule methods), or a layer the method needs runs more than once.
     """
     implementation = get_method(method).load()  # InvalidInput lists the methods
+    if layer is not None and "layer" not in inspect.signature(implementation).parameters:
+        takes = [
+            m for m in METHODS if "layer" in inspect.signature(get_method(m).load()).parameters
+        ]
+        raise InvalidInput(f"method {method} takes no layer; a layer applies to {', '.join(takes)}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise InvalidInput(f"explain takes one preprocessed image [1, C, H, W], got {shape}")
@@ -78,7 +98,7 @@ def explain(
         elif not 0 <= int(target) < classes:
             raise InvalidInput(f"target {target} is out of range: the model has {classes} classes")
         target = int(target)
-        attributor = implementation(model)
+        attributor = implementation(model) if layer is None else implementation(model, layer=layer)
         maps = attributor.attribute(x, target=target)
         attribution = maps[0].sum(dim=0)
     array = attribution.detach().float().cpu().numpy().astype(np.float32)

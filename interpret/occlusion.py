@@ -18,7 +18,7 @@ from captum.attr import Occlusion
 from torch import nn
 
 from cnnzoo.errors import InvalidInput
-from cnnzoo.interpret.attribution import checked_forward
+from cnnzoo.interpret.attribution import Target, checked_forward
 from cnnzoo.interpret.modules import get_layer, require_single_run
 from cnnzoo.interpret.rules import left_as_found
 
@@ -73,11 +73,11 @@ class OcclusionSensitivity(Occlusion):
         self.stride = stride
         self.batch_size = batch_size
 
-    def attribute(self, inputs: torch.Tensor, target: int) -> torch.Tensor:  # type: ignore[override]
+    def attribute(self, inputs: torch.Tensor, target: Target) -> torch.Tensor:  # type: ignore[override]
         r"""
         Args:
             inputs: preprocessed images `[N, C, H, W]`.
-            target: the output index.
+            target: the output index, for all images or one per image.
 
         Returns:
             `[N, 1, H, W]`: one value per pixel (the square covers all channels alike).
@@ -87,8 +87,11 @@ class OcclusionSensitivity(Occlusion):
         window = self.window or default[0]
         stride = self.stride or default[1]
         _check_window((height, width), window, stride)
-        self.forward_func = checked_forward(self.scores, target)
+        # Captum runs the forward function on batches of occluded copies (targets repeated to
+        # match), so the targets are checked once, against the unoccluded images' outputs.
+        self.forward_func = self.scores
         with left_as_found(self.model), torch.no_grad():
+            checked_forward(self.scores, target)(inputs.detach())
             maps = super().attribute(
                 inputs.detach(),
                 sliding_window_shapes=(channels, window, window),

@@ -31,6 +31,7 @@ __all__ = [
     "filter_grid",
     "heat_rgb",
     "label_colours",
+    "label_legend",
     "overlay",
     "png_bytes",
     "projection_rgb",
@@ -38,6 +39,7 @@ __all__ = [
     "side_by_side",
     "tile_grid",
     "upscale",
+    "with_scale",
 ]
 
 _BLUE = torch.tensor([0.13, 0.40, 0.80]).view(3, 1, 1)
@@ -106,6 +108,46 @@ def overlay(image: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     alpha = (a.abs() / peak).clamp(0, 1).unsqueeze(0)
     colour = torch.where(a.unsqueeze(0) >= 0, _RED, _BLUE)
     return grey * (1 - alpha) + colour * alpha
+
+
+def _text_strip(width: int, lines: Sequence[str], size: int = 11) -> Image.Image:
+    """White strip `width` px wide with each line centred (the default font at `size` px)."""
+    font = ImageFont.load_default(size=size)
+    strip = Image.new("RGB", (width, (size + 3) * len(lines) + 2), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(lines):
+        draw.text((width // 2, 1 + i * (size + 3)), line, fill=(0, 0, 0), font=font, anchor="ma")
+    return strip
+
+
+def _from_image(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def with_scale(tile: torch.Tensor, peak: float) -> torch.Tensor:
+    """`tile` (a map drawn by `attribution_rgb` or `overlay`) above its scale: the palette from
+    -peak (blue) through 0 (white) to +peak (red), and the value of full colour, "±peak"."""
+    width = tile.shape[-1]
+    ramp = torch.linspace(-1.0, 1.0, width).expand(6, -1)
+    label = f"±{peak:.3g}" if math.isfinite(peak) and peak > 0 else "all 0"
+    text = _from_image(_text_strip(width, [label]))
+    return torch.cat([tile, torch.ones(3, 2, width), attribution_rgb(ramp), text], dim=1)
+
+
+def label_legend(names: Sequence[str], colours: torch.Tensor, size: int = 12) -> torch.Tensor:
+    """A legend of coloured squares, each followed by its name, one per line, on white."""
+    font = ImageFont.load_default(size=size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max((probe.textlength(n, font=font) for n in names), default=0)
+    line = size + 6
+    legend = Image.new("RGB", (int(width) + size + 14, line * len(names) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(legend)
+    for i, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        top = 2 + i * line
+        fill = tuple(int(round(float(v) * 255)) for v in colour)
+        draw.rectangle((2, top, 2 + size, top + size), fill=fill, outline=(90, 90, 90))
+        draw.text((size + 8, top), name, fill=(0, 0, 0), font=font)
+    return _from_image(legend)
 
 
 def heat_rgb(m: torch.Tensor, low: float, high: float) -> torch.Tensor:

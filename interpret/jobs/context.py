@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnzoo.fileio import atomic_write_json, sha256_file
+from cnnzoo.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from cnnzoo.interpret.jobs.distributed import Ranks
 from cnnzoo.interpret.jobs.world import DatasetSpec, World
 from cnnzoo.interpret.render import denormalise, save_png
@@ -130,6 +130,12 @@ class JobContext:
                 raise RuntimeError(f"part {analysis_id}/{key} did not finish")
             records[key] = record
         return records
+
+    def write_file(self, data: bytes, relative: str, caption: str) -> dict[str, str]:
+        """Save bytes (a plot, a table) under the output folder; its file record."""
+        path = self.out_dir / relative
+        atomic_write_bytes(path, data)
+        return {"path": relative, "sha256": sha256_file(path), "caption": caption}
 
     def write_png(self, picture: torch.Tensor, relative: str, caption: str) -> dict[str, str]:
         """Save a picture under the output folder; its file record for the manifest."""

@@ -15,6 +15,7 @@ __all__ = [
     "MAX_BATCH_BYTES",
     "MAX_IMAGES",
     "MAX_JOB_FILE_BYTES",
+    "MAX_QUALITY_IMAGES",
     "MAX_RANDOMISATION_IMAGES",
     "MAX_STEPS",
     "MAX_TILES",
@@ -32,6 +33,7 @@ MAX_TOP_K = 256  # tiles on one channel page
 MAX_TILES = 20_000  # top-k tiles (projections, two PNGs each) of one analysis
 MAX_IMAGES = 1024  # images one per-image analysis lists
 MAX_RANDOMISATION_IMAGES = 64  # held at once, with a map per stage and method
+MAX_QUALITY_IMAGES = 10_000  # images of one explanation-quality analysis (64 per part)
 MAX_STEPS = 10_000  # gradient-ascent steps of activation maximisation
 MAX_UNITS = 4096  # synthetic images of one analysis
 MAX_WORKERS = 64  # data-loader processes

@@ -6,6 +6,7 @@ from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.kinds.activation_maximisation import ActivationMaximisation
 from cnnzoo.interpret.jobs.kinds.attributions import Attributions
 from cnnzoo.interpret.jobs.kinds.evolution import Evolution
+from cnnzoo.interpret.jobs.kinds.explanation_quality import ExplanationQuality
 from cnnzoo.interpret.jobs.kinds.filters import Filters
 from cnnzoo.interpret.jobs.kinds.max_activations import MaxActivations
 from cnnzoo.interpret.jobs.kinds.occlusion import Occlusion
@@ -23,5 +24,6 @@ KINDS: dict[str, type[Analysis]] = {
         Occlusion,
         Randomisation,
         ActivationMaximisation,
+        ExplanationQuality,
     )
 }

@@ -183,6 +183,33 @@ def _device(requested: str, ranks: Ranks) -> torch.device:
     return torch.device("cuda", ranks.local_rank)
 
 
+def _finish(ctx: JobContext, job: Job, model_sha: str, sections: list[dict[str, Any]]) -> None:
+    """Write the manifest and the gallery, then delete the results this run replaced."""
+    spec, world = job.spec, job.world
+    weights_file = world.weights_file
+    manifest = {
+        "job": spec.to_dict(),
+        "model": {
+            "name": spec.model,
+            "weights": spec.weights,
+            "weights_sha256": sha256_file(weights_file) if weights_file else None,
+            "state_sha256": model_sha,
+        },
+        "dataset": {
+            "name": spec.dataset.name,
+            "split": spec.dataset.split,
+            "images": world.images,
+        },
+        "analyses": sections,
+        "timings": ctx.timings,
+    }
+    atomic_write_json(ctx.out_dir / MANIFEST, manifest)
+    gallery.write_gallery(ctx.out_dir, manifest)
+    aside = replaced_path(ctx.out_dir)
+    if aside.exists():  # the results this run replaced
+        shutil.rmtree(aside)
+
+
 def run_job(
     job: Job,
     out_dir: str | Path | None = None,
@@ -240,28 +267,7 @@ def run_job(
         if ranks.is_main:
             ctx.timings["total_seconds"] = round(time.perf_counter() - started, 3)
             ctx.timings["ranks"] = ranks.world
-            weights_file = world.weights_file
-            manifest = {
-                "job": spec.to_dict(),
-                "model": {
-                    "name": spec.model,
-                    "weights": spec.weights,
-                    "weights_sha256": sha256_file(weights_file) if weights_file else None,
-                    "state_sha256": model_sha,
-                },
-                "dataset": {
-                    "name": spec.dataset.name,
-                    "split": spec.dataset.split,
-                    "images": world.images,
-                },
-                "analyses": sections,
-                "timings": ctx.timings,
-            }
-            atomic_write_json(ctx.out_dir / MANIFEST, manifest)
-            gallery.write_gallery(ctx.out_dir, manifest)
-            aside = replaced_path(ctx.out_dir)
-            if aside.exists():  # the results this run replaced
-                shutil.rmtree(aside)
+            _finish(ctx, job, model_sha, sections)
         ranks.barrier()
         return index
     except OSError as err:

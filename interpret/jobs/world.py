@@ -5,15 +5,21 @@ once and shared by validation (each analysis resolves its options against it) an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from cnnzoo import zoo
 from cnnzoo.errors import CnnzooError, JobFileError, LayerNotFound, NotFound
+from cnnzoo.interpret.explain import takes_layer
 from cnnzoo.interpret.layers import LayerInfo, describe_layers
+from cnnzoo.interpret.methods import METHODS, get_method
+from cnnzoo.interpret.modules import get_layer
+from cnnzoo.interpret.projection import Unit, project_units
+from cnnzoo.interpret.rules import Rule
 from cnnzoo.zoo.datasets import DATASETS, get_dataset
 
 __all__ = ["DatasetSpec", "World", "open_world"]
@@ -54,6 +60,7 @@ class World:
     layers: dict[str, LayerInfo]
     base: Path
     source: str
+    _refusals: dict[tuple[str, ...], CnnzooError | None] = field(default_factory=dict, repr=False)
 
     def resolve_path(self, value: str | Path) -> Path:
         """A path from the job file, relative to the job file's folder."""
@@ -79,15 +86,95 @@ class World:
         """Selectable layers of the given module classes ("Conv2d", "Linear", ...)."""
         return [n for n in self.selectable if self.layers[n].kind in kinds]
 
+    @property
+    def randomisable(self) -> list[str]:
+        """Selectable layers with parameters they can re-initialise (`reset_parameters`)."""
+        return [
+            n
+            for n in self.selectable
+            if self.layers[n].params
+            and callable(getattr(get_layer(self.model, n), "reset_parameters", None))
+        ]
+
     def layer(self, where: str, name: str, valid: Sequence[str] | None = None) -> str:
         """`name` if it is one of `valid` (default: the spatial layers), else `LayerNotFound`
-        naming `where` and the valid layers."""
+        naming `where`, why (unknown, or run more than once per forward pass) and the valid
+        layers."""
         valid = self.spatial if valid is None else valid
         if name not in valid:
-            raise LayerNotFound(
-                f"{where}: unknown or unusable layer {name!r}; valid layers: {', '.join(valid)}"
-            )
+            info = self.layers.get(name)
+            why = "unknown or unusable layer"
+            if info is not None and info.calls > 1:
+                why = (
+                    f"layer {name!r} runs {info.calls} times per forward pass, so it has no "
+                    "single output; pick a module that runs once (e.g. the convolution before a "
+                    "reused ReLU, or the block that contains it). Valid layers:"
+                )
+                raise LayerNotFound(f"{where}: {why} {', '.join(valid)}")
+            raise LayerNotFound(f"{where}: {why} {name!r}; valid layers: {', '.join(valid)}")
         return name
+
+    # -- what the run would refuse, found before it starts -----------------------------------
+
+    def _refuse(self, where: str, key: tuple[str, ...], attempt: Any) -> None:
+        """Run `attempt()` once per `key` (on one example input) and raise what it raised,
+        prefixed with `where`."""
+        if key not in self._refusals:
+            try:
+                attempt()
+                self._refusals[key] = None
+            except CnnzooError as err:
+                self._refusals[key] = err
+        err = self._refusals[key]
+        if err is not None:
+            raise type(err)(f"{where}: {err.reason}") from None
+
+    def _example(self) -> torch.Tensor:
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        return torch.zeros((1, *self.entry.input_shape), dtype=dtype)
+
+    def check_method(self, where: str, method: str, layer: str | None = None) -> None:
+        """Refuse, naming `where`, an attribution method the model cannot be explained with (a
+        ReLU rule on a model with another activation, a Grad-CAM layer that runs twice): the
+        method is run once on an example input."""
+
+        def attempt() -> None:
+            cls = get_method(method).load()
+            attributor = cls(self.model) if layer is None else cls(self.model, layer=layer)
+            attributor.attribute(self._example(), target=0)
+
+        self._refuse(f"{where}: method {method}", ("method", method, layer or ""), attempt)
+
+    def method_layer(self, where: str, layer: str | None, methods: Sequence[str]) -> str | None:
+        """`layer` for the methods that take one (Grad-CAM's), checked: a spatial layer that runs
+        once, and some of `methods` takes it."""
+        if layer is None:
+            return None
+        self.layer(f"{where}: layer", layer, self.spatial)
+        if not any(takes_layer(m) for m in methods):
+            taking = ", ".join(m for m in METHODS if takes_layer(m))
+            raise JobFileError(
+                f"{where}: layer applies to the methods that take one ({taking}), and none of "
+                f"{', '.join(methods)} does"
+            )
+        return layer
+
+    def check_methods(self, where: str, methods: Sequence[str], layer: str | None = None) -> None:
+        """`check_method` for each method (`layer` for those that take one)."""
+        for method in methods:
+            self.check_method(where, method, layer if takes_layer(method) else None)
+
+    def check_projection(self, where: str, rule: str, layer: str) -> None:
+        """Refuse, naming `where`, a projection of `layer`'s units the run would refuse (a ReLU
+        rule on a model with another activation before the layer): one unit is projected."""
+
+        def attempt() -> None:
+            shape = self.layers[layer].output_shape
+            y, x = (shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (0, 0)
+            project_units(self.model, layer, self._example(), [Unit(0, 0, y, x)], rule=Rule(rule))
+
+        self._refuse(f"{where}: projection {rule}", ("projection", rule, layer), attempt)
 
     def channels(self, where: str, layer: str, choice: int | Sequence[int]) -> tuple[int, ...]:
         """The channels of `layer` a job asks for: `choice` of them spread evenly, or the listed

@@ -277,3 +277,16 @@ class OtherActivation(nn.Module):
         h = self.fc1(x)
         h = F.gelu(h) if self.functional else self.act(h)
         return self.fc2(h)
+
+
+def gelu_lenet(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """LeNet-5 with `nn.GELU` modules where it has ReLUs: a model the ReLU rules must refuse
+    (built as an architecture of the zoo in the job tests)."""
+    from cnnzoo.zoo.lenet import LeNet5
+
+    model = LeNet5(num_classes=num_classes, in_channels=in_channels)
+    for parent in (model.features, model.classifier):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, nn.GELU())
+    return model

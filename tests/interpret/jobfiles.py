@@ -52,6 +52,14 @@ kind = "activation-maximisation"
 channels = {{"features.c3" = [0, 5, 9]}}
 steps = 30
 learning_rate = 0.2
+
+[[analyses]]
+kind = "explanation-quality"
+images = 6
+methods = ["gradient", "grad-cam"]
+steps = 4
+sanity_images = 2
+randomise = ["classifier.output"]
 """
 
 

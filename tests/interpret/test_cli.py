@@ -134,7 +134,7 @@ def test_explain_target_and_errors(tmp_path: Path, capsys) -> None:
 def test_job_check_and_errors(tmp_path: Path, capsys, data_dir: Path) -> None:
     job = write_job(tmp_path, mnist_job("check", subset=10, batch_size=10))
     assert main(["job", str(job), "--check"]) == 0
-    assert "ok (1 analyses on lenet5-mnist)" in capsys.readouterr().out
+    assert "ok (1 analyses on lenet5-mnist: 01-max-activations)" in capsys.readouterr().out
     bad = write_job(
         tmp_path,
         mnist_job("check", subset=10, batch_size=10).replace("features.c3", "conv2"),
@@ -280,3 +280,66 @@ def test_explain_from_a_model_repository(tmp_path: Path, capsys) -> None:
         == 3
     )
     assert "no model named" in capsys.readouterr().err
+
+
+@pytest.fixture
+def torch_threads():
+    """Put PyTorch's thread count back after a test that sets it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_for_explain_and_jobs(tmp_path: Path, capsys, torch_threads) -> None:
+    out = tmp_path / "map.png"
+    torch.set_num_threads(2)
+    assert main(["explain", str(SEVEN), "--model", "lenet5-mnist", "--out", str(out),
+                 "--threads", "1"]) == 0  # fmt: skip
+    assert torch.get_num_threads() == 1
+    job = write_job(tmp_path, mnist_job("threads", subset=10, batch_size=10).replace(
+        '[dataset]\nname = "mnist"', f'[dataset]\nname = "{DIGITS}"'))  # fmt: skip
+    assert main(["job", str(job), "--check", "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2
+    capsys.readouterr()
+    for command in (["explain", str(SEVEN), "--model", "lenet5-mnist", "--out", str(out)],
+                    ["job", str(job), "--check"]):  # fmt: skip
+        assert main([*command, "--threads", "0"]) == 2
+        assert "--threads must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_explain_layer_picks_the_grad_cam_layer(tmp_path: Path, capsys) -> None:
+    out, saved = tmp_path / "map.png", tmp_path / "map.npy"
+    maps = {}
+    for layer in (None, "features.c3", "features.s4"):
+        extra = [] if layer is None else ["--layer", layer]
+        args = ["explain", str(SEVEN), "--model", "lenet5-mnist", "--method", "grad-cam"]
+        assert main([*args, "--out", str(out), "--save-map", str(saved), *extra]) == 0
+        maps[layer] = np.load(saved)
+    # the default is the last spatial layer that runs once: S4 (5x5) in LeNet-5
+    np.testing.assert_array_equal(maps[None], maps["features.s4"])
+    assert not np.allclose(maps["features.c3"], maps["features.s4"])  # C3's map is 10x10
+    model = zoo.build_model("lenet5-mnist", weights="default")
+    image = torch.from_numpy(zoo.get_entry("lenet5-mnist").preprocess.apply(Image.open(SEVEN)))
+    direct = explain(model, image[None], "grad-cam", layer="features.c3").attribution
+    np.testing.assert_allclose(maps["features.c3"], direct)
+    capsys.readouterr()
+    args = ["explain", str(SEVEN), "--model", "lenet5-mnist", "--out", str(out)]
+    assert main([*args, "--method", "gradient", "--layer", "features.c3"]) == 2
+    assert "takes no layer; a layer applies to grad-cam, guided-grad-cam" in capsys.readouterr().err
+    assert main([*args, "--method", "grad-cam", "--layer", "features.c9"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown layer 'features.c9'" in err and "features.c3" in err
+
+
+def test_explain_quality_prints_the_figures_of_the_map(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "map.png"
+    args = ["explain", str(SEVEN), "--model", "lenet5-mnist", "--method", "grad-cam"]
+    assert main([*args, "--out", str(out), "--quality"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(printed) if line.startswith("quality of the grad-cam"))
+    header, units, *rows = printed[start + 1 : start + 6]
+    assert header.split()[:3] == ["method", "deletion", "deletion"]
+    assert [row.split()[0] for row in rows] == ["grad-cam", "random", "edges"]
+    values = [float(v) for v in rows[0].split()[1:]]
+    assert len(values) == 8 and all(-1 <= v <= 100 for v in values)
+    assert any("random map" in line for line in printed[start + 6 :])

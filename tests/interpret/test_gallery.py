@@ -83,7 +83,7 @@ def test_every_page_opens_in_a_real_browser(digits_run: Path, tmp_path_factory) 
     for url in requested:
         _local(url, digits_run)  # nothing fetched from outside the folder
     assert problems == []
-    assert len(pages) == 13 and len(images) >= 40
+    assert len(pages) == 14 and len(images) >= 40
     for shot in ("overview.png", "channel.png"):
         assert (shots / shot).stat().st_size > 10_000
     print(f"gallery screenshots: {shots}")

@@ -43,7 +43,7 @@ from tests.interpret.jobfiles import (
 def test_outputs_and_manifest(digits_run: Path) -> None:
     manifest = json.loads((digits_run / "manifest.json").read_text())
     kinds = ["max-activations", "filters", "attributions", "occlusion", "randomisation"]
-    kinds += ["evolution", "activation-maximisation"]
+    kinds += ["evolution", "activation-maximisation", "explanation-quality"]
     assert [a["kind"] for a in manifest["analyses"]] == kinds
     assert manifest["dataset"]["images"] == 20
     assert manifest["model"]["weights_sha256"] == sha256_file(
@@ -67,7 +67,17 @@ def test_outputs_and_manifest(digits_run: Path) -> None:
     assert occlusion["window"] == 8 and occlusion["min_probability"] <= occlusion["max_probability"]
     randomisation = manifest["analyses"][4]["tables"]
     assert randomisation["stages"] == ["trained", "classifier.output", "features.c5"]
-    assert all(values[0] == 1.0 for values in randomisation["correlation"].values())
+    # three measures for the rules, Grad-CAM and guided Grad-CAM, each 1 before randomising
+    for measure in ("correlation", "signed", "ssim"):
+        assert sorted(randomisation[measure]) == sorted(
+            ["gradient", "deconvnet", "guided-backprop", "grad-cam", "guided-grad-cam"]
+        )
+        assert all(values[0] == 1.0 for values in randomisation[measure].values())
+    # each attribution map's scale is in the manifest and drawn under the map
+    attributions = manifest["analyses"][2]["tables"]["0"]["methods"]
+    assert all(result["peak"] > 0 for result in attributions.values())
+    quality = manifest["analyses"][7]["tables"]
+    assert [row["method"] for row in quality["rows"]] == ["gradient", "grad-cam", "random", "edges"]
 
 
 def test_gallery_references_only_existing_files(digits_run: Path) -> None:
@@ -85,7 +95,9 @@ def test_gallery_references_only_existing_files(digits_run: Path) -> None:
         "01-max-activations.features.c3.0005.html",
     } <= names
     assert (
-        "07-activation-maximisation.features.c3.html" in names and len(names) == 1 + 7 + 1 + 3 + 1
+        "07-activation-maximisation.features.c3.html" in names
+        and "08-explanation-quality.html" in names
+        and len(names) == 1 + 8 + 1 + 3 + 1
     )
 
 
@@ -325,10 +337,10 @@ VALID = mnist_job("valid", subset=10, batch_size=10)
             "methods must list methods from",
         ),
         (
-            VALID + '[[analyses]]\nkind = "randomisation"\nmethods = ["occlusion"]\n',
+            VALID + '[[analyses]]\nkind = "randomisation"\nmethods = ["lrp"]\n',
             ".toml",
             JobFileError,
-            "methods must list methods from gradient, deconvnet, guided-backprop, got",
+            "methods must list methods from gradient, deconvnet, guided-backprop, occlusion",
         ),
         (
             VALID.replace("batch_size = 10", "batch_size = 10\nnum_workers = -1"),
@@ -351,13 +363,19 @@ def test_bad_job_files_fail_before_any_work(
 
 def test_job_files_take_every_method_of_the_table() -> None:
     from cnnzoo.interpret.jobs.kinds.attributions import AttributionsOptions
+    from cnnzoo.interpret.jobs.kinds.explanation_quality import ExplanationQualityOptions
     from cnnzoo.interpret.jobs.kinds.randomisation import RandomisationOptions
     from cnnzoo.interpret.methods import METHODS, RULE_METHODS
     from cnnzoo.interpret.rules import Rule
+    from cnnzoo.interpret.sanity import ADEBAYO_METHODS
 
-    assert AttributionsOptions.parse({"methods": list(METHODS)}, "job").methods == METHODS
-    assert AttributionsOptions().methods == METHODS
-    assert RandomisationOptions().methods == RULE_METHODS == tuple(rule.value for rule in Rule)
+    for options in (AttributionsOptions, RandomisationOptions, ExplanationQualityOptions):
+        assert options.parse({"methods": list(METHODS)}, "job").methods == METHODS
+    assert AttributionsOptions().methods == ExplanationQualityOptions().methods == METHODS
+    # the rules and Grad-CAM, guided Grad-CAM between them (Adebayo et al.'s contrast)
+    assert RandomisationOptions().methods == ADEBAYO_METHODS
+    assert tuple(rule.value for rule in Rule) == RULE_METHODS
+    assert {"grad-cam", "guided-grad-cam", *RULE_METHODS} == set(ADEBAYO_METHODS)
 
 
 def test_evolution_checkpoints_must_fit_the_model(tmp_path: Path, data_dir: Path) -> None:

@@ -154,3 +154,82 @@ def test_a_linear_model_warns_for_every_rule() -> None:
     linear = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).to(DTYPE)
     for rule in Rule:
         assert "cannot depend on the input" in input_independence(linear, rule)
+
+
+# -- `cnnzoo job --check` refuses what the run would refuse, naming the analysis ---------------
+
+
+@pytest.fixture
+def gelu_model(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A zoo entry whose architecture is LeNet-5 with GELU modules (registered for the test)."""
+    from dataclasses import replace
+
+    from cnnzoo.zoo import architectures, registry
+
+    arch = replace(
+        architectures.ARCHITECTURES["lenet5"],
+        name="gelu-lenet5",
+        builder="tests.interpret.helpers:gelu_lenet",
+    )
+    monkeypatch.setitem(architectures.ARCHITECTURES, arch.name, arch)
+    entry = replace(
+        zoo.get_entry("lenet5-mnist"), name="gelu-lenet5-digits", arch=arch.name, weights_dir=None
+    )
+    monkeypatch.setitem(registry._ENTRIES, entry.name, entry)
+    return entry.name
+
+
+def _check(tmp_path: Path, model: str, analyses: str, capsys) -> tuple[int, str]:
+    from cnnzoo.cli import main
+    from tests.interpret.jobfiles import DIGITS, write_job
+
+    job = write_job(
+        tmp_path,
+        f'model = "{model}"\nweights = "none"\n[dataset]\nname = "{DIGITS}"\n{analyses}',
+    )
+    code = main(["job", str(job), "--check"])
+    return code, capsys.readouterr().err
+
+
+def test_job_check_refuses_rule_methods_on_other_activations(
+    tmp_path: Path, gelu_model: str, capsys
+) -> None:
+    # the plain gradient, occlusion and Grad-CAM need no ReLU rule: fine
+    fine = '[[analyses]]\nkind = "attributions"\nmethods = ["gradient", "occlusion", "grad-cam"]\n'
+    assert _check(tmp_path, gelu_model, fine, capsys)[0] == 0
+    for analyses, where in (
+        ('[[analyses]]\nkind = "attributions"\nmethods = ["gradient", "deconvnet"]\n',
+         "analyses[0] (attributions): method deconvnet:"),
+        ('[[analyses]]\nkind = "filters"\n[[analyses]]\nkind = "max-activations"\n',
+         "analyses[1] (max-activations): projection deconvnet:"),
+        ('[[analyses]]\nkind = "randomisation"\nmethods = ["grad-cam", "guided-grad-cam"]\n',
+         "analyses[0] (randomisation): method guided-grad-cam:"),
+        ('[[analyses]]\nkind = "explanation-quality"\nmethods = ["guided-backprop"]\n',
+         "analyses[0] (explanation-quality): method guided-backprop:"),
+    ):  # fmt: skip
+        code, err = _check(tmp_path, gelu_model, analyses, capsys)
+        assert code == UnsupportedModel.exit_code, err
+        assert where in err and "is GELU, an activation other than ReLU" in err, err
+        assert err.count("\n") == 1
+    # what the run itself would have said
+    model = zoo.build_model(gelu_model, weights=None)
+    with pytest.raises(UnsupportedModel, match="is GELU, an activation other than ReLU"):
+        explain(model, torch.zeros(1, 1, 32, 32), "deconvnet")
+
+
+def test_job_check_says_why_a_layer_that_runs_twice_is_refused(tmp_path: Path, capsys) -> None:
+    # torchvision's ResNet-18 calls each block's ReLU module twice
+    for analyses, where in (
+        ('[[analyses]]\nkind = "occlusion"\nlayer = "layer1.0.relu"\n',
+         "analyses[0] (occlusion): layer:"),
+        ('[[analyses]]\nkind = "attributions"\nmethods = ["grad-cam"]\nlayer = "layer1.0.relu"\n',
+         "analyses[0] (attributions): layer:"),
+        ('[[analyses]]\nkind = "randomisation"\nlayers = ["fc", "layer1.0.relu"]\n',
+         "analyses[0] (randomisation): layers:"),
+    ):  # fmt: skip
+        code, err = _check(tmp_path, "resnet18-imagenet", analyses, capsys)
+        assert code != 0 and where in err, err
+        assert (
+            "layer 'layer1.0.relu' runs 2 times per forward pass, so it has no single output" in err
+        )
+        assert "layer1.0.conv1" in err  # the valid layers are listed

@@ -104,6 +104,16 @@ class ActivationMaximisation(Analysis[ActivationMaximisationOptions]):
         return replace(opts, layers=tuple(table), channels=table)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
+        records = ctx.run_parts(
+            self.id,
+            [f"layer-{name}" for name in self.options.channels],
+            lambda key: self._render_layer(ctx, key[len("layer-") :]),
+        )
+        tables = {r["data"]["layer"]: r["data"]["channels"] for r in records.values()}
+        return self.section(ctx, records, tables=tables)
+
+    def _render_layer(self, ctx: JobContext, layer: str) -> dict[str, Any]:
+        """One layer's part: an optimised input per channel, and the layer's grid of them."""
         opts = self.options
         entry = ctx.world.entry
         preprocess = entry.preprocess
@@ -111,66 +121,56 @@ class ActivationMaximisation(Analysis[ActivationMaximisationOptions]):
             [(0 - m) / s for m, s in zip(preprocess.mean, preprocess.std, strict=True)],
             [(1 - m) / s for m, s in zip(preprocess.mean, preprocess.std, strict=True)],
         )
-
-        def render(layer: str) -> dict[str, Any]:
-            channels = opts.channels[layer]
-            shape = ctx.world.layers[layer].output_shape
-            y, x = (shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (0, 0)
-            result = maximise_units(
-                ctx.model,
-                layer,
-                [(c, y, x) for c in channels],
-                entry.input_shape,
-                regularisers=opts.regularisers(),
-                seed=opts.seed,
-                batch_size=opts.batch_size,
-                bounds=bounds,
-            )
-            with torch.no_grad():
-                probabilities = torch.softmax(ctx.model(result.images), dim=1)
-            tiles, files, data = [], [], {}
-            for row, channel in enumerate(channels):
-                tile = upscale(ctx.display(result.images[row]), TILE * 2)
-                tiles.append(tile)
-                predicted = int(probabilities[row].argmax())
-                data[str(channel)] = {
-                    "activation": float(result.activation[row]),
-                    "start": float(result.start[row]),
-                    "y": y,
-                    "x": x,
-                    "predicted": entry.labels[predicted],
-                    "probability": round(float(probabilities[row, predicted]), 6),
-                }
-                files.append(
-                    ctx.write_png(
-                        tile,
-                        f"{self.id}/{layer}/channel_{channel:04d}.png",
-                        f"{layer} channel {channel}, unit ({y}, {x}): activation "
-                        f"{float(result.start[row]):.3g} for the starting noise, "
-                        f"{float(result.activation[row]):.3g} after {opts.steps} steps; "
-                        f"classified {entry.labels[predicted]} "
-                        f"(p={float(probabilities[row, predicted]):.3f})",
-                    )
-                )
-            grid = tile_grid(tiles, nrow=min(8, len(tiles)), padding=4)
-            files.insert(
-                0,
-                ctx.write_png(
-                    grid,
-                    f"{self.id}/{layer}.png",
-                    f"{layer}: inputs optimised from noise to maximise the centre unit of "
-                    f"channels {', '.join(map(str, channels))} ({opts.steps} steps)",
-                ),
-            )
-            return {"files": files, "data": {"layer": layer, "channels": data}}
-
-        records = ctx.run_parts(
-            self.id,
-            [f"layer-{name}" for name in opts.channels],
-            lambda key: render(key[len("layer-") :]),
+        channels = opts.channels[layer]
+        shape = ctx.world.layers[layer].output_shape
+        y, x = (shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (0, 0)
+        result = maximise_units(
+            ctx.model,
+            layer,
+            [(c, y, x) for c in channels],
+            entry.input_shape,
+            regularisers=opts.regularisers(),
+            seed=opts.seed,
+            batch_size=opts.batch_size,
+            bounds=bounds,
         )
-        tables = {r["data"]["layer"]: r["data"]["channels"] for r in records.values()}
-        return self.section(ctx, records, tables=tables)
+        with torch.no_grad():
+            probabilities = torch.softmax(ctx.model(result.images), dim=1)
+        tiles, files, data = [], [], {}
+        for row, channel in enumerate(channels):
+            tile = upscale(ctx.display(result.images[row]), TILE * 2)
+            tiles.append(tile)
+            predicted = int(probabilities[row].argmax())
+            data[str(channel)] = {
+                "activation": float(result.activation[row]),
+                "start": float(result.start[row]),
+                "y": y,
+                "x": x,
+                "predicted": entry.labels[predicted],
+                "probability": round(float(probabilities[row, predicted]), 6),
+            }
+            files.append(
+                ctx.write_png(
+                    tile,
+                    f"{self.id}/{layer}/channel_{channel:04d}.png",
+                    f"{layer} channel {channel}, unit ({y}, {x}): activation "
+                    f"{float(result.start[row]):.3g} for the starting noise, "
+                    f"{float(result.activation[row]):.3g} after {opts.steps} steps; "
+                    f"classified {entry.labels[predicted]} "
+                    f"(p={float(probabilities[row, predicted]):.3f})",
+                )
+            )
+        grid = tile_grid(tiles, nrow=min(8, len(tiles)), padding=4)
+        files.insert(
+            0,
+            ctx.write_png(
+                grid,
+                f"{self.id}/{layer}.png",
+                f"{layer}: inputs optimised from noise to maximise the centre unit of "
+                f"channels {', '.join(map(str, channels))} ({opts.steps} steps)",
+            ),
+        )
+        return {"files": files, "data": {"layer": layer, "channels": data}}
 
     @classmethod
     def contents(cls, section: dict[str, Any]) -> list[dict[str, str]]:

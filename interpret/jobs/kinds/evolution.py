@@ -79,6 +79,7 @@ class Evolution(Analysis[EvolutionOptions]):
         except CnnzooError as err:
             raise type(err)(f"{where}: checkpoints: {err.reason}") from None
         layer = world.layer(f"{where}: layer", opts.layer or world.of_kind("Conv2d")[-1])
+        world.check_projection(where, opts.projection, layer)
         return replace(
             opts,
             checkpoints=str(path),
@@ -90,45 +91,10 @@ class Evolution(Analysis[EvolutionOptions]):
     def run(self, ctx: JobContext) -> dict[str, Any]:
         opts = self.options
         layer, channels = opts.layer, opts.channels
-        paths = dict(list_epochs(opts.checkpoints))
-        indices = ctx.indices[: opts.subset]
-        rule = Rule(opts.projection)
         tiles_dir = ctx.state_dir / self.id
-
-        def run_epoch(key: str) -> dict[str, Any]:
-            epoch = int(key.split("-")[1])
-            model = ctx.world.build(paths[epoch]).to(ctx.device).eval()
-            batches = batch_ranges(indices, ctx.data.batch_size)
-            top = scan_topk(
-                model, {layer: channels}, iterate_batches(ctx.world.dataset, batches), k=1
-            )[layer]
-            entries = [top.entries(row)[0] for row in range(len(channels))]
-            wanted = sorted({e.image for e in entries})
-            images, labels = ctx.images(wanted)
-            units = [
-                Unit(wanted.index(e.image), c, e.y, e.x)
-                for c, e in zip(channels, entries, strict=True)
-            ]
-            maps = project_units(model, layer, images, units, rule=rule)
-            boxes = [ctx.world.unit_box(layer, e.y, e.x) for e in entries]
-            tiles = torch.stack(
-                [
-                    upscale(projection_rgb(crop_padded(m.cpu(), box)), TILE)
-                    for m, box in zip(maps, boxes, strict=True)
-                ]
-            )
-            # serialised here, written by Python: a full disk is an OSError like any other write
-            atomic_write_bytes(
-                tiles_dir / f"{key}.safetensors", save({"tiles": tiles.contiguous()})
-            )
-            data = {
-                str(c): unit_record(e, ctx.label_name(labels[wanted.index(e.image)]), box)
-                for c, e, box in zip(channels, entries, boxes, strict=True)
-            }
-            return {"files": [], "data": {"epoch": epoch, "channels": data}}
-
+        scanned = len(ctx.indices[: opts.subset])
         keys = [f"epoch-{e:03d}" for e in opts.epochs]
-        records = ctx.run_parts(self.id, keys, run_epoch)
+        records = ctx.run_parts(self.id, keys, lambda key: self._run_epoch(ctx, key))
         files = []
         if ctx.ranks.is_main:
             columns = [load_file(str(tiles_dir / f"{key}.safetensors"))["tiles"] for key in keys]
@@ -141,11 +107,11 @@ class Evolution(Analysis[EvolutionOptions]):
                     picture,
                     f"{self.id}/{layer}.png",
                     f"{layer} channels {', '.join(map(str, channels))} (rows): the strongest "
-                    f"activation's projection over {len(indices)} images at epochs "
+                    f"activation's projection over {scanned} images at epochs "
                     f"{', '.join(map(str, opts.epochs))} (columns)",
                 )
             )
-        warning = input_independence(ctx.model, rule)
+        warning = input_independence(ctx.model, Rule(opts.projection))
         section = self.section(
             ctx,
             records,
@@ -154,3 +120,38 @@ class Evolution(Analysis[EvolutionOptions]):
         )
         section["files"] = files
         return section
+
+    def _run_epoch(self, ctx: JobContext, key: str) -> dict[str, Any]:
+        """One epoch's part: its checkpoint's strongest unit per channel, projected; the tiles
+        wait in the state folder for the grid of every epoch."""
+        opts = self.options
+        layer, channels = opts.layer, opts.channels
+        epoch = int(key.split("-")[1])
+        model = ctx.world.build(dict(list_epochs(opts.checkpoints))[epoch]).to(ctx.device).eval()
+        batches = batch_ranges(ctx.indices[: opts.subset], ctx.data.batch_size)
+        top = scan_topk(model, {layer: channels}, iterate_batches(ctx.world.dataset, batches), k=1)[
+            layer
+        ]
+        entries = [top.entries(row)[0] for row in range(len(channels))]
+        wanted = sorted({e.image for e in entries})
+        images, labels = ctx.images(wanted)
+        units = [
+            Unit(wanted.index(e.image), c, e.y, e.x) for c, e in zip(channels, entries, strict=True)
+        ]
+        maps = project_units(model, layer, images, units, rule=Rule(opts.projection))
+        boxes = [ctx.world.unit_box(layer, e.y, e.x) for e in entries]
+        tiles = torch.stack(
+            [
+                upscale(projection_rgb(crop_padded(m.cpu(), box)), TILE)
+                for m, box in zip(maps, boxes, strict=True)
+            ]
+        )
+        # serialised here, written by Python: a full disk is an OSError like any other write
+        atomic_write_bytes(
+            ctx.state_dir / self.id / f"{key}.safetensors", save({"tiles": tiles.contiguous()})
+        )
+        data = {
+            str(c): unit_record(e, ctx.label_name(labels[wanted.index(e.image)]), box)
+            for c, e, box in zip(channels, entries, boxes, strict=True)
+        }
+        return {"files": [], "data": {"epoch": epoch, "channels": data}}

@@ -20,11 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
-from tqdm import tqdm
 
-from cnnzoo.fileio import atomic_write_bytes
 from cnnzoo.interpret.jobs.analysis import Analysis
 from cnnzoo.interpret.jobs.context import SHOW, TILE, JobContext, unit_record
 from cnnzoo.interpret.jobs.limits import MAX_TILES, at_most, top_k_limit
@@ -55,14 +51,25 @@ from cnnzoo.interpret.render import (
     upscale,
 )
 from cnnzoo.interpret.rules import Rule, input_independence
-from cnnzoo.interpret.scan import batch_ranges, iterate_batches, scan_topk
-from cnnzoo.interpret.topk import TopK
+from cnnzoo.interpret.scan import resumable_scan
+from cnnzoo.interpret.topk import Entry, TopK
 
 __all__ = ["MaxActivations", "MaxActivationsOptions"]
 
 _CHECKPOINTS = 10  # scan checkpoints per run
 _CHANNELS = 8  # channels per layer unless the job says otherwise
 _TOP_K = 9  # the paper's 3x3
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """The images a layer's part draws from: preprocessed, their labels, the row of each dataset
+    index and the model's class probabilities."""
+
+    images: torch.Tensor
+    labels: list[int]
+    row_of: dict[int, int]
+    probabilities: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -95,109 +102,129 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
             MAX_TILES,
             f"{MAX_TILES} tiles per analysis; ask for fewer channels or a smaller top_k",
         )
+        for layer in table:
+            world.check_projection(self.where, opts.projection, layer)
         return replace(opts, layers=tuple(table), channels=table, top_k=top_k)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
-        opts = self.options
-        layers: dict[str, tuple[int, ...]] = opts.channels
-        k = opts.top_k
-        tops = self._scan(ctx, layers, k)
-        rule = Rule(opts.projection)
-
-        def render(layer: str) -> dict[str, Any]:
-            channels = layers[layer]
-            top = tops[layer]
-            table = [top.entries(row) for row in range(len(channels))]
-            wanted = sorted({e.image for entries in table for e in entries})
-            images, labels = ctx.images(wanted)
-            row_of = {index: row for row, index in enumerate(wanted)}
-            units = [
-                Unit(row_of[e.image], channel, e.y, e.x)
-                for channel, entries in zip(channels, table, strict=True)
-                for e in entries
-            ]
-            maps = (
-                project_units(ctx.model, layer, images, units, rule=rule)
-                if units
-                else torch.empty(0)
-            )
-            with torch.no_grad():
-                probabilities = torch.softmax(ctx.model(images), dim=1) if wanted else None
-            files, data, figures = [], {}, []
-            position = 0
-            for channel, entries in zip(channels, table, strict=True):
-                folder = f"{self.id}/{layer}/c{channel:04d}"
-                records = []
-                proj_tiles, patch_tiles = [], []
-                for rank, entry in enumerate(entries):
-                    row = row_of[entry.image]
-                    box = ctx.world.unit_box(layer, entry.y, entry.x)
-                    proj_tiles.append(
-                        upscale(projection_rgb(crop_padded(maps[position + rank].cpu(), box)), TILE)
-                    )
-                    shown = ctx.display(images[row])
-                    patch_tiles.append(upscale(crop_padded(shown, box), TILE))
-                    predicted = int(probabilities[row].argmax())
-                    tile = ctx.write_png(
-                        side_by_side([proj_tiles[-1], patch_tiles[-1]], gap=2),
-                        f"{folder}/tile_{rank + 1:02d}.png",
-                        f"{layer} channel {channel}, rank {rank + 1}: projection | patch",
-                    )
-                    full = ctx.write_png(
-                        boxed(shown, box, SHOW),
-                        f"{folder}/image_{rank + 1:02d}.png",
-                        f"dataset image {entry.image} with the receptive field of unit "
-                        f"({entry.y}, {entry.x}) of {layer}",
-                    )
-                    files += [tile, full]
-                    records.append(
-                        {
-                            **unit_record(entry, ctx.label_name(labels[row]), box),
-                            "predicted": ctx.world.entry.labels[predicted],
-                            "probability": round(float(probabilities[row, predicted]), 6),
-                            "tile": tile["path"],
-                            "full": full["path"],
-                        }
-                    )
-                position += len(entries)
-                figure = _channel_figure(proj_tiles, patch_tiles, k)
-                figures.append(figure)
-                data[str(channel)] = records
-                values = ", ".join(f"{e.value:.3g}" for e in entries)
-                files.append(
-                    ctx.write_png(
-                        figure,
-                        f"{self.id}/{layer}/channel_{channel:04d}.png",
-                        f"{layer} channel {channel}: top-{len(entries)} {opts.projection} "
-                        f"projections (left) and image patches (right); activations {values}",
-                    )
-                )
-            width = max(f.shape[-1] for f in figures)
-            height = max(f.shape[-2] for f in figures)
-            padded = [
-                torch.nn.functional.pad(
-                    f, (0, width - f.shape[-1], 0, height - f.shape[-2]), value=1.0
-                )
-                for f in figures
-            ]
-            overview = tile_grid(padded, nrow=min(4, len(padded)), padding=10)
-            files.insert(
-                0,
-                ctx.write_png(
-                    overview,
-                    f"{self.id}/{layer}.png",
-                    f"{layer}: channels {', '.join(map(str, channels))} "
-                    "(each: projections left, patches right)",
-                ),
-            )
-            return {"files": files, "data": {"layer": layer, "channels": data}}
-
+        layers: dict[str, tuple[int, ...]] = self.options.channels
+        tops = self._scan(ctx, layers, self.options.top_k)
+        rule = Rule(self.options.projection)
         records = ctx.run_parts(
-            self.id, [f"layer-{name}" for name in layers], lambda key: render(key[len("layer-") :])
+            self.id,
+            [f"layer-{name}" for name in layers],
+            lambda key: self._render_layer(ctx, key[len("layer-") :], tops[key[len("layer-") :]]),
         )
         tables = {r["data"]["layer"]: r["data"]["channels"] for r in records.values()}
         warning = input_independence(ctx.model, rule)
         return self.section(ctx, records, warnings=[warning] if warning else [], tables=tables)
+
+    def _render_layer(self, ctx: JobContext, layer: str, top: TopK) -> dict[str, Any]:
+        """One layer's part: per channel its tiles, whole images and 3x3 figure, then the
+        layer's overview of every channel's figure."""
+        channels = self.options.channels[layer]
+        table = [top.entries(row) for row in range(len(channels))]
+        wanted = sorted({e.image for entries in table for e in entries})
+        images, labels = ctx.images(wanted)
+        row_of = {index: row for row, index in enumerate(wanted)}
+        units = [
+            Unit(row_of[e.image], channel, e.y, e.x)
+            for channel, entries in zip(channels, table, strict=True)
+            for e in entries
+        ]
+        rule = Rule(self.options.projection)
+        maps = (
+            project_units(ctx.model, layer, images, units, rule=rule) if units else torch.empty(0)
+        )
+        with torch.no_grad():
+            probabilities = torch.softmax(ctx.model(images), dim=1) if wanted else torch.empty(0)
+        shown = _Shown(images=images, labels=labels, row_of=row_of, probabilities=probabilities)
+        files, data, figures = [], {}, []
+        position = 0
+        for channel, entries in zip(channels, table, strict=True):
+            projections = maps[position : position + len(entries)]
+            channel_files, records, figure = self._render_channel(
+                ctx, layer, channel, entries, projections, shown
+            )
+            position += len(entries)
+            files += channel_files
+            figures.append(figure)
+            data[str(channel)] = records
+        files.insert(0, self._layer_overview(ctx, layer, channels, figures))
+        return {"files": files, "data": {"layer": layer, "channels": data}}
+
+    def _render_channel(
+        self,
+        ctx: JobContext,
+        layer: str,
+        channel: int,
+        entries: list[Entry],
+        projections: torch.Tensor,
+        shown: _Shown,
+    ) -> tuple[list[dict[str, str]], list[dict[str, Any]], torch.Tensor]:
+        """A channel's files (a tile and a whole image per entry, then its figure), its
+        manifest records and its figure."""
+        folder = f"{self.id}/{layer}/c{channel:04d}"
+        files, records, proj_tiles, patch_tiles = [], [], [], []
+        for rank, entry in enumerate(entries):
+            row = shown.row_of[entry.image]
+            box = ctx.world.unit_box(layer, entry.y, entry.x)
+            proj_tiles.append(
+                upscale(projection_rgb(crop_padded(projections[rank].cpu(), box)), TILE)
+            )
+            image = ctx.display(shown.images[row])
+            patch_tiles.append(upscale(crop_padded(image, box), TILE))
+            predicted = int(shown.probabilities[row].argmax())
+            tile = ctx.write_png(
+                side_by_side([proj_tiles[-1], patch_tiles[-1]], gap=2),
+                f"{folder}/tile_{rank + 1:02d}.png",
+                f"{layer} channel {channel}, rank {rank + 1}: projection | patch",
+            )
+            full = ctx.write_png(
+                boxed(image, box, SHOW),
+                f"{folder}/image_{rank + 1:02d}.png",
+                f"dataset image {entry.image} with the receptive field of unit "
+                f"({entry.y}, {entry.x}) of {layer}",
+            )
+            files += [tile, full]
+            records.append(
+                {
+                    **unit_record(entry, ctx.label_name(shown.labels[row]), box),
+                    "predicted": ctx.world.entry.labels[predicted],
+                    "probability": round(float(shown.probabilities[row, predicted]), 6),
+                    "tile": tile["path"],
+                    "full": full["path"],
+                }
+            )
+        figure = _channel_figure(proj_tiles, patch_tiles, self.options.top_k)
+        values = ", ".join(f"{e.value:.3g}" for e in entries)
+        files.append(
+            ctx.write_png(
+                figure,
+                f"{self.id}/{layer}/channel_{channel:04d}.png",
+                f"{layer} channel {channel}: top-{len(entries)} {self.options.projection} "
+                f"projections (left) and image patches (right); activations {values}",
+            )
+        )
+        return files, records, figure
+
+    def _layer_overview(
+        self, ctx: JobContext, layer: str, channels: tuple[int, ...], figures: list[torch.Tensor]
+    ) -> dict[str, str]:
+        """Every channel's figure in one picture, padded to the largest."""
+        width = max(f.shape[-1] for f in figures)
+        height = max(f.shape[-2] for f in figures)
+        padded = [
+            torch.nn.functional.pad(f, (0, width - f.shape[-1], 0, height - f.shape[-2]), value=1.0)
+            for f in figures
+        ]
+        overview = tile_grid(padded, nrow=min(4, len(padded)), padding=10)
+        return ctx.write_png(
+            overview,
+            f"{self.id}/{layer}.png",
+            f"{layer}: channels {', '.join(map(str, channels))} "
+            "(each: projections left, patches right)",
+        )
 
     @classmethod
     def contents(cls, section: dict[str, Any]) -> list[dict[str, str]]:
@@ -257,66 +284,26 @@ class MaxActivations(Analysis[MaxActivationsOptions]):
         return pages
 
     def _scan(self, ctx: JobContext, layers: dict[str, tuple[int, ...]], k: int) -> dict[str, TopK]:
-        """The merged top-k tables: from the finished file, or by (resuming) this rank's share
-        of the scan and merging every rank's share."""
-        folder = ctx.state_dir / self.id
-        final = folder / "topk.safetensors"
-        if final.is_file():
-            tensors = load_file(str(final))
-            return {name: TopK.from_tensors(tensors, f"{name}/") for name in layers}
+        """The merged top-k tables of the job's images (see `cnnzoo.interpret.scan`)."""
         start = time.perf_counter()
-        ranks = ctx.ranks
-        batches = batch_ranges(ctx.indices, ctx.data.batch_size)
-        mine = [b for b in range(len(batches)) if ranks.mine(b)]
-        checkpoint = folder / f"scan-rank{ranks.rank}-of-{ranks.world}.safetensors"
-        tops, done = None, 0
-        if checkpoint.is_file():
-            with safe_open(str(checkpoint), framework="pt") as handle:
-                done = int(handle.metadata()["done"])
-            tensors = load_file(str(checkpoint))
-            tops = {name: TopK.from_tensors(tensors, f"{name}/") for name in layers}
-        every = max(1, math.ceil(len(mine) / _CHECKPOINTS))
-        progress = tqdm(
-            total=len(mine),
-            initial=done,
-            desc=f"{self.id} scan",
-            disable=not ctx.progress or None,
-            leave=False,
-        )
-        counter = {"done": done}
-
-        def checkpoint_after(tables: dict[str, TopK]) -> None:
-            counter["done"] += 1
-            progress.update(1)
-            if counter["done"] % every == 0 or counter["done"] == len(mine):
-                done = {"done": str(counter["done"])}
-                atomic_write_bytes(checkpoint, save(_flat(tables), metadata=done))
-
-        todo = [batches[b] for b in mine[done:]]
-        tops = scan_topk(
+        final = (ctx.state_dir / self.id / "topk.safetensors").is_file()
+        tops = resumable_scan(
             ctx.model,
             layers,
-            iterate_batches(ctx.world.dataset, todo, num_workers=ctx.data.num_workers),
+            ctx.world.dataset,
+            ctx.indices,
+            ctx.state_dir / self.id,
+            ctx.ranks,
             k=k,
-            tops=tops,
-            after_batch=checkpoint_after,
+            batch_size=ctx.data.batch_size,
+            num_workers=ctx.data.num_workers,
+            checkpoints=_CHECKPOINTS,
+            progress=f"{self.id} scan" if ctx.progress else None,
         )
-        progress.close()
-        shares = ranks.all_gather(tops)
-        merged = shares[0]
-        for share in shares[1:]:
-            merged = {name: merged[name].merge(share[name]) for name in layers}
-        if ranks.is_main:
-            atomic_write_bytes(final, save(_flat(merged)))
-        ranks.barrier()
-        ctx.timings.setdefault(self.id, {})["scan_seconds"] = round(time.perf_counter() - start, 3)
-        return merged
-
-
-def _flat(tables: dict[str, TopK]) -> dict[str, torch.Tensor]:
-    """Every layer's table as flat tensors for one safetensors file (`<layer>/values`, ...),
-    serialised in memory and written by Python, so a full disk is an OSError like any other."""
-    return {k: v for name, top in tables.items() for k, v in top.to_tensors(f"{name}/").items()}
+        if not final:
+            seconds = round(time.perf_counter() - start, 3)
+            ctx.timings.setdefault(self.id, {})["scan_seconds"] = seconds
+        return tops
 
 
 def _channel_figure(

@@ -24,7 +24,13 @@ from cnnzoo.interpret.jobs.limits import MAX_IMAGES
 from cnnzoo.interpret.jobs.options import Options, index_list, option, positive, text
 from cnnzoo.interpret.jobs.world import World
 from cnnzoo.interpret.occlusion import occlusion_maps
-from cnnzoo.interpret.render import heat_rgb, label_colours, side_by_side, upscale
+from cnnzoo.interpret.render import (
+    heat_rgb,
+    label_colours,
+    label_legend,
+    side_by_side,
+    upscale,
+)
 
 __all__ = ["Occlusion", "OcclusionOptions"]
 
@@ -64,61 +70,60 @@ class Occlusion(Analysis[OcclusionOptions]):
         return replace(opts, images=images, layer=layer)
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
+        return self.per_image(
+            ctx, self.options.images, lambda index: self._render_image(ctx, index)
+        )
+
+    def _render_image(self, ctx: JobContext, index: int) -> dict[str, Any]:
+        """One image's part: the image beside its three maps of Fig. 7."""
         opts = self.options
         labels_of_model = ctx.world.entry.labels
         colours = label_colours(len(labels_of_model))
+        images, labels = ctx.images([index])
+        true_class = labels[0]
+        maps = occlusion_maps(
+            ctx.model,
+            images[:1],
+            true_class,
+            opts.layer,
+            window=opts.window,
+            stride=opts.stride,
+        )
+        size = tuple(images.shape[-2:])
 
-        def render(index: int) -> dict[str, Any]:
-            images, labels = ctx.images([index])
-            true_class = labels[0]
-            maps = occlusion_maps(
-                ctx.model,
-                images[:1],
-                true_class,
-                opts.layer,
-                window=opts.window,
-                stride=opts.stride,
-            )
-            size = tuple(images.shape[-2:])
+        def grow(grid: torch.Tensor) -> torch.Tensor:
+            big = torch.nn.functional.interpolate(grid[None].float(), size=size, mode="nearest")
+            return upscale(big[0], SHOW)
 
-            def grow(grid: torch.Tensor) -> torch.Tensor:
-                big = torch.nn.functional.interpolate(grid[None].float(), size=size, mode="nearest")
-                return upscale(big[0], SHOW)
-
-            activation = maps.activation
-            peak = float(activation.max())
-            top_colours = colours[maps.top_label].permute(2, 0, 1)
-            panels = [
-                upscale(ctx.display(images[0]), SHOW),
-                grow(heat_rgb(activation, 0.0, peak if peak > 0 else 1.0)),
-                grow(heat_rgb(maps.probability, 0.0, 1.0)),
-                grow(top_colours),
-            ]
-            seen = sorted({int(c) for c in maps.top_label.flatten()})
-            legend = ", ".join(
-                f"{labels_of_model[c]}=#{''.join(f'{int(v * 255):02x}' for v in colours[c])}"
-                for c in seen
-            )
-            caption = (
-                f"image {index} (true class {labels_of_model[true_class]}), grey "
-                f"{maps.window}px square in steps of {maps.stride}px: image | {opts.layer} map "
-                f"{maps.feature_channel} total activation | p(true class) (black 0 .. white 1) | "
-                f"top label ({legend})"
-            )
-            data = {
-                "image": index,
-                "true_class": true_class,
-                "feature_channel": maps.feature_channel,
-                "window": maps.window,
-                "stride": maps.stride,
-                "min_probability": round(float(maps.probability.min()), 6),
-                "max_probability": round(float(maps.probability.max()), 6),
-                "top_labels": seen,
-            }
-            picture = side_by_side(panels)
-            return {
-                "files": [ctx.write_png(picture, f"{self.id}/image_{index:05d}.png", caption)],
-                "data": data,
-            }
-
-        return self.per_image(ctx, opts.images, render)
+        activation = maps.activation
+        peak = float(activation.max())
+        top_colours = colours[maps.top_label].permute(2, 0, 1)
+        panels = [
+            upscale(ctx.display(images[0]), SHOW),
+            grow(heat_rgb(activation, 0.0, peak if peak > 0 else 1.0)),
+            grow(heat_rgb(maps.probability, 0.0, 1.0)),
+            grow(top_colours),
+        ]
+        seen = sorted({int(c) for c in maps.top_label.flatten()})
+        panels.append(label_legend([labels_of_model[c] for c in seen], colours[seen]))
+        caption = (
+            f"image {index} (true class {labels_of_model[true_class]}), grey "
+            f"{maps.window}px square in steps of {maps.stride}px: image | {opts.layer} map "
+            f"{maps.feature_channel} total activation | p(true class) (black 0 .. white 1) | "
+            f"top label (colours as in the legend: {', '.join(labels_of_model[c] for c in seen)})"
+        )
+        data = {
+            "image": index,
+            "true_class": true_class,
+            "feature_channel": maps.feature_channel,
+            "window": maps.window,
+            "stride": maps.stride,
+            "min_probability": round(float(maps.probability.min()), 6),
+            "max_probability": round(float(maps.probability.max()), 6),
+            "top_labels": seen,
+        }
+        picture = side_by_side(panels)
+        return {
+            "files": [ctx.write_png(picture, f"{self.id}/image_{index:05d}.png", caption)],
+            "data": data,
+        }
