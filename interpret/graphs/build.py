@@ -511,6 +511,7 @@ class _Explanation:
         )
         masks = occlusion_masks(height, width, window, stride)
         count = masks.shape[0]
+        self.metadata["positions"] = str(count)
         main = self.forward(switches=False)
         used, _ = self.targets(main)
         x = main[cls.explained]

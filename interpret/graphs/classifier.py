@@ -223,6 +223,40 @@ class Classifier:
             names.update(n for n in node.output if n)
         return names
 
+    def network(self) -> onnx.ModelProto:
+        """The classifier from the explained tensor on: the model itself for a float image;
+        for integer pixels, the network after the graph's preprocessing, taking the float image
+        (for checks that perturb the explained tensor, which integers cannot)."""
+        if self.explained == self.image:
+            return self.model
+        chain: set[int] = set()
+        name = self.explained
+        while name in self.producer and name != self.image:
+            index = self.producer[name]
+            chain.add(index)
+            name = (
+                self.nodes[index].input[0]
+                if self.nodes[index].op_type == "Cast"
+                else next(n for n in self.nodes[index].input if n in self.infos)
+            )
+        nodes = [node for i, node in enumerate(self.nodes) if i not in chain]
+        info = self.infos[self.explained]
+        image = onnx.helper.make_tensor_value_info(
+            self.explained, info.dtype, [self.batch_dim, *info.sizes]
+        )
+        graph = onnx.helper.make_graph(
+            nodes,
+            f"{self.model.graph.name or 'classifier'}.network",
+            [image],
+            [self.model.graph.output[0]],
+            initializer=self.initializers(),
+        )
+        return onnx.helper.make_model(
+            graph,
+            opset_imports=[onnx.helper.make_opsetid("", self.opset)],
+            ir_version=self.model.ir_version,
+        )
+
     # -- constants -----------------------------------------------------------------------------
 
     def is_const(self, name: str) -> bool:
