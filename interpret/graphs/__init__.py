@@ -24,6 +24,7 @@ _EXPORTS = {
     "gauss_legendre": "cnnzoo.interpret.graphs.build",
     "Layer": "cnnzoo.interpret.graphs.layers",
     "explanation_layers": "cnnzoo.interpret.graphs.layers",
+    "layer_index": "cnnzoo.interpret.graphs.layers",
     "check_classifier": "cnnzoo.interpret.graphs.integrity",
     "explanation_facts": "cnnzoo.interpret.graphs.integrity",
     "attribution_rgb": "cnnzoo.interpret.graphs.render",

@@ -23,7 +23,7 @@ writes each node's backward rule with standard operators:
     Concat               Split
     Pad (constant)       Pad with the negated pads (a crop)
     Slice                Pad (step 1) or ScatterElements into zeros (other steps)
-    GatherND             ScatterND(reduction="add") into zeros
+    GatherND             (constant indices) a MatMul with the gather's 0/1 adjoint matrix
     Relu                 the rule: gradient g*1[x>0], deconvnet relu(g), guided relu(g)*1[x>0]
 
 The plain gradient also passes exactly through Sigmoid, Tanh, LeakyRelu, Clip (ReLU6: the
@@ -450,12 +450,11 @@ def _maxpool(bw: Backward, i: int, node: onnx.NodeProto, grads: Grads) -> list[t
     indices = bw.forward.indices[i]
     flat = b.ints([-1])
     updates = b.op("Reshape", [g, flat])
-    if dtype != TensorProto.FLOAT:  # ONNX Runtime's CPU scatter-add takes float32 only
-        updates = b.op("Cast", [updates], to=TensorProto.FLOAT)
+    work = _scatter_type(dtype)
+    if work != dtype:
+        updates = b.op("Cast", [updates], to=work)
     size = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
-    zeros = b.op(
-        "ConstantOfShape", [size], value=helper.make_tensor("", TensorProto.FLOAT, [1], [0.0])
-    )
+    zeros = b.op("ConstantOfShape", [size], value=_zero_tensor(work))
     routed = b.op(
         "ScatterElements",
         [zeros, b.op("Reshape", [indices, flat]), updates],
@@ -463,7 +462,7 @@ def _maxpool(bw: Backward, i: int, node: onnx.NodeProto, grads: Grads) -> list[t
         axis=0,
         reduction="add",
     )
-    if dtype != TensorProto.FLOAT:
+    if work != dtype:
         routed = b.op("Cast", [routed], to=dtype)
     return [(node.input[0], b.op("Reshape", [routed, bw.shape_of(node.input[0])]))]
 
@@ -566,34 +565,39 @@ def _slice(bw: Backward, i: int, node: onnx.NodeProto, grads: Grads) -> list[tup
             [b.const(np.array(picked, np.int64).reshape(index_shape), hint="picked"), shape],
         )
         full = b.op("ScatterElements", [shape, b.ints([axis]), b.ints([size])], axis=0)
-        dtype = info.dtype
-        zeros = b.op(
-            "ConstantOfShape",
-            [full],
-            value=helper.make_tensor(
-                "", dtype, [1], np.zeros(1, numpy_type(dtype)).tobytes(), raw=True
-            ),
-        )
+        zeros = b.op("ConstantOfShape", [full], value=_zero_tensor(info.dtype))
         g = b.op("ScatterElements", [zeros, index, g], hint="slice_grad", axis=axis)
     return [(node.input[0], g)]
 
 
 def _gathernd(bw: Backward, i: int, node: onnx.NodeProto, grads: Grads) -> list[tuple[str, str]]:
+    """GatherND with constant indices is a constant linear map of its leading axes: its adjoint
+    is one MatMul with the 0/1 matrix of which gathered slice came from which input slice (no
+    scatter-add: ONNX Runtime's ScatterND with reduction="add" loses updates between threads
+    when indices repeat, as adaptive pooling's do)."""
     b, g = bw.b, grads[0]
     assert g is not None
-    dtype = bw.info(node.input[0]).dtype
-    if dtype != TensorProto.FLOAT:
-        g = b.op("Cast", [g], to=TensorProto.FLOAT)
-    zeros = b.op(
-        "ConstantOfShape",
-        [bw.shape_of(node.input[0])],
-        value=helper.make_tensor("", TensorProto.FLOAT, [1], [0.0]),
-    )
-    indices = b.const(bw.cls.params[i]["indices"], hint="gather_indices")
-    out = b.op("ScatterND", [zeros, indices, g], hint="gather_grad", reduction="add")
-    if dtype != TensorProto.FLOAT:
-        out = b.op("Cast", [out], to=dtype)
-    return [(node.input[0], out)]
+    info = bw.info(node.input[0])
+    indices = bw.cls.params[i]["indices"]
+    depth = indices.shape[-1]
+    picked = indices.reshape(-1, depth)
+    sources = np.ravel_multi_index(tuple(picked.T), tuple(info.shape[:depth]))  # type: ignore[arg-type]
+    adjoint = np.zeros((int(np.prod(info.shape[:depth])), len(picked)))  # type: ignore[arg-type]
+    np.add.at(adjoint, (sources, np.arange(len(picked))), 1.0)
+    flat = b.op("Reshape", [g, b.ints([len(picked), -1])])
+    summed = b.op("MatMul", [b.const(adjoint, info.dtype, hint="gather_adjoint"), flat])
+    return [(node.input[0], b.op("Reshape", [summed, bw.shape_of(node.input[0])]))]
+
+
+def _scatter_type(dtype: int) -> int:
+    """The type scatter-adds run in: ONNX Runtime's CPU kernels add float32 and float64, not
+    float16, whose gradients are added in float32 and cast back."""
+    return TensorProto.FLOAT if dtype == TensorProto.FLOAT16 else dtype
+
+
+def _zero_tensor(dtype: int) -> onnx.TensorProto:
+    """ConstantOfShape's `value` attribute: one zero of `dtype`."""
+    return helper.make_tensor("", dtype, [1], np.zeros(1, numpy_type(dtype)).tobytes(), raw=True)
 
 
 RULES: dict[str, Rule] = {

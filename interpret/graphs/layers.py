@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 
 from cnnzoo.errors import LayerNotFound, UnsupportedModel
 from cnnzoo.interpret.graphs.classifier import Classifier
 
-__all__ = ["Layer", "LayerTable", "explanation_layers", "layer_table"]
+__all__ = ["Layer", "LayerTable", "explanation_layers", "layer_index", "layer_table"]
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 PREFIX_KEY = "module_prefix"
@@ -122,6 +124,22 @@ def explanation_layers(classifier: onnx.ModelProto | Classifier) -> list[Layer]:
     """
     cls = classifier if isinstance(classifier, Classifier) else Classifier(classifier)
     return list(layer_table(cls).layers)
+
+
+def layer_index(layers: Sequence[Layer | Mapping[str, Any]], name: str) -> int:
+    """The index of layer `name` in an explanation graph's layer list (its `layers` metadata,
+    parsed from JSON, or `Layer`s): what the graph's `layer` input takes. A name matches a
+    layer's name first, else its tensor's.
+
+    Raises:
+        LayerNotFound: no such layer (the message lists the valid names).
+    """
+    entries = [
+        layer if isinstance(layer, Layer) else Layer(layer["name"], layer["tensor"],
+                                                     tuple(layer["shape"]))
+        for layer in layers
+    ]  # fmt: skip
+    return LayerTable(tuple(entries)).find(name)
 
 
 def layer_table(cls: Classifier) -> LayerTable:
