@@ -164,8 +164,11 @@ def measure(key: str, entry: tuple, method: str, steps: int) -> dict[str, Any]:
     if half:  # against the fp32 model: how far half precision moves the maps
         a = got.reshape(count, -1).astype(np.float64)
         b = expected.reshape(count, -1).astype(np.float64)
-        cosine = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-300)
-        row["min_cosine_to_fp32"] = float(cosine.min())
+        norms = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        both = norms > 0  # an all-zero map (Grad-CAM of an absent class) has no direction
+        cosine = (a * b).sum(1)[both] / norms[both]
+        row["min_cosine_to_fp32"] = float(cosine.min()) if both.any() else None
+        row["all_zero_maps"] = int((~both).sum())
         row["decision_ties"] = None
     else:
         row["decision_ties"] = int((~decisions(classifier, model, graph_input, x, method,
@@ -207,7 +210,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ties = "-" if r["decision_ties"] is None else r["decision_ties"]
-        extra = f" (cos {r['min_cosine_to_fp32']:.3f})" if "min_cosine_to_fp32" in r else ""
+        extra = f" (cos {r['min_cosine_to_fp32']:.3f})" if r.get("min_cosine_to_fp32") else ""
         print(
             f"| {r['model']} | {r['method']} | {r['batch_1_max_rel_diff']:.1e} | "
             f"{r['batch_32_max_rel_diff']:.1e}{extra} | {r['maps_within_tolerance']}/{r['n']} | "

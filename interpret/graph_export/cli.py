@@ -83,8 +83,9 @@ def extend_export(parser: argparse.ArgumentParser) -> None:
         type=parse_methods,
         default=GRAPH_METHODS,
         metavar="METHODS",
-        help="explanation models to write beside each exported classifier: comma-separated "
-        "methods, all (default) or none (see `cnnzoo explain-export --help`)",
+        help="explanation models to write beside each exported classifier version: "
+        "comma-separated methods, all (default) or none (see `cnnzoo explain-export --help`); "
+        "an up-to-date version skipped by --skip-unchanged gets none",
     )
     steps = list(parser.get_default("after_export") or [])
     parser.set_defaults(after_export=[*steps, _after_export])
@@ -118,9 +119,10 @@ def _cmd_explain_export(args: argparse.Namespace) -> int:
 
 
 def _after_export(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any]:
-    """After `cnnzoo export` wrote (or found up to date) a classifier version: its explanation
-    models, with parity figures against PyTorch."""
-    if not args.explanations:
+    """After `cnnzoo export` wrote a classifier version: its explanation models, with parity
+    figures against PyTorch. A version found up to date (`--skip-unchanged`) is left as it is,
+    explanation models included (`cnnzoo explain-export` builds missing ones)."""
+    if not args.explanations or summary.get("skipped"):
         return {}
     from cnnzoo.interpret.graph_export.parity import pytorch_parity
     from cnnzoo.interpret.graph_export.writer import export_explanations

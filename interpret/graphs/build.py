@@ -214,13 +214,12 @@ class _Explanation:
             raise InvalidInput(f"{self.spec.name}: the model offers no layer for it")
         default = self.settings.get("default_layer")
         self.layers = offered
-        self.default_layer = (
-            table.find(str(default), offered)
-            if default is not None
-            else table.default_cam(offered)
-            if any(layer.spatial for layer in offered)
-            else len(offered) - 1
-        )
+        if default is not None:
+            self.default_layer = table.find(str(default), offered)
+        elif any(layer.spatial for layer in offered):
+            self.default_layer = table.default_cam(offered)
+        else:  # unit projections of flat layers only: the last one
+            self.default_layer = len(offered) - 1
         self.metadata["layers"] = json.dumps([layer.to_json() for layer in offered])
         self.metadata["default_layer"] = offered[self.default_layer].name
 

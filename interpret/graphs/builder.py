@@ -48,13 +48,6 @@ class GraphBuilder:
                 self._taken.add(name)
                 return name
 
-    def reserve(self, name: str) -> str:
-        """Claim an exact name (the graph's own inputs and outputs)."""
-        if name in self._taken:
-            raise ValueError(f"name {name!r} is taken")
-        self._taken.add(name)
-        return name
-
     def add(self, node: onnx.NodeProto) -> None:
         """Append an existing node (a copy of the classifier's) as it is."""
         self._taken.update(node.output)

@@ -35,7 +35,6 @@ from cnnzoo.interpret.graphs.shapes import (
     INT64_MAX,
     TensorInfo,
     attributes,
-    describe,
     refuse,
     slice_indices,
 )
@@ -562,7 +561,3 @@ def _live(nodes: list[onnx.NodeProto], output: str) -> list[onnx.NodeProto]:
     if not needed and output not in producers:
         raise UnsupportedModel(f"no node computes the graph's output {output!r}")
     return [node for i, node in enumerate(nodes) if i in needed]
-
-
-def describe_node(node: onnx.NodeProto) -> str:
-    return describe(node)

@@ -19,7 +19,6 @@ from cnnzoo.errors import InvalidInput
 __all__ = ["GRAPH_METHODS", "GraphMethod", "get_graph_method"]
 
 GRADIENT, DECONVNET, GUIDED = "gradient", "deconvnet", "guided-backprop"
-RULES = (GRADIENT, DECONVNET, GUIDED)
 
 # Settings every method takes (written into the graph's metadata).
 COMMON_SETTINGS: Mapping[str, Any] = MappingProxyType({"explains": None, "classifier_sha256": None})
@@ -46,12 +45,6 @@ class GraphMethod:
     summary: str
     layer_input: bool = False
     settings: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def smooth_ok(self) -> bool:
-        """Whether the graph's backward passes are plain gradients only, so smooth activations
-        (Sigmoid, Tanh, GELU, ...) can be differentiated exactly."""
-        return self.rule == GRADIENT
 
 
 _LAYERS = {"layers": None}

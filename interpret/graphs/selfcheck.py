@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto
 
 from cnnzoo.errors import IntegrityError
 from cnnzoo.interpret.graphs.build import build_explanation
 from cnnzoo.interpret.graphs.classifier import Classifier
-from cnnzoo.interpret.graphs.shapes import TensorProto
 
 __all__ = ["FD_TOLERANCE", "LOGITS_TOLERANCE", "finite_differences", "self_check", "session"]
 

@@ -710,7 +710,7 @@ def _slice(ctx: Context, node: onnx.NodeProto) -> Analysis:
             raise refuse(node, "has a step of 0")
         size = shape[axis]
         if size is None:
-            if start == 0 and step == 1 and end >= INT64_MAX // 2:
+            if start == 0 and step == 1 and end >= 2**31 - 1:  # to the end, as exporters write it
                 continue  # the whole batch axis
             raise refuse(node, "slices the batch axis")
         picked = slice_indices(size, start, end, step)
@@ -750,31 +750,6 @@ def _shape(ctx: Context, node: onnx.NodeProto) -> Analysis:
 def _size(ctx: Context, node: onnx.NodeProto) -> Analysis:
     raise refuse(node, "reads the number of elements, which depends on the batch size")
 
-
-# Smooth activations: exactly differentiable, so the plain gradient supports them; the ReLU
-# rules (deconvnet, guided backprop) are defined for ReLU only and refuse them.
-SMOOTH = frozenset({"Sigmoid", "Tanh", "LeakyRelu", "Clip", "Gelu", "Erf", "Neg"})
-ACTIVATIONS = frozenset(
-    {
-        "Sigmoid",
-        "Tanh",
-        "LeakyRelu",
-        "Clip",
-        "Gelu",
-        "Erf",
-        "Elu",
-        "Selu",
-        "Celu",
-        "PRelu",
-        "HardSigmoid",
-        "HardSwish",
-        "Softplus",
-        "Softsign",
-        "Mish",
-        "ThresholdedRelu",
-        "Swish",
-    }
-)
 
 ANALYSERS: dict[str, Callable[[Context, onnx.NodeProto], Analysis]] = {
     "Identity": _same,
