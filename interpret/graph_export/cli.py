@@ -107,7 +107,7 @@ def _cmd_explain_export(args: argparse.Namespace) -> int:
         if len(models) > 1:
             print(f"[{number}/{len(models)}] {model}", file=sys.stderr, flush=True)
         rows = export_explanations(
-            args.repository, model, version=args.version, methods=args.methods
+            args.repository, model, version=args.version, methods=args.methods, progress=_progress
         )
         refused += [
             f"{row['model']}: {row['reason']}" for row in rows if row["status"] == "refused"
@@ -133,10 +133,17 @@ def _after_export(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str
         version=summary["version"],
         methods=args.explanations,
         parity=pytorch_parity(args.repository, summary["model"], data_dir=args.data_dir),
+        progress=_progress,
+        # with --json the rows are part of the export's one summary line
+        on_row=None if args.json else lambda row: _report([row], as_json=False),
     )
-    if not args.json:  # with --json the rows are part of the export's one summary line
-        _report(rows, as_json=False)
     return {"explanations": rows}
+
+
+def _progress(line: str) -> None:
+    """Each explanation model takes seconds to build and check: say which one runs (stderr, so
+    --json output stays one object per line)."""
+    print(f"  {line} ...", file=sys.stderr, flush=True)
 
 
 def _report(rows: Sequence[dict[str, Any]], as_json: bool) -> None:

@@ -81,6 +81,7 @@ def export_explanations(
     parity: Callable[[int], Parity] | None = None,
     strict: bool = False,
     progress: Callable[[str], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Build and write `model`'s explanation models, one per method; returns a summary per
     method (`status`: "written", "up to date" or "refused" with the reason).
@@ -94,6 +95,7 @@ def export_explanations(
         parity: given the version, a function (graph, method) -> figures for the manifest.
         strict: raise on a method the classifier does not support instead of reporting it.
         progress: called with a line before each method is built.
+        on_row: called with each method's summary as soon as it is known.
 
     Raises:
         NotFound: no such model or version.
@@ -124,7 +126,13 @@ def export_explanations(
     batch = config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
     compare = parity(version) if parity is not None else None
     gradient_check: dict[str, Any] | None = None
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     for method in methods:
         name = explanation_model_name(model, method)
         started = time.perf_counter()
@@ -149,7 +157,7 @@ def export_explanations(
         except UnsupportedModel as err:
             if strict:
                 raise
-            rows.append({**row, "status": "refused", "reason": err.reason})
+            done({**row, "status": "refused", "reason": err.reason})
             continue
         if gradient_check is None:
             gradient_check = finite_differences(classifier)
@@ -178,7 +186,7 @@ def export_explanations(
                 max_batch_size=max(1, batch // copies),
                 created=utc_now(),
             )
-        rows.append(
+        done(
             {
                 **row,
                 "status": "written",
