@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for package in _COMMAND_PACKAGES:
         module = importlib.import_module(f"{package}.cli")
         module.register(sub)
+    _extend_commands(sub)
     for command in sub.choices.values():  # after the command too: `cnnzoo serve --log-level X`
         command.add_argument(
             "--log-level",
@@ -60,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
             help=_LOG_HELP,
         )
     return parser
+
+
+def _extend_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands one package extends for another, wired here because the packages may not
+    import each other: `cnnzoo export` (zoo) also writes the explanation models (interpret;
+    `zoo` never imports `interpret`)."""
+    from cnnzoo.interpret.graph_export.cli import extend_export
+
+    extend_export(sub.choices["export"])
 
 
 def _log_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from cnnzoo import zoo
 from cnnzoo.errors import InvalidInput
 from cnnzoo.fileio import atomic_path, atomic_write_bytes
+from cnnzoo.interpret.graph_export import cli as graph_export_cli
 from cnnzoo.interpret.methods import METHODS, TABLE
 from cnnzoo.zoo.images import read_image
 from cnnzoo.zoo.repository import ModelRepository
@@ -150,6 +151,8 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--data-dir", help="dataset root (default: $CNNZOO_DATA, else ./data)")
     _threads_argument(worker)
     worker.set_defaults(func=_worker)
+
+    graph_export_cli.register(sub)  # explain-export
 
 
 def _threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -80,6 +80,17 @@ TABLE: tuple[Method, ...] = (
         "cnnzoo.interpret.gradcam:GuidedGradCam",
         "guided backprop times the upsampled Grad-CAM (Selvaraju et al. 2017)",
     ),
+    Method(
+        "input-x-gradient",
+        "cnnzoo.interpret.gradient_methods:InputXGradient",
+        "input times its gradient (Shrikumar et al. 2016)",
+    ),
+    Method(
+        "integrated-gradients",
+        "cnnzoo.interpret.gradient_methods:IntegratedGradients",
+        "integrated gradients (Sundararajan et al. 2017) from a zero baseline, 50 Gauss-Legendre "
+        "steps",
+    ),
 )
 
 METHODS: tuple[str, ...] = tuple(method.name for method in TABLE)

@@ -19,20 +19,11 @@ from torch import nn
 
 from cnnzoo.errors import InvalidInput
 from cnnzoo.interpret.attribution import Target, checked_forward
+from cnnzoo.interpret.graphs.occlusion import default_window  # shared with the graphs
 from cnnzoo.interpret.modules import get_layer, require_single_run
 from cnnzoo.interpret.rules import left_as_found
 
 __all__ = ["OcclusionMaps", "OcclusionSensitivity", "default_window", "occlusion_maps"]
-
-
-def default_window(size: int) -> tuple[int, int]:
-    """(window, stride) for a side of `size` pixels: a quarter of the side, moved by a quarter
-    half the window, adjusted so the square's positions cover the image edge to edge."""
-    window = max(2, size // 4)
-    stride = max(1, window // 2)
-    while (size - window) % stride:
-        stride -= 1
-    return window, stride
 
 
 def _check_window(size: tuple[int, int], window: int, stride: int) -> None:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CNNZOO = str(Path(sys.executable).parent / "cnnzoo")
 COMMANDS = {"list", "train", "eval", "export", "serve", "classify", "health", "layers", "explain"}
-COMMANDS |= {"job", "worker", "examples"}
+COMMANDS |= {"job", "worker", "examples", "explain-export"}
 
 
 def test_every_package_mounts_its_commands():

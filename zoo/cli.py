@@ -493,7 +493,9 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         "weights (sha256), precision and config; say which version is up to date",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary per model")
-    parser.set_defaults(func=_cmd_export)
+    # after_export: steps other packages add (at the composition root, `cnnzoo.cli`), each
+    # called as step(args, summary) after a model's export and returning fields for its summary
+    parser.set_defaults(func=_cmd_export, after_export=[])
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -524,29 +526,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 skip_unchanged=args.skip_unchanged,
             )
         )
+        if not args.json:
+            print(_export_line(summary), flush=True)
+        for step in args.after_export:
+            summary.update(step(args, summary))
         if args.json:
             print(json.dumps(summary, sort_keys=True))
-        elif summary["skipped"]:
-            sha = summary["source_weights_sha256"]
-            weights = f"weights {sha[:12]}" if sha else "untrained"
-            print(
-                f"{summary['model']}: up to date, version {summary['version']} -> "
-                f"{summary['path']} "
-                f"(same {weights}, {summary['precision']}, same config); nothing written"
-            )
-        else:
-            parity = summary["parity"]
-            figure = (
-                f"max|diff| {parity['max_abs_diff']:.2e}"
-                if summary["precision"] == "fp32"
-                else f"top-1 agreement {parity['top1_agreement']:.3f}"
-            )
-            dtype = ", uint8 input" if summary["input_dtype"] == "uint8" else ""
-            print(
-                f"{summary['model']}: version {summary['version']} -> {summary['path']} "
-                f"({summary['precision']}{dtype}, {figure} on {parity['n']} {parity['inputs']} "
-                f"inputs, {summary['seconds']:.1f}s)"
-            )
         sys.stdout.flush()
     return 0
 
@@ -569,6 +554,30 @@ def _export_weights(name: str, weights: str) -> str:
             "measures these with their own), or a run fine-tuned from them"
         )
     return str(found.fetch())
+
+
+def _export_line(summary: dict[str, Any]) -> str:
+    """One line saying what an export wrote (or that it was up to date)."""
+    if summary["skipped"]:
+        sha = summary["source_weights_sha256"]
+        weights = f"weights {sha[:12]}" if sha else "untrained"
+        return (
+            f"{summary['model']}: up to date, version {summary['version']} -> "
+            f"{summary['path']} "
+            f"(same {weights}, {summary['precision']}, same config); nothing written"
+        )
+    parity = summary["parity"]
+    figure = (
+        f"max|diff| {parity['max_abs_diff']:.2e}"
+        if summary["precision"] == "fp32"
+        else f"top-1 agreement {parity['top1_agreement']:.3f}"
+    )
+    dtype = ", uint8 input" if summary["input_dtype"] == "uint8" else ""
+    return (
+        f"{summary['model']}: version {summary['version']} -> {summary['path']} "
+        f"({summary['precision']}{dtype}, {figure} on {parity['n']} {parity['inputs']} "
+        f"inputs, {summary['seconds']:.1f}s)"
+    )
 
 
 # -- examples -------------------------------------------------------------------------------

@@ -317,6 +317,11 @@ def _write_onnx(
     metadata = onnx_metadata(
         entry, source_sha256, options.precision, trained, input_dtype=options.input_dtype
     )
+    # Each wrapper above adds `inner.` to the module paths the exporter records per node; this
+    # says so, so explanation graphs name layers as the network does (`cnnzoo.interpret.graphs`).
+    wrappers = int(options.fp16) + int(options.input_dtype == "uint8")
+    if wrappers:
+        metadata["module_prefix"] = "inner." * wrappers
     onnx.helper.set_model_props(proto, metadata)
     proto.doc_string = f"cnnzoo {entry.name}: {entry.architecture}"
     onnx.save(proto, str(path))

@@ -24,7 +24,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -62,7 +62,9 @@ __all__ = [
     "Manifest",
     "ModelRepository",
     "VersionWriter",
+    "TensorConfig",
     "build_config",
+    "build_explanation_config",
     "config_text",
     "up_to_date_version",
     "validate_model_name",
@@ -128,6 +130,54 @@ def build_config(
     return config
 
 
+@dataclass(frozen=True)
+class TensorConfig:
+    """One input or output of a ModelConfig.
+
+    Attributes:
+        name: the tensor's name in the graph.
+        data_type: "FP32", "FP16", "UINT8", "INT64", ... (ModelConfig's TYPE_* without "TYPE_").
+        dims: its dims without the batch axis.
+        label_filename: a label file for class scores (outputs only), or "".
+    """
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    label_filename: str = ""
+
+
+def build_explanation_config(
+    name: str,
+    *,
+    inputs: Sequence[TensorConfig],
+    outputs: Sequence[TensorConfig],
+    max_batch_size: int,
+    parameters: Mapping[str, str],
+) -> model_config_pb2.ModelConfig:
+    """The ModelConfig of an explanation model (`cnnzoo.interpret.graphs`): several inputs and
+    outputs, every one with the batch axis (dynamic batching), and `parameters` as strings.
+
+    Raises:
+        InvalidInput: an unknown data type.
+    """
+    pb = model_config_pb2
+    config = pb.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    for target, tensors in ((config.input, inputs), (config.output, outputs)):
+        for tensor in tensors:
+            try:
+                data_type = pb.DataType.Value(f"TYPE_{tensor.data_type}")
+            except ValueError:
+                raise InvalidInput(f"{name}: unknown data type {tensor.data_type!r}") from None
+            entry = target.add(name=tensor.name, data_type=data_type, dims=list(tensor.dims))
+            if tensor.label_filename:
+                entry.label_filename = tensor.label_filename
+    config.dynamic_batching.SetInParent()
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
 def config_text(config: model_config_pb2.ModelConfig) -> str:
     """config.pbtxt's text for `config` (protobuf text format)."""
     return text_format.MessageToString(config)
@@ -155,6 +205,13 @@ class Manifest:
         parity: ONNX Runtime against PyTorch (see `cnnzoo.zoo.export`).
         max_batch_size: config.pbtxt's max_batch_size at export.
         created: UTC time of the export (ISO 8601).
+        explains: for an explanation model (`cnnzoo.interpret.graphs`), the classifier it
+            explains (a model of the same repository, same version number).
+        method: for an explanation model, its method.
+        classifier_sha256: for an explanation model, the sha256 of the classifier's model.onnx
+            it was built from (a classifier changed since is detected with it).
+        self_check: for an explanation model, the checks it passed when written (its logits
+            against the classifier's, its gradient against finite differences).
     """
 
     model: str
@@ -169,6 +226,10 @@ class Manifest:
     parity: Mapping[str, Any] = field(default_factory=dict)
     max_batch_size: int | None = None
     created: str | None = None
+    explains: str | None = None
+    method: str | None = None
+    classifier_sha256: str | None = None
+    self_check: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -24,7 +24,7 @@ N_IMAGES = 200  # the first 200 test images, as PNG files
 def cifar_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zoo_pb2_grpc.ZooStub]:
     repository = tmp_path_factory.mktemp("cifar-repository")
     for name in MODELS:
-        done = cnnzoo("export", name, "--repository", str(repository))
+        done = cnnzoo("export", name, "--repository", str(repository), "--explanations", "none")
         assert done.returncode == 0, done.stderr
     log = tmp_path_factory.mktemp("cifar-logs") / "server.log"
     server = ServerProcess(repository, log).wait_ready()

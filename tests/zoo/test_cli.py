@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from cnnzoo import zoo
 from cnnzoo.cli import main
+from cnnzoo.interpret.graphs import GRAPH_METHODS
 
 
 def _run(capsys, *argv):
@@ -166,12 +167,20 @@ def test_console_script_in_a_subprocess(tmp_path, trained_lenet):
         for p in (tmp_path / "repo").rglob("*")
     }
     folders = {"repo/lenet5-mnist", "repo/lenet5-mnist/1"}
+    # the explanation models `cnnzoo export` writes beside the classifier by default
+    explanations = [f"repo/lenet5-mnist.{method}" for method in GRAPH_METHODS]
     assert modes == {
         **{name: 0o755 for name in folders},
         **{
             f"repo/lenet5-mnist/{name}": 0o644
             for name in ("config.pbtxt", "labels.txt", "1/model.onnx", "1/model.safetensors",
                          "1/manifest.json")
+        },
+        **{name: 0o755 for folder in explanations for name in (folder, f"{folder}/1")},
+        **{
+            f"{folder}/{name}": 0o644
+            for folder in explanations
+            for name in ("config.pbtxt", "labels.txt", "1/model.onnx", "1/manifest.json")
         },
     }  # fmt: skip
     done = subprocess.run([str(script), "eval", "nope"], capture_output=True, text=True, env=env)

@@ -72,7 +72,8 @@ def test_skip_unchanged_writes_a_version_only_when_something_changed(
     # the CLI with --all (the shipped entries): one line naming the up-to-date version, while
     # the shipped models the repository lacks get their version 1
     before = _snapshot(tmp_path / MODEL)
-    code = main(["export", "--all", "--skip-unchanged", "--repository", str(tmp_path)])
+    code = main(["export", "--all", "--skip-unchanged", "--repository", str(tmp_path),
+                 "--explanations", "none"])  # fmt: skip
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err

@@ -161,7 +161,8 @@ def test_the_exported_run_serves_classify_with_its_class_names(digit_run, tmp_pa
     from tests.serving.helpers import ServerProcess
 
     repository = tmp_path / "repo"
-    code, out, _ = _run(capsys, "export", str(digit_run), "--repository", str(repository))
+    code, out, _ = _run(capsys, "export", str(digit_run), "--repository", str(repository),
+                        "--explanations", "none")  # fmt: skip
     assert code == 0 and out.startswith("lenet5-my-digits: version 1")
     repo = ModelRepository(repository)
     assert repo.models() == ["lenet5-my-digits"]
