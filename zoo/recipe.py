@@ -88,18 +88,29 @@ def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the parameters of `model` that require gradients."""
+    """The recipe's optimizer over the parameters of `model` that require gradients.
+
+    On CUDA its step is fused (one kernel for every parameter) unless `CNNZOO_CUDA_TRAINING`
+    says `fused=0` (`cnnzoo.zoo.cuda_training`).
+    """
     import torch
 
+    from cnnzoo.zoo.cuda_training import CudaTraining
+
     parameters = [p for p in model.parameters() if p.requires_grad]
+    on_cuda = bool(parameters) and all(p.is_cuda for p in parameters)
+    fused = (on_cuda and CudaTraining.from_environment().fused) or None  # None: torch's choice
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(
+            parameters, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused
+        )
     return torch.optim.SGD(
         parameters,
         lr=recipe.lr,
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
+        fused=fused,
     )
 
 

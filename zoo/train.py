@@ -49,7 +49,9 @@ from cnnzoo.zoo.checkpoints import (
     save_train_state,
     save_weights,
 )
+from cnnzoo.zoo.cuda_training import prepare_cuda_model
 from cnnzoo.zoo.datasets import NAMED_DATASETS, named_dataset_card
+from cnnzoo.zoo.device_data import DeviceData
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
 from cnnzoo.zoo.recipe import Recipe, make_optimizer, make_scheduler
@@ -334,16 +336,21 @@ def _run(
     if frozen:
         freeze_all_but_head(model, entry.spec)
     model.to(device)
-    if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
-        model.to(memory_format=torch.channels_last)
+    if device == "cuda":  # layout, bf16, compilation: cnnzoo.zoo.cuda_training
+        prepare_cuda_model(model)
     optimizer = make_optimizer(model, recipe)
     if resumed:
         optimizer.load_state_dict(resumed[1])
 
+    # MNIST/CIFAR-10 on CUDA: both splits on the GPU, augmented there (cnnzoo.zoo.device_data)
+    on_device = DeviceData.for_run(train_set, test_set, entry.preprocess, recipe.augment, device)
+    workers = 0 if on_device else workers
     pin = device == "cuda"
     test_loader = DataLoader(
         test_set, batch_size=256, shuffle=False, num_workers=workers, pin_memory=pin
     )
+    if on_device:
+        test_loader = on_device.test_batches()
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     start_epoch = saved["epoch"] if saved else 0
     scheduler = make_scheduler(
@@ -370,6 +377,8 @@ def _run(
             pin_memory=pin,
             drop_last=False,
         )
+        if on_device:  # the epoch's order, crops and flips drawn from the same seed
+            loader = on_device.epoch(recipe.batch_size, epoch_seed)
         if frozen:
             head_train_mode(model, entry.spec)
         else:
