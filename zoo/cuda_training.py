@@ -34,6 +34,8 @@ class CudaTraining:
     """CUDA training switches.
 
     Args:
+        device_data: keep MNIST/CIFAR-10 on the GPU and augment there
+            (`cnnzoo.zoo.device_data`) instead of `DataLoader` worker processes.
         channels_last: NHWC convolutions (cuDNN's fast path).
         bf16: bf16 autocast of the training forward pass (evaluation stays float32, so the
             card's accuracy is the float32 weights').
@@ -42,6 +44,7 @@ class CudaTraining:
         compile: `torch.compile` mode, or "none".
     """
 
+    device_data: bool = True
     channels_last: bool = True
     bf16: bool = True
     fused: bool = True

@@ -218,9 +218,14 @@ class DeviceData:
         device: str,
     ) -> DeviceData | None:
         """Both splits on `device`, or None where the loader path must serve: not CUDA, an
-        augmentation done on PIL images, data without a pixel array (image folders), or more
-        than a quarter of the device's free memory."""
+        augmentation done on PIL images, data without a pixel array (image folders), more
+        than a quarter of the device's free memory, or `device_data=0` in
+        `CNNZOO_CUDA_TRAINING` (`cnnzoo.zoo.cuda_training`)."""
+        from cnnzoo.zoo.cuda_training import CudaTraining
+
         if not device.startswith("cuda") or augment not in AUGMENTATIONS_ON_DEVICE:
+            return None
+        if not CudaTraining.from_environment().device_data:
             return None
         return cls.load(train_set, test_set, preprocess, augment, device)
 

@@ -70,7 +70,16 @@ def build(root: Path, models: tuple[str, ...] = MODELS) -> dict[str, Path]:
     return {precision: root / precision for precision in PRECISIONS}
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="writes ROOT/fp32 and ROOT/fp16")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    args = parser.parse_args(argv)
+    build(args.root, tuple(args.models))
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.executable} -m tests.gpu.repository ROOT")
-    build(Path(sys.argv[1]))
+    sys.exit(main())

@@ -37,7 +37,7 @@ def test_cuda_training_on_device_data_is_a_function_of_its_seed(
     for run in ("a", "b"):
         result = cnnzoo(
             "train", "resnet20-cifar10", "--device", torch_cuda.device, "--epochs", "1",
-            "--train-subset", "4096", "--test-subset", "1000", "--seed", "5",
+            "--train-subset", "4096", "--test-subset", "1000", "--seed", "5", "--batch-size", "32",
             "--out", str(tmp_path / run), "--no-progress", timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]

@@ -155,6 +155,7 @@ def test_cuda_training_settings_parse_strictly():
     assert CudaTraining.parse("") == CudaTraining()
     settings = CudaTraining.parse("bf16=0, compile=reduce-overhead,channels-last=off")
     assert settings == CudaTraining(channels_last=False, bf16=False, compile="reduce-overhead")
+    assert not CudaTraining.parse("device_data=no").device_data
     assert CudaTraining.parse(settings.to_text()) == settings
     for bad, problem in (
         ("bf16", "key=value"),
