@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -377,9 +378,10 @@ def step_tests(check: Check, budget: float) -> Outcome:
         budget, log, CNNZOO_GPU_REPOSITORY=str(check.work / "repository"),
     )  # fmt: skip
     check.keep(log, "pytest.txt")
-    summary = [line for line in tail(log, 400) if line.startswith("=") and " in " in line]
-    if summary:
-        outcome.details["summary"] = summary[-1].strip("= ")
+    counts = re.compile(r"\d+ (passed|failed|skipped|errors?|deselected)\b.* in [\d.]+s")
+    summary = [line.strip("= ") for line in tail(log, 400) if counts.search(line)]
+    if summary:  # pytest's last line: "3 passed, 2 skipped in 12.3s"
+        outcome.details["summary"] = summary[-1]
     if outcome.status == "failed" and "passed" in outcome.details.get("summary", ""):
         outcome.reason = outcome.details["summary"]
     return outcome

@@ -42,7 +42,8 @@ NEVER = ("onnxruntime", "onnxruntime-gpu", "triton")  # packed apart, or GPU bui
 # Dependencies of the host's packages whose version the project constrains more tightly (the
 # generated gRPC/protobuf code needs protobuf >= 6.33.5; onnx accepts much older ones).
 TIGHTER = ("protobuf",)
-TEST_TOOLS = ("pytest", "tritonclient[grpc]")
+# What the modules holding GPU tests import beyond the project (test_metrics.py: yaml).
+TEST_TOOLS = ("pytest", "tritonclient[grpc]", "pyyaml")
 ONNXRUNTIME_GPU = "onnxruntime-gpu==1.31.1"
 
 
