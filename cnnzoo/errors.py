@@ -124,8 +124,9 @@ class InvalidImage(InvalidInput):
 
 class UnsupportedModel(InvalidInput):
     """The model cannot be explained faithfully (e.g. it calls functional `F.relu`, which no
-    hook can see, so the deconvnet/guided rules would silently fall back to the plain gradient).
-    Status: INVALID_ARGUMENT."""
+    hook can see, so the deconvnet/guided rules would silently fall back to the plain gradient),
+    or cannot run where it was asked to (`--device cuda` with a node ONNX Runtime would place on
+    the CPU). Status: INVALID_ARGUMENT."""
 
 
 class LayerNotFound(NotFound):

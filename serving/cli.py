@@ -61,7 +61,15 @@ def _register_serve(sub: Subcommands) -> None:
         "--device",
         choices=("auto", "cuda", "cpu"),
         default="auto",
-        help="execution provider: auto (CUDA when usable), cuda (fail without it), cpu",
+        help="execution provider: auto (CUDA when usable), cuda (fail without it, and refuse "
+        "a model ONNX Runtime would run partly on the CPU), cpu",
+    )
+    p.add_argument(
+        "--cudnn-conv-algo-search",
+        choices=("heuristic", "exhaustive", "default"),
+        default="heuristic",
+        help="CUDA: how cuDNN picks convolution algorithms: heuristic (the same in every "
+        "process, so the same answers; the default), exhaustive (timed per shape at warm-up)",
     )
     p.add_argument(
         "--model",
@@ -406,6 +414,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             intra_op_threads=args.intra_op_threads,
             inter_op_threads=args.inter_op_threads,
+            conv_algo_search=args.cudnn_conv_algo_search,
         ),
         poll_seconds=args.poll_seconds,
         grace_seconds=args.grace_seconds,

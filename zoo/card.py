@@ -103,13 +103,18 @@ def hardware_info(device: str) -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
-    return {
+    info: dict[str, Any] = {
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "gpu": gpu,
     }
+    if gpu is not None:  # how the run trained there: layout, bf16, fused steps, compilation
+        from cnnzoo.zoo.cuda_training import CudaTraining
+
+        info["cuda_training"] = CudaTraining.from_environment().to_dict()
+    return info
 
 
 def software_info() -> dict[str, str]:

@@ -107,11 +107,17 @@ def make_optimizer(
 
     With a `backbone_lr_scale` below 1 and the module path of the classifier `head`, the
     parameters outside the head form a first group at the scaled rate, the head a second one;
-    the schedule multiplies both.
+    the schedule multiplies both. On CUDA its step is fused (one kernel for every parameter)
+    unless `CNNZOO_CUDA_TRAINING` says `fused=0` (`cnnzoo.zoo.cuda_training`).
     """
     import torch
 
-    parameters: Any = [p for p in model.parameters() if p.requires_grad]
+    from cnnzoo.zoo.cuda_training import CudaTraining
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    on_cuda = bool(trained) and all(p.is_cuda for p in trained)
+    fused = (on_cuda and CudaTraining.from_environment().fused) or None  # None: torch's choice
+    parameters: Any = trained
     if head is not None and recipe.backbone_lr_scale != 1.0:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         in_head = [n == head or n.startswith(head + ".") for n, _ in named]
@@ -125,13 +131,16 @@ def make_optimizer(
             {"params": [p for (_, p), h in zip(named, in_head, strict=True) if h]},
         ]
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(
+            parameters, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=fused
+        )
     return torch.optim.SGD(
         parameters,
         lr=recipe.lr,
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
+        fused=fused,
     )
 
 

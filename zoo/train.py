@@ -39,7 +39,9 @@ from cnnzoo.errors import AlreadyExists, InvalidInput, NotFound
 from cnnzoo.zoo.architectures import ARCHITECTURES, Architecture, get_architecture
 from cnnzoo.zoo.augment import AUGMENTATIONS, build_augmentation
 from cnnzoo.zoo.checkpoints import STATE_FILE, epoch_path, save_train_state, save_weights
+from cnnzoo.zoo.cuda_training import prepare_cuda_model
 from cnnzoo.zoo.datasets import NAMED_DATASETS, named_dataset_card
+from cnnzoo.zoo.device_data import DeviceData
 from cnnzoo.zoo.evaluate import evaluate, limit_dataset, torch_threads
 from cnnzoo.zoo.finetune import freeze_all_but_head, head_train_mode, load_init
 from cnnzoo.zoo.folder_defaults import folder_defaults
@@ -374,8 +376,8 @@ def _start(
     if frozen:
         freeze_all_but_head(model, entry.spec)
     model.to(device)
-    if device == "cuda":  # NHWC convolutions are cuDNN's fast path (CPU runs keep NCHW)
-        model.to(memory_format=torch.channels_last)
+    if device == "cuda":  # layout, bf16, compilation: cnnzoo.zoo.cuda_training
+        prepare_cuda_model(model)
     spec = entry.spec
     step = TrainStep(
         model, *_optimizer_and_schedule(model, recipe, entry, len(plan.train_set), resumed),
@@ -384,7 +386,11 @@ def _start(
     )  # fmt: skip
     command = options.command or _command_for(options)
     commands = f"{resumed.command}; {command}" if resumed and resumed.command else command
-    workers = data_workers(options)
+    # MNIST/CIFAR-10 on CUDA: both splits on the GPU, augmented there (cnnzoo.zoo.device_data)
+    on_device = DeviceData.for_run(
+        plan.train_set, plan.test_set, entry.preprocess, recipe.augment, device
+    )
+    workers = 0 if on_device else data_workers(options)
     test_loader = DataLoader(
         plan.test_set, batch_size=256, shuffle=False, num_workers=workers,
         pin_memory=device == "cuda",
@@ -396,6 +402,7 @@ def _start(
         wall=resumed.wall_time_seconds if resumed else 0.0,
         commands=commands,
         chosen=dict(plan.chosen),
+        device_data=on_device,
     )  # fmt: skip
 
 
@@ -421,7 +428,7 @@ def _pick_lr(run: TrainingRun) -> None:
     test = lr_range_test(
         run.model,
         run.recipe,
-        _epoch_batches(run, torch.Generator().manual_seed(epoch_seed)),
+        _epoch_batches(run, epoch_seed),
         head=run.entry.spec.head,
         device=run.options.device,
         train_mode=run.step.train_mode,
@@ -442,16 +449,15 @@ def _pick_lr(run: TrainingRun) -> None:
     tqdm.write(f"{run.entry.name}: --lr auto picked {test.lr:g} ({why})", file=sys.stderr)
 
 
-def _epoch_batches(run: TrainingRun, generator: torch.Generator) -> Iterable[Batch]:
-    """The training batches of one epoch, shuffled by `generator`.
-
-    The hook for another data path: a source holding the training split on the device (with
-    its own augmentation there) returns its batches here instead of a DataLoader's.
-    """
+def _epoch_batches(run: TrainingRun, epoch_seed: int) -> Iterable[Batch]:
+    """The training batches of one epoch, shuffled (and augmented) from `epoch_seed`: from the
+    split held on the GPU when there is one (`cnnzoo.zoo.device_data`), else a DataLoader's."""
+    if run.device_data is not None:
+        return run.device_data.epoch(run.recipe.batch_size, epoch_seed)
     return loader_batches(
         run.train_set,
         batch_size=run.recipe.batch_size,
-        generator=generator,
+        generator=torch.Generator().manual_seed(epoch_seed),
         workers=run.workers,
         pin=run.options.device == "cuda",
     )
@@ -463,7 +469,7 @@ def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
     started = time.perf_counter()
     epoch_seed = run.settings.seed * 100_003 + epoch
     torch.manual_seed(epoch_seed)  # augmentation and dropout of this epoch
-    batches = _epoch_batches(run, torch.Generator().manual_seed(epoch_seed))
+    batches = _epoch_batches(run, epoch_seed)
     run.step.train_mode(run.model)
     stats = train_one_epoch(
         run.step,
@@ -472,7 +478,7 @@ def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
         description=f"{entry.name} epoch {epoch}/{recipe.epochs}",
         progress=run.options.progress,
     )
-    metrics = evaluate(run.model, run.test_loader, entry.labels, device=device)
+    metrics = evaluate(run.model, run.test_batches(), entry.labels, device=device)
     seconds = time.perf_counter() - started
     run.wall += seconds
     run.history.append(

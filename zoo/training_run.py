@@ -96,6 +96,11 @@ class TrainingRun:
     commands: str
     chosen: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    device_data: Any = None  # the splits held on the GPU (cnnzoo.zoo.device_data), if they are
+
+    def test_batches(self) -> Any:
+        """The test split's batches: from the GPU when it holds them, else the loader's."""
+        return self.device_data.test_batches() if self.device_data else self.test_loader
 
     @property
     def preset(self) -> bool:
@@ -128,7 +133,7 @@ def finish_run(run: TrainingRun) -> TrainResult:
         model.load_state_dict(decode_state(encode_state(model.state_dict(), entry.weights_dtype)))
         metrics = {}
     if not metrics:  # resumed a finished run, or rounded weights: measure the final weights
-        metrics = evaluate(model, run.test_loader, entry.labels, device=run.options.device)
+        metrics = evaluate(model, run.test_batches(), entry.labels, device=run.options.device)
     weights = run.model_dir / "model.safetensors"
     epochs = run.recipe.epochs
     meta = {"zoo_entry": entry.name, "epochs": str(epochs), "seed": str(settings.seed)}
