@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extend_commands(sub: argparse._SubParsersAction) -> None:
+def _extend_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands one package extends for another, wired here because the packages may not
     import each other: `cnnzoo export` (zoo) also writes the explanation models (interpret;
     `zoo` never imports `interpret`)."""
