@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imported where used: `cnnzoo --help` stays quick
     from collections.abc import Iterator
 
     from cnnzoo.serving.client import ZooClient
+    from cnnzoo.serving.tls import TlsOptions
     from cnnzoo.serving.types import ClassPrediction
 
 # argparse's subparsers action (generic only in the type stubs, so a string)
@@ -379,7 +380,6 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cnnzoo.errors import InvalidInput
     from cnnzoo.serving.grpc_api.transport import TransportOptions
     from cnnzoo.serving.http_api.options import HttpLimits
     from cnnzoo.serving.latency import MetricsConfig
@@ -388,21 +388,8 @@ def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.serving.security import GRPC, HTTP, RestrictedProtocols, parse_restriction
     from cnnzoo.serving.server import ServerOptions, serve
     from cnnzoo.serving.shared_memory import SharedMemoryPolicy
-    from cnnzoo.serving.tls import TlsOptions
 
-    if args.max_message_mb <= 0:
-        raise InvalidInput(f"--max-message-mb must be positive, got {args.max_message_mb}")
-    if args.poll_seconds < 0 or args.grace_seconds < 0:
-        raise InvalidInput("--poll-seconds and --grace-seconds must be >= 0")
-    if args.metrics_interval_ms < 1:
-        raise InvalidInput(f"--metrics-interval-ms must be >= 1, got {args.metrics_interval_ms}")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise InvalidInput("--tls-cert and --tls-key go together")
-    if args.tls_client_ca is not None and args.tls_cert is None:
-        raise InvalidInput("--tls-client-ca needs --tls-cert and --tls-key")
-    tls = None
-    if args.tls_cert is not None:
-        tls = TlsOptions(args.tls_cert, args.tls_key, args.tls_client_ca)
+    tls = _serve_tls(args)
     options = ServerOptions(
         repository=args.repository,
         host=args.host,
@@ -465,6 +452,26 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     return serve(options)
+
+
+def _serve_tls(args: argparse.Namespace) -> TlsOptions | None:
+    """Check the options no parser type can (ranges, pairs) and read the TLS ones."""
+    from cnnzoo.errors import InvalidInput
+    from cnnzoo.serving.tls import TlsOptions
+
+    if args.max_message_mb <= 0:
+        raise InvalidInput(f"--max-message-mb must be positive, got {args.max_message_mb}")
+    if args.poll_seconds < 0 or args.grace_seconds < 0:
+        raise InvalidInput("--poll-seconds and --grace-seconds must be >= 0")
+    if args.metrics_interval_ms < 1:
+        raise InvalidInput(f"--metrics-interval-ms must be >= 1, got {args.metrics_interval_ms}")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise InvalidInput("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.tls_cert is None:
+        return None
+    return TlsOptions(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 # -- classify ------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ def test_methods_contract() -> None:
         "occlusion",
         "grad-cam",
         "guided-grad-cam",
+        "input-x-gradient",
+        "integrated-gradients",
     )
 
 

@@ -25,6 +25,7 @@ from cnnzoo.serving.runtime import (
     cuda_unavailable_reason,
     session_options,
 )
+from cnnzoo.serving.tensors import RowLayout
 from tests.serving.helpers import MODEL
 
 
@@ -137,7 +138,7 @@ def test_io_binding_without_a_batch_dimension(tmp_path):
     path = tmp_path / "unbatched.onnx"
     _half_graph(path, batched=False)
     bound = OnnxModel(path, RuntimeOptions(device="cpu", io_binding=True))
-    bound.fit_shapes(batched=False, input_shape=(2, 3), output_dims=(2, 3))
+    bound.fit_shapes(RowLayout(batched=False, graph_input=(2, 3), output_dims=(2, 3)))
     x = np.arange(6, dtype=np.float32).reshape(1, 6)
     np.testing.assert_array_equal(
         bound.run(x), (x.reshape(2, 3) * np.array([0.5, -2, 3], np.float32))[None]
