@@ -195,8 +195,10 @@ def test_repository_service_exits_zero_again_and_without_a_dataset(stack):
     assert {m: repo.versions(m) for m in repo.models()} == versions
     assert _snapshot(models) == before
     lines = result.stdout.splitlines()
-    assert len(lines) == len(versions), result.stdout
-    for model, numbers in versions.items():
+    # one line per classifier; an up-to-date classifier's explanation models are left alone
+    classifiers = {m: v for m, v in versions.items() if "." not in m}
+    assert len(lines) == len(classifiers), result.stdout
+    for model, numbers in classifiers.items():
         [line] = [line for line in lines if line.startswith(f"{model}: ")]
         assert f"up to date, version {numbers[-1]}" in line, line
     repo.verify(SHIPPED_MODEL, repo.latest_version(SHIPPED_MODEL))
