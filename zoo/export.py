@@ -202,16 +202,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
     source_sha256 = sha256_file(Path(weights)) if weights is not None else None
     precision = options.precision
 
-    config = config_text(
-        build_config(
-            entry.name,
-            input_dims=entry.input_shape,
-            num_classes=entry.num_classes,
-            parameters=_parameters(entry),
-            max_batch_size=options.max_batch_size,
-            input_dtype=options.input_dtype,
-        )
-    )
+    config = _config(entry, options)
     labels = "".join(f"{label}\n" for label in entry.labels)
     writer = VersionWriter(
         repository, entry.name, config=config, labels=labels, version=options.version
@@ -240,6 +231,42 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
                 "skipped": True,
                 "seconds": round(time.perf_counter() - started, 2),
             }
+    parity = _write_version(writer, entry, model, weights, source_sha256, options)
+    return {
+        **summary,
+        "version": writer.version,
+        "path": str(writer.path),
+        "skipped": False,
+        "parity": parity,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _config(entry: ZooEntry, options: ExportOptions) -> str:
+    """The export's config.pbtxt text."""
+    return config_text(
+        build_config(
+            entry.name,
+            input_dims=entry.input_shape,
+            num_classes=entry.num_classes,
+            parameters=_parameters(entry),
+            max_batch_size=options.max_batch_size,
+            input_dtype=options.input_dtype,
+        )
+    )
+
+
+def _write_version(
+    writer: VersionWriter,
+    entry: ZooEntry,
+    model: nn.Module,
+    weights: str | Path | None,
+    source_sha256: str | None,
+    options: ExportOptions,
+) -> dict[str, Any]:
+    """Write the weights and the ONNX graph into the version `writer` stages, check parity and
+    commit it (nothing is left behind when a check fails); the parity figures."""
+    trained = weights is not None
     with writer:
         save_weights(
             model,
@@ -256,7 +283,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
         writer.commit(
             zoo_entry=entry.name,
             arch=entry.arch,
-            precision=precision,
+            precision=options.precision,
             trained=trained,
             source_weights=None if weights is None else str(weights),
             source_weights_sha256=source_sha256,
@@ -264,14 +291,7 @@ def export_model(options: ExportOptions) -> dict[str, Any]:
             max_batch_size=options.max_batch_size,
             created=utc_now(),
         )
-    return {
-        **summary,
-        "version": writer.version,
-        "path": str(writer.path),
-        "skipped": False,
-        "parity": parity,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    return parity
 
 
 class HalfPrecision(nn.Module):

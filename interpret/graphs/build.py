@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -390,93 +391,14 @@ class _Explanation:
         x = b.op("Slice", [position, b.ints([1]), b.ints([2]), b.ints([1])], hint="x")
         zero = b.const(np.int64(0))
         strongest = b.op("Or", [b.op("Less", [y, zero]), b.op("Less", [x, zero])])
+        unit = _UnitRequest(channel, y, x, strongest, zero)
         seeds: dict[str, str] = {}
         positions = b.const(np.array([[-1, -1]], dtype=np.int64))
         activations = b.const(np.array([[np.nan]], dtype=np.float32))
         for tensor, indices in self.by_tensor().items():
             info = cls.infos[tensor]
-            sizes = info.sizes
-            channels = sizes[0]
-            spots = int(np.prod(sizes[1:])) if len(sizes) == 3 else 1
-            width = sizes[2] if len(sizes) == 3 else 1
             rows = self.selected(index, indices)
-            ok_channel = b.op(
-                "And",
-                [
-                    b.op("GreaterOrEqual", [channel, zero]),
-                    b.op("Less", [channel, b.const(np.int64(channels))]),
-                ],
-            )
-            safe_channel = b.op("Clip", [channel, zero, b.const(np.int64(channels - 1))])
-            activation = main[tensor]
-            if len(sizes) == 3:
-                # the channel's map per row, flattened: [N, H*W]
-                gather = b.op(
-                    "Expand",
-                    [
-                        b.op("Reshape", [safe_channel, b.ints([-1, 1, 1, 1])]),
-                        b.op(
-                            "Concat",
-                            [b.op("Shape", [activation], end=1), b.ints([1, *sizes[1:]])],
-                            axis=0,
-                        ),
-                    ],
-                )
-                plane = b.op(
-                    "Reshape",
-                    [b.op("GatherElements", [activation, gather], axis=1), b.ints([-1, spots])],
-                )
-                best = b.op("ArgMax", [plane], axis=1, keepdims=1)
-                given = b.op("Add", [b.op("Mul", [y, b.const(np.int64(width))]), x])
-                inside = _all(
-                    b,
-                    [
-                        b.op("Less", [y, b.const(np.int64(sizes[1]))]),
-                        b.op("Less", [x, b.const(np.int64(width))]),
-                    ],
-                )
-                ok_position = b.op("Or", [strongest, inside])
-                spot = b.op("Where", [strongest, best, given], hint="spot")
-                safe_spot = b.op("Clip", [spot, zero, b.const(np.int64(spots - 1))])
-                value = b.op("GatherElements", [plane, safe_spot], axis=1)
-                where = b.op(
-                    "Concat",
-                    [
-                        b.op("Div", [spot, b.const(np.int64(width))]),
-                        b.op("Mod", [spot, b.const(np.int64(width))]),
-                    ],
-                    axis=1,
-                )
-            else:
-                ok_position = b.const(np.array([[True]]))
-                spot = zero
-                value = b.op("GatherElements", [activation, safe_channel], axis=1)
-                where = b.const(np.array([[0, 0]], dtype=np.int64))
-            valid = _all(b, [rows, ok_channel, ok_position])
-            # the seed: 1 at (channel, spot) of the rows that chose this layer, else 0
-            shape = [-1, 1] + ([1, 1] if len(sizes) == 3 else [])
-            hit = b.op(
-                "Equal",
-                [
-                    b.const(
-                        np.arange(channels, dtype=np.int64).reshape(
-                            1, channels, *[1] * (len(sizes) - 1)
-                        )
-                    ),
-                    b.op("Reshape", [channel, b.ints(shape)]),
-                ],
-            )
-            if len(sizes) == 3:
-                spot_hit = b.op(
-                    "Equal",
-                    [
-                        b.const(np.arange(spots, dtype=np.int64).reshape(1, 1, *sizes[1:])),
-                        b.op("Reshape", [spot, b.ints([-1, 1, 1, 1])]),
-                    ],
-                )
-                hit = b.op("And", [hit, spot_hit])
-            hit = b.op("And", [hit, b.op("Reshape", [valid, b.ints(shape)])])
-            seeds[tensor] = b.op("Cast", [hit], to=info.dtype, hint="unit_seed")
+            seeds[tensor], valid, where, value = self._unit_seed(main[tensor], info, rows, unit)
             positions = b.op("Where", [valid, where, positions])
             if info.dtype != _FLOAT:
                 value = b.op("Cast", [value], to=_FLOAT)
@@ -493,6 +415,96 @@ class _Explanation:
         activations = b.op("Expand", [activations, b.op("Shape", [channel])])
         self.output("unit_position", positions, (2,), source=_INT64, dtype=_INT64)
         self.output("unit_activation", activations, (1,), source=_FLOAT)
+
+    def _unit_seed(
+        self, activation: str, info: Any, rows: str, unit: _UnitRequest
+    ) -> tuple[str, str, str, str]:
+        """One layer's part of a unit graph: the backward seed (1 at the unit of the rows that
+        chose this layer, else 0), which rows it is valid for, the unit's position and its
+        activation."""
+        b = self.b
+        sizes = info.sizes
+        channels = sizes[0]
+        ok_channel = b.op(
+            "And",
+            [
+                b.op("GreaterOrEqual", [unit.channel, unit.zero]),
+                b.op("Less", [unit.channel, b.const(np.int64(channels))]),
+            ],
+        )
+        safe_channel = b.op("Clip", [unit.channel, unit.zero, b.const(np.int64(channels - 1))])
+        if len(sizes) == 3:
+            ok_position, spot, value, where = self._unit_spot(activation, sizes, safe_channel, unit)
+        else:
+            ok_position = b.const(np.array([[True]]))
+            spot = unit.zero
+            value = b.op("GatherElements", [activation, safe_channel], axis=1)
+            where = b.const(np.array([[0, 0]], dtype=np.int64))
+        valid = _all(b, [rows, ok_channel, ok_position])
+        shape = [-1, 1] + ([1, 1] if len(sizes) == 3 else [])
+        every_channel = np.arange(channels, dtype=np.int64).reshape(1, -1, *[1] * (len(sizes) - 1))
+        asked = b.op("Reshape", [unit.channel, b.ints(shape)])
+        hit = b.op("Equal", [b.const(every_channel), asked])
+        if len(sizes) == 3:
+            spots = int(np.prod(sizes[1:]))
+            spot_hit = b.op(
+                "Equal",
+                [
+                    b.const(np.arange(spots, dtype=np.int64).reshape(1, 1, *sizes[1:])),
+                    b.op("Reshape", [spot, b.ints([-1, 1, 1, 1])]),
+                ],
+            )
+            hit = b.op("And", [hit, spot_hit])
+        hit = b.op("And", [hit, b.op("Reshape", [valid, b.ints(shape)])])
+        return b.op("Cast", [hit], to=info.dtype, hint="unit_seed"), valid, where, value
+
+    def _unit_spot(
+        self, activation: str, sizes: Sequence[int], safe_channel: str, unit: _UnitRequest
+    ) -> tuple[str, str, str, str]:
+        """Where the unit sits in a spatial layer: whether the asked position is inside the map,
+        the flat spot (the channel's strongest for this image when no position was asked), the
+        activation there and the spot as (y, x)."""
+        b = self.b
+        spots = int(np.prod(sizes[1:]))
+        width = sizes[2]
+        # the channel's map per row, flattened: [N, H*W]
+        gather = b.op(
+            "Expand",
+            [
+                b.op("Reshape", [safe_channel, b.ints([-1, 1, 1, 1])]),
+                b.op(
+                    "Concat",
+                    [b.op("Shape", [activation], end=1), b.ints([1, *sizes[1:]])],
+                    axis=0,
+                ),
+            ],
+        )
+        plane = b.op(
+            "Reshape",
+            [b.op("GatherElements", [activation, gather], axis=1), b.ints([-1, spots])],
+        )
+        best = b.op("ArgMax", [plane], axis=1, keepdims=1)
+        given = b.op("Add", [b.op("Mul", [unit.y, b.const(np.int64(width))]), unit.x])
+        inside = _all(
+            b,
+            [
+                b.op("Less", [unit.y, b.const(np.int64(sizes[1]))]),
+                b.op("Less", [unit.x, b.const(np.int64(width))]),
+            ],
+        )
+        ok_position = b.op("Or", [unit.strongest, inside])
+        spot = b.op("Where", [unit.strongest, best, given], hint="spot")
+        safe_spot = b.op("Clip", [spot, unit.zero, b.const(np.int64(spots - 1))])
+        value = b.op("GatherElements", [plane, safe_spot], axis=1)
+        where = b.op(
+            "Concat",
+            [
+                b.op("Div", [spot, b.const(np.int64(width))]),
+                b.op("Mod", [spot, b.const(np.int64(width))]),
+            ],
+            axis=1,
+        )
+        return ok_position, spot, value, where
 
     def build_occlusion(self) -> None:
         b, cls = self.b, self.cls
@@ -584,6 +596,17 @@ def _any(b: GraphBuilder, flags: list[str]) -> str:
     for flag in flags[1:]:
         out = b.op("Or", [out, flag])
     return out
+
+
+class _UnitRequest(NamedTuple):
+    """A unit graph's inputs as graph tensor names: the channel, the asked position (y, x), and
+    whether the strongest position is wanted instead (y or x negative); `zero`: an INT64 0."""
+
+    channel: str
+    y: str
+    x: str
+    strongest: str
+    zero: str
 
 
 def _all(b: GraphBuilder, flags: list[str]) -> str:
