@@ -198,8 +198,8 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         default=default.max_pending_explanations,
-        help="Explain calls waiting for the explainer, which runs one at a time "
-        "(default %(default)s)",
+        help="Explain calls in progress (decoding, queued or running on their explanation "
+        "graph; default %(default)s)",
     )
     g.add_argument(
         "--max-concurrent-requests",

@@ -134,8 +134,11 @@ class ZooClient:
         *,
         target: int | None = None,
         version: str = "",
+        layer: str = "",
     ) -> zoo_pb2.ExplainResponse:
-        request = zoo_pb2.ExplainRequest(model=model, version=version, image=image, method=method)
+        request = zoo_pb2.ExplainRequest(
+            model=model, version=version, image=image, method=method, layer=layer
+        )
         if target is not None:
             request.target = target
         response: zoo_pb2.ExplainResponse = self._call(self._zoo.Explain, request)

@@ -20,7 +20,7 @@ import numpy as np
 
 from cnnzoo.errors import CnnzooError, InvalidInput, ModelExecutionError, NotFound, Unavailable
 from cnnzoo.serving.admission import Admission
-from cnnzoo.serving.explain import explain_image
+from cnnzoo.serving.explain import ExplanationGraphs, check_request
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.limits import RequestLimits, over_limit
 from cnnzoo.serving.model_manager import ModelManager
@@ -91,10 +91,9 @@ class DataPlane:
         # Called after a client loaded or unloaded a model (the server updates health).
         self.on_models_changed: Callable[[], Awaitable[None]] | None = None
         self._admission = Admission(self.limits)
-        # Decoding uploads is CPU work in Pillow (releases the GIL); explanations hook the
-        # torch model, so they run one at a time on their own thread.
+        # Decoding uploads is CPU work in Pillow (releases the GIL).
         self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        self._explain_pool = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        self.explanations = ExplanationGraphs(models.runtime)
 
     @property
     def requests_started(self) -> int:
@@ -103,7 +102,6 @@ class DataPlane:
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        self._explain_pool.shutdown(wait=False, cancel_futures=True)
         if self.shared_memory is not None:
             self.shared_memory.close()
 
@@ -320,15 +318,19 @@ class DataPlane:
             return ClassifyResult(served.name, served.version_str, results)
 
     async def _decode(
-        self, served: LoadedVersion, images: Sequence[bytes], deadline: float | None
+        self,
+        served: LoadedVersion,
+        images: Sequence[bytes],
+        deadline: float | None,
+        operation: str = "Classify",
     ) -> np.ndarray:
-        """Classify's images as one input batch (decoded on the decoding threads)."""
+        """A call's images as one input batch (decoded on the decoding threads)."""
         return await asyncio.get_running_loop().run_in_executor(
             self._decode_pool,
             functools.partial(
                 images_to_batch,
                 list(images),
-                served.image_preprocess("Classify"),
+                served.image_preprocess(operation),
                 max_pixels=self.limits.max_request_pixels,
                 deadline=deadline,
                 # A model exported with --input-dtype uint8 takes pixels: it normalises them.
@@ -360,25 +362,31 @@ class DataPlane:
         method: str,
         target: int | None,
         deadline: float | None = None,
+        layer: str = "",
     ) -> ExplainResult:
-        """An attribution map for one image (see `cnnzoo.serving.explain`).
+        """An attribution map for one image: one run of the classifier's explanation graph
+        for `method` on ONNX Runtime, batched with concurrent Explain calls of the same model
+        and method (see `cnnzoo.serving.explain`).
 
-        Explanations run one at a time; at most `max_pending_explanations` wait for their turn
-        (more: `ResourceExhausted`). `deadline` (`time.monotonic()` seconds): an explanation
-        whose caller has given up is not started (`DeadlineExceeded`).
+        At most `max_pending_explanations` explanations are in progress (more:
+        `ResourceExhausted`). `deadline` (`time.monotonic()` seconds): one that passes while the
+        call waits to run answers `DeadlineExceeded`, and nothing runs for it.
         """
         served = self.models.get(name, version)
+        asked = check_request(served, method, target, layer)
         with self._admission.call(deadline, explanation=True) as call:
-            explain = functools.partial(
-                explain_image,
-                served,
-                image,
-                method,
-                target,
-                max_pixels=self.limits.max_request_pixels,
-                deadline=call.deadline,
-            )
-            return await asyncio.get_running_loop().run_in_executor(self._explain_pool, explain)
+            batch = await self._decode(served, [image], call.deadline, "Explain")
+            graph = await self.explanations.get(served, asked.method)
+            row = graph.row(batch[0], asked.target, asked.layer)
+            try:
+                record = await graph.batcher.submit(row, call.deadline)
+            except Exception as err:
+                raise _failure(served, err) from err
+            return graph.result(served, record[0])
+
+    async def close_explanations(self) -> None:
+        """Finish the explanations in progress and stop their graphs (at shutdown)."""
+        await self.explanations.close()
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -1,67 +1,280 @@
-"""The Explain RPC's one contact with `interpret`: image bytes + served model in, map out.
+"""Explain on ONNX Runtime: a served classifier's explanation graphs, batched like any model.
 
-The ONNX session cannot give gradients, so the version's PyTorch model is rebuilt from its
-`model.safetensors` (once, lazily) and handed to `cnnzoo.interpret.explain.explain`.
+An explanation is one run of an ONNX graph that computes the classifier's forward pass and a
+method's backward rule (`cnnzoo.interpret.graphs`): no PyTorch in the server. For a classifier
+version and a method the graph comes from the repository's explanation model `MODEL.METHOD`
+(same version, written by `cnnzoo export` or `cnnzoo explain-export`), checked against the
+classifier's model.onnx by its recorded sha256; where the repository has none (a repository
+laid out for Triton by other means), it is built in memory from the classifier's model.onnx the
+first time it is asked for. Each graph gets an ONNX Runtime session on the served device (the
+same no-silent-fall-back rule as the classifiers) behind its own `DynamicBatcher`: a request's
+row is a numpy structured record (image, target, layer), so concurrent Explain calls of one
+model and method run as one batch, with the batcher's deadlines and queue bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
 from cnnzoo.errors import InvalidInput, quoted
-from cnnzoo.interpret.methods import METHODS
-from cnnzoo.serving.images import images_to_batch
-from cnnzoo.serving.limits import check_deadline
+from cnnzoo.serving.batcher import DynamicBatcher
+from cnnzoo.serving.runtime import RuntimeOptions, create_session
 from cnnzoo.serving.types import ExplainResult
 from cnnzoo.serving.version import LoadedVersion
 
-__all__ = ["explain_image"]
+__all__ = ["EXPLAIN_METHODS", "ExplanationGraph", "ExplanationGraphs", "check_request"]
+
+log = logging.getLogger(__name__)
+
+# The class-score methods Explain answers (the unit projections take a layer, channel and
+# position instead of a class: ModelInfer on their explanation models serves them).
+EXPLAIN_METHODS: tuple[str, ...] = (
+    "gradient",
+    "deconvnet",
+    "guided-backprop",
+    "input-x-gradient",
+    "integrated-gradients",
+    "grad-cam",
+    "guided-grad-cam",
+    "occlusion",
+)
+_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int64)": np.int64,
+    "tensor(float16)": np.float16,
+}
 
 
-def explain_image(
-    served: LoadedVersion,
-    image: bytes,
-    method: str,
-    target: int | None,
-    *,
-    max_pixels: int | None = None,
-    deadline: float | None = None,
-) -> ExplainResult:
-    """Explain one encoded image with `method` for class `target` (None: the predicted class).
+@dataclass(frozen=True)
+class ExplainRequestCheck:
+    """An Explain request found sound: its method, target (None: the predicted class) and
+    layer name ("" : the graph's default)."""
 
-    `max_pixels` bounds the decoded image; `deadline` (`time.monotonic()` seconds) is checked
-    before each step (decoding, loading the weights, the explanation itself), so work whose
-    caller has given up is not started.
+    method: str
+    target: int | None
+    layer: str
+
+
+def check_request(
+    served: LoadedVersion, method: str, target: int | None, layer: str
+) -> ExplainRequestCheck:
+    """Refuse what no graph run can answer, before any image is decoded.
 
     Raises:
-        InvalidInput: unknown method, target outside the model's classes, or a bad image.
-        ResourceExhausted: the image has more than `max_pixels` pixels.
-        DeadlineExceeded: the deadline passed before the explanation started.
+        InvalidInput: an unknown method, a target outside the classes, a layer for a method
+            that takes none.
     """
-    if method not in METHODS:
-        raise InvalidInput(f"unknown method {quoted(method)}; methods: {', '.join(METHODS)}")
-    preprocess = served.image_preprocess("Explain")
+    if method not in EXPLAIN_METHODS:
+        raise InvalidInput(
+            f"unknown method {quoted(method)}; Explain answers {', '.join(EXPLAIN_METHODS)}"
+        )
     classes = served.spec.output.dims[-1] if served.spec.output.dims else 0
     if target is not None and not 0 <= target < classes:
         raise InvalidInput(
             f"target {target} is not a class of {served.name!r} (0 to {classes - 1})"
         )
-    check_deadline(deadline, "before the image was decoded")
-    batch = images_to_batch([image], preprocess, max_pixels=max_pixels, deadline=deadline)
-    # torch is loaded on the first explanation, after the request was found sound
-    import torch
+    if layer and method not in ("grad-cam", "guided-grad-cam"):
+        raise InvalidInput(f"method {method!r} takes no layer (grad-cam and guided-grad-cam do)")
+    return ExplainRequestCheck(method, target, layer)
 
-    from cnnzoo.interpret.explain import explain
 
-    model = served.torch_model()
-    check_deadline(deadline, "before the explanation started")
-    explanation = explain(model, torch.from_numpy(batch), method, target)
-    return ExplainResult(
-        model=served.name,
-        version=served.version_str,
-        method=explanation.method,
-        target=int(explanation.target),
-        label=served.label(int(explanation.target)),
-        score=float(explanation.score),
-        png=explanation.png,
-        attribution=explanation.attribution,
-        warnings=explanation.warnings,
-    )
+class ExplanationGraph:
+    """One explanation graph of one served classifier version, on ONNX Runtime behind its own
+    dynamic batcher (see the module docstring).
+
+    Args:
+        served: the classifier version it explains.
+        method: the method's name.
+        model: the explanation model's serialised ONNX bytes.
+        origin: where it came from, for logs and errors.
+        options: how the session is created (the served device).
+    """
+
+    def __init__(
+        self,
+        served: LoadedVersion,
+        method: str,
+        model: bytes,
+        origin: str,
+        options: RuntimeOptions,
+    ) -> None:
+        self.name = f"{served.name}.{method}"
+        self.method = method
+        self.origin = origin
+        self.session, self.provider, _ = create_session(model, options, origin)
+        facts = self.session.get_modelmeta().custom_metadata_map
+        self.layers: list[dict[str, Any]] = json.loads(facts.get("layers", "[]"))
+        self.warnings: tuple[str, ...] = tuple(json.loads(facts.get("warnings", "[]")))
+        inputs = self.session.get_inputs()
+        self.image_input = inputs[0].name
+        self.row_dtype = np.dtype(
+            [(i.name, _NUMPY[i.type], tuple(int(d) for d in i.shape[1:])) for i in inputs]
+        )
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        # One run of a zero row: the outputs' shapes (some may be symbolic in the graph) and
+        # the session's first-run cost paid before a caller waits for it.
+        outputs = self.session.run(self._output_names, self._feeds(np.zeros(1, self.row_dtype)))
+        self.out_dtype = np.dtype(
+            [(n, o.dtype, o.shape[1:]) for n, o in zip(self._output_names, outputs, strict=True)]
+        )
+        self.batcher = DynamicBatcher(
+            self._run,
+            max_batch_size=max(1, served.spec.max_batch_size),
+            max_queue_size=served.batcher.max_queue_size,
+            name=f"{self.name}-{served.version}",
+        )
+
+    def _feeds(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        names = self.row_dtype.names or ()
+        return {name: np.ascontiguousarray(rows[name]) for name in names}
+
+    def _run(self, rows: np.ndarray) -> np.ndarray:
+        outputs = self.session.run(self._output_names, self._feeds(rows))
+        result = np.empty(len(rows), dtype=self.out_dtype)
+        for name, value in zip(self._output_names, outputs, strict=True):
+            result[name] = value
+        return result
+
+    def row(self, image: np.ndarray, target: int | None, layer: str) -> np.ndarray:
+        """One request's record: the image, the target (-1: the predicted class) and the
+        layer's index (-1: the default).
+
+        Raises:
+            LayerNotFound: no such layer (the message lists them).
+        """
+        from cnnzoo.interpret.graphs import layer_index
+
+        row = np.zeros(1, dtype=self.row_dtype)
+        row[self.image_input] = image
+        fields = self.row_dtype.names or ()
+        if "target" in fields:
+            row["target"] = -1 if target is None else target
+        if "layer" in fields:
+            row["layer"] = layer_index(self.layers, layer) if layer else -1
+        return row
+
+    def result(self, served: LoadedVersion, record: np.void) -> ExplainResult:
+        """The Explain answer for one output record."""
+        from cnnzoo.interpret.graphs import attribution_png
+
+        attribution = np.asarray(record["attribution"], dtype=np.float32)
+        logits = np.asarray(record["logits"], dtype=np.float64)
+        target = int(np.asarray(record["target_used"]).reshape(-1)[0])
+        shifted = np.exp(logits - logits.max())
+        return ExplainResult(
+            model=served.name,
+            version=served.version_str,
+            method=self.method,
+            target=target,
+            label=served.label(target),
+            score=float(shifted[target] / shifted.sum()),
+            png=attribution_png(attribution),
+            attribution=attribution.sum(axis=0, dtype=np.float32),
+            warnings=self.warnings,
+        )
+
+
+class ExplanationGraphs:
+    """The explanation graphs of the served versions, made on first use and closed with the
+    version they explain (or the server).
+
+    Args:
+        options: how sessions are created (the served device).
+    """
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+        self._graphs: dict[tuple[str, int, str], tuple[LoadedVersion, ExplanationGraph]] = {}
+        self._making: dict[tuple[str, int, str], asyncio.Future[ExplanationGraph]] = {}
+
+    async def get(self, served: LoadedVersion, method: str) -> ExplanationGraph:
+        """`served`'s graph for `method` (its batcher started), made once even when several
+        calls ask at the same time.
+
+        Raises:
+            IntegrityError: the repository's explanation model was built from another
+                classifier (its sha256 differs: the message says to rebuild it).
+            UnsupportedModel: the classifier has an operator or activation the method's
+                transformation cannot follow (the message names the node).
+        """
+        key = (served.name, served.version, method)
+        found = self._graphs.get(key)
+        if found is not None and found[0] is served:
+            return found[1]
+        await self._drop_others(served)
+        making = self._making.get(key)
+        if making is None:
+            making = asyncio.get_running_loop().create_future()
+            self._making[key] = making
+            try:
+                graph = await asyncio.to_thread(self._make, served, method)
+                graph.batcher.start()
+                stale = self._graphs.get(key)
+                self._graphs[key] = (served, graph)
+                if stale is not None:
+                    await stale[1].batcher.close()
+                making.set_result(graph)
+            except BaseException as err:
+                making.set_exception(err)
+                making.exception()  # retrieved: a failure reaches the waiting callers only
+                raise
+            finally:
+                del self._making[key]
+        return await asyncio.shield(making)
+
+    def _make(self, served: LoadedVersion, method: str) -> ExplanationGraph:
+        repository = served.repository
+        classifier_path = repository.version_dir(served.name, served.version) / "model.onnx"
+        classifier = classifier_path.read_bytes()
+        exported = repository.root / f"{served.name}.{method}" / str(served.version) / "model.onnx"
+        if exported.is_file():
+            import onnx
+
+            from cnnzoo.interpret.graphs import check_classifier
+
+            model = exported.read_bytes()
+            check_classifier(onnx.load_from_string(model), hashlib.sha256(classifier).hexdigest())
+            origin = str(exported)
+        else:
+            import onnx
+
+            from cnnzoo.interpret.graphs import build_explanation
+
+            built = build_explanation(
+                onnx.load_from_string(classifier),
+                method,
+                explains=served.name,
+                classifier_sha256=hashlib.sha256(classifier).hexdigest(),
+            )
+            model = built.SerializeToString()
+            origin = f"{served.name}.{method} (built from {classifier_path})"
+        graph = ExplanationGraph(served, method, model, origin, self.options)
+        log.info("explaining %s version %d with %s on %s", served.name, served.version, origin,
+                 graph.provider)  # fmt: skip
+        return graph
+
+    async def _drop_others(self, served: LoadedVersion) -> None:
+        """Close the graphs of `served`'s model made for another version (a hot reload)."""
+        for key, (other, graph) in list(self._graphs.items()):
+            if other.name == served.name and other is not served:
+                del self._graphs[key]
+                await graph.batcher.close()
+
+    async def retire(self, current: dict[str, LoadedVersion]) -> None:
+        """Close the graphs of versions no longer served (`current`: name -> served version)."""
+        for key, (served, graph) in list(self._graphs.items()):
+            if current.get(served.name) is not served:
+                del self._graphs[key]
+                await graph.batcher.close()
+
+    async def close(self) -> None:
+        """Finish the queued explanations and stop every graph's batcher."""
+        await self.retire({})

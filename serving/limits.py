@@ -33,8 +33,8 @@ class RequestLimits:
         max_queue_size: requests waiting in one model version's batcher when its config.pbtxt
             sets no `dynamic_batching.default_queue_policy.max_queue_size` (Triton's setting,
             which wins when present).
-        max_pending_explanations: Explain calls waiting for (or in) the one-at-a-time
-            explainer.
+        max_pending_explanations: Explain calls in progress (decoding, queued or running on
+            their explanation graph's batcher).
         max_concurrent_requests: inference, Classify and Explain calls in progress on the
             server, whatever the transport (with the message size, this bounds the memory that
             requests hold once they are decoded).
@@ -45,7 +45,7 @@ class RequestLimits:
     max_classify_images: int = 256
     max_request_pixels: int = 100_000_000
     max_queue_size: int = 1024
-    max_pending_explanations: int = 8
+    max_pending_explanations: int = 64
     max_concurrent_requests: int = 256
     max_waiting_requests: int = 2048
 

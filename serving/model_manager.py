@@ -132,6 +132,7 @@ class ModelManager:
         limits: RequestLimits | None = None,
     ) -> None:
         self.repository = repository
+        self.runtime = runtime
         self.control = control
         self._load_at_start = tuple(load_at_start)
         self.limits = limits or RequestLimits()
@@ -163,7 +164,7 @@ class ModelManager:
     def discover(self) -> list[str]:
         """Register the model names to load at start-up (checks `--model` and `--load-model`
         names exist)."""
-        available = self.repository.models()
+        available = self._classifiers()
         names = list(self._only) or available
         _check_named(names, available, self.repository)
         if self.control == EXPLICIT:
@@ -308,10 +309,22 @@ class ModelManager:
                 "explicit to load and unload models on request)"
             )
 
+    def _classifiers(self) -> list[str]:
+        """The repository's models but its explanation models (config.pbtxt parameter
+        `cnnzoo_explanation`): the Explain RPC runs those for their classifier
+        (`cnnzoo.serving.explain`)."""
+        return [name for name in self.repository.models() if not self._is_explanation(name)]
+
+    def _is_explanation(self, name: str) -> bool:
+        try:
+            return "cnnzoo_explanation" in self.repository.parameters(name)
+        except (CnnzooError, OSError):
+            return False  # loading it says what is wrong
+
     def _candidates(self) -> list[str]:
         """Model names this server may serve: the repository's, limited by `--model`."""
         try:
-            available = self.repository.models()
+            available = self._classifiers()
         except OSError as err:
             log.error("cannot list the repository: %s", err)
             return list(self._records)
@@ -326,7 +339,7 @@ class ModelManager:
         """
         if not self._only:
             try:
-                names = self.repository.models()
+                names = self._classifiers()
             except OSError as err:
                 names = []
                 log.error("cannot list the models of %s: %s", self.repository.root, err)

@@ -50,6 +50,7 @@ __all__ = [
     "DEVICES",
     "NO_CPU_FALLBACK",
     "OnnxModel",
+    "create_session",
     "RuntimeOptions",
     "available_cores",
     "built_for_cuda",
@@ -254,6 +255,44 @@ def check_device(options: RuntimeOptions) -> None:
         _providers_for(options)
 
 
+def create_session(source: str | bytes, options: RuntimeOptions, what: str) -> tuple[Any, str, Any]:
+    """An ONNX Runtime session for a model file (path) or serialised model (bytes) on the
+    device `options` asks for, never silently elsewhere; returns the session, its provider and
+    its session options. `what` names the model in errors.
+
+    Raises:
+        UnsupportedModel: `--device cuda` and part of the graph would run on the CPU.
+        ExecutionProviderError: `--device cuda` and ONNX Runtime fell back to another provider.
+    """
+    import onnxruntime as ort
+
+    requested = _providers_for(options)
+    strict = options.device == "cuda"
+    chosen = session_options(options, cuda=requested[0] != CPU)
+    try:
+        session = ort.InferenceSession(
+            source,
+            sess_options=chosen,
+            providers=requested,
+            enable_fallback=0 if strict else 1,  # no silent retry on the CPU for cuda
+        )
+    except Exception as err:  # onnxruntime's own exception types (Fail, RuntimeException)
+        if strict and "fallback to CPU EP has been explicitly disabled" in str(err):
+            raise UnsupportedModel(
+                f"--device cuda: onnxruntime would run part of {what} on the CPU "
+                "(an operator without a CUDA kernel, or shape arithmetic it keeps on the "
+                "CPU); serve it with --device auto to allow that"
+            ) from None
+        raise
+    provider: str = session.get_providers()[0]
+    if strict and provider != CUDA:
+        raise ExecutionProviderError(
+            f"--device cuda: onnxruntime fell back to {provider} for {what}: "
+            f"{cuda_unavailable_reason() or 'see the onnxruntime log above'}"
+        )
+    return session, provider, chosen
+
+
 class OnnxModel:
     """One ONNX Runtime session for a model with one input and one output.
 
@@ -262,33 +301,10 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | os.PathLike[str], options: RuntimeOptions) -> None:
-        import onnxruntime as ort
-
-        requested = _providers_for(options)
-        strict = options.device == "cuda"
         self.path = Path(path)
-        self.session_options = session_options(options, cuda=requested[0] != CPU)
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path),
-                sess_options=self.session_options,
-                providers=requested,
-                enable_fallback=0 if strict else 1,  # no silent retry on the CPU for cuda
-            )
-        except Exception as err:  # onnxruntime's own exception types (Fail, RuntimeException)
-            if strict and "fallback to CPU EP has been explicitly disabled" in str(err):
-                raise UnsupportedModel(
-                    f"--device cuda: onnxruntime would run part of {self.path} on the CPU "
-                    "(an operator without a CUDA kernel, or shape arithmetic it keeps on the "
-                    "CPU); serve it with --device auto to allow that"
-                ) from None
-            raise
-        self.provider: str = self._session.get_providers()[0]
-        if strict and self.provider != CUDA:
-            raise ExecutionProviderError(
-                f"--device cuda: onnxruntime fell back to {self.provider} for {self.path}: "
-                f"{cuda_unavailable_reason() or 'see the onnxruntime log above'}"
-            )
+        self._session, self.provider, self.session_options = create_session(
+            str(self.path), options, str(self.path)
+        )
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise InvalidInput(

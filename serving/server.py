@@ -516,6 +516,7 @@ class InferenceServer:
             *([self._server.stop(self.options.grace_seconds)] if self._server else []),
             *([self._http.stop()] if self._http else []),
         )
+        await self.plane.close_explanations()
         await self.models.close()
         self.plane.close()
         if self._metrics is not None:

@@ -10,11 +10,10 @@ is retired is the model manager's business (`cnnzoo.serving.model_manager`).
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cnnzoo.errors import CnnzooError, IntegrityError, InvalidInput, ModelIncomplete
+from cnnzoo.errors import IntegrityError, InvalidInput, ModelIncomplete
 from cnnzoo.serving.autocomplete import GraphTensor, complete_config
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.latency import LatencyRecorder, MetricsConfig
@@ -27,8 +26,6 @@ from cnnzoo.zoo.preprocess import PARAMETER_KEYS, Preprocess
 from cnnzoo.zoo.repository import LABELS_FILE, ONNX_FILE, Manifest, ModelRepository
 
 if TYPE_CHECKING:  # the message type only: protobuf stays in the front ends
-    from torch import nn
-
     from cnnzoo.protos.model_config_pb2 import ModelConfig
 
 __all__ = [
@@ -69,8 +66,6 @@ class LoadedVersion:
     layout: RowLayout = field(default_factory=RowLayout)  # requests as rows, rows as graph input
     preprocess_missing: str = ""  # why there is no preprocessing, for Classify and Explain
     fingerprint: Fingerprint = ()  # the files as they were when the version was loaded
-    _torch_model: nn.Module | None = None
-    _torch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def version_str(self) -> str:
@@ -103,35 +98,6 @@ class LoadedVersion:
                 "(send the input tensor itself)"
             )
         return self.preprocess
-
-    def torch_model(self) -> nn.Module:
-        """The PyTorch model built from this version's model.safetensors (loaded once, lazily).
-
-        Explanations need gradients, which the ONNX session cannot give; torch is imported only
-        when the first explanation is asked for. The weights' sha256 is checked against the
-        manifest then (a refusal is logged and tried again on the next call).
-
-        Raises:
-            ModelIncomplete: nothing names the zoo entry, or model.safetensors is absent.
-        """
-        if self.manifest is None and not self.spec.parameters.get("zoo_entry"):
-            raise ModelIncomplete(
-                f"Explain needs the PyTorch model of {self.name!r} version {self.version}: it "
-                "has no manifest.json and config.pbtxt names no zoo_entry (export it with "
-                "cnnzoo export)"
-            )
-        with self._torch_lock:
-            if self._torch_model is None:
-                try:
-                    self._torch_model = self.repository.torch_model(
-                        self.name, self.version, manifest=self.manifest
-                    )
-                except CnnzooError as err:
-                    log.error(
-                        "Explain refused for %s version %d: %s", self.name, self.version, err.reason
-                    )
-                    raise
-            return self._torch_model
 
 
 def fingerprint(repository: ModelRepository, name: str, version: int) -> Fingerprint:

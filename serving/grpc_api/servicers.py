@@ -223,5 +223,6 @@ class ZooServicer(zoo_pb2_grpc.ZooServicer):
             request.method,
             target,
             deadline=deadline_of(context),
+            layer=request.layer,
         )
         return codec.explain_response_to_pb(result)

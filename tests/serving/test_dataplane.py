@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnzoo.errors import DeadlineExceeded, IntegrityError, NotFound
+from cnnzoo.errors import DeadlineExceeded, IntegrityError
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.limits import RequestLimits
 from cnnzoo.serving.model_manager import ModelManager
@@ -73,50 +73,48 @@ def test_the_server_drops_a_request_whose_deadline_passes_in_its_queue(repositor
     assert stats.fail.count == 1 and stats.success.count == 1
 
 
-def test_explain_with_its_weights_gone_names_the_file_not_the_servers_folder(repository, tmp_path):
+def test_explain_needs_no_pytorch_weights(repository, tmp_path):
+    """A repository laid out for Triton by other means has model.onnx and no
+    model.safetensors: Explain builds the explanation graph from model.onnx."""
     root = copy_repository(repository, tmp_path, MODEL)
+    (root / MODEL / "1" / "model.safetensors").unlink()
+    (root / MODEL / "1" / "manifest.json").unlink()
 
     async def main():
         plane = await open_plane(root, MODEL)
-        (root / MODEL / "1" / "model.safetensors").unlink()  # removed while being served
         try:
-            await plane.explain(MODEL, "", DIGITS[0].read_bytes(), "gradient", None)
+            return await plane.explain(MODEL, "", DIGITS[0].read_bytes(), "gradient", None)
         finally:
+            await plane.close_explanations()
             await close_plane(plane)
 
-    with pytest.raises(NotFound) as info:
-        asyncio.run(main())
-    reason = info.value.reason
-    assert f"{MODEL} version 1" in reason and "model.safetensors is missing" in reason
-    assert str(tmp_path) not in reason and "/" not in reason, reason
+    result = asyncio.run(main())
+    assert result.method == "gradient" and result.attribution.shape == (32, 32)
+    assert np.isfinite(result.attribution).all() and np.abs(result.attribution).max() > 0
 
 
-def test_explain_refuses_weights_changed_after_the_version_was_verified(
-    repository, tmp_path, caplog
-):
-    """model.safetensors is read on the first explanation, long after the load-time sha256
-    check: a flipped bit must be refused (and logged), not turned into a wrong map."""
-    import logging
+def test_explain_refuses_an_explanation_model_of_another_classifier(repository, tmp_path):
+    """The exported explanation model records its classifier's sha256: after the classifier's
+    model.onnx changed, Explain refuses the stale explanation model and says to rebuild it."""
+    from cnnzoo.cli import main as cli
 
     root = copy_repository(repository, tmp_path, MODEL)
+    assert cli(["explain-export", str(root), MODEL, "--methods", "gradient"]) == 0
+    assert (root / f"{MODEL}.gradient" / "1" / "model.onnx").is_file()
 
     async def main():
         plane = await open_plane(root, MODEL)
-        weights = root / MODEL / "1" / "model.safetensors"
-        data = bytearray(weights.read_bytes())
-        data[len(data) // 2] ^= 0x01  # one bit of one weight: it loads, the numbers are wrong
-        weights.write_bytes(bytes(data))
+        classifier = root / MODEL / "1" / "model.onnx"
+        classifier.write_bytes(classifier.read_bytes() + b" ")  # another file, same name
         try:
             await plane.explain(MODEL, "", DIGITS[0].read_bytes(), "gradient", None)
         finally:
+            await plane.close_explanations()
             await close_plane(plane)
 
-    logger = "cnnzoo.serving.model_manager"
-    with caplog.at_level(logging.ERROR, logger=logger), pytest.raises(IntegrityError) as info:
+    with pytest.raises(IntegrityError) as info:
         asyncio.run(main())
-    assert f"{MODEL}/1/model.safetensors sha256" in info.value.reason
-    assert "does not match the manifest" in info.value.reason
-    assert any(f"Explain refused for {MODEL} version 1" in m for m in caplog.messages)
+    assert "rebuild it (cnnzoo explain-export)" in info.value.reason
 
 
 def test_decoding_stops_when_the_callers_deadline_passes(repository):

@@ -1,0 +1,116 @@
+"""Explain on the exported explanation graphs, through a real `cnnzoo serve`.
+
+The repository is what `cnnzoo export` writes by default: each classifier with its explanation
+models beside it. The server serves the classifiers, runs Explain on the graphs with ONNX
+Runtime, answers every method as the PyTorch reference does, and never loads torch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnzoo import zoo
+from cnnzoo.interpret.explain import explain
+from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
+from cnnzoo.serving.explain import EXPLAIN_METHODS
+from tests.serving.helpers import MODEL, ServerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGIT = ROOT / "examples" / "digits" / "7" / "test-00000.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from cnnzoo.cli import main
+
+    repository = tmp_path_factory.mktemp("with-explanations")
+    assert main(["export", MODEL, "--repository", str(repository)]) == 0  # explanations: all
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    process = ServerProcess(repository, log).wait_ready()
+    channel = grpc.insecure_channel(process.target)
+    yield process, zoo_pb2_grpc.ZooStub(channel), repository
+    channel.close()
+    process.stop()
+
+
+def test_the_server_serves_the_classifiers_and_explains_with_their_graphs(server):
+    process, stub, repository = server
+    listed = stub.ListModels(zoo_pb2.ListModelsRequest(), timeout=30)
+    assert [m.name for m in listed.models] == [MODEL]  # explanation models are not classifiers
+    assert "ERROR" not in process.log(), process.log()
+    image = DIGIT.read_bytes()
+    x = torch.from_numpy(zoo.get_entry(MODEL).preprocess.apply(Image.open(DIGIT)))[None]
+    model = zoo.build_model(MODEL, weights="default")
+    for method in EXPLAIN_METHODS:
+        got = stub.Explain(
+            zoo_pb2.ExplainRequest(model=MODEL, image=image, method=method), timeout=60
+        )
+        expected = explain(model, x, method)
+        assert got.target == expected.target == 7, method
+        assert got.score == pytest.approx(expected.score, rel=1e-5)
+        reference = expected.attribution
+        peak = float(np.abs(reference).max())
+        mine = np.asarray(got.attribution, np.float32).reshape(reference.shape)
+        assert float(np.abs(mine - reference).max()) <= 1e-4 * peak + 1e-7, method
+
+
+def test_grad_cam_takes_a_layer_by_name_and_refuses_an_unknown_one(server):
+    _, stub, _ = server
+    image = DIGIT.read_bytes()
+    default = stub.Explain(
+        zoo_pb2.ExplainRequest(model=MODEL, image=image, method="grad-cam"), timeout=60
+    )
+    named = stub.Explain(
+        zoo_pb2.ExplainRequest(model=MODEL, image=image, method="grad-cam", layer="features.c3"),
+        timeout=60,
+    )
+    assert list(default.attribution) != list(named.attribution)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(
+            zoo_pb2.ExplainRequest(model=MODEL, image=image, method="grad-cam", layer="nope"),
+            timeout=60,
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "features.c3" in info.value.details()  # the valid names are listed
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(
+            zoo_pb2.ExplainRequest(model=MODEL, image=image, method="gradient", layer="x"),
+            timeout=60,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_concurrent_explanations_run_in_batches_and_each_gets_its_own_map(server):
+    _, stub, _ = server
+    digits = sorted((ROOT / "examples" / "digits").glob("*/*.png"))[:12]
+
+    def call(path: Path) -> tuple[int, int]:
+        got = stub.Explain(
+            zoo_pb2.ExplainRequest(model=MODEL, image=path.read_bytes(), method="guided-backprop"),
+            timeout=60,
+        )
+        return int(path.parent.name), got.target
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(call, digits))
+    assert sum(label == target for label, target in answers) >= 11  # the shipped LeNet-5
+
+
+def test_the_server_process_never_loads_torch(server):
+    process, stub, _ = server
+    stub.Explain(
+        zoo_pb2.ExplainRequest(model=MODEL, image=DIGIT.read_bytes(), method="grad-cam"),
+        timeout=60,
+    )
+    stub.Classify(zoo_pb2.ClassifyRequest(model=MODEL, images=[DIGIT.read_bytes()]), timeout=60)
+    maps = Path(f"/proc/{process.proc.pid}/maps").read_text()
+    libraries = {line.split()[-1] for line in maps.splitlines() if ".so" in line}
+    assert not [lib for lib in libraries if "torch" in Path(lib).name], sorted(libraries)
+    assert any("onnxruntime" in lib for lib in libraries)  # the check can see libraries
