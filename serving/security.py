@@ -13,8 +13,8 @@ of each flag only (as in Triton):
 |---|---|---|
 | health | ServerLive/Ready, ModelReady, grpc.health.v1 Check and Watch | /v2/health/*, .../ready |
 | metadata | ServerMetadata, ModelMetadata | GET /v2, GET /v2/models/<m>[/versions/<v>] |
-| inference | ModelInfer, ModelStreamInfer, Classify | .../infer |
-| explain | Explain | |
+| inference | ModelInfer, ModelStreamInfer, Classify | .../infer, .../classify |
+| explain | Explain | .../explain |
 | shared-memory | System- and CudaSharedMemory Status/Register/Unregister | /v2/*sharedmemory/* |
 | model-config | ModelConfig | .../config |
 | model-repository | RepositoryIndex, RepositoryModelLoad/Unload, ListModels | /v2/repository/* |
@@ -94,7 +94,8 @@ _HTTP_GROUPS = tuple(
         (r"^/v2/(models/[^/]+(/versions/[^/]+)?/)?trace", "trace"),
         (r"^/v2/logging$", "logging"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$", "health"),
-        (r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$", "inference"),
+        (r"^/v2/models/[^/]+(/versions/[^/]+)?/(infer|classify)$", "inference"),
+        (r"^/v2/models/[^/]+(/versions/[^/]+)?/explain$", "explain"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/config$", "model-config"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/stats$", "statistics"),
         (r"^/v2(/models/[^/]+(/versions/[^/]+)?)?$", "metadata"),

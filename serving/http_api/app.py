@@ -14,6 +14,7 @@ model control (`/v2/repository/...`) calls the same data-plane methods as gRPC's
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import ssl
@@ -153,6 +154,51 @@ class _Routes:
             answer.enable_compression()  # gzip or deflate, as the client accepts
         return answer
 
+    # -- cnnzoo's own: images in, classes or maps out ------------------------------------------
+
+    async def classify(self, request: web.Request) -> web.Response:
+        """The raw PNG/JPEG body's top-k classes (`?top_k=`), as the Classify RPC."""
+        name, version = _model(request)
+        self.plane.models.get(name, version)
+        image = await limits.read_body(request)
+        top_k = _int_query(request, "top_k", 0) or 0
+        result = await self.plane.classify(name, version, [image], top_k)
+        predictions = [
+            {"index": p.index, "label": p.label, "score": p.probability} for p in result.results[0]
+        ]
+        return _json({"model": result.model, "version": result.version, "predictions": predictions})
+
+    async def explain(self, request: web.Request) -> web.Response:
+        """The raw PNG/JPEG body's attribution map (`?method=&target=&layer=`; `&map=1` adds
+        the channel-reduced map itself), as the Explain RPC."""
+        name, version = _model(request)
+        self.plane.models.get(name, version)
+        image = await limits.read_body(request)
+        query = request.query
+        target = _int_query(request, "target", None)
+        result = await self.plane.explain(
+            name,
+            version,
+            image,
+            query.get("method", "guided-backprop"),
+            target,
+            layer=query.get("layer", ""),
+        )
+        answer: dict[str, Any] = {
+            "model": result.model,
+            "version": result.version,
+            "method": result.method,
+            "target": result.target,
+            "label": result.label,
+            "score": result.score,
+            "png": base64.b64encode(result.png).decode("ascii"),
+            "shape": list(result.attribution.shape),
+            "warnings": list(result.warnings),
+        }
+        if query.get("map") in ("1", "true"):
+            answer["attribution"] = result.attribution.reshape(-1).tolist()
+        return _json(answer)
+
     # -- system shared memory -----------------------------------------------------------------
 
     async def shm_status(self, request: web.Request) -> web.Response:
@@ -248,6 +294,18 @@ def _is_integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _int_query(request: web.Request, key: str, default: int | None) -> int | None:
+    value = request.query.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(
+            f"query parameter {key} must be an integer, got {value[:40]!r}"
+        ) from None
+
+
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info.get("model", ""), request.match_info.get("version", "")
 
@@ -315,6 +373,8 @@ def make_app(
             get(f"{prefix}/config", r.model_config, allow_head=False),
             get(f"{prefix}/stats", r.model_statistics, allow_head=False),
             post(f"{prefix}/infer", r.infer),
+            post(f"{prefix}/classify", r.classify),
+            post(f"{prefix}/explain", r.explain),
         ]
     app.add_routes(routes)
     return app

@@ -62,6 +62,9 @@ _CODINGS = ("gzip", "x-gzip", "deflate", "br")
 _DECODE_IN_THREAD = 256 * 1024
 
 
+# The routes that run models and wait for a place in the call queue (as gRPC's gate does).
+_QUEUED_ROUTES = ("/infer", "/classify", "/explain")
+
 _LIMITS = web.AppKey("http_limits", HttpLimits)
 
 
@@ -256,7 +259,7 @@ def request_limits_middleware(tracker: ConnectionTracker, queue: CallQueue) -> M
             guard.request_started()
         token = CALLER.set(_caller(request))
         try:
-            if request.method != "POST" or not request.path.endswith("/infer"):
+            if request.method != "POST" or not request.path.endswith(_QUEUED_ROUTES):
                 return await handler(request)
             try:
                 await queue.enter()

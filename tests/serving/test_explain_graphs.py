@@ -114,3 +114,52 @@ def test_the_server_process_never_loads_torch(server):
     libraries = {line.split()[-1] for line in maps.splitlines() if ".so" in line}
     assert not [lib for lib in libraries if "torch" in Path(lib).name], sorted(libraries)
     assert any("onnxruntime" in lib for lib in libraries)  # the check can see libraries
+
+
+def _post(port: int, path: str, body: bytes) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "image/png"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_rest_classify_and_explain_answer_as_the_rpcs_do(server):
+    import base64
+    import io
+
+    process, stub, _ = server
+    image = DIGIT.read_bytes()
+    status, classified = _post(process.http_port, f"/v2/models/{MODEL}/classify?top_k=3", image)
+    assert status == 200 and classified["model"] == MODEL
+    assert [p["label"] for p in classified["predictions"]][0] == "7"
+    assert len(classified["predictions"]) == 3
+    path = f"/v2/models/{MODEL}/explain?method=grad-cam&layer=features.c3&target=2&map=1"
+    status, explained = _post(process.http_port, path, image)
+    assert status == 200, explained
+    rpc = stub.Explain(
+        zoo_pb2.ExplainRequest(
+            model=MODEL, image=image, method="grad-cam", layer="features.c3", target=2
+        ),
+        timeout=60,
+    )
+    assert explained["target"] == rpc.target == 2 and explained["shape"] == [32, 32]
+    assert explained["attribution"] == pytest.approx(list(rpc.attribution), rel=1e-6, abs=1e-9)
+    assert base64.b64decode(explained["png"]) == rpc.png
+    with Image.open(io.BytesIO(base64.b64decode(explained["png"]))) as picture:
+        assert picture.size == (32, 32)
+    status, error = _post(process.http_port, f"/v2/models/{MODEL}/explain?method=nope", image)
+    assert status == 400 and "Explain answers" in error["error"]
+    status, error = _post(process.http_port, f"/v2/models/{MODEL}/explain?target=x", image)
+    assert status == 400 and "target" in error["error"]
+    status, error = _post(process.http_port, "/v2/models/missing/explain", image)
+    assert status == 404
+    status, error = _post(process.http_port, f"/v2/models/{MODEL}/classify", b"not an image")
+    assert status == 400, error
