@@ -47,7 +47,7 @@ FROM gpu-base AS gpu-build
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
 COPY . /src
-RUN /opt/venv/bin/pip install --no-cache-dir /src
+RUN /opt/venv/bin/pip install --no-cache-dir '/src[torch]'
 
 FROM gpu-base AS gpu
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -83,7 +83,7 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
        torch==2.14.1 torchvision==0.29.1
 COPY . /src
-RUN /opt/venv/bin/pip install --no-cache-dir /src
+RUN /opt/venv/bin/pip install --no-cache-dir '/src[torch]'
 
 FROM ${PYTHON_IMAGE} AS cpu
 COPY --from=cpu-build /opt/venv /opt/venv

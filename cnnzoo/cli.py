@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from cnnzoo import __version__
-from cnnzoo.errors import EXIT_CODES, CnnzooError
+from cnnzoo.errors import EXIT_CODES, CnnzooError, NotFound
 
 # Packages whose `cli.register` contributes subcommands, in help order.
 _COMMAND_PACKAGES = ("cnnzoo.zoo", "cnnzoo.serving", "cnnzoo.interpret")
@@ -32,6 +32,9 @@ LOG_ENV = "CNNZOO_LOG_LEVEL"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LOG_HELP = f"log level: {', '.join(LOG_LEVELS)} (default: ${LOG_ENV}, else the command's own)"
 
+
+# What `pip install 'cnnzoo[torch]'` adds: training, export, jobs and the PyTorch reference.
+TORCH_EXTRA = ("torch", "torchvision", "captum", "onnxscript")
 
 def _exit_codes() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
@@ -94,6 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CnnzooError as err:
         print(f"cnnzoo {args.command}: error: {err.reason}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in TORCH_EXTRA:
+            raise
+        print(
+            f"cnnzoo {args.command}: error: this command needs PyTorch, and {err.name} is not "
+            "installed: pip install 'cnnzoo[torch]' (serving, classifying, explaining over a "
+            "server and explain-export work without it)",
+            file=sys.stderr,
+        )
+        return NotFound.exit_code
     except KeyboardInterrupt:
         print(f"cnnzoo {args.command}: interrupted", file=sys.stderr)
         return 130
