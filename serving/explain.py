@@ -125,9 +125,13 @@ class ExplanationGraph:
         self.out_dtype = np.dtype(
             [(n, o.dtype, o.shape[1:]) for n, o in zip(self._output_names, outputs, strict=True)]
         )
+        # Integrated gradients runs each image `steps` times, occlusion once per position of
+        # the square: the classifier's batch bound counts those copies.
+        copies = {"integrated-gradients": "steps", "occlusion": "positions"}.get(method)
+        per_image = int(facts.get(copies, "1")) if copies else 1
         self.batcher = DynamicBatcher(
             self._run,
-            max_batch_size=max(1, served.spec.max_batch_size),
+            max_batch_size=max(1, max(1, served.spec.max_batch_size) // per_image),
             max_queue_size=served.batcher.max_queue_size,
             name=f"{self.name}-{served.version}",
         )

@@ -13,6 +13,7 @@ comparison also allows `OCCLUSION_FLOOR` in absolute terms.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -76,42 +77,49 @@ def pytorch_parity(
         images, kind = _images(manifest.zoo_entry, preprocess, data_dir)
         x = torch.stack([preprocess.torch_transform()(image) for image in images])
         pixels = np.stack([preprocess.pixels(image) for image in images])
-
-        def check(graph: onnx.ModelProto, method: str) -> dict[str, Any]:
-            image = graph.graph.input[0]
-            integer = image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
-            feeds = default_feeds(graph, pixels if integer else x.numpy(), image.name)
-            facts = {e.key: e.value for e in graph.metadata_props}
-            spec = get_graph_method(method)
-            if spec.kind == "unit":
-                layers = json.loads(facts["layers"])
-                default = next(e for e in layers if e["name"] == facts["default_layer"])
-                feeds["channel"] = (np.arange(len(x)) % default["shape"][0]).reshape(-1, 1)
-            names = [o.name for o in graph.graph.output]
-            outputs = dict(zip(names, session(graph).run(None, feeds), strict=True))
-            channels = feeds["channel"][:, 0] if "channel" in feeds else None
-            expected = pytorch_maps(net, x, method, facts, outputs, channels=channels)
-            got = outputs["attribution"]
-            differences = map_differences(got, expected)
-            floor = OCCLUSION_FLOOR if method == "occlusion" else 0.0
-            within = [
-                float(np.abs(a - r).max()) <= PARITY_TOLERANCE * float(np.abs(r).max()) + floor
-                for a, r in zip(got, expected, strict=True)
-            ]
-            return {
-                "reference": "PyTorch (cnnzoo.interpret, Captum), fp32",
-                "n": len(x),
-                "inputs": kind,
-                "max_rel_diff": max(differences),
-                "max_abs_diff": float(np.abs(got - expected).max()),
-                "maps_within_tolerance": sum(within),
-                "tolerance": PARITY_TOLERANCE,
-                "abs_floor": floor,
-            }
-
-        return check
+        return functools.partial(_parity_figures, net, x, pixels, kind)
 
     return for_version
+
+
+def _parity_figures(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    pixels: np.ndarray,
+    kind: str,
+    graph: onnx.ModelProto,
+    method: str,
+) -> dict[str, Any]:
+    """An explanation graph's maps of `x` (or its `pixels`, for a uint8 graph) against the
+    PyTorch implementation's: the manifest's parity figures."""
+    image = graph.graph.input[0]
+    integer = image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+    feeds = default_feeds(graph, pixels if integer else x.numpy(), image.name)
+    facts = {e.key: e.value for e in graph.metadata_props}
+    if get_graph_method(method).kind == "unit":
+        layers = json.loads(facts["layers"])
+        default = next(e for e in layers if e["name"] == facts["default_layer"])
+        feeds["channel"] = (np.arange(len(x)) % default["shape"][0]).reshape(-1, 1)
+    names = [o.name for o in graph.graph.output]
+    outputs = dict(zip(names, session(graph).run(None, feeds), strict=True))
+    channels = feeds["channel"][:, 0] if "channel" in feeds else None
+    expected = pytorch_maps(net, x, method, facts, outputs, channels=channels)
+    got = outputs["attribution"]
+    floor = OCCLUSION_FLOOR if method == "occlusion" else 0.0
+    within = [
+        float(np.abs(a - r).max()) <= PARITY_TOLERANCE * float(np.abs(r).max()) + floor
+        for a, r in zip(got, expected, strict=True)
+    ]
+    return {
+        "reference": "PyTorch (cnnzoo.interpret, Captum), fp32",
+        "n": len(x),
+        "inputs": kind,
+        "max_rel_diff": max(map_differences(got, expected)),
+        "max_abs_diff": float(np.abs(got - expected).max()),
+        "maps_within_tolerance": sum(within),
+        "tolerance": PARITY_TOLERANCE,
+        "abs_floor": floor,
+    }
 
 
 def pytorch_maps(

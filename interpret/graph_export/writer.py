@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,25 +107,8 @@ def export_explanations(
     """
     for method in methods:
         get_graph_method(method)
-    repo = ModelRepository(repository)
-    if is_explanation(repo, model):
-        raise InvalidInput(f"{model} is an explanation model, not a classifier")
-    version = repo.latest_version(model) if version is None else version
-    folder = repo.version_dir(model, version)
-    precision = "fp32"
-    if repo.has_manifest(model, version):
-        precision = repo.verify(model, version).precision
-    path = folder / ONNX_FILE
-    if not path.is_file():
-        raise IntegrityError(f"{model} version {version} has no {ONNX_FILE}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    classifier = onnx.load(str(path))
-    config = repo.config(model)
-    labels = repo.labels(model) if (repo.model_dir(model) / LABELS_FILE).is_file() else []
-    labels_text = "".join(f"{label}\n" for label in labels)
-    inherited = {key: value.string_value for key, value in config.parameters.items()}
-    batch = config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
-    compare = parity(version) if parity is not None else None
+    source = _Classifier.read(repository, model, version)
+    compare = parity(source.version) if parity is not None else None
     gradient_check: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = []
 
@@ -137,67 +121,128 @@ def export_explanations(
         name = explanation_model_name(model, method)
         started = time.perf_counter()
         row: dict[str, Any] = {"model": name, "explains": model, "method": method,
-                               "version": version}  # fmt: skip
-        existing = _existing(repo.root, name, version)
-        if existing is not None:
-            if existing.classifier_sha256 != digest:
-                raise IntegrityError(
-                    f"{name} version {version} exists but was built from another {model} "
-                    f"(sha256 {str(existing.classifier_sha256)[:12]}..., now {digest[:12]}...); "
-                    "versions are never overwritten: export the classifier as a new version"
-                )
-            rows.append(
-                {**row, "status": "up to date", "path": str(repo.root / name / str(version))}
-            )
+                               "version": source.version}  # fmt: skip
+        if source.has_explanation(name):
+            rows.append({**row, "status": "up to date",
+                         "path": str(source.repo.root / name / str(source.version))})  # fmt: skip
             continue
         if progress is not None:
-            progress(f"building {name} version {version}")
+            progress(f"building {name} version {source.version}")
         try:
-            graph = build_explanation(classifier, method, explains=model, classifier_sha256=digest)
+            graph = build_explanation(
+                source.graph, method, explains=model, classifier_sha256=source.digest
+            )
         except UnsupportedModel as err:
             if strict:
                 raise
             done({**row, "status": "refused", "reason": err.reason})
             continue
         if gradient_check is None:
-            gradient_check = finite_differences(classifier)
-        checks = self_check(classifier, graph, gradient_check=gradient_check)
+            gradient_check = finite_differences(source.graph)
+        written = source.write(name, method, graph, compare, gradient_check)
+        done({**row, **written, "seconds": round(time.perf_counter() - started, 2)})
+    return rows
+
+
+@dataclass
+class _Classifier:
+    """What every explanation model of one classifier version is made from and inherits."""
+
+    repo: ModelRepository
+    model: str
+    version: int
+    digest: str  # sha256 of its model.onnx
+    graph: onnx.ModelProto
+    precision: str
+    labels: list[str]
+    parameters: dict[str, str]  # config.pbtxt's, inherited (preprocessing, zoo entry, ...)
+    max_batch_size: int
+
+    @classmethod
+    def read(cls, repository: str | Path, model: str, version: int | None) -> _Classifier:
+        repo = ModelRepository(repository)
+        if is_explanation(repo, model):
+            raise InvalidInput(f"{model} is an explanation model, not a classifier")
+        version = repo.latest_version(model) if version is None else version
+        precision = "fp32"
+        if repo.has_manifest(model, version):
+            precision = repo.verify(model, version).precision
+        path = repo.version_dir(model, version) / ONNX_FILE
+        if not path.is_file():
+            raise IntegrityError(f"{model} version {version} has no {ONNX_FILE}")
+        config = repo.config(model)
+        labels = repo.labels(model) if (repo.model_dir(model) / LABELS_FILE).is_file() else []
+        return cls(
+            repo=repo,
+            model=model,
+            version=version,
+            digest=hashlib.sha256(path.read_bytes()).hexdigest(),
+            graph=onnx.load(str(path)),
+            precision=precision,
+            labels=labels,
+            parameters={key: value.string_value for key, value in config.parameters.items()},
+            max_batch_size=config.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
+        )
+
+    def has_explanation(self, name: str) -> bool:
+        """Whether explanation model `name` exists for this version (built from this very
+        classifier: one built from another is refused, since versions are never rewritten)."""
+        existing = _existing(self.repo.root, name, self.version)
+        if existing is None:
+            return False
+        if existing.classifier_sha256 != self.digest:
+            raise IntegrityError(
+                f"{name} version {self.version} exists but was built from another {self.model} "
+                f"(sha256 {str(existing.classifier_sha256)[:12]}..., now {self.digest[:12]}...); "
+                "versions are never overwritten: export the classifier as a new version"
+            )
+        return True
+
+    def write(
+        self,
+        name: str,
+        method: str,
+        graph: onnx.ModelProto,
+        compare: Parity | None,
+        gradient_check: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Self-check `graph` and write it as version `self.version` of model `name` (whole or
+        not at all); the summary's figures."""
+        checks = self_check(self.graph, graph, gradient_check=gradient_check)
         figures = compare(graph, method) if compare is not None else {}
         facts = {e.key: e.value for e in graph.metadata_props}
-        copies = _copies(facts)
+        batch = max(1, self.max_batch_size // _copies(facts))
         text = config_text(
             build_explanation_config(
                 name,
                 inputs=[_tensor(value) for value in graph.graph.input],
-                outputs=[_tensor(value, labels) for value in graph.graph.output],
-                max_batch_size=max(1, batch // copies),
-                parameters={**inherited, **_parameters(facts, classifier)},
+                outputs=[_tensor(value, self.labels) for value in graph.graph.output],
+                max_batch_size=batch,
+                parameters={**self.parameters, **_parameters(facts, self.graph)},
             )
         )
-        with VersionWriter(repo.root, name, config=text, labels=labels_text, version=version) as w:
+        labels = "".join(f"{label}\n" for label in self.labels)
+        with VersionWriter(
+            self.repo.root, name, config=text, labels=labels, version=self.version
+        ) as w:
             onnx.save(graph, str(w.folder / ONNX_FILE))
             w.commit(
-                explains=model,
+                explains=self.model,
                 method=method,
-                classifier_sha256=digest,
+                classifier_sha256=self.digest,
                 self_check=checks,
                 parity=figures,
-                precision=precision,
-                max_batch_size=max(1, batch // copies),
+                precision=self.precision,
+                max_batch_size=batch,
                 created=utc_now(),
             )
-        done(
-            {
-                **row,
-                "status": "written",
-                "path": str(w.path),
-                "warnings": json.loads(facts.get("warnings", "[]")),
-                "self_check": checks,
-                "parity": figures,
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-        )
-    return rows
+        return {
+            "status": "written",
+            "path": str(w.path),
+            "warnings": json.loads(facts.get("warnings", "[]")),
+            "self_check": checks,
+            "parity": figures,
+        }
 
 
 def _existing(root: Path, name: str, version: int) -> Manifest | None:

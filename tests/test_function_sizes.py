@@ -1,5 +1,5 @@
-"""serving stays made of short functions: none over 80 lines but the argparse declarations of
-its commands (one `add_argument` call per option, however many options there are), and no
+"""The packages stay made of short functions: none over 80 lines but the argparse declarations
+of the commands (one `add_argument` call per option, however many options there are), and no
 closure over 30 (a longer one is a class or a module function waiting to be named)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SERVING = Path(__file__).resolve().parents[2] / "serving"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cnnzoo", "zoo", "serving", "interpret")
 LONGEST_FUNCTION, LONGEST_CLOSURE = 80, 30
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -36,14 +37,17 @@ def _declares_arguments(function: Function) -> bool:
     return len(calls) * 2 >= len(function.body)
 
 
-def test_no_long_functions_or_closures_in_serving():
+def test_no_long_functions_or_closures():
     too_long = []
-    for path in sorted(SERVING.rglob("*.py")):
+    paths = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+    for path in paths:
+        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
         for function, nested in _functions(ast.parse(path.read_text())):
             lines = function.end_lineno - function.lineno + 1
             limit = LONGEST_CLOSURE if nested else LONGEST_FUNCTION
             if lines > limit and not _declares_arguments(function):
-                where = f"{path.relative_to(SERVING.parent)}:{function.lineno}"
+                where = f"{path.relative_to(ROOT)}:{function.lineno}"
                 too_long.append(f"{where} {function.name}: {lines} lines (limit {limit})")
     assert not too_long, "\n".join(too_long)
 
