@@ -161,6 +161,57 @@ class ModelSpec:
         )
 
 
+# instance_group.kind values of Triton's model_config.proto
+_KIND_GPU = 1
+
+
+def refuse_unsupported(config: ModelConfig, *, on_gpu: bool | None = None) -> None:
+    """Refuse, with the reason, what a config.pbtxt asks for that this server does not do, so
+    nothing Triton would honour is silently ignored (docs/triton-compatibility.md).
+
+    `on_gpu`: whether the model's session runs on CUDA (None: not known yet; the
+    `instance_group` kind is then not checked).
+
+    Raises:
+        UnsupportedModel: the first thing refused, naming the field and what to do instead.
+    """
+    from cnnzoo.errors import UnsupportedModel
+
+    name = config.name or "the model"
+    reasons = []
+    backend = config.backend or ""
+    if config.platform not in ("", "onnxruntime_onnx") or backend not in ("", "onnxruntime"):
+        wrong_platform = config.platform not in ("", "onnxruntime_onnx")
+        what = f"platform {config.platform!r}" if wrong_platform else f"backend {backend!r}"
+        reasons.append(
+            f"{what}: cnnzoo serves ONNX models on ONNX Runtime only (platform "
+            "onnxruntime_onnx); serve it with Triton"
+        )
+    if config.HasField("sequence_batching"):
+        reasons.append("sequence_batching: stateful models are not served; serve it with Triton")
+    if config.HasField("ensemble_scheduling"):
+        reasons.append("ensemble_scheduling: ensembles are not served; serve it with Triton")
+    if config.default_model_filename not in ("", "model.onnx"):
+        reasons.append(
+            f"default_model_filename {config.default_model_filename!r}: the version's graph "
+            "must be model.onnx"
+        )
+    if config.HasField("response_cache") and config.response_cache.enable:
+        reasons.append("response_cache: responses are not cached; remove it to serve the model")
+    policy = config.version_policy
+    if policy.HasField("all") or policy.HasField("specific") or policy.latest.num_versions > 1:
+        reasons.append(
+            "version_policy: one version is served, the latest (Triton's default, latest "
+            "{ num_versions: 1 }); requests may still name it"
+        )
+    if on_gpu is False and any(g.kind == _KIND_GPU for g in config.instance_group):
+        reasons.append(
+            "instance_group kind KIND_GPU: this server runs the model on the CPU (no usable "
+            "CUDA device, or --device cpu); use KIND_CPU or KIND_AUTO"
+        )
+    if reasons:
+        raise UnsupportedModel(f"{name}: config.pbtxt asks for " + "; ".join(reasons))
+
 def _histogram_buckets(config: ModelConfig) -> tuple[float, ...] | None:
     """Buckets a config.pbtxt sets for the first-response histogram (Triton's `model_metrics`)."""
     for control in config.model_metrics.metric_control:

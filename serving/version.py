@@ -18,8 +18,8 @@ from cnnzoo.serving.autocomplete import GraphTensor, complete_config
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.latency import LatencyRecorder, MetricsConfig
 from cnnzoo.serving.limits import RequestLimits
-from cnnzoo.serving.runtime import OnnxModel, RuntimeOptions, warm_up_sizes
-from cnnzoo.serving.spec import ModelSpec
+from cnnzoo.serving.runtime import CUDA, OnnxModel, RuntimeOptions, warm_up_sizes
+from cnnzoo.serving.spec import ModelSpec, refuse_unsupported
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.tensors import RowLayout
 from cnnzoo.zoo.preprocess import PARAMETER_KEYS, Preprocess
@@ -172,7 +172,16 @@ class VersionLoader:
                 "--require-manifest (export it with cnnzoo export, or serve without the flag)"
             )
         config = repository.config(name)
+        refuse_unsupported(config)  # before the graph is loaded
         runtime = OnnxModel(repository.version_dir(name, version) / ONNX_FILE, self.options.runtime)
+        refuse_unsupported(config, on_gpu=runtime.provider == CUDA)
+        if config.model_warmup:
+            log.info(
+                "%s version %d: model_warmup is replaced by this server's own warm-up (every "
+                "batch size it runs, with zeros, before the version reports ready)",
+                name,
+                version,
+            )
         spec = self._spec(name, version, config, runtime)
         labels = self._labels(name, config, spec)
         preprocess, preprocess_missing = self._preprocess(name, spec)
