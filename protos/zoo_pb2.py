@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63nnzoo/protos/zoo.proto\x12\tcnnzoo.v1\"P\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\r\n\x05top_k\x18\x04 \x01(\x05\"D\n\x0f\x43lassPrediction\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"F\n\x13ImageClassification\x12/\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1a.cnnzoo.v1.ClassPrediction\"c\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.cnnzoo.v1.ImageClassification\"\x13\n\x11ListModelsRequest\"\xef\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\tzoo_entry\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\x05\x12\x13\n\x0binput_shape\x18\n \x03(\x03\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x05\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.cnnzoo.v1.ModelSummary\"~\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x06target\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05layer\x18\x06 \x01(\tB\t\n\x07_target\"\xb2\x01\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\x05\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x0b\n\x03png\x18\x07 \x01(\x0c\x12\r\n\x05shape\x18\x08 \x03(\x03\x12\x13\n\x0b\x61ttribution\x18\t \x03(\x02\x12\x10\n\x08warnings\x18\n \x03(\t2\xdd\x01\n\x03Zoo\x12\x45\n\x08\x43lassify\x12\x1a.cnnzoo.v1.ClassifyRequest\x1a\x1b.cnnzoo.v1.ClassifyResponse\"\x00\x12K\n\nListModels\x12\x1c.cnnzoo.v1.ListModelsRequest\x1a\x1d.cnnzoo.v1.ListModelsResponse\"\x00\x12\x42\n\x07\x45xplain\x12\x19.cnnzoo.v1.ExplainRequest\x1a\x1a.cnnzoo.v1.ExplainResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63nnzoo/protos/zoo.proto\x12\tcnnzoo.v1\"P\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\r\n\x05top_k\x18\x04 \x01(\x05\"D\n\x0f\x43lassPrediction\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"F\n\x13ImageClassification\x12/\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1a.cnnzoo.v1.ClassPrediction\"c\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.cnnzoo.v1.ImageClassification\"\x13\n\x11ListModelsRequest\"\xef\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\tzoo_entry\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\x05\x12\x13\n\x0binput_shape\x18\n \x03(\x03\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x05\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.cnnzoo.v1.ModelSummary\"\x8f\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x06target\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x0f\n\x07quality\x18\x07 \x01(\x08\x42\t\n\x07_target\"\x9c\x02\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\x05\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x0b\n\x03png\x18\x07 \x01(\x0c\x12\r\n\x05shape\x18\x08 \x03(\x03\x12\x13\n\x0b\x61ttribution\x18\t \x03(\x02\x12\x10\n\x08warnings\x18\n \x03(\t\x12\x38\n\x07quality\x18\x0b \x03(\x0b\x32\'.cnnzoo.v1.ExplainResponse.QualityEntry\x1a.\n\x0cQualityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xdd\x01\n\x03Zoo\x12\x45\n\x08\x43lassify\x12\x1a.cnnzoo.v1.ClassifyRequest\x1a\x1b.cnnzoo.v1.ClassifyResponse\"\x00\x12K\n\nListModels\x12\x1c.cnnzoo.v1.ListModelsRequest\x1a\x1d.cnnzoo.v1.ListModelsResponse\"\x00\x12\x42\n\x07\x45xplain\x12\x19.cnnzoo.v1.ExplainRequest\x1a\x1a.cnnzoo.v1.ExplainResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cnnzoo.protos.zoo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EXPLAINRESPONSE_QUALITYENTRY']._loaded_options = None
+  _globals['_EXPLAINRESPONSE_QUALITYENTRY']._serialized_options = b'8\001'
   _globals['_CLASSIFYREQUEST']._serialized_start=38
   _globals['_CLASSIFYREQUEST']._serialized_end=118
   _globals['_CLASSPREDICTION']._serialized_start=120
@@ -45,10 +47,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSUMMARY']._serialized_end=624
   _globals['_LISTMODELSRESPONSE']._serialized_start=626
   _globals['_LISTMODELSRESPONSE']._serialized_end=687
-  _globals['_EXPLAINREQUEST']._serialized_start=689
-  _globals['_EXPLAINREQUEST']._serialized_end=815
-  _globals['_EXPLAINRESPONSE']._serialized_start=818
-  _globals['_EXPLAINRESPONSE']._serialized_end=996
-  _globals['_ZOO']._serialized_start=999
-  _globals['_ZOO']._serialized_end=1220
+  _globals['_EXPLAINREQUEST']._serialized_start=690
+  _globals['_EXPLAINREQUEST']._serialized_end=833
+  _globals['_EXPLAINRESPONSE']._serialized_start=836
+  _globals['_EXPLAINRESPONSE']._serialized_end=1120
+  _globals['_EXPLAINRESPONSE_QUALITYENTRY']._serialized_start=1074
+  _globals['_EXPLAINRESPONSE_QUALITYENTRY']._serialized_end=1120
+  _globals['_ZOO']._serialized_start=1123
+  _globals['_ZOO']._serialized_end=1344
 # @@protoc_insertion_point(module_scope)

@@ -83,23 +83,32 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "version", "image", "method", "target", "layer")
+    __slots__ = ("model", "version", "image", "method", "target", "layer", "quality")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     image: bytes
     method: str
     target: int
     layer: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[bytes] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
+    quality: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[bytes] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., layer: _Optional[str] = ..., quality: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "version", "method", "target", "label", "score", "png", "shape", "attribution", "warnings")
+    __slots__ = ("model", "version", "method", "target", "label", "score", "png", "shape", "attribution", "warnings", "quality")
+    class QualityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +119,7 @@ class ExplainResponse(_message.Message):
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     method: str
@@ -120,4 +130,5 @@ class ExplainResponse(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     attribution: _containers.RepeatedScalarFieldContainer[float]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., png: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., attribution: _Optional[_Iterable[float]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    quality: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., png: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., attribution: _Optional[_Iterable[float]] = ..., warnings: _Optional[_Iterable[str]] = ..., quality: _Optional[_Mapping[str, float]] = ...) -> None: ...

@@ -11,6 +11,7 @@ codes. No protobuf or gRPC in here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ import numpy as np
 from cnnzoo.errors import CnnzooError, InvalidInput, ModelExecutionError, NotFound, Unavailable
 from cnnzoo.serving.admission import Admission
 from cnnzoo.serving.explain import ExplanationGraphs, check_request
+from cnnzoo.serving.explain_quality import check_quality, explanation_quality
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.limits import RequestLimits, over_limit
 from cnnzoo.serving.model_manager import ModelManager
@@ -363,6 +365,7 @@ class DataPlane:
         target: int | None,
         deadline: float | None = None,
         layer: str = "",
+        quality: bool = False,
     ) -> ExplainResult:
         """An attribution map for one image: one run of the classifier's explanation graph
         for `method` on ONNX Runtime, batched with concurrent Explain calls of the same model
@@ -370,7 +373,9 @@ class DataPlane:
 
         At most `max_pending_explanations` explanations are in progress (more:
         `ResourceExhausted`). `deadline` (`time.monotonic()` seconds): one that passes while the
-        call waits to run answers `DeadlineExceeded`, and nothing runs for it.
+        call waits to run answers `DeadlineExceeded`, and nothing runs for it. `quality`: also
+        the map's quality figures, whose model calls go through the classifier's batcher
+        (`cnnzoo.serving.explain_quality`).
         """
         served = self.models.get(name, version)
         asked = check_request(served, method, target, layer)
@@ -378,11 +383,17 @@ class DataPlane:
             batch = await self._decode(served, [image], call.deadline, "Explain")
             graph = await self.explanations.get(served, asked.method)
             row = graph.row(batch[0], asked.target, asked.layer)
+            if quality:
+                check_quality(served)
             try:
                 record = await graph.batcher.submit(row, call.deadline)
             except Exception as err:
                 raise _failure(served, err) from err
-            return graph.result(served, record[0])
+            result = graph.result(served, record[0])
+            if not quality:
+                return result
+            figures = await explanation_quality(served, batch, result, call.deadline)
+            return dataclasses.replace(result, quality=figures)
 
     async def close_explanations(self) -> None:
         """Finish the explanations in progress and stop their graphs (at shutdown)."""

@@ -212,6 +212,7 @@ def refuse_unsupported(config: ModelConfig, *, on_gpu: bool | None = None) -> No
     if reasons:
         raise UnsupportedModel(f"{name}: config.pbtxt asks for " + "; ".join(reasons))
 
+
 def _histogram_buckets(config: ModelConfig) -> tuple[float, ...] | None:
     """Buckets a config.pbtxt sets for the first-response histogram (Triton's `model_metrics`)."""
     for control in config.model_metrics.metric_control:

@@ -147,6 +147,7 @@ class ExplainResult:
     png: bytes
     attribution: np.ndarray  # float32 [H, W]
     warnings: tuple[str, ...] = ()  # why the map cannot depend on the input, if it cannot
+    quality: dict[str, float] | None = None  # asked for: see cnnzoo.serving.explain_quality
 
 
 @dataclass(frozen=True)

@@ -307,6 +307,7 @@ def explain_response_to_pb(result: ExplainResult) -> zoo_pb2.ExplainResponse:
         shape=list(attribution.shape),
         attribution=attribution.ravel().tolist(),
         warnings=list(result.warnings),
+        quality=result.quality or {},
     )
 
 

@@ -224,5 +224,6 @@ class ZooServicer(zoo_pb2_grpc.ZooServicer):
             target,
             deadline=deadline_of(context),
             layer=request.layer,
+            quality=request.quality,
         )
         return codec.explain_response_to_pb(result)

@@ -183,6 +183,7 @@ class _Routes:
             query.get("method", "guided-backprop"),
             target,
             layer=query.get("layer", ""),
+            quality=query.get("quality") in ("1", "true"),
         )
         answer: dict[str, Any] = {
             "model": result.model,
@@ -195,6 +196,8 @@ class _Routes:
             "shape": list(result.attribution.shape),
             "warnings": list(result.warnings),
         }
+        if result.quality is not None:
+            answer["quality"] = result.quality
         if query.get("map") in ("1", "true"):
             answer["attribution"] = result.attribution.reshape(-1).tolist()
         return _json(answer)

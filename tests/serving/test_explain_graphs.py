@@ -163,3 +163,40 @@ def test_rest_classify_and_explain_answer_as_the_rpcs_do(server):
     assert status == 404
     status, error = _post(process.http_port, f"/v2/models/{MODEL}/classify", b"not an image")
     assert status == 400, error
+
+
+def test_quality_figures_on_request_through_the_classifiers_batcher(server):
+    process, stub, _ = server
+    image = DIGIT.read_bytes()
+    plain = stub.Explain(
+        zoo_pb2.ExplainRequest(model=MODEL, image=image, method="grad-cam"), timeout=60
+    )
+    assert not plain.quality  # only when asked
+    measured = stub.Explain(
+        zoo_pb2.ExplainRequest(model=MODEL, image=image, method="grad-cam", quality=True),
+        timeout=60,
+    )
+    figures = dict(measured.quality)
+    assert set(figures) == {"deletion_auc", "insertion_auc", "average_drop",
+                            "increase_in_confidence"}  # fmt: skip
+    assert all(0.0 <= v <= 1.0 for v in figures.values()), figures
+    # the same figures as the library computes in process with PyTorch's model
+    from cnnzoo.interpret.quality.curves import perturbation_curves
+    from cnnzoo.interpret.quality.settings import QualitySettings
+
+    model = zoo.build_model(MODEL, weights="default").eval()
+    x = zoo.get_entry(MODEL).preprocess.apply(Image.open(DIGIT))[None]
+
+    def logits(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(images, np.float32))).numpy()
+
+    maps = np.asarray(measured.attribution, np.float64).reshape(1, 32, 32)
+    settings = QualitySettings(steps=16, fillings=("mean",), batch_size=64)
+    curves = perturbation_curves(logits, x, np.array([7]), {"m": maps}, settings, "mean")["m"]
+    assert figures["deletion_auc"] == pytest.approx(float(curves.deletion.area()[0]), abs=1e-5)
+    assert figures["insertion_auc"] == pytest.approx(float(curves.insertion.area()[0]), abs=1e-5)
+    status, answer = _post(
+        process.http_port, f"/v2/models/{MODEL}/explain?method=gradient&quality=1", image
+    )
+    assert status == 200 and set(answer["quality"]) == {"deletion_auc", "insertion_auc"}
