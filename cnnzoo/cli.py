@@ -36,6 +36,7 @@ _LOG_HELP = f"log level: {', '.join(LOG_LEVELS)} (default: ${LOG_ENV}, else the 
 # What `pip install 'cnnzoo[torch]'` adds: training, export, jobs and the PyTorch reference.
 TORCH_EXTRA = ("torch", "torchvision", "captum", "onnxscript")
 
+
 def _exit_codes() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
 

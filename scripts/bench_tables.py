@@ -405,6 +405,49 @@ def own_data(name: str, data: dict[str, Any]) -> str:
     )
 
 
+def own_data_defaults(name: str, data: dict[str, Any]) -> str:
+    rows = []
+    for dataset, info in data.get("datasets", {}).items():
+        folder = f"{dataset} ({info['arch']}, {info['epochs']} epochs)"
+        plain = info.get("plain", [])
+        best = max(plain, key=lambda r: r["top1"]) if plain else None
+        for row in [*info.get("rows", []), *plain]:
+            mark = " (best of the plain loops)" if row is best else ""
+            lr = f"{row['lr']:.4g}" + (" (auto)" if row.get("lr_auto") else "")
+            rows.append((folder, row["run"] + mark, f"{100 * row['top1']:.2f} %", lr,
+                         row.get("augment", ""), number(row.get("cpu_seconds"))))  # fmt: skip
+    header = ("folder", "run", "test top-1", "learning rate", "augmentation", "CPU s")
+    return (
+        f"What `cnnzoo train ARCH --dataset FOLDER` gives with nothing but a fixed epoch budget, "
+        f"on {number(data.get('train_images'))} training images per folder (stratified, written "
+        f"as PNGs), against plain Adam loops (no augmentation, three rates, the best on the test "
+        f"split: generous to them) and the named-dataset preset on the same images:\n\n"
+        f"{table(header, rows, 'llrlll')}\nFrom `bench/results/{name}`.\n"
+    )
+
+
+# -- explanations served from the exported graphs ----------------------------------------------
+
+
+def explain_serving(name: str, data: dict[str, Any]) -> str:
+    rows = [
+        (r["model"], r["method"], str(r["concurrency"]), number(r["server_img_per_s"]),
+         number(r["pytorch_path_img_per_s"]), number(r["captum_img_per_s"]),
+         number(r["ort_in_process_img_per_s"]), f"{r['vs_pytorch_path']:.2f}",
+         f"{r['vs_ort_in_process']:.2f}")
+        for r in data.get("rows", [])
+    ]  # fmt: skip
+    header = ("model", "method", "c", "server img/s", "(a) PyTorch path", "(b) Captum",
+              "(c) ORT in process", "server / (a)", "server / (c)")  # fmt: skip
+    return (
+        "gRPC Explain through `cnnzoo serve` (the explanation graph on ONNX Runtime, batched) "
+        "from c client threads, against (a) the PyTorch path Explain had before (one image at a "
+        "time on one thread), (b) Captum called directly one image at a time, (c) the same graph "
+        f"in process, c images per run. Targets at c = 16: {data['targets']}.\n\n"
+        f"{table(header, rows, 'llrrrrrrr')}\nFrom `bench/results/{name}`.\n"
+    )
+
+
 # -- anything else ------------------------------------------------------------------------------
 
 
@@ -441,6 +484,11 @@ SECTIONS: tuple[tuple[str, str, str, str, Renderer], ...] = (
      guards),
     ("interpret_", "Interpretability", "interpret",
      "CNNZOO_DATA=<data> python bench/interpret.py", interpret),
+    ("own_data_defaults_", "Defaults on an image folder", "own-data-defaults",
+     "CNNZOO_DATA=<data> python bench/own_data.py --work /tmp/own-data --part defaults "
+     "--train-images 5000", own_data_defaults),
+    ("explain_serving_", "Explanations served from the graphs", "explain-serving",
+     "python bench/explain_serving.py --quick", explain_serving),
     ("own_data_", "Training on an image folder", "own-data",
      "CNNZOO_DATA=<data> python bench/own_data.py --work /tmp/own-data --parallel", own_data),
 )  # fmt: skip
@@ -453,7 +501,7 @@ def render(results: Path = RESULTS) -> str:
     parts = [HEADER]
     done: set[Path] = set()
     for prefix, title, anchor, command, renderer in SECTIONS:
-        mine = [f for f in files if f.name.startswith(prefix)]
+        mine = [f for f in files if f.name.startswith(prefix) and f not in done]
         if not mine:
             continue
         parts.append(f"## {title} {{#{anchor}}}\n\n{reproduce(command)}")

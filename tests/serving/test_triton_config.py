@@ -90,5 +90,3 @@ def test_model_warmup_is_accepted_and_said(repository, tmp_path, caplog):
         states = asyncio.run(main())
     assert states["warmed"] == "READY"
     assert any("model_warmup is replaced" in m for m in caplog.messages)
-
-
