@@ -138,7 +138,10 @@ class ZooEntry:
         """The model card (card.json) as a dict, or None when there is none."""
         if self.weights_dir is None or not (self.weights_dir / CARD_FILE).is_file():
             return None
-        return json.loads((self.weights_dir / CARD_FILE).read_text(encoding="utf-8"))
+        card: dict[str, Any] = json.loads(
+            (self.weights_dir / CARD_FILE).read_text(encoding="utf-8")
+        )
+        return card
 
     def build(self) -> nn.Module:
         """The randomly initialised network for this entry's classes and channels (imports
