@@ -1,6 +1,6 @@
 """The base layer, the serving package, the method table and the zoo registry type-check: mypy,
-strict, as `[tool.mypy]` in
-pyproject.toml configures it (what `make lint` runs), from a cold cache as CI would."""
+strict, as `[tool.mypy]` in pyproject.toml configures it (what `make lint` runs), from a cold
+cache as CI would."""
 
 from __future__ import annotations
 
