@@ -15,12 +15,35 @@ can). Adding a method is its module and one row here.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from cnnzoo.errors import InvalidInput
 
-__all__ = ["METHODS", "RULE_METHODS", "TABLE", "Method", "get_method"]
+__all__ = ["METHODS", "RULE_METHODS", "TABLE", "Attribution", "AttributionClass", "Method",
+           "get_method"]  # fmt: skip
+
+
+class Attribution(Protocol):
+    """What every method's implementation is, once built from a model (see the module
+    docstring). Tensors are `torch.Tensor`s, spelled `Any` here: the table never imports torch
+    (an import-linter contract)."""
+
+    def attribute(self, inputs: Any, target: Any = None) -> Any:
+        """Per-pixel maps `[N, C, H, W]` (or `[N, 1, H, W]`) of `inputs` (`[N, C, H, W]`) for
+        `target` (a class index, one per image, or None where the method needs none)."""
+        ...
+
+    def warnings(self) -> Sequence[str]:
+        """Why this model's maps cannot depend on the input, if they cannot."""
+        ...
+
+
+class AttributionClass(Protocol):
+    """An implementation's class: built from the model alone (some also take `layer`)."""
+
+    def __call__(self, model: Any, /, *args: Any, **kwargs: Any) -> Attribution: ...
 
 
 @dataclass(frozen=True)
@@ -40,10 +63,10 @@ class Method:
     summary: str
     rule: bool = False
 
-    def load(self) -> Any:
+    def load(self) -> AttributionClass:
         """The implementing class (imports its module, and so torch)."""
         module, _, cls = self.implementation.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return cast(AttributionClass, getattr(importlib.import_module(module), cls))
 
 
 TABLE: tuple[Method, ...] = (
