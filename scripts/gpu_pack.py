@@ -83,7 +83,9 @@ def _project_requirements() -> list[Requirement]:
     else:  # pragma: no cover
         import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"]]
+    # the GPU check trains and runs jobs too: the torch extra (torch itself is on the host)
+    extra = project.get("optional-dependencies", {}).get("torch", [])
+    return [Requirement(r) for r in [*project["dependencies"], *extra]]
 
 
 def _applies(requirement: Requirement, extras: tuple[str, ...] = ("",)) -> bool:
