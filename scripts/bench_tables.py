@@ -448,6 +448,37 @@ def explain_serving(name: str, data: dict[str, Any]) -> str:
     )
 
 
+# -- explanation quality --------------------------------------------------------------------
+
+
+def quality(name: str, data: dict[str, Any]) -> str:
+    parts = []
+    for model, m in data.get("models", {}).items():
+        rows = [
+            (("*" + r["method"] + "*") if r.get("baseline") else r["method"],
+             f"{r['deletion_mean']:.3f}", f"{r['deletion_road']:.3f}", f"{r['insertion_mean']:.3f}",
+             f"{r['insertion_road']:.3f}", f"{r['average_drop']:.1f}",
+             f"{r.get('mprt_rank_abs_top', float('nan')):.3f}")
+            for r in m.get("rows", [])
+        ]  # fmt: skip
+        header = ("method", "deletion (mean)", "deletion (ROAD)", "insertion (mean)",
+                  "insertion (ROAD)", "Average Drop %", "MPRT rank, top layer")  # fmt: skip
+        peak = m.get("peak_mib", {})
+        parts.append(
+            f"### {model}: {m['images']} test images (sanity checks on {m['sanity_images']})\n\n"
+            f"{table(header, rows, 'lrrrrrr')}\n"
+            + "".join(f"- {line}\n" for line in m.get("reading", []))
+            + f"\nWall time on identical work ({m['quantus_images']} images for the curves, "
+            f"{m['sanity_images']} for the sanity checks): ours {m['ours_faithfulness']:.1f} s + "
+            f"{m['ours_sanity']:.1f} s, Quantus {m['quantus_faithfulness']:.1f} s + "
+            f"{m['quantus_sanity']:.1f} s: curves {m['speedup_faithfulness']:.2f}x, sanity "
+            f"{m['speedup_sanity']:.2f}x (target >= 5x). Peak MiB of the curves' code: "
+            + ", ".join(f"{k} {v}" for k, v in peak.items())
+            + ".\n"
+        )
+    return "\n".join(parts) + f"\nFrom `bench/results/{name}`.\n"
+
+
 # -- anything else ------------------------------------------------------------------------------
 
 
@@ -489,6 +520,9 @@ SECTIONS: tuple[tuple[str, str, str, str, Renderer], ...] = (
      "--train-images 5000", own_data_defaults),
     ("explain_serving_", "Explanations served from the graphs", "explain-serving",
      "python bench/explain_serving.py --quick", explain_serving),
+    ("quality_", "Explanation quality", "quality",
+     "CNNZOO_DATA=<data> python bench/quality.py --models resnet20-cifar10 --images 100",
+     quality),
     ("own_data_", "Training on an image folder", "own-data",
      "CNNZOO_DATA=<data> python bench/own_data.py --work /tmp/own-data --parallel", own_data),
 )  # fmt: skip
