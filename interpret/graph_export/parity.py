@@ -24,6 +24,7 @@ import onnx
 import torch
 
 from cnnzoo.errors import DatasetNotFound, InvalidInput, NotFound
+from cnnzoo.interpret.forward import forward_to
 from cnnzoo.interpret.gradcam import GradCam, GuidedGradCam
 from cnnzoo.interpret.gradient_methods import IntegratedGradients
 from cnnzoo.interpret.graph_export.writer import Parity
@@ -96,6 +97,8 @@ def _parity_figures(
     integer = image.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
     feeds = default_feeds(graph, pixels if integer else x.numpy(), image.name)
     facts = {e.key: e.value for e in graph.metadata_props}
+    if get_graph_method(method).kind == "activations":
+        return _activation_figures(net, x, graph, feeds, kind)
     if get_graph_method(method).kind == "unit":
         layers = json.loads(facts["layers"])
         default = next(e for e in layers if e["name"] == facts["default_layer"])
@@ -119,6 +122,31 @@ def _parity_figures(
         "maps_within_tolerance": sum(within),
         "tolerance": PARITY_TOLERANCE,
         "abs_floor": floor,
+    }
+
+
+def _activation_figures(
+    net: torch.nn.Module, x: torch.Tensor, graph: onnx.ModelProto, feeds: dict, kind: str
+) -> dict[str, Any]:
+    """An activations graph's layer outputs against PyTorch's forward hooks on the same
+    modules: the largest difference relative to each layer's largest |value|."""
+    entries = json.loads({e.key: e.value for e in graph.metadata_props}["activations"])
+    names = [o.name for o in graph.graph.output]
+    outputs = dict(zip(names, session(graph).run(None, feeds), strict=True))
+    with torch.no_grad():
+        expected = forward_to(net, [e["name"] for e in entries], x, lambda _, t: t.clone())
+    differences = [
+        max(map_differences(outputs[e["output"]], expected[e["name"]].float().numpy()))
+        for e in entries
+    ]
+    return {
+        "reference": "PyTorch forward hooks (cnnzoo.interpret.forward), fp32",
+        "n": len(x),
+        "inputs": kind,
+        "layers": len(entries),
+        "max_rel_diff": max(differences),
+        "layers_within_tolerance": sum(d <= PARITY_TOLERANCE for d in differences),
+        "tolerance": PARITY_TOLERANCE,
     }
 
 

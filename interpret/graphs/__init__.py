@@ -30,6 +30,8 @@ _EXPORTS = {
     "attribution_rgb": "cnnzoo.interpret.graphs.render",
     "attribution_png": "cnnzoo.interpret.graphs.render",
     "png_bytes": "cnnzoo.interpret.graphs.render",
+    "projection_png": "cnnzoo.interpret.graphs.render",
+    "projection_rgb": "cnnzoo.interpret.graphs.render",
     "default_window": "cnnzoo.interpret.graphs.occlusion",
 }
 

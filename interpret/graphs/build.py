@@ -45,6 +45,7 @@ from cnnzoo.errors import InvalidInput
 from cnnzoo.interpret.graphs.backward import Backward, Forward, emit_forward
 from cnnzoo.interpret.graphs.builder import GraphBuilder, numpy_type
 from cnnzoo.interpret.graphs.classifier import RESERVED_NAMES, Classifier
+from cnnzoo.interpret.graphs.fields import field_json, receptive_fields
 from cnnzoo.interpret.graphs.layers import Layer, LayerTable, layer_table
 from cnnzoo.interpret.graphs.methods import (
     DECONVNET,
@@ -78,7 +79,8 @@ def build_explanation(classifier: onnx.ModelProto, method: str, **settings: Any)
         **settings: `explains` (the classifier's name, for the metadata), `classifier_sha256`
             (sha256 of the classifier's model.onnx bytes; default: of `classifier` serialised);
             integrated-gradients: `steps` (50), `baseline` (0.0); occlusion: `window`, `stride`
-            (default: `default_window` of the image's shorter side); grad-cam, guided-grad-cam:
+            (default: `default_window` of the image's shorter side); activations: `layers`
+            (default every layer); grad-cam, guided-grad-cam:
             `layers` (names to offer; default every spatial layer), `default_layer` (a name;
             default the last spatial layer); unit methods: `layers` (default every layer).
 
@@ -253,6 +255,8 @@ class _Explanation:
             self.build_occlusion()
         elif kind == "unit":
             self.build_units()
+        elif kind == "activations":
+            self.build_activations()
         elif name == "integrated-gradients":
             self.build_integrated_gradients()
         elif name in ("grad-cam", "guided-grad-cam"):
@@ -415,6 +419,32 @@ class _Explanation:
         activations = b.op("Expand", [activations, b.op("Shape", [channel])])
         self.output("unit_position", positions, (2,), source=_INT64, dtype=_INT64)
         self.output("unit_activation", activations, (1,), source=_FLOAT)
+
+    def build_activations(self) -> None:
+        """One float32 output per layer tensor (named by the outermost layer that holds it, its
+        other names recorded as aliases), with the receptive field of its units."""
+        cls = self.cls
+        self.choose_layers(layer_table(cls), spatial_only=False)
+        main = self.forward(switches=False)
+        fields = receptive_fields(cls)
+        taken = cls.tensor_names() | {"logits"}
+        entries = []
+        for tensor, indices in self.by_tensor().items():
+            names = [self.layers[i].name for i in indices]
+            output = names[-1] if names[-1] not in taken or names[-1] == tensor else f"{tensor}:out"
+            taken.add(output)
+            info = cls.infos[tensor]
+            self.output(output, main[tensor], info.sizes, source=info.dtype)
+            entries.append(
+                {
+                    "name": names[-1],
+                    "aliases": names[:-1],
+                    "output": output,
+                    "shape": list(info.sizes),
+                    "receptive_field": field_json(fields.get(tensor)),
+                }
+            )
+        self.metadata["activations"] = json.dumps(entries)
 
     def _unit_seed(
         self, activation: str, info: Any, rows: str, unit: _UnitRequest

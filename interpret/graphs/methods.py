@@ -31,7 +31,8 @@ class GraphMethod:
     Attributes:
         name: the method's name (the suffix of the Triton model `M.<name>`).
         kind: "class" (explains a class score; input `target`), "unit" (projects one unit of a
-            layer; inputs `layer`, `channel`, `position`) or "occlusion" (forward passes only).
+            layer; inputs `layer`, `channel`, `position`), "occlusion" (forward passes only) or
+            "activations" (no explanation: every layer's output, one graph output each).
         rule: the ReLU backward rule of its backward pass (`gradient`, `deconvnet`,
             `guided-backprop`); occlusion has none.
         summary: one line for help texts.
@@ -108,6 +109,13 @@ TABLE: tuple[GraphMethod, ...] = (
         GUIDED,
         "one unit of a layer projected to pixels by guided backprop",
         layer_input=True,
+        settings=_LAYERS,
+    ),
+    GraphMethod(
+        "activations",
+        "activations",
+        None,
+        "every layer's output for the image, one output per layer (the explorer's channel maps)",
         settings=_LAYERS,
     ),
     GraphMethod(

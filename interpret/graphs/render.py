@@ -10,7 +10,7 @@ import math
 import numpy as np
 from PIL import Image
 
-__all__ = ["attribution_png", "attribution_rgb", "png_bytes"]
+__all__ = ["attribution_png", "attribution_rgb", "png_bytes", "projection_png", "projection_rgb"]
 
 _BLUE = np.array([0.13, 0.40, 0.80], dtype=np.float32).reshape(3, 1, 1)
 _RED = np.array([0.80, 0.13, 0.13], dtype=np.float32).reshape(3, 1, 1)
@@ -47,3 +47,23 @@ def attribution_png(attribution: np.ndarray) -> bytes:
     if a.ndim != 2:
         raise ValueError(f"an attribution map is [C, H, W] or [H, W], got {list(a.shape)}")
     return png_bytes(attribution_rgb(a))
+
+
+def projection_rgb(p: np.ndarray) -> np.ndarray:
+    """A unit's projection `[C, H, W]` as an image `[3, H, W]` in [0, 1], as
+    `cnnzoo.interpret.render.projection_rgb` draws it (Zeiler & Fergus): zero is mid-grey, the
+    largest |value| full contrast; one channel is grey, other counts than 3 are averaged."""
+    p = np.asarray(p, dtype=np.float32)
+    peak = float(np.abs(p).max()) if p.size else 0.0
+    if peak == 0.0 or not math.isfinite(peak):
+        return np.full((3, *p.shape[-2:]), 0.5, dtype=np.float32)
+    t = np.clip(p / np.float32(2 * peak) + np.float32(0.5), 0, 1)
+    if t.shape[0] != 3:
+        t = t.mean(axis=0, keepdims=True, dtype=np.float32) if t.shape[0] != 1 else t
+        t = np.repeat(t, 3, axis=0)
+    return t
+
+
+def projection_png(p: np.ndarray) -> bytes:
+    """`projection_rgb` of a projection `[C, H, W]` as PNG bytes (the explorer's unit view)."""
+    return png_bytes(projection_rgb(p))

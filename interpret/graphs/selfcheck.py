@@ -97,7 +97,8 @@ def self_check(
             f"the explanation graph's logits differ from the classifier's by {logits:.3g} "
             f"(relative, > {tolerance}); nothing was written"
         )
-    if not np.isfinite(named["attribution"]).all():
+    maps = [value for key, value in named.items() if key != "logits" and value.dtype.kind == "f"]
+    if not all(np.isfinite(value).all() for value in maps):
         raise IntegrityError("the explanation graph gives non-finite maps; nothing was written")
     fd = gradient_check if gradient_check is not None else finite_differences(classifier)
     return {
