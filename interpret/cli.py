@@ -89,6 +89,13 @@ def _register_explain(sub: argparse._SubParsersAction) -> None:
         "last layer with a spatial output that runs once); see `cnnzoo layers MODEL`",
     )
     explain.add_argument(
+        "--unit",
+        metavar="CHANNEL[@Y,X]",
+        help="project one unit of --layer instead of explaining a class (--method deconvnet, "
+        "guided-backprop or gradient): the explorer's channel view; without @Y,X the channel's "
+        "strongest position for this image",
+    )
+    explain.add_argument(
         "--quality",
         action="store_true",
         help="also print how trustworthy the map is: deletion and insertion areas (mean colour "
@@ -227,6 +234,8 @@ def _explain(args: argparse.Namespace) -> int:
         model = zoo.build_model(args.model, weights=weights)
         preprocess, labels = entry.preprocess, list(entry.labels)
     x = torch.from_numpy(preprocess.apply(image)).unsqueeze(0)
+    if args.unit is not None:
+        return _explain_unit(args, model, x, denormalise(x[0], preprocess.mean, preprocess.std))
     result = explain(model, x, args.method, target=args.target, layer=args.layer)
     label = labels[result.target] if result.target < len(labels) else str(result.target)
     summary = f"{result.method} map of class {result.target} ({label}), p={result.score:.4f}"
@@ -249,6 +258,58 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"{args.image}: {summary} -> {args.out}")
     if args.quality:
         _print_quality(model, x, args.method, result.target, args.layer)
+    return 0
+
+
+def _parse_unit(text: str) -> tuple[int, tuple[int, int] | None]:
+    """`CHANNEL` or `CHANNEL@Y,X`."""
+    channel, at, where = text.partition("@")
+    try:
+        position = tuple(int(v) for v in where.split(",")) if at else None
+        if position is not None and len(position) != 2:
+            raise ValueError
+        return int(channel), position  # type: ignore[return-value]
+    except ValueError:
+        raise InvalidInput(f"--unit takes CHANNEL or CHANNEL@Y,X, got {text!r}") from None
+
+
+def _explain_unit(args: argparse.Namespace, model: Any, x: Any, shown: Any) -> int:
+    """`explain --unit`: one unit's projection beside the image."""
+    import numpy as np
+    import torch
+
+    from cnnzoo.interpret.explain import project_unit
+    from cnnzoo.interpret.render import (
+        default_scale,
+        png_bytes,
+        projection_rgb,
+        side_by_side,
+        upscale,
+    )
+
+    if not args.layer or args.target is not None or args.quality:
+        raise InvalidInput("--unit needs --layer, and takes no --target or --quality")
+    if args.method not in ("deconvnet", "guided-backprop", "gradient"):
+        raise InvalidInput(
+            f"--unit projects by deconvnet, guided-backprop or gradient, not {args.method}"
+        )
+    channel, position = _parse_unit(args.unit)
+    unit = project_unit(model, x, args.layer, channel, position, rule=args.method)
+    height, width = unit.projection.shape[-2:]
+    side = max(height, width) * (args.scale or default_scale(height, width))
+    panels = [
+        upscale(shown, side),
+        upscale(projection_rgb(torch.from_numpy(unit.projection)), side),
+    ]
+    atomic_write_bytes(args.out, png_bytes(side_by_side(panels)))
+    if args.save_map is not None:
+        with atomic_path(args.save_map) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, unit.projection)
+    y, x_ = unit.position
+    print(
+        f"layer {unit.layer} channel {unit.channel} at ({y}, {x_}): activation "
+        f"{unit.activation:.6g}; {args.method} projection -> {args.out}"
+    )
     return 0
 
 

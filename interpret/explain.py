@@ -16,7 +16,7 @@ from cnnzoo.interpret.methods import METHODS, get_method
 from cnnzoo.interpret.render import attribution_rgb, png_bytes
 from cnnzoo.interpret.rules import left_as_found
 
-__all__ = ["METHODS", "Explanation", "explain", "takes_layer"]
+__all__ = ["METHODS", "Explanation", "UnitProjection", "explain", "project_unit", "takes_layer"]
 
 
 def takes_layer(method: str) -> bool:
@@ -110,3 +110,83 @@ def explain(
         png=png_bytes(attribution_rgb(torch.from_numpy(array))),
         warnings=tuple(attributor.warnings()),
     )
+
+
+@dataclass
+class UnitProjection:
+    """What `project_unit` returns.
+
+    Attributes:
+        layer, channel: the unit's layer and channel; `position` its (y, x) in the layer's map
+            ((0, 0) for a flat layer).
+        activation: the unit's value for the image.
+        projection: float32 `[C, H, W]`, the rule-modified gradient of the unit.
+        png: `projection` as an image (Zeiler & Fergus: grey is 0).
+    """
+
+    layer: str
+    channel: int
+    position: tuple[int, int]
+    activation: float
+    projection: np.ndarray
+    png: bytes
+
+
+_UNIT_RULES = ("deconvnet", "guided-backprop", "gradient")
+
+
+def project_unit(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    channel: int,
+    position: tuple[int, int] | None = None,
+    rule: str = "deconvnet",
+) -> UnitProjection:
+    """Project one unit of `layer` for one preprocessed image `[1, C, H, W]` back to pixels: the
+    map the explorer shows for a clicked channel. `position` None: the channel's strongest
+    position for this image (the first in row-major order on ties, as ONNX's ArgMax).
+
+    Raises:
+        InvalidInput: a channel or position outside the layer, a position for a flat layer, an
+            unknown rule.
+        LayerNotFound: an unknown layer.
+    """
+    from cnnzoo.interpret.forward import forward_to
+    from cnnzoo.interpret.projection import Unit, project_units
+    from cnnzoo.interpret.render import projection_rgb
+    from cnnzoo.interpret.rules import Rule
+
+    rules = {"deconvnet": Rule.DECONVNET, "guided-backprop": Rule.GUIDED, "gradient": Rule.GRADIENT}
+    if rule not in rules:
+        raise InvalidInput(f"a unit is projected by {', '.join(_UNIT_RULES)}, not {rule!r}")
+    with torch.no_grad(), left_as_found(model):
+        out = forward_to(model, [layer], x, lambda _, t: t.detach().clone())[layer][0]
+    if not 0 <= channel < out.shape[0]:
+        raise InvalidInput(
+            f"channel {channel} is not in layer {layer!r} ({out.shape[0]} channels: 0 to "
+            f"{out.shape[0] - 1})"
+        )
+    if out.dim() == 1:
+        if position is not None:
+            raise InvalidInput(f"layer {layer!r} is flat ({out.shape[0]} features): no position")
+        y, x_ = 0, 0
+        value = float(out[channel])
+    else:
+        plane = out[channel]
+        if position is None:
+            flat = int(torch.argmax(plane.reshape(-1)))
+            position = (flat // plane.shape[1], flat % plane.shape[1])
+        y, x_ = position
+        if not (0 <= y < plane.shape[0] and 0 <= x_ < plane.shape[1]):
+            raise InvalidInput(
+                f"position ({y}, {x_}) is outside layer {layer!r}'s "
+                f"{plane.shape[0]}x{plane.shape[1]} map"
+            )
+        value = float(plane[y, x_])
+    maps = project_units(model, layer, x, [Unit(0, channel, y, x_)], rules[rule])
+    projection = maps[0].detach().float().cpu().numpy().astype(np.float32)
+    return UnitProjection(
+        layer, channel, (y, x_), value, projection,
+        png_bytes(projection_rgb(torch.from_numpy(projection))),
+    )  # fmt: skip
