@@ -83,7 +83,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "version", "image", "method", "target", "layer", "quality")
+    __slots__ = ("model", "version", "image", "method", "target", "layer", "quality", "channel", "position")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class ExplainRequest(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     image: bytes
@@ -98,10 +100,12 @@ class ExplainRequest(_message.Message):
     target: int
     layer: str
     quality: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[bytes] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., layer: _Optional[str] = ..., quality: _Optional[bool] = ...) -> None: ...
+    channel: int
+    position: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., image: _Optional[bytes] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., layer: _Optional[str] = ..., quality: _Optional[bool] = ..., channel: _Optional[int] = ..., position: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "version", "method", "target", "label", "score", "png", "shape", "attribution", "warnings", "quality")
+    __slots__ = ("model", "version", "method", "target", "label", "score", "png", "shape", "attribution", "warnings", "quality", "unit_position", "unit_activation")
     class QualityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +124,8 @@ class ExplainResponse(_message.Message):
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     method: str
@@ -131,4 +137,6 @@ class ExplainResponse(_message.Message):
     attribution: _containers.RepeatedScalarFieldContainer[float]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     quality: _containers.ScalarMap[str, float]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., png: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., attribution: _Optional[_Iterable[float]] = ..., warnings: _Optional[_Iterable[str]] = ..., quality: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    unit_position: _containers.RepeatedScalarFieldContainer[int]
+    unit_activation: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., method: _Optional[str] = ..., target: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., png: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., attribution: _Optional[_Iterable[float]] = ..., warnings: _Optional[_Iterable[str]] = ..., quality: _Optional[_Mapping[str, float]] = ..., unit_position: _Optional[_Iterable[int]] = ..., unit_activation: _Optional[float] = ...) -> None: ...

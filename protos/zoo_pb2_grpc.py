@@ -70,7 +70,7 @@ class ZooServicer:
 
     def Explain(self, request, context):
         """An attribution map (gradient, deconvnet, guided-backprop, occlusion, grad-cam,
-        guided-grad-cam) for one image.
+        guided-grad-cam, ...) of a class, or one unit's projection, for one image.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

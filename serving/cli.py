@@ -364,6 +364,20 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         default=rest.idle_timeout_s,
         help="close a connection that sends nothing for this long (default %(default)s)",
     )
+    e = p.add_argument_group("explorer", "the browser explorer at /explorer/ on the REST port")
+    e.add_argument(
+        "--explorer",
+        choices=("on", "off"),
+        default="on",
+        help="serve the explorer page (default on; the REST routes it calls stay either way)",
+    )
+    e.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="link a `cnnzoo job` output folder: a unit's dataset top-k and its "
+        "activation-maximisation image appear in the explorer",
+    )
     t = p.add_argument_group(
         "TLS", "serve gRPC and REST over TLS; with --tls-client-ca, mutual TLS"
     )
@@ -381,7 +395,7 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from cnnzoo.serving.grpc_api.transport import TransportOptions
-    from cnnzoo.serving.http_api.options import HttpLimits
+    from cnnzoo.serving.http_api.options import ExplorerOptions, HttpLimits
     from cnnzoo.serving.latency import MetricsConfig
     from cnnzoo.serving.limits import RequestLimits
     from cnnzoo.serving.runtime import RuntimeOptions
@@ -447,6 +461,7 @@ def _serve(args: argparse.Namespace) -> int:
             body_timeout_s=args.http_body_timeout,
             idle_timeout_s=args.http_idle_timeout,
         ),
+        explorer=ExplorerOptions(enabled=args.explorer == "on", results=args.results),
         shared_memory=SharedMemoryPolicy(
             enabled=args.shared_memory == "system", prefix=args.shared_memory_prefix
         ),

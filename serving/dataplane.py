@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -20,8 +21,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnnzoo.errors import CnnzooError, InvalidInput, ModelExecutionError, NotFound, Unavailable
+from cnnzoo.serving.activations import (
+    ActivationsResult,
+    input_png,
+    layer_maps,
+    select_layers,
+)
 from cnnzoo.serving.admission import Admission
-from cnnzoo.serving.explain import ExplanationGraphs, check_request
+from cnnzoo.serving.explain import (
+    UNIT_METHODS,
+    ExplainRequestCheck,
+    ExplanationGraphs,
+    check_request,
+)
 from cnnzoo.serving.explain_quality import check_quality, explanation_quality
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.limits import RequestLimits, over_limit
@@ -325,8 +337,10 @@ class DataPlane:
         images: Sequence[bytes],
         deadline: float | None,
         operation: str = "Classify",
+        pixels: bool = False,
     ) -> np.ndarray:
-        """A call's images as one input batch (decoded on the decoding threads)."""
+        """A call's images as one input batch (decoded on the decoding threads); `pixels`:
+        the uint8 pixels before scaling and normalisation, whatever the model takes."""
         return await asyncio.get_running_loop().run_in_executor(
             self._decode_pool,
             functools.partial(
@@ -336,7 +350,7 @@ class DataPlane:
                 max_pixels=self.limits.max_request_pixels,
                 deadline=deadline,
                 # A model exported with --input-dtype uint8 takes pixels: it normalises them.
-                as_pixels=served.spec.input.datatype == "UINT8",
+                as_pixels=pixels or served.spec.input.datatype == "UINT8",
             ),
         )
 
@@ -366,6 +380,8 @@ class DataPlane:
         deadline: float | None = None,
         layer: str = "",
         quality: bool = False,
+        channel: int | None = None,
+        position: tuple[int, int] | None = None,
     ) -> ExplainResult:
         """An attribution map for one image: one run of the classifier's explanation graph
         for `method` on ONNX Runtime, batched with concurrent Explain calls of the same model
@@ -375,14 +391,17 @@ class DataPlane:
         `ResourceExhausted`). `deadline` (`time.monotonic()` seconds): one that passes while the
         call waits to run answers `DeadlineExceeded`, and nothing runs for it. `quality`: also
         the map's quality figures, whose model calls go through the classifier's batcher
-        (`cnnzoo.serving.explain_quality`).
+        (`cnnzoo.serving.explain_quality`). `channel`, `position`: the unit of `layer` the
+        unit methods project (position None: the channel's strongest for the image).
         """
         served = self.models.get(name, version)
-        asked = check_request(served, method, target, layer)
+        asked = check_request(served, method, target, layer, channel, position)
+        if quality and method in UNIT_METHODS:
+            raise InvalidInput("quality figures are for class explanations, not unit projections")
         with self._admission.call(deadline, explanation=True) as call:
             batch = await self._decode(served, [image], call.deadline, "Explain")
             graph = await self.explanations.get(served, asked.method)
-            row = graph.row(batch[0], asked.target, asked.layer)
+            row = graph.row(batch[0], asked)
             if quality:
                 check_quality(served)
             try:
@@ -394,6 +413,36 @@ class DataPlane:
                 return result
             figures = await explanation_quality(served, batch, result, call.deadline)
             return dataclasses.replace(result, quality=figures)
+
+    async def activations(
+        self,
+        name: str,
+        version: str,
+        image: bytes,
+        layers: Sequence[str] = (),
+        deadline: float | None = None,
+    ) -> ActivationsResult:
+        """Every layer's channel maps for one image (`layers`: only these, by name), from one
+        run of the classifier's activations graph, batched and bounded as Explain is (see
+        `cnnzoo.serving.activations`)."""
+        served = self.models.get(name, version)
+        with self._admission.call(deadline, explanation=True) as call:
+            pixels = await self._decode(served, [image], call.deadline, "Activations", True)
+            graph = await self.explanations.get(served, "activations")
+            entries = select_layers(json.loads(graph.facts.get("activations", "[]")), layers)
+            model_input = pixels[0] if served.spec.input.datatype == "UINT8" else None
+            if model_input is None:
+                model_input = served.image_preprocess("Activations").normalise(pixels[0])
+            row = graph.row(model_input, ExplainRequestCheck("activations", None, ""))
+            try:
+                record = (await graph.batcher.submit(row, call.deadline))[0]
+            except Exception as err:
+                raise _failure(served, err) from err
+            maps = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool,
+                lambda: tuple(layer_maps(e, record[e["output"]]) for e in entries),
+            )
+            return ActivationsResult(served.name, served.version_str, input_png(pixels[0]), maps)
 
     async def close_explanations(self) -> None:
         """Finish the explanations in progress and stop their graphs (at shutdown)."""

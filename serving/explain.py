@@ -29,13 +29,20 @@ from cnnzoo.serving.runtime import RuntimeOptions, create_session
 from cnnzoo.serving.types import ExplainResult
 from cnnzoo.serving.version import LoadedVersion
 
-__all__ = ["EXPLAIN_METHODS", "ExplanationGraph", "ExplanationGraphs", "check_request"]
+__all__ = [
+    "CLASS_METHODS",
+    "EXPLAIN_METHODS",
+    "UNIT_METHODS",
+    "ExplanationGraph",
+    "ExplanationGraphs",
+    "check_request",
+]
 
 log = logging.getLogger(__name__)
 
-# The class-score methods Explain answers (the unit projections take a layer, channel and
-# position instead of a class: ModelInfer on their explanation models serves them).
-EXPLAIN_METHODS: tuple[str, ...] = (
+# The class-score methods, and the unit projections (a layer, channel and position instead of
+# a class: Zeiler & Fergus Fig. 2 for one image).
+CLASS_METHODS: tuple[str, ...] = (
     "gradient",
     "deconvnet",
     "guided-backprop",
@@ -45,6 +52,8 @@ EXPLAIN_METHODS: tuple[str, ...] = (
     "guided-grad-cam",
     "occlusion",
 )
+UNIT_METHODS: tuple[str, ...] = ("deconvnet-unit", "guided-backprop-unit", "gradient-unit")
+EXPLAIN_METHODS: tuple[str, ...] = CLASS_METHODS + UNIT_METHODS
 _NUMPY = {
     "tensor(float)": np.float32,
     "tensor(uint8)": np.uint8,
@@ -55,26 +64,42 @@ _NUMPY = {
 
 @dataclass(frozen=True)
 class ExplainRequestCheck:
-    """An Explain request found sound: its method, target (None: the predicted class) and
-    layer name ("" : the graph's default)."""
+    """An Explain request found sound: its method, target (None: the predicted class), layer
+    name ("" : the graph's default) and, for a unit method, the channel and position (None:
+    the channel's strongest for the image)."""
 
     method: str
     target: int | None
     layer: str
+    channel: int = -1
+    position: tuple[int, int] | None = None
 
 
 def check_request(
-    served: LoadedVersion, method: str, target: int | None, layer: str
+    served: LoadedVersion,
+    method: str,
+    target: int | None,
+    layer: str,
+    channel: int | None = None,
+    position: tuple[int, int] | None = None,
 ) -> ExplainRequestCheck:
     """Refuse what no graph run can answer, before any image is decoded.
 
     Raises:
         InvalidInput: an unknown method, a target outside the classes, a layer for a method
-            that takes none.
+            that takes none, a unit method without a channel or with a target, a channel or
+            position for a class method.
     """
     if method not in EXPLAIN_METHODS:
         raise InvalidInput(
             f"unknown method {quoted(method)}; Explain answers {', '.join(EXPLAIN_METHODS)}"
+        )
+    if method in UNIT_METHODS:
+        return _check_unit(method, target, layer, channel, position)
+    if channel is not None or position is not None:
+        raise InvalidInput(
+            f"method {method!r} explains a class; a channel and position are for the unit "
+            f"methods ({', '.join(UNIT_METHODS)})"
         )
     classes = served.spec.output.dims[-1] if served.spec.output.dims else 0
     if target is not None and not 0 <= target < classes:
@@ -82,8 +107,26 @@ def check_request(
             f"target {target} is not a class of {served.name!r} (0 to {classes - 1})"
         )
     if layer and method not in ("grad-cam", "guided-grad-cam"):
-        raise InvalidInput(f"method {method!r} takes no layer (grad-cam and guided-grad-cam do)")
+        raise InvalidInput(
+            f"method {method!r} takes no layer (grad-cam, guided-grad-cam and the unit methods do)"
+        )
     return ExplainRequestCheck(method, target, layer)
+
+
+def _check_unit(
+    method: str,
+    target: int | None,
+    layer: str,
+    channel: int | None,
+    position: tuple[int, int] | None,
+) -> ExplainRequestCheck:
+    if target is not None:
+        raise InvalidInput(f"method {method!r} projects a unit, not a class: it takes no target")
+    if channel is None or channel < 0:
+        raise InvalidInput(f"method {method!r} needs a channel (0 or more) of the layer")
+    if position is not None and min(position) < 0:
+        raise InvalidInput(f"a unit's position (y, x) must not be negative, got {position}")
+    return ExplainRequestCheck(method, None, layer, channel, position)
 
 
 class ExplanationGraph:
@@ -113,6 +156,8 @@ class ExplanationGraph:
         facts = self.session.get_modelmeta().custom_metadata_map
         self.layers: list[dict[str, Any]] = json.loads(facts.get("layers", "[]"))
         self.warnings: tuple[str, ...] = tuple(json.loads(facts.get("warnings", "[]")))
+        self.default_layer = facts.get("default_layer", "")
+        self.facts = facts
         inputs = self.session.get_inputs()
         self.image_input = inputs[0].name
         self.row_dtype = np.dtype(
@@ -147,12 +192,14 @@ class ExplanationGraph:
             result[name] = value
         return result
 
-    def row(self, image: np.ndarray, target: int | None, layer: str) -> np.ndarray:
-        """One request's record: the image, the target (-1: the predicted class) and the
-        layer's index (-1: the default).
+    def row(self, image: np.ndarray, asked: ExplainRequestCheck) -> np.ndarray:
+        """One request's record: the image, the target (-1: the predicted class), the
+        layer's index (-1: the default), a unit's channel and position ((-1, -1): the
+        channel's strongest).
 
         Raises:
             LayerNotFound: no such layer (the message lists them).
+            InvalidInput: a channel or position outside the layer's output.
         """
         from cnnzoo.interpret.graphs import layer_index
 
@@ -160,18 +207,51 @@ class ExplanationGraph:
         row[self.image_input] = image
         fields = self.row_dtype.names or ()
         if "target" in fields:
-            row["target"] = -1 if target is None else target
+            row["target"] = -1 if asked.target is None else asked.target
+        index = layer_index(self.layers, asked.layer) if asked.layer else -1
         if "layer" in fields:
-            row["layer"] = layer_index(self.layers, layer) if layer else -1
+            row["layer"] = index
+        if "channel" in fields:
+            chosen = index if index >= 0 else layer_index(self.layers, self.default_layer)
+            self._check_unit(self.layers[chosen], asked)
+            row["channel"] = asked.channel
+            row["position"] = asked.position or (-1, -1)
         return row
+
+    @staticmethod
+    def _check_unit(layer: dict[str, Any], asked: ExplainRequestCheck) -> None:
+        shape = layer["shape"]
+        if asked.channel >= shape[0]:
+            raise InvalidInput(
+                f"channel {asked.channel} is not in layer {layer['name']!r} "
+                f"({shape[0]} channels: 0 to {shape[0] - 1})"
+            )
+        if asked.position is None:
+            return
+        if len(shape) == 1:
+            raise InvalidInput(
+                f"layer {layer['name']!r} is flat ({shape[0]} features): no position"
+            )
+        y, x = asked.position
+        if not (y < shape[1] and x < shape[2]):
+            raise InvalidInput(
+                f"position ({y}, {x}) is outside layer {layer['name']!r}'s "
+                f"{shape[1]}x{shape[2]} map"
+            )
 
     def result(self, served: LoadedVersion, record: np.void) -> ExplainResult:
         """The Explain answer for one output record."""
-        from cnnzoo.interpret.graphs import attribution_png
+        from cnnzoo.interpret.graphs import attribution_png, projection_png
 
         attribution = np.asarray(record["attribution"], dtype=np.float32)
         logits = np.asarray(record["logits"], dtype=np.float64)
-        target = int(np.asarray(record["target_used"]).reshape(-1)[0])
+        unit = "unit_position" in (record.dtype.names or ())
+        if unit:  # a unit's projection: the score is the predicted class's
+            target = int(logits.argmax())
+            position = tuple(int(v) for v in np.asarray(record["unit_position"]).reshape(-1))
+            activation = float(np.asarray(record["unit_activation"]).reshape(-1)[0])
+        else:
+            target = int(np.asarray(record["target_used"]).reshape(-1)[0])
         shifted = np.exp(logits - logits.max())
         return ExplainResult(
             model=served.name,
@@ -180,9 +260,11 @@ class ExplanationGraph:
             target=target,
             label=served.label(target),
             score=float(shifted[target] / shifted.sum()),
-            png=attribution_png(attribution),
+            png=projection_png(attribution) if unit else attribution_png(attribution),
             attribution=attribution.sum(axis=0, dtype=np.float32),
             warnings=self.warnings,
+            unit_position=position if unit else None,
+            unit_activation=activation if unit else None,
         )
 
 

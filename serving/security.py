@@ -6,15 +6,16 @@ with the group's value; without it, or with another value, it is answered UNAVAI
 protocol is restricted, expecting header 'triton-grpc-protocol-<key>'", exactly as Triton does
 (server/src/grpc/grpc_server.cc). A REST request must carry the header `<key>`; without it,
 403 `{"error": "This API is restricted, expecting header '<key>'"}` (server/src/http_server.cc).
-Triton's groups, plus `explain` for cnnzoo's own Explain; a group may appear in one restriction
-of each flag only (as in Triton):
+Triton's groups, plus `explain` for cnnzoo's own Explain and `explorer` for its page; a group
+may appear in one restriction of each flag only (as in Triton):
 
 | group | gRPC | REST |
 |---|---|---|
 | health | ServerLive/Ready, ModelReady, grpc.health.v1 Check and Watch | /v2/health/*, .../ready |
 | metadata | ServerMetadata, ModelMetadata | GET /v2, GET /v2/models/<m>[/versions/<v>] |
 | inference | ModelInfer, ModelStreamInfer, Classify | .../infer, .../classify |
-| explain | Explain | .../explain |
+| explain | Explain | .../explain, .../activations |
+| explorer | - | /explorer/* (the page and its files) |
 | shared-memory | System- and CudaSharedMemory Status/Register/Unregister | /v2/*sharedmemory/* |
 | model-config | ModelConfig | .../config |
 | model-repository | RepositoryIndex, RepositoryModelLoad/Unload, ListModels | /v2/repository/* |
@@ -67,6 +68,7 @@ GROUPS: Mapping[str, tuple[str, ...]] = {
     "metadata": (_INFERENCE + "ServerMetadata", _INFERENCE + "ModelMetadata"),
     "inference": (_INFERENCE + "ModelInfer", _INFERENCE + "ModelStreamInfer", _ZOO + "Classify"),
     "explain": (_ZOO + "Explain",),
+    "explorer": (),  # REST only: the explorer's page and files
     "shared-memory": tuple(
         f"{_INFERENCE}{kind}SharedMemory{action}"
         for kind in ("System", "Cuda")
@@ -95,7 +97,8 @@ _HTTP_GROUPS = tuple(
         (r"^/v2/logging$", "logging"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$", "health"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/(infer|classify)$", "inference"),
-        (r"^/v2/models/[^/]+(/versions/[^/]+)?/explain$", "explain"),
+        (r"^/v2/models/[^/]+(/versions/[^/]+)?/(explain|activations)$", "explain"),
+        (r"^/explorer(/|$)", "explorer"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/config$", "model-config"),
         (r"^/v2/models/[^/]+(/versions/[^/]+)?/stats$", "statistics"),
         (r"^/v2(/models/[^/]+(/versions/[^/]+)?)?$", "metadata"),

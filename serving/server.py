@@ -35,7 +35,7 @@ from cnnzoo.serving.grpc_api.servicers import InferenceServicer, ZooServicer
 from cnnzoo.serving.grpc_api.transport import TransportOptions
 from cnnzoo.serving.http_api.app import HttpServer, Middleware
 from cnnzoo.serving.http_api.middlewares import access_log_middleware, restricted_api_middleware
-from cnnzoo.serving.http_api.options import HttpLimits
+from cnnzoo.serving.http_api.options import ExplorerOptions, HttpLimits
 from cnnzoo.serving.latency import MetricsConfig
 from cnnzoo.serving.limits import RequestLimits
 from cnnzoo.serving.log_limits import RateLimitFilter, install_rate_limit
@@ -126,6 +126,7 @@ class ServerOptions:
         http_restricted: restricted REST API groups (`--http-restricted-api`).
         access_log: write one JSON line per call to this file ("-": stderr); None: no log.
         http_limits: the REST port's connection limit and timeouts.
+        explorer: the explorer page on the REST port (on by default) and the job it links.
         shared_memory: whether system shared memory is offered, and to whom.
     """
 
@@ -152,6 +153,7 @@ class ServerOptions:
     http_restricted: RestrictedProtocols = field(default_factory=RestrictedProtocols)
     access_log: str | None = None
     http_limits: HttpLimits = field(default_factory=HttpLimits)
+    explorer: ExplorerOptions = field(default_factory=ExplorerOptions)
     shared_memory: SharedMemoryPolicy = field(default_factory=SharedMemoryPolicy)
 
     def __post_init__(self) -> None:
@@ -308,6 +310,7 @@ class InferenceServer:
             middlewares=self._middlewares(),
             http_limits=self.options.http_limits,
             queue=self.calls,
+            explorer=self.options.explorer,
         )
         await self._http.start(self.options.grace_seconds)
         self.http_port = self._http.port

@@ -148,6 +148,8 @@ class ExplainResult:
     attribution: np.ndarray  # float32 [H, W]
     warnings: tuple[str, ...] = ()  # why the map cannot depend on the input, if it cannot
     quality: dict[str, float] | None = None  # asked for: see cnnzoo.serving.explain_quality
+    unit_position: tuple[int, ...] | None = None  # unit methods: the unit's (y, x)
+    unit_activation: float | None = None  # unit methods: the unit's value for the image
 
 
 @dataclass(frozen=True)

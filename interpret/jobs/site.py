@@ -1,5 +1,5 @@
 """The gallery's pages: what a page is, where each lives, and how it is rendered (Jinja2
-templates in `templates/`, autoescaped).
+templates in `templates/` and the shared `cnnzoo.web` base page, autoescaped).
 
 Every page is a file at the top of the job's output folder, so every link and image source is a
 plain relative path (the folder opens from disk, can be moved, or served as it is):
@@ -15,11 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import jinja2
 
 from cnnzoo.fileio import atomic_write_text
+from cnnzoo.web import environment
 
 __all__ = [
     "INDEX",
@@ -34,15 +32,8 @@ __all__ = [
 
 INDEX = "index.html"
 
-_ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.PackageLoader("cnnzoo.interpret.jobs", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,  # a misspelt name in a template fails the test, not the page
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-# Relative links: quoted, keeping folders and a page's #fragment (no file name holds "#").
-_ENVIRONMENT.filters["url"] = lambda path: quote(str(path), safe="/#")
+# The gallery's own templates, then the base page it shares with the explorer (`cnnzoo.web`).
+_ENVIRONMENT = environment(("cnnzoo.interpret.jobs", "templates"))
 
 
 def by_channel(table: dict[str, Any]) -> list[tuple[str, Any]]:

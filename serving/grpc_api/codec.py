@@ -24,6 +24,7 @@ from cnnzoo.serving.types import (
 __all__ = [
     "classify_response_to_pb",
     "explain_response_to_pb",
+    "unit_position",
     "infer_request_from_pb",
     "infer_response_to_pb",
     "model_metadata_to_pb",
@@ -308,7 +309,18 @@ def explain_response_to_pb(result: ExplainResult) -> zoo_pb2.ExplainResponse:
         attribution=attribution.ravel().tolist(),
         warnings=list(result.warnings),
         quality=result.quality or {},
+        unit_position=list(result.unit_position or ()),
+        unit_activation=result.unit_activation,
     )
+
+
+def unit_position(values: Sequence[int]) -> tuple[int, int] | None:
+    """ExplainRequest.position: empty (the strongest) or (y, x)."""
+    if not values:
+        return None
+    if len(values) != 2:
+        raise InvalidInput(f"position takes (y, x), got {len(values)} numbers")
+    return int(values[0]), int(values[1])
 
 
 def repository_index_to_pb(

@@ -225,5 +225,7 @@ class ZooServicer(zoo_pb2_grpc.ZooServicer):
             deadline=deadline_of(context),
             layer=request.layer,
             quality=request.quality,
+            channel=request.channel if request.HasField("channel") else None,
+            position=codec.unit_position(request.position),
         )
         return codec.explain_response_to_pb(result)

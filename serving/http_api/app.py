@@ -28,7 +28,9 @@ from cnnzoo.errors import CnnzooError, InvalidInput, NotFound, Unavailable
 from cnnzoo.serving.call_queue import CallQueue
 from cnnzoo.serving.dataplane import DataPlane
 from cnnzoo.serving.http_api import codec, limits
+from cnnzoo.serving.http_api.explorer import explorer_routes
 from cnnzoo.serving.http_api.model_config import model_config_to_json
+from cnnzoo.serving.http_api.options import ExplorerOptions
 
 __all__ = ["HTTP_CODES", "Handler", "HttpServer", "Middleware", "make_app"]
 
@@ -184,6 +186,8 @@ class _Routes:
             target,
             layer=query.get("layer", ""),
             quality=query.get("quality") in ("1", "true"),
+            channel=_int_query(request, "channel", None),
+            position=_position_query(request),
         )
         answer: dict[str, Any] = {
             "model": result.model,
@@ -198,9 +202,43 @@ class _Routes:
         }
         if result.quality is not None:
             answer["quality"] = result.quality
+        if result.unit_position is not None:
+            answer["unit_position"] = list(result.unit_position)
+            answer["unit_activation"] = result.unit_activation
         if query.get("map") in ("1", "true"):
             answer["attribution"] = result.attribution.reshape(-1).tolist()
         return _json(answer)
+
+    async def activations(self, request: web.Request) -> web.Response:
+        """The raw PNG/JPEG body's channel maps, every layer (`?layers=a,b`: these), each as
+        one PNG of its channels strongest first (see `cnnzoo.serving.activations`)."""
+        name, version = _model(request)
+        self.plane.models.get(name, version)
+        image = await limits.read_body(request)
+        wanted = [n for n in request.query.get("layers", "").split(",") if n]
+        result = await self.plane.activations(name, version, image, wanted)
+        layers = [
+            {
+                "name": layer.name,
+                "aliases": list(layer.aliases),
+                "shape": list(layer.shape),
+                "order": list(layer.order),
+                "peaks": list(layer.peaks),
+                "low": layer.low,
+                "high": layer.high,
+                "png": base64.b64encode(layer.png).decode("ascii"),
+                "receptive_field": layer.receptive_field,
+            }
+            for layer in result.layers
+        ]
+        return _json(
+            {
+                "model": result.model,
+                "version": result.version,
+                "input_png": base64.b64encode(result.input_png).decode("ascii"),
+                "layers": layers,
+            }
+        )
 
     # -- system shared memory -----------------------------------------------------------------
 
@@ -309,6 +347,17 @@ def _int_query(request: web.Request, key: str, default: int | None) -> int | Non
         ) from None
 
 
+def _position_query(request: web.Request) -> tuple[int, int] | None:
+    """`?position=Y,X` (a unit's position in its layer's map), or None."""
+    value = request.query.get("position", "")
+    if not value:
+        return None
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise InvalidInput(f"query parameter position must be Y,X (integers), got {value[:40]!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info.get("model", ""), request.match_info.get("version", "")
 
@@ -331,9 +380,11 @@ def make_app(
     max_body_bytes: int,
     middlewares: Sequence[Middleware] = (),
     http_limits: limits.HttpLimits | None = None,
+    explorer: ExplorerOptions | None = None,
 ) -> web.Application:
-    """The aiohttp application (routes, error middleware, the body limit); `middlewares` run
-    first, outermost first (the access log, restricted APIs, the limits)."""
+    """The aiohttp application (routes, error middleware, the body limit, the explorer unless
+    `explorer` turns it off); `middlewares` run first, outermost first (the access log,
+    restricted APIs, the limits)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=(*middlewares, _errors))
     app[_MAX_BODY] = max_body_bytes
     limits.install(app, http_limits or limits.HttpLimits())
@@ -341,7 +392,7 @@ def make_app(
     get, post = web.get, web.post
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
-    routes = [
+    routes: list[web.AbstractRouteDef] = [
         get("/v2/health/live", r.live, allow_head=False),
         get("/v2/health/ready", r.ready, allow_head=False),
         get("/v2", r.server_metadata, allow_head=False),
@@ -378,7 +429,11 @@ def make_app(
             post(f"{prefix}/infer", r.infer),
             post(f"{prefix}/classify", r.classify),
             post(f"{prefix}/explain", r.explain),
+            post(f"{prefix}/activations", r.activations),
         ]
+    explorer = explorer or ExplorerOptions()
+    if explorer.enabled:
+        routes += explorer_routes(explorer, plane.limits.max_request_pixels)
     app.add_routes(routes)
     return app
 
@@ -398,12 +453,13 @@ class HttpServer:
         middlewares: Sequence[Middleware] = (),
         http_limits: limits.HttpLimits | None = None,
         queue: CallQueue | None = None,
+        explorer: ExplorerOptions | None = None,
     ) -> None:
         self.limits = http_limits or limits.HttpLimits()
         self.connections = limits.ConnectionTracker(self.limits)
         queue = queue or CallQueue(plane.limits.max_concurrent_requests)
         middlewares = [*middlewares, limits.request_limits_middleware(self.connections, queue)]
-        self._app = make_app(plane, max_body_bytes, middlewares, self.limits)
+        self._app = make_app(plane, max_body_bytes, middlewares, self.limits, explorer)
         self._ssl_context = ssl_context
         self._host, self._requested_port = host, port
         self._runner: web.AppRunner | None = None

@@ -4,10 +4,11 @@ defaults without loading it). What they do: `cnnzoo.serving.http_api.limits`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from cnnzoo.errors import InvalidInput
 
-__all__ = ["HttpLimits"]
+__all__ = ["ExplorerOptions", "HttpLimits"]
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,24 @@ class HttpLimits:
             if not value > 0:
                 flag = "--http-" + item.name.removesuffix("_s").replace("_", "-")
                 raise InvalidInput(f"{flag} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ExplorerOptions:
+    """The explorer page on the REST port (`cnnzoo.serving.http_api.explorer`).
+
+    Args:
+        enabled: serve it at `/explorer/` (`--explorer on|off`).
+        results: a job's output folder to link (`--results DIR`): its manifest's max-activations
+            and activation-maximisation figures appear beside a unit of the same model.
+    """
+
+    enabled: bool = True
+    results: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.results is not None and not (Path(self.results) / "manifest.json").is_file():
+            raise InvalidInput(
+                f"--results {self.results}: no manifest.json there; give the output folder of "
+                "a `cnnzoo job` run"
+            )

@@ -19,7 +19,7 @@ from PIL import Image
 from cnnzoo import zoo
 from cnnzoo.interpret.explain import explain
 from cnnzoo.protos import zoo_pb2, zoo_pb2_grpc
-from cnnzoo.serving.explain import EXPLAIN_METHODS
+from cnnzoo.serving.explain import CLASS_METHODS
 from tests.serving.helpers import MODEL, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_the_server_serves_the_classifiers_and_explains_with_their_graphs(server
     image = DIGIT.read_bytes()
     x = torch.from_numpy(zoo.get_entry(MODEL).preprocess.apply(Image.open(DIGIT)))[None]
     model = zoo.build_model(MODEL, weights="default")
-    for method in EXPLAIN_METHODS:
+    for method in CLASS_METHODS:
         got = stub.Explain(
             zoo_pb2.ExplainRequest(model=MODEL, image=image, method=method), timeout=60
         )
