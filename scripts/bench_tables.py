@@ -448,6 +448,27 @@ def explain_serving(name: str, data: dict[str, Any]) -> str:
     )
 
 
+def explorer(name: str, data: dict[str, Any]) -> str:
+    targets = data["targets_median_ms"]
+    rows = [
+        (r["model"], f"{r['maps_ms']:.0f} / {r['maps_p90_ms']:.0f}",
+         with_verdict(f"<= {targets['maps_ms']:.0f}", r["maps_ms"]),
+         f"{r['projection_ms']:.0f} / {r['projection_p90_ms']:.0f}",
+         with_verdict(f"<= {targets['projection_ms']:.0f}", r["projection_ms"]),
+         f"{r['api_maps_ms']:.0f}", f"{r['api_projection_ms']:.0f}")
+        for r in data.get("rows", [])
+    ]  # fmt: skip
+    header = ("model", "maps drawn ms (median / p90)", "target", "projection drawn ms",
+              "target", "API: maps ms", "API: projection ms")  # fmt: skip
+    return (
+        f"Measured by the page (Performance API) in {data['browser']}, {data['images']} images "
+        "per model: from choosing an image to every layer's maps drawn, and from clicking a "
+        "channel to its projection drawn; beside them the same REST calls from Python (the "
+        "reference: what the browser adds is the difference).\n\n"
+        f"{table(header, rows, 'lrlrlrr')}\nFrom `bench/results/{name}`.\n"
+    )
+
+
 # -- explanation quality --------------------------------------------------------------------
 
 
@@ -520,6 +541,8 @@ SECTIONS: tuple[tuple[str, str, str, str, Renderer], ...] = (
      "--train-images 5000", own_data_defaults),
     ("explain_serving_", "Explanations served from the graphs", "explain-serving",
      "python bench/explain_serving.py --quick", explain_serving),
+    ("explorer_", "The explorer in the browser", "explorer", "python bench/explorer.py",
+     explorer),
     ("quality_", "Explanation quality", "quality",
      "CNNZOO_DATA=<data> python bench/quality.py --models resnet20-cifar10 --images 100",
      quality),

@@ -371,7 +371,10 @@ $("model").addEventListener("change", (event) => {
   $("unit").hidden = true;
   chooseModel(event.target.value).catch((error) => fail(error, "The model"));
 });
-$("file").addEventListener("change", (event) => readImageFile(event.target.files[0]));
+$("file").addEventListener("change", (event) => {
+  readImageFile(event.target.files[0]);
+  event.target.value = "";  // choosing the same file again runs it again
+});
 $("target").addEventListener("change", () => classView());
 $("occlusion").addEventListener("click", () => classView(["occlusion"]));
 for (const radio of document.querySelectorAll("input[name=rule]")) {
