@@ -19,6 +19,7 @@ from PIL import Image
 
 from cnnzoo.cli import main
 from cnnzoo.interpret.graphs import projection_png
+from cnnzoo.zoo.preprocess import Preprocess
 from tests.interpret.test_gallery import CHROMIUM_ARGS, IMAGE_WIDTHS
 from tests.serving.helpers import MODEL, ServerProcess
 from tests.tools import require_tool
@@ -43,6 +44,29 @@ steps = 5
 """
 
 
+# A model whose graph the deconvnet cannot follow (a Tanh): its unit projections are refused.
+TANH_CONFIG = """name: "tanh-net"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 3, 12, 12 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+""" + "".join(
+    f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n'
+    for key, value in Preprocess("RGB", 12, 12, 0, (0.5,) * 3, (0.25,) * 3).to_parameters().items()
+)
+
+
+def _add_tanh_model(root: Path) -> None:
+    import onnx
+    from torch import nn
+
+    from tests.interpret.graphs.test_export import tiny
+
+    (root / "tanh-net" / "1").mkdir(parents=True)
+    onnx.save(tiny(nn.Tanh()), str(root / "tanh-net" / "1" / "model.onnx"))
+    (root / "tanh-net" / "config.pbtxt").write_text(TANH_CONFIG)
+
+
 class Site:
     """The server the page talks to (replaced when a test restarts it) and its folders."""
 
@@ -63,6 +87,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     repository = tmp_path_factory.mktemp("explorer-repository")
     assert main(["export", MODEL, "--repository", str(repository), "--explanations", "none"]) == 0
+    _add_tanh_model(repository)
     job = tmp_path_factory.mktemp("explorer-job")
     (job / "job.toml").write_text(JOB)
     assert main(["job", str(job / "job.toml"), "--out", str(job / "out")]) == 0
@@ -207,6 +232,19 @@ def test_bad_input_is_said_on_the_page_and_the_page_carries_on(
     page.wait_for_selector("#result:not([hidden])")
     page.wait_for_function("document.querySelector('#status').hidden")
     page.problems.clear()  # the two refusals are logged by the browser as failed loads
+
+
+def test_a_model_the_deconvnet_cannot_follow_is_said_on_the_page(site: Site, browser_page) -> None:
+    page = browser_page
+    _open(page, site, "#model=tanh-net&image=cifar10/cat/test-00018.png")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.locator(".layer img").count() >= 3  # its maps need no backward rule
+    page.click(".layer img >> nth=0", position={"x": 2, "y": 2})
+    page.wait_for_selector("#status.error")
+    said = page.inner_text("#status")
+    assert "Tanh" in said and "ReLU only" in said and "grad-cam" in said
+    page.wait_for_selector("#classes figure img")  # Grad-CAM still answers
+    page.problems.clear()  # the refusal is logged by the browser as a failed load
 
 
 def test_the_server_going_away_and_coming_back(site: Site, browser_page, shots: Path) -> None:
