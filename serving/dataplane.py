@@ -29,12 +29,18 @@ from cnnzoo.serving.activations import (
 )
 from cnnzoo.serving.admission import Admission
 from cnnzoo.serving.explain import (
+    GRAPH_METHODS,
     UNIT_METHODS,
     ExplainRequestCheck,
     ExplanationGraphs,
     check_request,
 )
 from cnnzoo.serving.explain_quality import check_quality, explanation_quality
+from cnnzoo.serving.explanation_infer import (
+    explanation_name,
+    explanation_response,
+    infer_explanation,
+)
 from cnnzoo.serving.images import images_to_batch
 from cnnzoo.serving.limits import RequestLimits, over_limit
 from cnnzoo.serving.model_manager import ModelManager
@@ -265,6 +271,9 @@ class DataPlane:
         """
         if not request.model_name:
             raise InvalidInput("the request names no model (model_name is empty)")
+        explained = self.explanation_of(request.model_name, request.model_version)
+        if explained is not None:
+            return await self._infer_explanation(*explained, request, deadline)
         served = self.models.get(request.model_name, request.model_version)
         with self._admission.call(deadline, served.stats) as call:
             spec = served.spec
@@ -290,6 +299,40 @@ class DataPlane:
                 for out, target in zip(wanted, targets, strict=True)
             ]
             return InferResponse(served.name, served.version_str, request.id, outputs)
+
+    def explanation_of(self, name: str, version: str = "") -> tuple[LoadedVersion, str] | None:
+        """(classifier version, method) when `name` is not a served model but the explanation
+        model `CLASSIFIER.METHOD` of one; None for a served model.
+
+        Raises:
+            NotFound: neither (the message lists the served models), as `models.get` does.
+        """
+        try:
+            self.models.get(name, version)
+            return None
+        except NotFound:
+            explained = explanation_name(name, GRAPH_METHODS)
+            if explained is None:
+                raise
+        return self.models.get(explained[0], version), explained[1]
+
+    async def _infer_explanation(
+        self, served: LoadedVersion, method: str, request: InferRequest, deadline: float | None
+    ) -> InferResponse:
+        """ModelInfer on `served`'s explanation model for `method` (see
+        `cnnzoo.serving.explanation_infer`), bounded as Explain is."""
+        with self._admission.call(deadline, explanation=True) as call:
+            call.shorten(request.timeout_us)
+            graph = await self.explanations.get(served, method)
+            rows, wanted = infer_explanation(graph, request, self._input_region)
+            targets = [
+                self._output_region(o.shared_memory) if o.shared_memory else None for o, _ in wanted
+            ]
+            future = graph.batcher.enqueue(rows, call.deadline)
+            records = await _run(served, future)
+            return explanation_response(
+                graph, served.version_str, request, records, wanted, targets
+            )
 
     def _input_region(self, ref: SharedMemoryRef) -> memoryview:
         return self.shared_memory_registry().read(ref)

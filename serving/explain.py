@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cnnzoo.errors import InvalidInput, quoted
+from cnnzoo.interpret.graphs.methods import GRAPH_METHODS
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.runtime import RuntimeOptions, create_session
 from cnnzoo.serving.types import ExplainResult
@@ -32,6 +33,7 @@ from cnnzoo.serving.version import LoadedVersion
 __all__ = [
     "CLASS_METHODS",
     "EXPLAIN_METHODS",
+    "GRAPH_METHODS",
     "UNIT_METHODS",
     "ExplanationGraph",
     "ExplanationGraphs",
@@ -174,9 +176,10 @@ class ExplanationGraph:
         # the square: the classifier's batch bound counts those copies.
         copies = {"integrated-gradients": "steps", "occlusion": "positions"}.get(method)
         per_image = int(facts.get(copies, "1")) if copies else 1
+        self.max_batch_size = max(1, max(1, served.spec.max_batch_size) // per_image)
         self.batcher = DynamicBatcher(
             self._run,
-            max_batch_size=max(1, max(1, served.spec.max_batch_size) // per_image),
+            max_batch_size=self.max_batch_size,
             max_queue_size=served.batcher.max_queue_size,
             name=f"{self.name}-{served.version}",
         )

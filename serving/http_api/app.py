@@ -137,7 +137,7 @@ class _Routes:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        self.plane.models.get(name, version)  # an unknown model is 404 whatever the body
+        self.plane.explanation_of(name, version)  # an unknown model is 404 whatever the body
         body = await limits.read_body(request)
         header_length = request.headers.get(codec.HEADER_LENGTH)
         infer_request, binary = codec.infer_request_from_body(name, version, body, header_length)

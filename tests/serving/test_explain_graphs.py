@@ -200,3 +200,62 @@ def test_quality_figures_on_request_through_the_classifiers_batcher(server):
         process.http_port, f"/v2/models/{MODEL}/explain?method=gradient&quality=1", image
     )
     assert status == 200 and set(answer["quality"]) == {"deletion_auc", "insertion_auc"}
+
+
+def _reference_outputs(repository: Path, name: str, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_model_infer_on_explanation_models_with_tritonclient(server, protocol: str) -> None:
+    """tritonclient calls `MODEL.METHOD` as it would on Triton: several inputs, several outputs,
+    the same numbers as the exported graph run in process."""
+    if protocol == "grpc":
+        import tritonclient.grpc as client_module
+
+        url = server[0].target
+    else:
+        import tritonclient.http as client_module
+
+        url = f"127.0.0.1:{server[0].http_port}"
+    process, _, repository = server
+    client = client_module.InferenceServerClient(url)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 1, 32, 32)).astype(np.float32)
+    cases = {
+        f"{MODEL}.grad-cam": {"target": np.array([[7], [-1], [2]], np.int64),
+                              "layer": np.full((3, 1), -1, np.int64)},
+        f"{MODEL}.deconvnet-unit": {"layer": np.full((3, 1), 3, np.int64),
+                                    "channel": np.array([[0], [5], [9]], np.int64),
+                                    "position": np.array([[-1, -1], [2, 3], [-1, -1]], np.int64)},
+        f"{MODEL}.activations": {},
+    }  # fmt: skip
+    for name, extra in cases.items():
+        feeds = {"input": x, **extra}
+        inputs = []
+        for key, value in feeds.items():
+            tensor = client_module.InferInput(
+                key, list(value.shape), "FP32" if key == "input" else "INT64"
+            )
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        answer = client.infer(name, inputs)
+        expected = _reference_outputs(repository, name, feeds)
+        assert len(expected) >= 3, name
+        for output, value in expected.items():
+            got = answer.as_numpy(output)
+            assert got is not None and got.shape == value.shape, (name, output)
+            np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-6, err_msg=f"{name} {output}")
+    missing = [inputs[0]]  # the activations' input alone, sent to grad-cam
+    with pytest.raises(client_module.InferenceServerException, match="takes the inputs"):
+        client.infer(f"{MODEL}.grad-cam", missing)
+    with pytest.raises(client_module.InferenceServerException, match="unknown model"):
+        client.infer(f"{MODEL}.no-such-method", missing)
+    client.close()
+    assert "Traceback" not in process.log()
