@@ -25,6 +25,20 @@ if ! [[ $GRPC_PORT =~ ^[0-9]+$ ]] || ((GRPC_PORT < 1 || GRPC_PORT > 65535)); the
   exit 2
 fi
 
+# A taken port is said before any work (the server would only find out after the export).
+ports=("$GRPC_PORT")
+[ "$METRICS_PORT" = "-1" ] || ports+=("$METRICS_PORT")
+for port in "${ports[@]}"; do
+  if ! python3 -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+    echo "demo: cannot listen on 127.0.0.1:$port (is the port in use?); pick others:" \
+      "make demo GRPC_PORT=9001 METRICS_PORT=9002" >&2
+    exit 1
+  fi
+done
+
 echo "== 1. export lenet5-mnist into $REPOSITORY/ (a new version only if the weights changed)"
 cnnzoo export lenet5-mnist --repository "$REPOSITORY" --skip-unchanged
 

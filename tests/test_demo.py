@@ -68,3 +68,4 @@ def test_a_taken_port_says_how_to_pick_another(tmp_path: Path):
     assert result.returncode == 1
     assert "is the port in use?" in result.stderr
     assert "make demo GRPC_PORT=9001 METRICS_PORT=9002" in result.stderr
+    assert not (tmp_path / "repository").exists()  # said before any work

@@ -437,6 +437,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, data_dir: Pa
     state = killed / ".state" / "01-max-activations"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
+    # The uninterrupted run goes on beside the interrupted ones (one thread each).
+    uninterrupted = subprocess.Popen(
+        _cnnzoo("job", str(job), "--out", str(clean), "--no-progress"), env=env
+    )
     # First kill: in the middle of the dataset scan, right after its first checkpoint.
     run = subprocess.Popen(_cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env)
     assert _kill_when(run, state / "scan-rank0-of-1.safetensors"), (
@@ -451,9 +455,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, data_dir: Pa
     subprocess.run(
         _cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env, check=True
     )
-    subprocess.run(
-        _cnnzoo("job", str(job), "--out", str(clean), "--no-progress"), env=env, check=True
-    )
+    assert uninterrupted.wait(timeout=600) == 0
 
     assert manifest_without_timings(killed) == manifest_without_timings(clean)
     assert output_files(killed) == output_files(clean)
@@ -498,10 +500,10 @@ def test_two_rank_torchrun_equals_one_rank(tmp_path: Path, data_dir: Path) -> No
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"
     job = write_job(tmp_path, mnist_job("shards", subset=400, batch_size=50))
-    outputs = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks{ranks}"
-        result = subprocess.run(
+    outputs = {ranks: tmp_path / f"ranks{ranks}" for ranks in (1, 2)}
+    # Both at once (each --standalone has its own rendezvous port).
+    runs = {
+        ranks: subprocess.Popen(
             [
                 torchrun,
                 "--standalone",
@@ -514,16 +516,16 @@ def test_two_rank_torchrun_equals_one_rank(tmp_path: Path, data_dir: Path) -> No
                 str(out),
                 "--no-progress",
             ],
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert result.stdout.strip().splitlines()[-1] == str(out / "index.html")
-        outputs[ranks] = out
-    manifest = json.loads((outputs[2] / "manifest.json").read_text())
-    assert manifest["timings"]["ranks"] == 2
-    assert (outputs[2] / ".state/01-max-activations/scan-rank1-of-2.safetensors").is_file()
+            env={**os.environ, "OMP_NUM_THREADS": "1"},  # the same arithmetic in every rank
+        )  # fmt: skip
+        for ranks, out in outputs.items()
+    }
+    for run in runs.values():
+        _, errors = run.communicate(timeout=300)
+        assert run.returncode == 0, errors[-3000:]
     assert manifest_without_timings(outputs[1]) == manifest_without_timings(outputs[2])
     assert output_files(outputs[1]) == output_files(outputs[2])
 

@@ -132,6 +132,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, data_dir: Pa
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = killed / ".state" / "01-explanation-quality" / "images-00000.json"
+    # The uninterrupted run goes on beside the interrupted one (one thread each).
+    uninterrupted = subprocess.Popen(
+        _cnnzoo("job", str(job), "--out", str(clean), "--no-progress"), env=env
+    )
     run = subprocess.Popen(_cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env)
     deadline = time.monotonic() + 600
     while not first.exists():  # kill once the first of the two parts is done
@@ -141,10 +145,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, data_dir: Pa
     run.kill()
     run.wait()
     assert not (killed / "manifest.json").exists()
-    for out in (killed, clean):
-        subprocess.run(
-            _cnnzoo("job", str(job), "--out", str(out), "--no-progress"), env=env, check=True
-        )
+    subprocess.run(
+        _cnnzoo("job", str(job), "--out", str(killed), "--no-progress"), env=env, check=True
+    )
+    assert uninterrupted.wait(timeout=600) == 0
     assert manifest_without_timings(killed) == manifest_without_timings(clean)
     assert output_files(killed) == output_files(clean)
 
@@ -154,16 +158,31 @@ def test_two_rank_torchrun_equals_one_rank(tmp_path: Path, data_dir: Path) -> No
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"
     job = write_job(tmp_path, TWO_PARTS)
-    outputs = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks{ranks}"
-        result = subprocess.run(
-            [torchrun, "--standalone", f"--nproc-per-node={ranks}", "-m", "cnnzoo", "job",
-             str(job), "--out", str(out), "--no-progress"],
-            capture_output=True, text=True, timeout=600,
+    outputs = {ranks: tmp_path / f"ranks{ranks}" for ranks in (1, 2)}
+    # Both at once (each --standalone has its own rendezvous port).
+    runs = {
+        ranks: subprocess.Popen(
+            [
+                torchrun,
+                "--standalone",
+                f"--nproc-per-node={ranks}",
+                "-m",
+                "cnnzoo",
+                "job",
+                str(job),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},  # the same arithmetic in every rank
         )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        outputs[ranks] = out
+        for ranks, out in outputs.items()
+    }
+    for run in runs.values():
+        _, errors = run.communicate(timeout=600)
+        assert run.returncode == 0, errors[-3000:]
     assert manifest_without_timings(outputs[1]) == manifest_without_timings(outputs[2])
     assert output_files(outputs[1]) == output_files(outputs[2])

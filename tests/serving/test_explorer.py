@@ -183,7 +183,7 @@ def test_a_permalink_reopens_a_unit_with_the_linked_job(
 ) -> None:
     page = browser_page
     fragment = (
-        f"#model={MODEL}&image=digits/7/test-00000.png&layer=features.c3&channel=5"
+        f"#model={MODEL}&version=1&image=digits/7/test-00000.png&layer=features.c3&channel=5"
         "&method=guided-backprop-unit&target=3"
     )
     _open(page, site, fragment)

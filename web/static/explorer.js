@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const page = document.body.dataset;
 const state = {
-  model: "", version: "", image: null, example: "", result: null, classes: [],
+  model: "", version: "", pinned: "", image: null, example: "", result: null, classes: [],
   unit: null, rule: "deconvnet-unit", target: null, retry: null, offline: false,
 };
 const MAP_PX = 48;  // a channel's map is drawn about this tall
@@ -69,6 +69,12 @@ function fail(error, what) {
   }
 }
 
+// A link's version is kept: the view it names is of that version (NOT_FOUND once it is gone).
+function modelPath() {
+  const base = `/v2/models/${encodeURIComponent(state.model)}`;
+  return state.pinned ? `${base}/versions/${encodeURIComponent(state.pinned)}` : base;
+}
+
 // -- models -----------------------------------------------------------------------------------
 
 async function loadModels() {
@@ -117,11 +123,10 @@ async function runImage(blob) {
   performance.clearMarks("image-chosen");
   performance.mark("image-chosen");
   say("");
-  const model = encodeURIComponent(state.model);
   try {
     const [classes, maps] = await Promise.all([
-      call(`/v2/models/${model}/classify`, { body: blob, query: { top_k: 1000 } }),
-      call(`/v2/models/${model}/activations`, { body: blob }),
+      call(`${modelPath()}/classify`, { body: blob, query: { top_k: 1000 } }),
+      call(`${modelPath()}/activations`, { body: blob }),
     ]);
     state.version = maps.version;
     state.classes = classes.predictions;
@@ -235,7 +240,7 @@ async function openUnit(layerName, channel, position) {
   }
   const layer = state.result && state.result.layers.find((l) => l.name === layerName);
   try {
-    const answer = await call(`/v2/models/${encodeURIComponent(state.model)}/explain`, {
+    const answer = await call(`${modelPath()}/explain`, {
       body: state.image,
       query: { method: state.rule, layer: layerName, channel, position: position && position.join(",") },
     });
@@ -296,7 +301,7 @@ async function classView(extra = []) {
     const figure = document.createElement("figure");
     figure.className = "card";
     try {
-      const answer = await call(`/v2/models/${encodeURIComponent(state.model)}/explain`, {
+      const answer = await call(`${modelPath()}/explain`, {
         body: state.image, query: { method, target },
       });
       const img = picture(answer.png);
@@ -348,6 +353,7 @@ function readLink() {
     document.querySelector(`input[name=rule][value="${state.rule}"]`).checked = true;
   }
   if (params.get("target") !== null) state.target = Number(params.get("target"));
+  state.pinned = params.get("version") || "";
   return { model: params.get("model"), image: params.get("image") };
 }
 
@@ -368,6 +374,7 @@ async function start() {
 
 $("model").addEventListener("change", (event) => {
   state.unit = null;
+  state.pinned = "";
   $("unit").hidden = true;
   chooseModel(event.target.value).catch((error) => fail(error, "The model"));
 });
