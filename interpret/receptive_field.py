@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from cnnzoo.errors import UnsupportedModel
 from cnnzoo.interpret.forward import forward_to
+from cnnzoo.interpret.graphs.fields import union
 
 __all__ = ["ReceptiveField", "as_receptive_field", "node_fields", "support_box"]
 
@@ -98,18 +99,6 @@ def _through_adaptive(
     return axes[0], axes[1]
 
 
-def _union(fields: list[_Field]) -> _Field | None:
-    if not fields:
-        return None
-    axes = []
-    for axis in range(2):
-        jumps = {f[axis][0] for f in fields}
-        if len(jumps) != 1:
-            return None
-        axes.append((jumps.pop(), min(f[axis][1] for f in fields), max(f[axis][2] for f in fields)))
-    return axes[0], axes[1]
-
-
 def tensor_args(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
 
@@ -164,7 +153,7 @@ def node_fields(graph: fx.GraphModule) -> dict[fx.Node, _Field | None]:
             and known
             and all(s is None or (len(s) == 4 and s[-2:] == shape[-2:]) for s in in_shapes)
         )
-        fields[node] = _union(known) if spatial_kept else None
+        fields[node] = union(known) if spatial_kept else None
     return fields
 
 

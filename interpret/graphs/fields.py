@@ -22,7 +22,7 @@ from typing import Any
 from cnnzoo.interpret.graphs.classifier import Classifier
 from cnnzoo.interpret.graphs.shapes import attributes
 
-__all__ = ["field_json", "receptive_fields"]
+__all__ = ["field_json", "receptive_fields", "union"]
 
 # Per axis (jump, lo, hi); a field is (y axis, x axis).
 _Axis = tuple[int, int, int]
@@ -49,7 +49,7 @@ def receptive_fields(cls: Classifier) -> dict[str, _Field | None]:
         elif _global(node.op_type, out.sizes):
             fields[node.output[0]] = _whole_plane(known[0], cls.infos[node.input[0]].sizes)
         elif all(_same_plane(cls, name, out.sizes) for name in node.input if name in fields):
-            fields[node.output[0]] = _union(known)
+            fields[node.output[0]] = union(known)
     return fields
 
 
@@ -101,7 +101,8 @@ def _through_window(field: _Field, node: Any, cls: Classifier) -> _Field | None:
     return axes[0], axes[1]
 
 
-def _union(fields: list[_Field]) -> _Field | None:
+def union(fields: list[_Field]) -> _Field | None:
+    """The field covering all of `fields` (None when their strides differ: no single field)."""
     axes = []
     for axis in range(2):
         jumps = {f[axis][0] for f in fields}

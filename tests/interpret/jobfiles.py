@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -113,6 +117,40 @@ class _Links(HTMLParser):
         for key, value in attrs:
             if key in ("src", "href") and value is not None:
                 self.links.append(value)
+
+
+def one_and_two_rank_runs(job: Path, folder: Path, timeout: float) -> tuple[Path, Path]:
+    """Run `job` under torchrun with one rank and with two, both at once (each --standalone
+    has its own rendezvous port), one thread per rank so every rank does the same arithmetic;
+    their output folders."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun is installed with torch"
+    outputs = {ranks: folder / f"ranks{ranks}" for ranks in (1, 2)}
+    runs = [
+        subprocess.Popen(
+            [
+                torchrun,
+                "--standalone",
+                f"--nproc-per-node={ranks}",
+                "-m",
+                "cnnzoo",
+                "job",
+                str(job),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        for ranks, out in outputs.items()
+    ]
+    for run in runs:
+        _, errors = run.communicate(timeout=timeout)
+        assert run.returncode == 0, errors[-3000:]
+    return outputs[1], outputs[2]
 
 
 def html_links(path: Path) -> list[str]:

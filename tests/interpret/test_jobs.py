@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from tests.interpret.jobfiles import (
     html_links,
     manifest_without_timings,
     mnist_job,
+    one_and_two_rank_runs,
     output_files,
     write_job,
 )
@@ -497,37 +497,10 @@ def test_worker_stops_cleanly_on_sigterm_and_resumes_the_job(
 
 @pytest.mark.slow
 def test_two_rank_torchrun_equals_one_rank(tmp_path: Path, data_dir: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert torchrun, "torchrun is installed with torch"
     job = write_job(tmp_path, mnist_job("shards", subset=400, batch_size=50))
-    outputs = {ranks: tmp_path / f"ranks{ranks}" for ranks in (1, 2)}
-    # Both at once (each --standalone has its own rendezvous port).
-    runs = {
-        ranks: subprocess.Popen(
-            [
-                torchrun,
-                "--standalone",
-                f"--nproc-per-node={ranks}",
-                "-m",
-                "cnnzoo",
-                "job",
-                str(job),
-                "--out",
-                str(out),
-                "--no-progress",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},  # the same arithmetic in every rank
-        )  # fmt: skip
-        for ranks, out in outputs.items()
-    }
-    for run in runs.values():
-        _, errors = run.communicate(timeout=300)
-        assert run.returncode == 0, errors[-3000:]
-    assert manifest_without_timings(outputs[1]) == manifest_without_timings(outputs[2])
-    assert output_files(outputs[1]) == output_files(outputs[2])
+    one, two = one_and_two_rank_runs(job, tmp_path, timeout=300)
+    assert manifest_without_timings(one) == manifest_without_timings(two)
+    assert output_files(one) == output_files(two)
 
 
 def test_weights_from_a_model_folder(tmp_path: Path) -> None:

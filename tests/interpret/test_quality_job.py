@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from tests.interpret.jobfiles import (
     DIGITS,
     html_links,
     manifest_without_timings,
+    one_and_two_rank_runs,
     output_files,
     write_job,
 )
@@ -155,34 +155,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, data_dir: Pa
 
 @pytest.mark.slow
 def test_two_rank_torchrun_equals_one_rank(tmp_path: Path, data_dir: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    assert torchrun, "torchrun is installed with torch"
     job = write_job(tmp_path, TWO_PARTS)
-    outputs = {ranks: tmp_path / f"ranks{ranks}" for ranks in (1, 2)}
-    # Both at once (each --standalone has its own rendezvous port).
-    runs = {
-        ranks: subprocess.Popen(
-            [
-                torchrun,
-                "--standalone",
-                f"--nproc-per-node={ranks}",
-                "-m",
-                "cnnzoo",
-                "job",
-                str(job),
-                "--out",
-                str(out),
-                "--no-progress",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},  # the same arithmetic in every rank
-        )  # fmt: skip
-        for ranks, out in outputs.items()
-    }
-    for run in runs.values():
-        _, errors = run.communicate(timeout=600)
-        assert run.returncode == 0, errors[-3000:]
-    assert manifest_without_timings(outputs[1]) == manifest_without_timings(outputs[2])
-    assert output_files(outputs[1]) == output_files(outputs[2])
+    one, two = one_and_two_rank_runs(job, tmp_path, timeout=600)
+    assert manifest_without_timings(one) == manifest_without_timings(two)
+    assert output_files(one) == output_files(two)
