@@ -6,7 +6,10 @@ them as one batch and gives each caller exactly its own rows. While a batch runs
 requests queue up and form the next batch, so batches grow with load without adding any wait
 when the server is idle. With `max_queue_delay_us` set, a batch that is not full waits up to
 that long for more requests (delays below the event loop's 1 ms timer resolution mean one pass
-of the loop, which admits every request that has already arrived).
+of the loop, which admits every request that has already arrived). With a delay, Triton's
+`preferred_batch_size`s end the wait early: as soon as the queued rows reach a preferred size,
+the largest preferred size they reach goes at once (whole requests, never more rows than that
+size); the rest waits on. When the delay has passed, a batch takes everything that fits.
 
 Each instance is one thread fed through a `queue.SimpleQueue` and answering with
 `call_soon_threadsafe`, so the event loop keeps answering while a model runs; the hand-off costs
@@ -104,6 +107,7 @@ class DynamicBatcher:
         max_batch_size: most rows per execution (a request never exceeds it; the data plane
             checks that first).
         max_queue_delay_us: how long a batch that is not full waits for more requests.
+        preferred_batch_sizes: with a delay, batch sizes that are sent without waiting on.
         batching: False runs every request alone (no coalescing).
         instances: executions that may run at once (Triton's instance_group count).
         max_queue_size: most requests waiting to run (None: no bound).
@@ -119,6 +123,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int,
         max_queue_delay_us: int = 0,
+        preferred_batch_sizes: tuple[int, ...] = (),
         batching: bool = True,
         instances: int = 1,
         max_queue_size: int | None = None,
@@ -130,6 +135,10 @@ class DynamicBatcher:
         self._batching = batching and max_batch_size > 1
         self._max_rows = max(1, max_batch_size) if self._batching else 1
         self._delay_s = max_queue_delay_us / 1e6 if self._batching else 0.0
+        # Largest first; only sizes below the maximum matter (a full batch never waits).
+        self._preferred = sorted(
+            {p for p in preferred_batch_sizes if 0 < p < self._max_rows}, reverse=True
+        )
         self._stats = stats
         self._name = name
         self._instances = max(1, instances)
@@ -248,8 +257,12 @@ class DynamicBatcher:
     def _next(self) -> None:
         """Start the next batch now, after one pass of the loop (inline: let requests that
         arrived together join it), or when the queue delay says so."""
-        if self._delay_s and self._queued_rows < self._max_rows and not self._closing:
+        if self._waits_for_more():
             self._arm_timer()
+        elif self._delay_s and self._preferred and self._queued_rows < self._max_rows:
+            # A preferred size is reached: it goes after one pass of the loop (requests that
+            # arrived together join it), not after the rest of the delay.
+            self._arm_timer(soon=True, replace=True)
         elif self._inline_rows:
             self._arm_timer(soon=True)
         else:
@@ -288,9 +301,11 @@ class DynamicBatcher:
                 len(data), 1, 0, 0, computed - started, done - computed, (0,)
             )
 
-    def _arm_timer(self, soon: bool = False) -> None:
+    def _arm_timer(self, soon: bool = False, replace: bool = False) -> None:
         if self._timer is not None:
-            return
+            if not replace:
+                return
+            self._timer.cancel()
         loop = self._loop
         remaining = self._queue[0].enqueued_ns / 1e9 + self._delay_s - time.perf_counter()
         if soon or remaining < _LOOP_TIMER_RESOLUTION_S:
@@ -324,6 +339,9 @@ class DynamicBatcher:
             self._timer.cancel()
             self._timer = None
         while self._idle and self._queue:
+            if self._preferred and self._waits_for_more(within_delay=True):
+                self._arm_timer()  # what a preferred batch left behind waits on
+                break
             batch, rows = self._take()
             if not batch:
                 break
@@ -345,10 +363,11 @@ class DynamicBatcher:
         batch: list[_Pending] = []
         rows = 0
         now = time.monotonic()
+        limit = self._batch_limit()
         while self._queue:
             head = self._queue[0]
             n = len(head.data)
-            if batch and rows + n > self._max_rows:
+            if batch and rows + n > limit:
                 break
             self._queue.popleft()
             self._queued_rows -= n
@@ -363,6 +382,32 @@ class DynamicBatcher:
             batch.append(head)
             rows += n
         return batch, rows
+
+    def _waits_for_more(self, within_delay: bool = False) -> bool:
+        """Whether the queued requests wait for more: a delay is set, they fill neither a
+        batch nor a preferred size, and (`within_delay`) the oldest has not waited it out."""
+        if not self._delay_s or self._closing or self._queued_rows >= self._max_rows:
+            return False
+        if self._preferred and self._queued_rows >= self._preferred[-1]:
+            return False
+        return not within_delay or self._waited(self._queue[0]) < self._delay_s
+
+    @staticmethod
+    def _waited(pending: _Pending) -> float:
+        # The loop's timers may fire up to its resolution early.
+        return time.perf_counter() - pending.enqueued_ns / 1e9 + _LOOP_TIMER_RESOLUTION_S
+
+    def _batch_limit(self) -> int:
+        """Most rows for the next batch: the largest preferred size the queued rows reach
+        while the oldest request is still within its delay, else the maximum."""
+        if not self._preferred or self._closing or self._queued_rows >= self._max_rows:
+            return self._max_rows
+        if self._waited(self._queue[0]) >= self._delay_s:
+            return self._max_rows
+        for size in self._preferred:
+            if self._queued_rows >= size:
+                return size
+        return self._max_rows
 
     def _finished(self, job: _Job) -> None:
         """Back on the event loop from an instance thread: answer, count, start the next batch."""

@@ -137,10 +137,9 @@ class DataPlane:
         if self.models.loadable(name):
             return False  # in the repository, not loaded (explicit model control)
         record = self.models.record(name)
-        current = record.current
-        if self.draining or current is None:
+        if self.draining or record.current is None:
             return False
-        return not version or version == current.version_str
+        return not version or any(v.version_str == version for v in record.served())
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return self.server_name, self.server_version, self.extensions
@@ -156,14 +155,16 @@ class DataPlane:
         return self.shared_memory
 
     def execution_providers(self) -> list[str]:
-        return sorted({r.current.provider for r in self.models.records() if r.current})
+        return sorted({v.provider for r in self.models.records() for v in r.served()})
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         served = self.models.get(name, version)
         spec = served.spec
+        # Triton lists every version served (the model's), or the one asked for.
+        versions = self.models.record(name).served() if not version else [served]
         return ModelMetadata(
             name=name,
-            versions=(served.version_str,),
+            versions=tuple(v.version_str for v in versions),
             platform=spec.platform,
             inputs=(_tensor_info(spec.input),),
             outputs=(_tensor_info(spec.output),),
@@ -178,7 +179,10 @@ class DataPlane:
         if not name:
             if version:
                 raise InvalidInput("a version needs a model name")
-            return [r.current.stats for r in self.models.records() if r.current]
+            return [v.stats for r in self.models.records() for v in r.served()]
+        if not version:
+            self.models.get(name)  # raises when the model does not serve
+            return [v.stats for v in self.models.record(name).served()]
         return [self.models.get(name, version).stats]
 
     def list_models(self) -> list[ModelSummary]:

@@ -150,13 +150,11 @@ class ServingCollector:
             labels=["model", "version", "provider"],
         )
         for record in self._models.records():
-            current = record.current
-            if current is None:
-                continue
-            labels = [record.name, current.version_str]
-            pending.add_metric(labels, current.batcher.queued)
-            ready.add_metric(labels, 1)
-            provider.add_metric([*labels, current.provider], 1)
+            for served in record.served():
+                labels = [record.name, served.version_str]
+                pending.add_metric(labels, served.batcher.queued)
+                ready.add_metric(labels, 1)
+                provider.add_metric([*labels, served.provider], 1)
         yield pending
         yield ready
         yield provider

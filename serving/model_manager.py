@@ -1,6 +1,8 @@
 """The models a server holds: which version of each serves, lookup, model control, hot reload.
 
-Each model in the repository is served at its newest version that loads. A version loads in a
+Each model in the repository is served at its newest version that loads, and, where its
+config.pbtxt's `version_policy` asks for more (`cnnzoo.serving.version_policy`), at the older
+versions the policy names too (`ModelRecord.older`). A version loads in a
 worker thread (`cnnzoo.serving.version`: integrity checks, config.pbtxt and labels, the ONNX
 Runtime session, warm-up); only then does it replace the one being served. Versions are tried
 newest first: a refused one is logged with its
@@ -60,6 +62,7 @@ from cnnzoo.serving.version import (
     VersionLoader,
     fingerprint,
 )
+from cnnzoo.serving.version_policy import VersionPolicy
 from cnnzoo.zoo.repository import ModelRepository
 
 __all__ = [
@@ -95,10 +98,17 @@ class ModelRecord:
     name: str
     state: str = LOADING
     reason: str = ""
-    current: LoadedVersion | None = None
+    current: LoadedVersion | None = None  # the newest version served: requests without one
+    older: dict[int, LoadedVersion] = field(default_factory=dict)  # served by version_policy
     versions: list[int] = field(default_factory=list)  # on disk, and the served one
     failed: dict[int, Refusal] = field(default_factory=dict)  # versions that would not load
     error: str = ""  # the last unexpected poll failure (its traceback is logged once)
+
+    def served(self) -> list[LoadedVersion]:
+        """Every version served, newest first."""
+        if self.current is None:
+            return []
+        return [self.current, *(self.older[v] for v in sorted(self.older, reverse=True))]
 
 
 class ModelManager:
@@ -202,9 +212,13 @@ class ModelManager:
             why = f": {record.reason}" if record.reason else ""
             raise Unavailable(f"model {name!r} is {record.state.lower()}{why}")
         if version and version != current.version_str:
+            older = record.older.get(int(version)) if version.isdigit() else None
+            if older is not None:
+                return older
+            served = ", ".join(v.version_str for v in record.served())
             raise NotFound(
                 f"model {name!r} has no version {quoted(version)} being served "
-                f"(serving version {current.version})"
+                f"(serving version {served})"
             )
         return current
 
@@ -244,8 +258,8 @@ class ModelManager:
                 if not ready_only:
                     entries.append(IndexEntry(name))
                 continue
-            if record.current is not None:
-                entries.append(IndexEntry(name, record.current.version_str, READY))
+            for served in record.served():
+                entries.append(IndexEntry(name, served.version_str, READY))
             if ready_only:
                 continue
             for version, refusal in sorted(record.failed.items(), reverse=True):
@@ -291,10 +305,10 @@ class ModelManager:
                 raise NotFound(f"no model {quoted(name)} is served or in the repository")
             return
         async with self._locks.setdefault(name, asyncio.Lock()):
-            if record.current is not None:
-                log.info("unloading %s version %d on request", name, record.current.version)
-                self._retire(record.current)
-                record.current = None
+            for served in record.served():
+                log.info("unloading %s version %d on request", name, served.version)
+                self._retire(served)
+            record.current, record.older = None, {}
             record.state, record.reason = UNAVAILABLE, UNLOADED
 
     def loadable(self, name: str) -> bool:
@@ -377,13 +391,16 @@ class ModelManager:
             if record.current is None:
                 record.state, record.reason = LOADING, ""
         try:
-            on_disk = self.repository.versions(record.name)
+            found = self.repository.versions(record.name)
         except (CnnzooError, OSError) as err:
             self._refuse(record, self._reason(err))
             return
+        policy = self._policy(record, found)
+        on_disk = policy.eligible(found)
         current = record.current
         served = current.version if current is not None else -1
-        # A served version whose folder was removed: the newest remaining one takes over.
+        # A served version whose folder was removed (or that the policy no longer names): the
+        # newest remaining one takes over.
         removed = current is not None and served not in on_disk
         record.versions = sorted({*on_disk, served}) if current is not None else on_disk
         record.failed = {v: r for v, r in record.failed.items() if v in on_disk}
@@ -415,6 +432,7 @@ class ModelManager:
                         )
                     self._serve(record, loaded)
                     record.versions = on_disk
+                    await self._load_older(record, on_disk, policy, reload)
                 return
             record.failed[version] = Refusal(files, reason)
             log.error("refused %s version %d: %s", record.name, version, reason)
@@ -426,11 +444,70 @@ class ModelManager:
             )
         elif current is not None:
             await self._check_served(record, current)
+        if record.current is not None:
+            await self._load_older(record, on_disk, policy, reload)
         if record.current is None:
             reasons = "; ".join(
                 f"version {v}: {r.reason}" for v, r in sorted(record.failed.items(), reverse=True)
             )
             self._refuse(record, reasons or "it has no complete version")
+
+    def _policy(self, record: ModelRecord, on_disk: list[int]) -> VersionPolicy:
+        """The model's version_policy (the default when its config.pbtxt cannot be read:
+        loading the version then says why)."""
+        try:
+            policy = VersionPolicy.of(self.repository.config(record.name))
+        except (CnnzooError, OSError):
+            return VersionPolicy()
+        missing = policy.missing(on_disk)
+        if missing:
+            self._note(
+                record,
+                f"version_policy {policy} names version {', '.join(map(str, missing))}, which "
+                "the model's folder does not have",
+            )
+        return policy
+
+    async def _load_older(
+        self, record: ModelRecord, eligible: list[int], policy: VersionPolicy, reload: bool
+    ) -> None:
+        """Serve the versions below the newest that the policy asks for too (newest first;
+        one that is refused is passed over, as for the newest), and retire the older versions it
+        no longer names."""
+        current = record.current
+        assert current is not None
+        wanted = policy.most - 1 if policy.most is not None else len(eligible)
+        keep: dict[int, LoadedVersion] = {}
+        for version in reversed(eligible):
+            if len(keep) >= wanted:
+                break
+            if version >= current.version:
+                continue
+            loaded = record.older.get(version)
+            if loaded is None or reload:
+                files = fingerprint(self.repository, record.name, version)
+                refusal = record.failed.get(version)
+                if refusal is not None and refusal.fingerprint == files:
+                    continue
+                log.info("loading %s version %d (version_policy %s)", record.name, version, policy)
+                try:
+                    loaded = await asyncio.to_thread(self._loader.load, record.name, version, files)
+                except ExecutionProviderError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - refused like the newest would be
+                    record.failed[version] = Refusal(files, self._reason(err))
+                    log.error("refused %s version %d: %s", record.name, version, err)
+                    continue
+                if self._closing:
+                    return
+                record.failed.pop(version, None)
+                loaded.batcher.start()
+                log.info("serving %s version %d on %s", record.name, version, loaded.provider)
+            keep[version] = loaded
+        for version, loaded in record.older.items():
+            if keep.get(version) is not loaded:
+                self._retire(loaded)
+        record.older = keep
 
     def _serve(self, record: ModelRecord, loaded: LoadedVersion) -> None:
         """Start `loaded`'s batcher and switch the model to it (on the event loop)."""
@@ -447,7 +524,11 @@ class ModelManager:
             f" (replacing version {previous.version})" if previous else "",
         )
         if previous is not None:
-            self._retire(previous)
+            if previous.version != loaded.version:
+                # Stays served if the version_policy names it (`_load_older` decides).
+                record.older[previous.version] = previous
+            else:
+                self._retire(previous)
 
     async def _check_served(self, record: ModelRecord, current: LoadedVersion) -> None:
         """Re-verify the served version when its files changed on disk since it was loaded
@@ -518,8 +599,9 @@ class ModelManager:
         self._closing = True
         for record in self._records.values():
             if record.current is not None:
-                self._retire(record.current)
-                record.current, record.state = None, UNAVAILABLE
+                for served in record.served():
+                    self._retire(served)
+                record.current, record.older, record.state = None, {}, UNAVAILABLE
                 record.reason = "the server is shutting down"
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

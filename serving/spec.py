@@ -167,7 +167,7 @@ _KIND_GPU = 1
 
 def refuse_unsupported(config: ModelConfig, *, on_gpu: bool | None = None) -> None:
     """Refuse, with the reason, what a config.pbtxt asks for that this server does not do, so
-    nothing Triton would honour is silently ignored (docs/triton-compatibility.md).
+    nothing Triton would honour is silently ignored (docs/serving.md, "Which repositories serve").
 
     `on_gpu`: whether the model's session runs on CUDA (None: not known yet; the
     `instance_group` kind is then not checked).
@@ -198,12 +198,6 @@ def refuse_unsupported(config: ModelConfig, *, on_gpu: bool | None = None) -> No
         )
     if config.HasField("response_cache") and config.response_cache.enable:
         reasons.append("response_cache: responses are not cached; remove it to serve the model")
-    policy = config.version_policy
-    if policy.HasField("all") or policy.HasField("specific") or policy.latest.num_versions > 1:
-        reasons.append(
-            "version_policy: one version is served, the latest (Triton's default, latest "
-            "{ num_versions: 1 }); requests may still name it"
-        )
     if on_gpu is False and any(g.kind == _KIND_GPU for g in config.instance_group):
         reasons.append(
             "instance_group kind KIND_GPU: this server runs the model on the CPU (no usable "

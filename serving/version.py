@@ -240,6 +240,7 @@ class VersionLoader:
             runtime.run,
             max_batch_size=spec.max_batch_size,
             max_queue_delay_us=spec.max_queue_delay_us,
+            preferred_batch_sizes=spec.preferred_batch_sizes,
             batching=self.options.batching and spec.dynamic_batching,
             instances=spec.instance_count,
             max_queue_size=spec.max_queue_size or self.options.max_queue_size,

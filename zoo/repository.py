@@ -102,6 +102,20 @@ def _holds(folder: Path, name: str) -> bool:
         return True
 
 
+def _is_model_folder(folder: Path) -> bool:
+    """A config.pbtxt, or (a Triton repository relying on auto-completion) a numbered version
+    folder with a model.onnx."""
+    if _holds(folder, CONFIG_FILE):
+        return True
+    try:
+        return any(
+            _VERSION.match(entry.name) and _holds(Path(entry.path), ONNX_FILE)
+            for entry in os.scandir(folder)
+        )
+    except OSError:
+        return True  # reported with its error when loaded
+
+
 # -- config.pbtxt ---------------------------------------------------------------------------
 
 
@@ -289,8 +303,10 @@ class ModelRepository:
         return f"ModelRepository({str(self.root)!r})"
 
     def models(self) -> list[str]:
-        """Sorted names of the models that have a config.pbtxt, and of model folders that
-        cannot be read (loading one then says why, instead of the folder going unnoticed)."""
+        """Sorted names of the models: folders with a config.pbtxt, folders without one that
+        hold a numbered version with a model.onnx (Triton completes their configuration from
+        the graph; so does the server), and model folders that cannot be read (loading one then
+        says why, instead of the folder going unnoticed)."""
         try:
             entries = list(self.root.iterdir())
         except OSError as err:  # unreadable (permissions), or gone since start-up
@@ -301,12 +317,12 @@ class ModelRepository:
         return sorted(
             path.name
             for path in entries
-            if MODEL_NAME.match(path.name) and path.is_dir() and _holds(path, CONFIG_FILE)
+            if MODEL_NAME.match(path.name) and path.is_dir() and _is_model_folder(path)
         )
 
     def model_dir(self, model: str) -> Path:
         folder = self.root / validate_model_name(model)
-        if not (folder / CONFIG_FILE).is_file():
+        if not folder.is_dir() or not _is_model_folder(folder):
             known = ", ".join(self.models()) or "none"
             raise NotFound(f"no model {model!r} in {self.root} (models: {known})")
         return folder
@@ -346,9 +362,16 @@ class ModelRepository:
             )
         return self.model_dir(model) / str(number)
 
+    def has_config(self, model: str) -> bool:
+        """Whether the model's folder has a config.pbtxt (else it is completed from the graph)."""
+        return (self.model_dir(model) / CONFIG_FILE).is_file()
+
     def config(self, model: str) -> model_config_pb2.ModelConfig:
-        """The parsed config.pbtxt."""
+        """The parsed config.pbtxt; for a folder without one, an empty config that names the
+        model (the server completes it from the graph, as Triton does)."""
         path = self.model_dir(model) / CONFIG_FILE
+        if not path.exists():
+            return model_config_pb2.ModelConfig(name=model)
         try:
             return text_format.Parse(
                 path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig()

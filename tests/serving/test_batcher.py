@@ -156,6 +156,56 @@ def test_queue_delay_waits_for_a_batch_to_fill():
     assert time.monotonic() - started < 2
 
 
+def test_a_preferred_batch_size_goes_as_soon_as_it_is_reached_and_the_rest_waits():
+    """Triton's preferred_batch_size: within a long queue delay, 4 queued rows (a preferred
+    size) go at once as a batch of exactly 4; a fifth request waits out the delay."""
+
+    async def main():
+        model = RecordingModel()
+        stats = ModelStats("m", "1")
+        batcher = DynamicBatcher(
+            model,
+            max_batch_size=8,
+            max_queue_delay_us=600_000,
+            preferred_batch_sizes=(2, 4),
+            stats=stats,
+            name="m",
+        )
+        batcher.start()
+        started = time.monotonic()
+        futures = [batcher.enqueue(rows(1, i)) for i in range(5)]
+        await asyncio.gather(*futures[:4])
+        four_after = time.monotonic() - started
+        await futures[4]
+        fifth_after = time.monotonic() - started
+        await batcher.close()
+        return [len(b) for b in model.batches], four_after, fifth_after, stats
+
+    sizes, four_after, fifth_after, stats = run(main())
+    assert sizes == [4, 1]
+    assert four_after < 0.3  # not the 0.6 s delay
+    assert fifth_after >= 0.55
+    assert stats.batches[4].compute_infer.count == 1
+
+
+def test_without_a_preferred_size_reached_the_batch_waits_out_the_delay():
+    async def main():
+        model = RecordingModel()
+        batcher = DynamicBatcher(
+            model, max_batch_size=8, max_queue_delay_us=300_000, preferred_batch_sizes=(4,)
+        )
+        batcher.start()
+        started = time.monotonic()
+        await asyncio.gather(*(batcher.enqueue(rows(1, i)) for i in range(3)))
+        took = time.monotonic() - started
+        await batcher.close()
+        return [len(b) for b in model.batches], took
+
+    sizes, took = run(main())
+    assert sizes == [3]
+    assert took >= 0.28
+
+
 def test_close_finishes_queued_requests_and_refuses_new_ones():
     model = RecordingModel(seconds=0.01)
 

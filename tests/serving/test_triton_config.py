@@ -25,7 +25,6 @@ CASES = {
     "sequence": (lambda c: c.sequence_batching.SetInParent(), "sequence_batching"),
     "filename": (lambda c: setattr(c, "default_model_filename", "net.onnx"), "net.onnx"),
     "cache": (lambda c: setattr(c.response_cache, "enable", True), "response_cache"),
-    "policy": (lambda c: c.version_policy.all.SetInParent(), "version_policy"),
     "gpu": (_kind_gpu, "KIND_GPU"),
 }
 
