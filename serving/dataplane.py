@@ -16,7 +16,7 @@ import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from cnnzoo.serving.activations import (
     select_layers,
 )
 from cnnzoo.serving.admission import Admission
+from cnnzoo.serving.call_queue import CallQueue
 from cnnzoo.serving.explain import (
     GRAPH_METHODS,
     UNIT_METHODS,
@@ -41,7 +42,7 @@ from cnnzoo.serving.explanation_infer import (
     explanation_response,
     infer_explanation,
 )
-from cnnzoo.serving.images import images_to_batch
+from cnnzoo.serving.images import convert_images, images_to_batch, open_images, pixel_parts
 from cnnzoo.serving.limits import RequestLimits, over_limit
 from cnnzoo.serving.model_manager import ModelManager
 from cnnzoo.serving.shared_memory import RegionWriter, SystemSharedMemory
@@ -78,6 +79,9 @@ EXTENSIONS = (
 )
 SYSTEM_SHARED_MEMORY = "system_shared_memory"
 DEFAULT_TOP_K = 5
+DECODE_THREADS = 2
+
+T = TypeVar("T")
 
 
 class DataPlane:
@@ -111,8 +115,12 @@ class DataPlane:
         # Called after a client loaded or unloaded a model (the server updates health).
         self.on_models_changed: Callable[[], Awaitable[None]] | None = None
         self._admission = Admission(self.limits)
-        # Decoding uploads is CPU work in Pillow (releases the GIL).
-        self._decode_pool = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        # Decoding uploads is CPU work in Pillow (releases the GIL). Callers take turns on the
+        # threads, a part of a request at a time (see `_decoding`).
+        self._decode_pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        self._decode_turns = CallQueue(
+            DECODE_THREADS, max_waiting=1 << 30, places="the image-decoding threads"
+        )
         self.explanations = ExplanationGraphs(models.runtime)
 
     @property
@@ -386,20 +394,49 @@ class DataPlane:
         operation: str = "Classify",
         pixels: bool = False,
     ) -> np.ndarray:
-        """A call's images as one input batch (decoded on the decoding threads); `pixels`:
-        the uint8 pixels before scaling and normalisation, whatever the model takes."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._decode_pool,
-            functools.partial(
-                images_to_batch,
-                list(images),
-                served.image_preprocess(operation),
-                max_pixels=self.limits.max_request_pixels,
-                deadline=deadline,
-                # A model exported with --input-dtype uint8 takes pixels: it normalises them.
-                as_pixels=pixels or served.spec.input.datatype == "UINT8",
-            ),
+        """A call's images as one input batch (decoded on the decoding threads, a part of at
+        most `PART_PIXELS` pixels per turn); `pixels`: the uint8 pixels before scaling and
+        normalisation, whatever the model takes."""
+        preprocess = served.image_preprocess(operation)
+        max_pixels = self.limits.max_request_pixels
+        # A model exported with --input-dtype uint8 takes pixels: it normalises them.
+        as_pixels = pixels or served.spec.input.datatype == "UINT8"
+        if len(images) == 1:  # one turn for all of it
+            return await self._decoding(
+                functools.partial(
+                    images_to_batch,
+                    list(images),
+                    preprocess,
+                    max_pixels=max_pixels,
+                    deadline=deadline,
+                    as_pixels=as_pixels,
+                ),
+                deadline,
+            )
+        opened = await self._decoding(
+            functools.partial(open_images, list(images), max_pixels), deadline
         )
+        convert = functools.partial(
+            convert_images, opened, preprocess, deadline=deadline, as_pixels=as_pixels
+        )
+        parts = [
+            asyncio.ensure_future(self._decoding(functools.partial(convert, part), deadline))
+            for part in pixel_parts(opened)
+        ]
+        try:
+            arrays = [array for part in parts for array in await part]
+        finally:
+            for part in parts:
+                part.cancel()  # the rest of a failed request is not decoded
+        return np.stack(arrays)
+
+    async def _decoding(self, work: Callable[[], T], deadline: float | None) -> T:
+        """`work()` on a decoding thread, when it is this caller's turn."""
+        await self._decode_turns.enter(deadline)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decode_pool, work)
+        finally:
+            self._decode_turns.leave()
 
     @staticmethod
     async def _run_in_batches(
@@ -485,9 +522,8 @@ class DataPlane:
                 record = (await graph.batcher.submit(row, call.deadline))[0]
             except Exception as err:
                 raise _failure(served, err) from err
-            maps = await asyncio.get_running_loop().run_in_executor(
-                self._decode_pool,
-                lambda: tuple(layer_maps(e, record[e["output"]]) for e in entries),
+            maps = await self._decoding(
+                lambda: tuple(layer_maps(e, record[e["output"]]) for e in entries), call.deadline
             )
             return ActivationsResult(served.name, served.version_str, input_png(pixels[0]), maps)
 

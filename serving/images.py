@@ -7,6 +7,10 @@ in the request so that a client can name its own file.
 Every header is read before any image is decoded, so a request over its pixel budget is refused
 without decoding anything; the caller's deadline is checked before each image, so a request
 whose caller has given up stops decoding within one image.
+
+The server decodes a request of several images in parts of at most `PART_PIXELS` pixels
+(`open_images`, `pixel_parts`, `convert_images`), each its own turn on the decoding threads, so
+the threads go round the callers part by part and a large request cannot hold them for long.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ from cnnzoo.serving.limits import check_deadline, over_limit
 from cnnzoo.zoo.images import load_image, open_image
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from cnnzoo.zoo.preprocess import Preprocess
 
-__all__ = ["images_to_batch"]
+__all__ = ["PART_PIXELS", "convert_images", "images_to_batch", "open_images", "pixel_parts"]
+
+# Pixels decoded in one turn on a decoding thread (a few tens of milliseconds of Pillow).
+PART_PIXELS = 2_000_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,6 +63,16 @@ def images_to_batch(
         ResourceExhausted: the images hold more than `max_pixels` pixels.
         DeadlineExceeded: the deadline passed before every image was decoded.
     """
+    opened = open_images(images, max_pixels)
+    return np.stack(convert_images(opened, preprocess, deadline=deadline, as_pixels=as_pixels))
+
+
+def open_images(images: Sequence[bytes], max_pixels: int | None = None) -> list[Image]:
+    """Read every image's header (nothing decoded yet) and check the request's pixel budget.
+
+    Raises:
+        InvalidInput, InvalidImage, ResourceExhausted: as `images_to_batch`.
+    """
     if not images:
         raise InvalidInput("no images in the request; send at least one PNG or JPEG file")
     opened = [_guarded(index, open_image, data) for index, data in enumerate(images)]
@@ -66,12 +85,39 @@ def images_to_batch(
                 max_pixels,
                 "--max-request-pixels",
             )
+    return opened
+
+
+def pixel_parts(opened: Sequence[Image], budget: int = PART_PIXELS) -> list[range]:
+    """Consecutive runs of images of at most `budget` pixels each (an image over it alone)."""
+    parts: list[range] = []
+    start, pixels = 0, 0
+    for index, image in enumerate(opened):
+        size = image.width * image.height
+        if index > start and pixels + size > budget:
+            parts.append(range(start, index))
+            start, pixels = index, 0
+        pixels += size
+    if start < len(opened):
+        parts.append(range(start, len(opened)))
+    return parts
+
+
+def convert_images(
+    opened: Sequence[Image],
+    preprocess: Preprocess,
+    part: range | None = None,
+    *,
+    deadline: float | None = None,
+    as_pixels: bool = False,
+) -> list[np.ndarray]:
+    """Decode and preprocess the images of `part` (default: all), as `images_to_batch`."""
     convert = preprocess.pixels if as_pixels else preprocess.apply
     arrays = []
-    for index, image in enumerate(opened):
+    for index in part if part is not None else range(len(opened)):
         check_deadline(deadline, f"after decoding {index} of {len(opened)} image(s)")
-        arrays.append(_guarded(index, lambda i: convert(load_image(i)), image))
-    return np.stack(arrays)
+        arrays.append(_guarded(index, lambda i: convert(load_image(i)), opened[index]))
+    return arrays
 
 
 def _guarded(index: int, step: Callable[[T], R], value: T) -> R:

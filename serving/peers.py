@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-__all__ = ["CALLER", "Caller", "caller_from_grpc_peer", "socket_owner"]
+__all__ = ["CALLER", "Caller", "caller_from_grpc_peer", "fairness_key", "socket_owner"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -80,6 +80,15 @@ class Caller:
 
 # The caller of the call being served; None outside any call (the embedding program itself).
 CALLER: ContextVar[Caller | None] = ContextVar("cnnzoo_caller", default=None)
+
+
+def fairness_key() -> tuple[str, int] | None:
+    """Whose turn a waiting call takes (`cnnzoo.serving.round_robin`): the current call's
+    connection (address and port), None outside any call. Per connection, because that is what
+    the server can tell apart without credentials; a client that opens many connections gets a
+    turn on each, within `--max-concurrent-requests`."""
+    caller = CALLER.get()
+    return None if caller is None else (caller.host, caller.port)
 
 
 def caller_from_grpc_peer(peer: str, server_host: str, server_port: int) -> Caller | None:
