@@ -469,6 +469,27 @@ def explorer(name: str, data: dict[str, Any]) -> str:
     )
 
 
+def fairness(name: str, data: dict[str, Any]) -> str:
+    rows = []
+    for server, row in data.get("rows", {}).items():
+        busy = row["backlog_ms"]
+        rows.append((
+            server, f"{row['idle_ms']['median']:.1f}",
+            f"{busy['median']:.0f} / {busy['p90']:.0f} / {busy['max']:.0f}",
+            f"{row['heavy_call_ms']['median']:.0f}",
+        ))  # fmt: skip
+    header = ("server", "light call idle ms (median, reference)",
+              "light call during the backlog ms (median / p90 / max)",
+              "one heavy call meanwhile ms (median)")  # fmt: skip
+    heavy = next(iter(data.get("rows", {}).values()), {}).get("heavy_calls_in_flight", "?")
+    return (
+        f"A heavy client keeps {heavy} Classify calls of {data['heavy_images_per_call']} "
+        f"{data['heavy_image_pixels'] / 1e6:.0f}-megapixel PNGs in flight on one connection; a "
+        "light client on another makes one-digit Classify calls one after another.\n\n"
+        f"{table(header, rows, 'lrrr')}\nFrom `bench/results/{name}`.\n"
+    )
+
+
 # -- explanation quality --------------------------------------------------------------------
 
 
@@ -543,6 +564,7 @@ SECTIONS: tuple[tuple[str, str, str, str, Renderer], ...] = (
      "python bench/explain_serving.py --quick", explain_serving),
     ("explorer_", "The explorer in the browser", "explorer", "python bench/explorer.py",
      explorer),
+    ("fairness_", "Callers take turns", "fairness", "python bench/fairness.py", fairness),
     ("quality_", "Explanation quality", "quality",
      "CNNZOO_DATA=<data> python bench/quality.py --models resnet20-cifar10 --images 100",
      quality),
