@@ -19,8 +19,9 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from cnnzoo.errors import IntegrityError
 from cnnzoo.protos import model_config_pb2
+from cnnzoo.serving.spec import TensorSpec
 
-__all__ = ["DEFAULT_MAX_BATCH_SIZE", "GraphTensor", "complete_config"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "GraphTensor", "complete_config", "config_of"]
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 PLATFORM = "onnxruntime_onnx"
@@ -158,3 +159,22 @@ def _data_type(tensor: GraphTensor, model: str) -> model_config_pb2.DataType:
 
 def _type_name(value: int) -> str:
     return model_config_pb2.DataType.Name(value)
+
+
+def config_of(
+    name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], max_batch_size: int
+) -> model_config_pb2.ModelConfig:
+    """The config Triton would complete for a graph served with dynamic batching (`inputs`
+    and `outputs` with their dims without the batch dimension)."""
+    config = model_config_pb2.ModelConfig(
+        name=name, platform=PLATFORM, max_batch_size=max_batch_size
+    )
+    config.dynamic_batching.SetInParent()
+    for declared, tensors in ((config.input, inputs), (config.output, outputs)):
+        for tensor in tensors:
+            declared.add(
+                name=tensor.name,
+                data_type=model_config_pb2.DataType.Value(f"TYPE_{tensor.datatype}"),
+                dims=list(tensor.dims),
+            )
+    return config

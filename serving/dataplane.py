@@ -28,6 +28,7 @@ from cnnzoo.serving.activations import (
     select_layers,
 )
 from cnnzoo.serving.admission import Admission
+from cnnzoo.serving.autocomplete import config_of
 from cnnzoo.serving.call_queue import CallQueue
 from cnnzoo.serving.explain import (
     GRAPH_METHODS,
@@ -144,6 +145,9 @@ class DataPlane:
     def model_ready(self, name: str, version: str = "") -> bool:
         if self.models.loadable(name):
             return False  # in the repository, not loaded (explicit model control)
+        explained = self._explanation_name(name)
+        if explained is not None:  # ready where its classifier is (its graph is made on demand)
+            return self.model_ready(explained[0], version)
         record = self.models.record(name)
         if self.draining or record.current is None:
             return False
@@ -165,7 +169,19 @@ class DataPlane:
     def execution_providers(self) -> list[str]:
         return sorted({v.provider for r in self.models.records() for v in r.served()})
 
-    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        explained = self.explanation_of(name, version)
+        if explained is not None:
+            served, method = explained
+            graph = await self.explanations.get(served, method)
+            return ModelMetadata(
+                name=graph.name,
+                versions=(served.version_str,),
+                platform=served.spec.platform,
+                inputs=tuple(map(_tensor_info, graph.input_specs)),
+                outputs=tuple(map(_tensor_info, graph.output_specs)),
+                execution_provider=graph.provider,
+            )
         served = self.models.get(name, version)
         spec = served.spec
         # Triton lists every version served (the model's), or the one asked for.
@@ -179,15 +195,28 @@ class DataPlane:
             execution_provider=served.provider,
         )
 
-    def model_config(self, name: str, version: str = "") -> ModelConfig:
-        """The model's ModelConfig message, as read from its config.pbtxt."""
+    async def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """The model's ModelConfig message, as read from its config.pbtxt (an explanation
+        model's: as its graph is served, with dynamic batching)."""
+        explained = self.explanation_of(name, version)
+        if explained is not None:
+            graph = await self.explanations.get(*explained)
+            return config_of(
+                graph.name, graph.input_specs, graph.output_specs, graph.max_batch_size
+            )
         return self.models.get(name, version).config
 
     def model_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
         if not name:
             if version:
                 raise InvalidInput("a version needs a model name")
-            return [v.stats for r in self.models.records() for v in r.served()]
+            served = [v.stats for r in self.models.records() for v in r.served()]
+            return served + [g.stats for g in self.explanations.built()]
+        explained = self.explanation_of(name, version)
+        if explained is not None:  # counted from its graph's first call
+            classifier, method = explained
+            made = [g for g in self.explanations.built(classifier) if g.method == method]
+            return [made[0].stats if made else ModelStats(name, classifier.version_str)]
         if not version:
             self.models.get(name)  # raises when the model does not serve
             return [v.stats for v in self.models.record(name).served()]
@@ -323,10 +352,18 @@ class DataPlane:
             self.models.get(name, version)
             return None
         except NotFound:
-            explained = explanation_name(name, GRAPH_METHODS)
+            explained = self._explanation_name(name)
             if explained is None:
                 raise
         return self.models.get(explained[0], version), explained[1]
+
+    def _explanation_name(self, name: str) -> tuple[str, str] | None:
+        """(classifier, method) when `name` is not a model of the server but `CLASSIFIER.METHOD`
+        of one it knows."""
+        if name in self.models.names():
+            return None
+        explained = explanation_name(name, GRAPH_METHODS)
+        return explained if explained is not None and explained[0] in self.models.names() else None
 
     async def _infer_explanation(
         self, served: LoadedVersion, method: str, request: InferRequest, deadline: float | None
@@ -336,6 +373,7 @@ class DataPlane:
         with self._admission.call(deadline, explanation=True) as call:
             call.shorten(request.timeout_us)
             graph = await self.explanations.get(served, method)
+            call.count(graph.stats)
             rows, wanted = infer_explanation(graph, request, self._input_region)
             targets = [
                 self._output_region(o.shared_memory) if o.shared_memory else None for o, _ in wanted

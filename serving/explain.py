@@ -27,6 +27,8 @@ from cnnzoo.errors import InvalidInput, quoted
 from cnnzoo.interpret.graphs.methods import GRAPH_METHODS
 from cnnzoo.serving.batcher import DynamicBatcher
 from cnnzoo.serving.runtime import RuntimeOptions, create_session
+from cnnzoo.serving.spec import TensorSpec
+from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.types import ExplainResult
 from cnnzoo.serving.version import LoadedVersion
 
@@ -172,6 +174,10 @@ class ExplanationGraph:
         self.out_dtype = np.dtype(
             [(n, o.dtype, o.shape[1:]) for n, o in zip(self._output_names, outputs, strict=True)]
         )
+        # Its interface as a model of its own (ModelMetadata, ModelConfig, ModelInfer).
+        self.input_specs = _specs(self.row_dtype)
+        self.output_specs = _specs(self.out_dtype)
+        self.stats = ModelStats(self.name, served.version_str)
         # Integrated gradients runs each image `steps` times, occlusion once per position of
         # the square: the classifier's batch bound counts those copies.
         copies = {"integrated-gradients": "steps", "occlusion": "positions"}.get(method)
@@ -181,6 +187,7 @@ class ExplanationGraph:
             self._run,
             max_batch_size=self.max_batch_size,
             max_queue_size=served.batcher.max_queue_size,
+            stats=self.stats,
             name=f"{self.name}-{served.version}",
         )
 
@@ -284,6 +291,10 @@ class ExplanationGraphs:
         self._graphs: dict[tuple[str, int, str], tuple[LoadedVersion, ExplanationGraph]] = {}
         self._making: dict[tuple[str, int, str], asyncio.Future[ExplanationGraph]] = {}
 
+    def built(self, served: LoadedVersion | None = None) -> list[ExplanationGraph]:
+        """The graphs made so far (of `served` only, when given)."""
+        return [g for v, g in self._graphs.values() if served is None or v is served]
+
     async def get(self, served: LoadedVersion, method: str) -> ExplanationGraph:
         """`served`'s graph for `method` (its batcher started), made once even when several
         calls ask at the same time.
@@ -367,3 +378,15 @@ class ExplanationGraphs:
     async def close(self) -> None:
         """Finish the queued explanations and stop every graph's batcher."""
         await self.retire({})
+
+
+_DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}
+
+
+def _specs(dtype: np.dtype) -> list[TensorSpec]:
+    """The fields of a record type as tensors (their shapes without the batch dimension)."""
+    fields: dict[str, Any] = dict(dtype.fields or {})
+    return [
+        TensorSpec(name, _DATATYPES[str(field[0].base)], tuple(int(d) for d in field[0].shape))
+        for name, field in fields.items()
+    ]

@@ -13,7 +13,6 @@ by sha256) or, where there is none, built from the classifier, as for Explain.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -25,21 +24,11 @@ from cnnzoo.serving.types import InferRequest, InferResponse, RequestedOutput, S
 
 __all__ = ["explanation_name", "explanation_response", "infer_explanation"]
 
-_DATATYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "uint8": "UINT8"}
-
 
 def explanation_name(name: str, methods: tuple[str, ...]) -> tuple[str, str] | None:
     """(classifier, method) when `name` is `CLASSIFIER.METHOD` for a known method, else None."""
     classifier, dot, method = name.rpartition(".")
     return (classifier, method) if dot and classifier and method in methods else None
-
-
-def _specs(dtype: np.dtype) -> list[TensorSpec]:
-    fields: dict[str, Any] = dict(dtype.fields or {})
-    return [
-        TensorSpec(name, _DATATYPES[str(field[0].base)], tuple(int(d) for d in field[0].shape))
-        for name, field in fields.items()
-    ]
 
 
 def infer_explanation(
@@ -53,7 +42,7 @@ def infer_explanation(
         InvalidInput: a missing, unknown or badly shaped input, inputs of different batch
             sizes, an unknown output, classification asked of an output.
     """
-    inputs = {spec.name: spec for spec in _specs(graph.row_dtype)}
+    inputs = {spec.name: spec for spec in graph.input_specs}
     given = {tensor.name: tensor for tensor in request.inputs}
     missing = sorted(set(inputs) - set(given))
     unknown = sorted(set(given) - set(inputs))
@@ -73,7 +62,7 @@ def infer_explanation(
     rows = np.zeros(sizes.pop(), dtype=graph.row_dtype)
     for name, array in arrays.items():
         rows[name] = array
-    outputs = {spec.name: spec for spec in _specs(graph.out_dtype)}
+    outputs = {spec.name: spec for spec in graph.output_specs}
     wanted = request.outputs or [RequestedOutput(name) for name in outputs]
     for output in wanted:
         if output.name not in outputs:

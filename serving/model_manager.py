@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import KeysView, Sequence
 from dataclasses import dataclass, field
 
 from cnnzoo.errors import (
@@ -229,6 +229,10 @@ class ModelManager:
                 f"unknown model {quoted(name)}; served models: {', '.join(self._records)}"
             )
         return record
+
+    def names(self) -> KeysView[str]:
+        """The names of the models the server knows (served or not)."""
+        return self._records.keys()
 
     def records(self) -> list[ModelRecord]:
         return list(self._records.values())

@@ -89,7 +89,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        metadata = self._plane.model_metadata(request.name, request.version)
+        metadata = await self._plane.model_metadata(request.name, request.version)
         context.set_trailing_metadata(((PROVIDER_METADATA_KEY, metadata.execution_provider),))
         return codec.model_metadata_to_pb(metadata)
 
@@ -97,7 +97,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
-        config = self._plane.model_config(request.name, request.version)
+        config = await self._plane.model_config(request.name, request.version)
         return pb.ModelConfigResponse(config=config)
 
     @grpc_errors

@@ -115,19 +115,19 @@ class _Routes:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = _model(request)
-        self.plane.models.record(name)  # an unknown model is 404, not "not ready"
-        return web.Response(status=200 if self.plane.model_ready(name, version) else 400)
+        ready = self.plane.model_ready(name, version)  # an unknown model is 404, not "not ready"
+        return web.Response(status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         name, version, extensions = self.plane.server_metadata()
         return _json({"name": name, "version": version, "extensions": list(extensions)})
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        metadata = self.plane.model_metadata(*_model(request))
+        metadata = await self.plane.model_metadata(*_model(request))
         return _json(codec.model_metadata_to_json(metadata))
 
     async def model_config(self, request: web.Request) -> web.Response:
-        return _json(model_config_to_json(self.plane.model_config(*_model(request))))
+        return _json(model_config_to_json(await self.plane.model_config(*_model(request))))
 
     async def model_statistics(self, request: web.Request) -> web.Response:
         stats = self.plane.model_statistics(*_model(request))

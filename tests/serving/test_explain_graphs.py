@@ -259,3 +259,76 @@ def test_model_infer_on_explanation_models_with_tritonclient(server, protocol: s
         client.infer(f"{MODEL}.no-such-method", missing)
     client.close()
     assert "Traceback" not in process.log()
+
+
+def test_explanation_models_answer_metadata_config_readiness_and_statistics(server) -> None:
+    """What Triton answers about any model, `MODEL.METHOD` answers too: its inputs and outputs,
+    a config with dynamic batching, ready where its classifier is, and statistics that count
+    the calls made to it (ModelInfer and Explain)."""
+    import tritonclient.grpc as triton
+
+    process, stub, _ = server
+    name = f"{MODEL}.grad-cam"
+    with triton.InferenceServerClient(process.target) as client:
+        metadata = client.get_model_metadata(name, as_json=True)
+        assert metadata["name"] == name and metadata["versions"] == ["1"]
+        assert {i["name"]: i["datatype"] for i in metadata["inputs"]} == {
+            "input": "FP32", "target": "INT64", "layer": "INT64"
+        }  # fmt: skip
+        assert metadata["inputs"][0]["shape"] == ["-1", "1", "32", "32"]
+        assert {"attribution", "logits", "target_used"} <= {o["name"] for o in metadata["outputs"]}
+        config = client.get_model_config(name, as_json=True)["config"]
+        assert config["name"] == name and config["platform"] == "onnxruntime_onnx"
+        assert int(config["max_batch_size"]) >= 1 and "dynamic_batching" in config
+        assert [i["name"] for i in config["input"]] == ["input", "target", "layer"]
+        assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+        assert not client.is_model_ready(name, "2")
+
+        before = client.get_inference_statistics(name, as_json=True)["model_stats"][0]
+        x = np.zeros((2, 1, 32, 32), np.float32)
+        inputs = [triton.InferInput("input", [2, 1, 32, 32], "FP32"),
+                  triton.InferInput("target", [2, 1], "INT64"),
+                  triton.InferInput("layer", [2, 1], "INT64")]  # fmt: skip
+        inputs[0].set_data_from_numpy(x)
+        inputs[1].set_data_from_numpy(np.array([[1], [-1]], np.int64))
+        inputs[2].set_data_from_numpy(np.full((2, 1), -1, np.int64))
+        client.infer(name, inputs)
+        after = client.get_inference_statistics(name, as_json=True)["model_stats"][0]
+        counted = int(before["inference_stats"]["success"].get("count", 0))
+        assert int(after["inference_stats"]["success"]["count"]) == counted + 1
+        assert int(after["inference_count"]) == int(before.get("inference_count", 0)) + 2
+        everything = client.get_inference_statistics(as_json=True)["model_stats"]
+        assert name in {s["name"] for s in everything}
+        with pytest.raises(triton.InferenceServerException, match="unknown model"):
+            client.get_model_metadata(f"{MODEL}.no-such-method")
+
+
+def test_perf_analyzer_drives_an_explanation_model(server, tmp_path) -> None:
+    """perf_analyzer reads the explanation model's metadata and config and sends it requests
+    (zeros: target 0, the default layer) as it would to Triton; the server counts them."""
+    import csv
+    import subprocess
+
+    import tritonclient.grpc as triton
+
+    from tests.tools import require_perf_analyzer
+
+    binary = require_perf_analyzer()
+    process = server[0]
+    name = f"{MODEL}.guided-backprop"
+    report = tmp_path / "report.csv"
+    result = subprocess.run(
+        [str(binary), "-m", name, "-u", process.target, "-i", "grpc", "--input-data", "zero",
+         "--concurrency-range", "2", "--request-count", "100", "-f", str(report)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Unable" not in output and "Failed" not in output, output
+    with open(report) as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["Inferences/Second"]) > 0
+    with triton.InferenceServerClient(process.target) as client:
+        stats = client.get_inference_statistics(name, as_json=True)["model_stats"][0]
+    assert int(stats["inference_stats"]["success"]["count"]) >= 100
+    assert "Traceback" not in process.log()
