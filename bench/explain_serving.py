@@ -4,7 +4,11 @@ For resnet20-cifar10 (the shipped weights, 32 px) and resnet18-imagenet (random 
 guided backprop and Grad-CAM, images per second of:
 
 - **server**: gRPC Explain through `cnnzoo serve` (the explanation graph on ONNX Runtime, batched
-  by the dynamic batcher), from `c` client threads at once, c = 1, 4, 16;
+  by the dynamic batcher), from `c` client threads at once, c = 1, 4, 16: PNG in, the map as a
+  PNG out;
+- **ModelInfer**: tritonclient's gRPC `infer` on the explanation model `MODEL.METHOD` through the
+  same server (the preprocessed image as FP32, target and layer -1; the map, logits and target
+  as tensors), one image per call, from `c` client threads, each on its own connection;
 - **(a) PyTorch path**: what the Explain RPC did before the graphs, `cnnzoo.interpret.explain`
   in PyTorch one image at a time on one thread (it ran on a one-thread pool whatever the load);
 - **(b) Captum**: Captum's `GuidedBackprop` / `LayerGradCam` called directly, one image at a
@@ -119,6 +123,48 @@ def server_rate(port: int, model: str, method: str, images: list[bytes], c: int)
     return len(images) / (time.perf_counter() - started)
 
 
+def infer_rate(port: int, model: str, method: str, x: np.ndarray, c: int) -> float:
+    """ModelInfer on `MODEL.METHOD`, one image per call, from `c` threads (own connections)."""
+    import tritonclient.grpc as triton
+
+    name = f"{model}.{method}"
+
+    def requests(client) -> list:  # noqa: ANN001 - a tritonclient client
+        metadata = client.get_model_metadata(name, as_json=True)
+        made = []
+        for i in range(len(x)):
+            inputs = []
+            for spec in metadata["inputs"]:
+                shape = [1, *map(int, spec["shape"][1:])]
+                value = x[i : i + 1] if spec["datatype"] == "FP32" else np.full(shape, -1, np.int64)
+                tensor = triton.InferInput(spec["name"], shape, spec["datatype"])
+                tensor.set_data_from_numpy(value)
+                inputs.append(tensor)
+            made.append(inputs)
+        return made
+
+    def worker(indices: range, ready: threading.Barrier) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with triton.InferenceServerClient(f"127.0.0.1:{port}", channel_args=options) as client:
+            prepared = requests(client)
+            ready.wait()
+            for i in indices:
+                client.infer(name, prepared[i], client_timeout=600)
+
+    with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        client.infer(name, requests(client)[0], client_timeout=600)  # made before timing
+    ready = threading.Barrier(c + 1)
+    threads = [threading.Thread(target=worker, args=(range(i, len(x), c), ready))
+               for i in range(c)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return len(x) / (time.perf_counter() - started)
+
+
 def _batch(model: str, images: list[bytes]) -> np.ndarray:
     from PIL import Image
 
@@ -216,10 +262,13 @@ def bench(quick: bool) -> dict[str, Any]:
                     reference_b = captum_rate(model, method, x[: max(8, count // 8)])
                     for c in CONCURRENCY:
                         served = server_rate(port, model, method, images, c)
+                        infer = infer_rate(port, model, method, x, c)
                         in_process = ort_rate(graph, x, c)
                         rows.append({
                             "model": model, "method": method, "concurrency": c,
-                            "server_img_per_s": served, "pytorch_path_img_per_s": reference_a,
+                            "server_img_per_s": served, "model_infer_img_per_s": infer,
+                            "model_infer_vs_ort_in_process": infer / in_process,
+                            "pytorch_path_img_per_s": reference_a,
                             "captum_img_per_s": reference_b, "ort_in_process_img_per_s": in_process,
                             "vs_pytorch_path": served / reference_a,
                             "vs_ort_in_process": served / in_process, "images": count,
@@ -238,17 +287,20 @@ def bench(quick: bool) -> dict[str, Any]:
 
 
 HEADER = (
-    "| model | method | c | server img/s | (a) PyTorch path | (b) Captum | (c) ORT in process "
-    "| server / (a) | server / (c) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    "| model | method | c | server img/s | ModelInfer img/s | (a) PyTorch path | (b) Captum "
+    "| (c) ORT in process | server / (a) | server / (c) | ModelInfer / (c) |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def _line(row: dict[str, Any]) -> str:
     return (
         f"| {row['model']} | {row['method']} | {row['concurrency']} "
-        f"| {row['server_img_per_s']:.1f} | {row['pytorch_path_img_per_s']:.1f} "
+        f"| {row['server_img_per_s']:.1f} | {row['model_infer_img_per_s']:.1f} "
+        f"| {row['pytorch_path_img_per_s']:.1f} "
         f"| {row['captum_img_per_s']:.1f} | {row['ort_in_process_img_per_s']:.1f} "
-        f"| {row['vs_pytorch_path']:.2f} | {row['vs_ort_in_process']:.2f} |"
+        f"| {row['vs_pytorch_path']:.2f} | {row['vs_ort_in_process']:.2f} "
+        f"| {row['model_infer_vs_ort_in_process']:.2f} |"
     )
 
 

@@ -432,19 +432,24 @@ def own_data_defaults(name: str, data: dict[str, Any]) -> str:
 def explain_serving(name: str, data: dict[str, Any]) -> str:
     rows = [
         (r["model"], r["method"], str(r["concurrency"]), number(r["server_img_per_s"]),
+         number(r.get("model_infer_img_per_s")),
          number(r["pytorch_path_img_per_s"]), number(r["captum_img_per_s"]),
          number(r["ort_in_process_img_per_s"]), f"{r['vs_pytorch_path']:.2f}",
-         f"{r['vs_ort_in_process']:.2f}")
+         f"{r['vs_ort_in_process']:.2f}",
+         number(r.get("model_infer_vs_ort_in_process"), 2))
         for r in data.get("rows", [])
     ]  # fmt: skip
-    header = ("model", "method", "c", "server img/s", "(a) PyTorch path", "(b) Captum",
-              "(c) ORT in process", "server / (a)", "server / (c)")  # fmt: skip
+    header = ("model", "method", "c", "Explain img/s", "ModelInfer img/s", "(a) PyTorch path",
+              "(b) Captum", "(c) ORT in process", "Explain / (a)", "Explain / (c)",
+              "ModelInfer / (c)")  # fmt: skip
     return (
-        "gRPC Explain through `cnnzoo serve` (the explanation graph on ONNX Runtime, batched) "
-        "from c client threads, against (a) the PyTorch path Explain had before (one image at a "
-        "time on one thread), (b) Captum called directly one image at a time, (c) the same graph "
-        f"in process, c images per run. Targets at c = 16: {data['targets']}.\n\n"
-        f"{table(header, rows, 'llrrrrrrr')}\nFrom `bench/results/{name}`.\n"
+        "gRPC Explain through `cnnzoo serve` (the explanation graph on ONNX Runtime, batched; PNG "
+        "in, the map as a PNG out) and tritonclient's ModelInfer on the explanation model "
+        "(tensors in and out, one image per call) from c client threads, against (a) the "
+        "PyTorch path Explain had before (one image at a time on one thread), (b) Captum called "
+        "directly one image at a time, (c) the same graph in process, c images per run. "
+        f"Targets at c = 16: {data['targets']}.\n\n"
+        f"{table(header, rows, 'llrrrrrrrrr')}\nFrom `bench/results/{name}`.\n"
     )
 
 

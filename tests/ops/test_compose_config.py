@@ -44,9 +44,11 @@ def test_defaults_give_the_documented_cpu_stack():
     config = resolve(env={})
     services = config["services"]
     assert set(services) == SERVICES
-    for service in services.values():
-        assert service["image"] == "cnnzoo:cpu"
-        assert service["build"]["target"] == "cpu"
+    for name, service in services.items():
+        # the server's image has no torch; exporting and jobs need it
+        image = "server" if name == "server" else "cpu"
+        assert service["image"] == f"cnnzoo:{image}"
+        assert service["build"]["target"] == image
         assert service["init"] is True
         assert not _devices(service), "the base file must start on a host without a GPU"
 
@@ -106,6 +108,7 @@ def test_defaults_give_the_documented_cpu_stack():
 def test_every_setting_comes_from_the_environment(tmp_path: Path):
     env = {
         "CNNZOO_IMAGE": "registry.example/cnnzoo:1.2",
+        "CNNZOO_SERVER_IMAGE": "registry.example/cnnzoo:1.2-server",
         "CNNZOO_BIND": "0.0.0.0",
         "CNNZOO_GRPC_PORT": "9101",
         "CNNZOO_HTTP_PORT": "9100",
@@ -126,7 +129,8 @@ def test_every_setting_comes_from_the_environment(tmp_path: Path):
     }
     services = resolve(env=env)["services"]
     server, worker, repository = services["server"], services["worker"], services["repository"]
-    assert {s["image"] for s in services.values()} == {"registry.example/cnnzoo:1.2"}
+    assert {repository["image"], worker["image"]} == {"registry.example/cnnzoo:1.2"}
+    assert server["image"] == "registry.example/cnnzoo:1.2-server"
     command = server["command"]
     assert command[command.index("--port") + 1] == "9101"
     assert command[command.index("--http-port") + 1] == "9100"
@@ -157,9 +161,10 @@ def test_gpu_override_reserves_a_gpu_and_changes_nothing_else():
     cpu = resolve(env={})["services"]
     gpu = resolve([BASE_FILE, GPU_FILE], env={})["services"]
     assert set(gpu) == SERVICES
-    for service in gpu.values():
-        assert service["image"] == "cnnzoo:gpu"
-        assert service["build"]["target"] == "gpu"
+    for name, service in gpu.items():
+        image = "gpu-server" if name == "server" else "gpu"
+        assert service["image"] == f"cnnzoo:{image}"
+        assert service["build"]["target"] == image
     for name in ("server", "worker"):
         [device] = _devices(gpu[name])
         assert device["driver"] == "nvidia"
@@ -195,5 +200,5 @@ def test_build_targets_exist_in_the_dockerfile():
         for files in ([BASE_FILE], [BASE_FILE, GPU_FILE])
         for service in resolve(files, env={})["services"].values()
     }
-    assert targets == {"cpu", "gpu"}
+    assert targets == {"cpu", "gpu", "server", "gpu-server"}
     assert targets <= set(stages)

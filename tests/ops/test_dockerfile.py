@@ -25,7 +25,8 @@ from tests.ops.stack import (
     is_ignored,
 )
 
-FINAL_TARGETS = ("cpu", "gpu")
+FINAL_TARGETS = ("cpu", "gpu", "server", "gpu-server")
+SERVER_TARGETS = {"server": "server-build", "gpu-server": "gpu-server-build"}
 
 
 def _instructions(stage: str, name: str) -> list[str]:
@@ -91,6 +92,17 @@ def test_torch_pins_match_the_makefile():
         runs = " ".join(_instructions(build, "RUN"))
         for pin in pins:
             assert pin in runs, f"{build} does not install {pin}"
+
+
+@pytest.mark.parametrize("target", sorted(SERVER_TARGETS))
+def test_server_images_install_cnnzoo_without_torch(target: str):
+    """The server images take the package without its torch extra, and their build fails if
+    torch got in anyway (by a dependency)."""
+    runs = " ".join(_instructions(SERVER_TARGETS[target], "RUN"))
+    assert "pip install" in runs and "/src" in runs
+    assert "[torch]" not in runs and "torch==" not in runs
+    checks = " ".join(_instructions(target, "RUN"))
+    assert "! python -c 'import torch'" in checks
 
 
 def test_dockerignore_keeps_what_pip_install_reads():
