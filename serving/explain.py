@@ -26,7 +26,7 @@ import numpy as np
 from cnnzoo.errors import InvalidInput, quoted
 from cnnzoo.interpret.graphs.methods import GRAPH_METHODS
 from cnnzoo.serving.batcher import DynamicBatcher
-from cnnzoo.serving.runtime import RuntimeOptions, create_session
+from cnnzoo.serving.runtime import CUDA, RuntimeOptions, available_cores, create_session
 from cnnzoo.serving.spec import TensorSpec
 from cnnzoo.serving.stats import ModelStats
 from cnnzoo.serving.types import ExplainResult
@@ -188,6 +188,7 @@ class ExplanationGraph:
             max_batch_size=self.max_batch_size,
             max_queue_size=served.batcher.max_queue_size,
             stats=self.stats,
+            instances=_parallel_batches(options, self.provider),
             name=f"{self.name}-{served.version}",
         )
 
@@ -390,3 +391,15 @@ def _specs(dtype: np.dtype) -> list[TensorSpec]:
         TensorSpec(name, _DATATYPES[str(field[0].base)], tuple(int(d) for d in field[0].shape))
         for name, field in fields.items()
     ]
+
+
+def _parallel_batches(options: RuntimeOptions, provider: str) -> int:
+    """Batches an explanation graph runs at once: one on a GPU; on the CPU one per core (with
+    `--intra-op-threads N`, one per N cores), sharing the session's threads. A forward and a
+    backward pass leave cores idle between operators that a second batch fills: on 2 cores at 16
+    concurrent calls (perf_analyzer), resnet20's guided backprop answers 510 images/s so against
+    360 one batch at a time (the graph alone in process: 617), and a single call is as fast as
+    before (resnet18: 19.7 images/s at 1 and 16 calls)."""
+    if provider == CUDA:
+        return 1
+    return max(1, available_cores() // max(1, options.intra_op_threads))
