@@ -474,6 +474,26 @@ def explorer(name: str, data: dict[str, Any]) -> str:
     )
 
 
+def bursts(name: str, data: dict[str, Any]) -> str:
+    rows = []
+    for server, by_concurrency in data.get("rows", {}).items():
+        for concurrency, row in by_concurrency.items():
+            failed = {k: v for k, v in row["outcomes"].items() if k != "OK"}
+            rows.append((
+                server, concurrency, number(row["calls"]), number(row["failures"]),
+                ", ".join(f"{k}: {v}" for k, v in failed.items()) or "-",
+                number(row["calls_per_s"]),
+            ))  # fmt: skip
+    header = ("server", "concurrency", "calls", "failures", "failures by status", "calls/s")
+    return (
+        "One tritonclient.grpc.aio client (one connection) keeps `concurrency` ModelInfer calls "
+        "in flight on lenet5-mnist; the reference is the same server refusing as it did before "
+        "calls over the limit waited (`--max-concurrent-streams 128 --max-waiting-requests 1`). "
+        "Calls/s of a configuration that fails calls counts the quick refusals too.\n\n"
+        f"{table(header, rows, 'lrrrlr')}\nFrom `bench/results/{name}`.\n"
+    )
+
+
 def fairness(name: str, data: dict[str, Any]) -> str:
     rows = []
     for server, row in data.get("rows", {}).items():
@@ -569,6 +589,7 @@ SECTIONS: tuple[tuple[str, str, str, str, Renderer], ...] = (
      "python bench/explain_serving.py --quick", explain_serving),
     ("explorer_", "The explorer in the browser", "explorer", "python bench/explorer.py",
      explorer),
+    ("bursts_", "Bursts of concurrent calls", "bursts", "python bench/bursts.py", bursts),
     ("fairness_", "Callers take turns", "fairness", "python bench/fairness.py", fairness),
     ("quality_", "Explanation quality", "quality",
      "CNNZOO_DATA=<data> python bench/quality.py --models resnet20-cifar10 --images 100",
