@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo import zoo
-from cnnzoo.errors import InvalidInput
+from cnnzoo.errors import InvalidInput, UnsupportedModel
 from cnnzoo.fileio import atomic_path, atomic_write_bytes
 from cnnzoo.interpret.graph_export import cli as graph_export_cli
 from cnnzoo.interpret.methods import METHODS, TABLE
@@ -221,10 +221,12 @@ def _explain(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--scale must be a positive integer, got {args.scale}")
     _set_threads(args.threads)
     image = read_image(args.image)  # decoded as the Explain RPC decodes uploads
+    graph = None  # the repository's model.onnx: the quality figures' model calls run on it
     if args.repository is not None:
         repo = ModelRepository(args.repository)
         version = args.version if args.version is not None else repo.latest_version(args.model)
         manifest = repo.verify(args.model, version)
+        graph = repo.version_dir(args.model, version) / "model.onnx"
         model = repo.torch_model(args.model, version, manifest=manifest)
         preprocess = repo.preprocess(args.model)
         labels = repo.labels(args.model)
@@ -257,7 +259,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"cnnzoo explain: warning: {warning}", file=sys.stderr)
     print(f"{args.image}: {summary} -> {args.out}")
     if args.quality:
-        _print_quality(model, x, args.method, result.target, args.layer)
+        _print_quality(model, x, args.method, result.target, args.layer, graph)
     return 0
 
 
@@ -313,14 +315,31 @@ def _explain_unit(args: argparse.Namespace, model: Any, x: Any, shown: Any) -> i
     return 0
 
 
-def _print_quality(model: Any, x: Any, method: str, target: int, layer: str | None) -> None:
-    """`explain --quality`: the figures of one map beside the baselines, and what they say."""
+def _print_quality(
+    model: Any, x: Any, method: str, target: int, layer: str | None, graph: Path | None
+) -> None:
+    """`explain --quality`: the figures of one map beside the baselines, and what they say.
+    With a repository, the faithfulness metrics run the model on its `graph` (ONNX Runtime, as
+    the server does); else, and for a graph that takes uint8 pixels, on PyTorch."""
+    from cnnzoo.interpret.quality.onnx_model import OnnxModel
     from cnnzoo.interpret.quality.report import reading, summarise, table_text
     from cnnzoo.interpret.torch_backend import explanation_quality
 
-    results = explanation_quality(model, x, [method], targets=[target], layer=layer)
+    forward = None
+    if graph is not None:
+        try:
+            forward = OnnxModel(graph)
+        except UnsupportedModel:
+            forward = None
+    results = explanation_quality(
+        model, x, [method], targets=[target], layer=layer, forward=forward
+    )
     rows = summarise(results)
-    print(f"quality of the {method} map (class {target}) beside a random map and edges:")
+    runtime = "ONNX Runtime, the repository's model.onnx" if forward is not None else "PyTorch"
+    print(
+        f"quality of the {method} map (class {target}) beside a random map and edges "
+        f"(model calls on {runtime}):"
+    )
     print(table_text(rows))
     for line in reading(rows):
         print(f"  {line}")

@@ -1,7 +1,9 @@
 """The PyTorch backend of the explanation-quality metrics (`cnnzoo.interpret.quality`): a model
 and the methods of `cnnzoo.interpret.methods` as the numpy callables the metrics take.
 
-- `model_callable`: images `[N, C, H, W]` float32 -> logits `[N, K]`.
+- `model_callable`: images `[N, C, H, W]` float32 -> logits `[N, K]`; `onnx_model_callable`
+  the same on ONNX Runtime (the model exported once), which the faithfulness metrics' many
+  model calls run on where it can be used.
 - `explainer`: (images, targets) -> maps `[N, H, W]`, a method's attribution summed over the
   input's channels, as `cnnzoo.interpret.explain` gives it. Any method of the table works:
   each is built as `Class(model)` (with `layer=` for the methods that take a layer, Grad-CAM's).
@@ -14,7 +16,10 @@ and the methods of `cnnzoo.interpret.methods` as the numpy callables the metrics
 from __future__ import annotations
 
 import copy
+import logging
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,12 +35,15 @@ from cnnzoo.interpret.quality.sanity import Stages
 from cnnzoo.interpret.quality.settings import Explainer, Model, QualitySettings
 from cnnzoo.interpret.rules import left_as_found
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "explainer",
     "explainer_warnings",
     "explanation_quality",
     "method_maps",
     "model_callable",
+    "onnx_model_callable",
     "randomisable",
     "randomisable_layers",
     "randomisation_stages",
@@ -61,6 +69,39 @@ def model_callable(model: nn.Module) -> Model:
             return model(x).float().cpu().numpy()
 
     return logits
+
+
+def onnx_model_callable(model: nn.Module, images: np.ndarray) -> Model | None:
+    """`model` exported to ONNX and run on ONNX Runtime, as `model_callable` (see
+    `cnnzoo.interpret.quality.onnx_model`), or None where that cannot be used: a model on a GPU
+    or not in float32 (PyTorch is fast there), a graph the exporter cannot write, or logits
+    that differ from PyTorch's on `images[:8]` beyond float32 rounding (1e-4 of their largest).
+    The reason is logged; the caller then uses `model_callable`.
+    """
+    from cnnzoo.interpret.quality.onnx_model import OnnxModel
+    from cnnzoo.zoo.export import export_onnx
+
+    device, dtype = _placement(model)
+    if device.type != "cpu" or dtype != torch.float32:
+        return None
+    sample = np.ascontiguousarray(images[:8], dtype=np.float32)
+    try:
+        with tempfile.TemporaryDirectory() as folder, left_as_found(model):
+            path = Path(folder) / "model.onnx"
+            export_onnx(model, torch.from_numpy(sample[:1]), path)
+            onnx_model = OnnxModel(path.read_bytes(), threads=torch.get_num_threads())
+    except Exception as err:  # noqa: BLE001 - any exporter failure: PyTorch runs the metrics
+        log.info("the quality metrics run the model on PyTorch: no ONNX export (%s)", err)
+        return None
+    expected = model_callable(model)(sample)
+    difference = float(np.abs(onnx_model(sample) - expected).max())
+    if difference > 1e-4 * max(1.0, float(np.abs(expected).max())):
+        log.warning(
+            "the quality metrics run the model on PyTorch: its ONNX export's logits differ by %.3g",
+            difference,
+        )
+        return None
+    return onnx_model
 
 
 def _attributor(model: nn.Module, method: str, layer: str | None) -> Any:
@@ -220,6 +261,7 @@ def explanation_quality(
     sanity: int | None = None,
     baselines: Sequence[str] = ("random", "edges"),
     ids: Sequence[int] | np.ndarray | None = None,
+    forward: Model | None = None,
 ) -> dict[str, MethodQuality]:
     """Every quality figure of `methods` on `images` of `model` (see
     `cnnzoo.interpret.quality.evaluate`).
@@ -234,11 +276,13 @@ def explanation_quality(
         sanity: how many of the images the randomisation checks use (default: all).
         baselines: the baselines to add.
         ids: a stable id per image (default: its position).
+        forward: the model calls of the faithfulness metrics (default: `model` on PyTorch;
+            e.g. its ONNX graph on ONNX Runtime, `onnx_model_callable`).
     """
     settings = settings or QualitySettings()
     x = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else images
     x = np.ascontiguousarray(x, dtype=np.float32)
-    forward = model_callable(model)
+    forward = forward or model_callable(model)
     if targets is None:
         targets = np.concatenate(
             [

@@ -536,7 +536,9 @@ def quality(name: str, data: dict[str, Any]) -> str:
             f"{table(header, rows, 'lrrrrrr')}\n"
             + "".join(f"- {line}\n" for line in m.get("reading", []))
             + f"\nWall time on identical work ({m['quantus_images']} images for the curves, "
-            f"{m['sanity_images']} for the sanity checks): ours {m['ours_faithfulness']:.1f} s + "
+            f"{m['sanity_images']} for the sanity checks; our model calls on "
+            f"{m.get('model_runtime', 'torch')}, Quantus' on PyTorch): ours "
+            f"{m['ours_faithfulness']:.1f} s + "
             f"{m['ours_sanity']:.1f} s, Quantus {m['quantus_faithfulness']:.1f} s + "
             f"{m['quantus_sanity']:.1f} s: curves {m['speedup_faithfulness']:.2f}x, sanity "
             f"{m['speedup_sanity']:.2f}x (target >= 5x). Peak MiB of the curves' code: "

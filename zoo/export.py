@@ -332,7 +332,7 @@ def _write_onnx(
     module: nn.Module = HalfPrecision(model) if options.fp16 else model
     if options.input_dtype == "uint8":
         module = Uint8Pixels(module, entry.preprocess.mean, entry.preprocess.std)
-    _export_onnx(module, example, path)
+    export_onnx(module, example, path)
     proto = onnx.load(str(path))
     metadata = onnx_metadata(
         entry, source_sha256, options.precision, trained, input_dtype=options.input_dtype
@@ -351,7 +351,7 @@ def _write_onnx(
         raise IntegrityError(f"{entry.name}: the exported ONNX graph is invalid: {err}") from None
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch.onnx (torch.export-based) export with a dynamic batch axis, weights inside the file."""
     module.eval()
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines

@@ -54,6 +54,7 @@ def test_table_plots_and_page(quality_run: Path) -> None:
     methods = [row["method"] for row in summary["rows"]]
     assert methods == ["gradient", "guided-backprop", "grad-cam", "random", "edges"]
     assert summary["images"] == 12 and summary["sanity_images"] == 3
+    assert summary["model_runtime"] == ["onnxruntime"]  # the model calls, exported once
     for row in summary["rows"]:
         assert row["images"] == 12
         for f in ("mean", "road"):

@@ -67,12 +67,13 @@ from cnnzoo.interpret.quality.report import (
     reading,
     summarise,
 )
-from cnnzoo.interpret.quality.settings import FILLINGS, MAX_STEPS, QualitySettings
+from cnnzoo.interpret.quality.settings import FILLINGS, MAX_STEPS, Model, QualitySettings
 from cnnzoo.interpret.torch_backend import (
     explainer,
     explainer_warnings,
     method_maps,
     model_callable,
+    onnx_model_callable,
     randomisation_stages,
     takes_layer,
 )
@@ -191,7 +192,7 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
         indices = list(opts.images[start : start + _PART])
         tensors, labels = ctx.images(indices)
         x = tensors.detach().float().cpu().numpy()
-        forward = model_callable(ctx.model)
+        forward = self._model_forward(ctx, x)
         if opts.target == "label":
             targets = np.asarray(labels, dtype=np.int64)
         else:
@@ -227,8 +228,18 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
                 "labels": [int(v) for v in labels],
                 "targets": targets.tolist(),
                 "methods": {m: q.to_json() for m, q in results.items()},
+                "model_runtime": getattr(forward, "runtime", "torch"),
             },
         }
+
+    def _model_forward(self, ctx: JobContext, x: np.ndarray) -> Model:
+        """The model calls of the metrics: on ONNX Runtime where the model exports (once per
+        run), else on PyTorch (see `onnx_model_callable`)."""
+        cached: Model | None = getattr(self, "_forward", None)
+        if cached is None:
+            cached = onnx_model_callable(ctx.model, x) or model_callable(ctx.model)
+            self._forward = cached
+        return cached
 
     def _write_results(
         self,
@@ -245,6 +256,8 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
             "model": model,
             "images": len(opts.images),
             "sanity_images": opts.sanity_images,
+            # where the faithfulness metrics ran the model (onnxruntime, else torch)
+            "model_runtime": sorted({p.get("model_runtime", "torch") for p in parts}),
             "settings": self.options.to_dict(),
             "rows": [r.to_json() for r in rows],
             "reading": lines,
