@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.serving.helpers import MODEL, ServerProcess, add_version, copy_model, eventually
 
-PREFERRED_DELAY_S = 4.0
+PREFERRED_DELAY_S = 2.0
 
 
 def _policy(kind: str):
@@ -123,7 +123,7 @@ def test_a_new_version_under_poll_replaces_the_oldest_of_latest_n(client, root):
 
 def test_a_preferred_batch_size_goes_without_waiting_out_the_queue_delay(client):
     """Four concurrent one-image requests reach preferred_batch_size 4: they run together at
-    once, not after the 4 s max_queue_delay; a fifth, sent with them, waits the delay out."""
+    once, not after the 2 s max_queue_delay; a fifth, sent with them, waits the delay out."""
     answered: dict[int, float] = {}
     started = time.monotonic()
 
