@@ -473,6 +473,10 @@ class HttpServer:
             handle_signals=False,
             shutdown_timeout=shutdown_timeout,
             keepalive_timeout=self.limits.idle_timeout_s,
+            # After an answer that left a body unread (408, 413), wait for the rest of it at
+            # most this long, not aiohttp's 10 s, before closing: a stalled client holds the
+            # connection no longer than the body timeout allowed it.
+            lingering_time=min(10.0, self.limits.body_timeout_s),
             auto_decompress=False,  # bodies are decoded by limits.read_body, within the limit
             logger=limits.PROTOCOL_LOG,
         )

@@ -3,6 +3,7 @@ CIFAR-10 test images sent as PNG bytes answers what PyTorch answers, and mostly 
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 from collections.abc import Iterator
 
@@ -23,9 +24,16 @@ N_IMAGES = 200  # the first 200 test images, as PNG files
 @pytest.fixture(scope="module")
 def cifar_stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zoo_pb2_grpc.ZooStub]:
     repository = tmp_path_factory.mktemp("cifar-repository")
-    for name in MODELS:
-        done = cnnzoo("export", name, "--repository", str(repository), "--explanations", "none")
-        assert done.returncode == 0, done.stderr
+    # the two exports at once, one per core (each writes only its own model folder)
+    with concurrent.futures.ThreadPoolExecutor(len(MODELS)) as pool:
+        exports = pool.map(
+            lambda name: cnnzoo(
+                "export", name, "--repository", str(repository), "--explanations", "none"
+            ),
+            MODELS,
+        )
+        for done in exports:
+            assert done.returncode == 0, done.stderr
     log = tmp_path_factory.mktemp("cifar-logs") / "server.log"
     server = ServerProcess(repository, log).wait_ready()
     try:
