@@ -411,35 +411,20 @@ class ModelManager:
         for version in reversed(on_disk):
             if (version < served or (version == served and not reload)) and not removed:
                 break
-            files = fingerprint(self.repository, record.name, version)
-            refusal = record.failed.get(version)
-            if refusal is not None and refusal.fingerprint == files:
-                continue  # refused before and unchanged since
-            log.info("loading %s version %d", record.name, version)
-            try:
-                loaded = await asyncio.to_thread(self._loader.load, record.name, version, files)
-            except ExecutionProviderError:
-                raise  # the device choice is wrong for every model: a start-up error
-            except (CnnzooError, OSError) as err:
-                reason = self._reason(err)
-            except Exception as err:  # e.g. onnxruntime cannot parse the file
-                log.exception("loading %s version %d failed", record.name, version)
-                reason = self._reason(err)
-            else:
-                if not self._closing:  # the server may have begun to stop while loading
-                    record.failed.pop(version, None)
-                    if removed:
-                        log.warning(
-                            "the folder of %s version %d was removed from the repository",
-                            record.name,
-                            served,
-                        )
-                    self._serve(record, loaded)
-                    record.versions = on_disk
-                    await self._load_older(record, on_disk, policy, reload)
-                return
-            record.failed[version] = Refusal(files, reason)
-            log.error("refused %s version %d: %s", record.name, version, reason)
+            loaded = await self._try_load(record, version)
+            if loaded is None:
+                continue
+            if not self._closing:  # the server may have begun to stop while loading
+                if removed:
+                    log.warning(
+                        "the folder of %s version %d was removed from the repository",
+                        record.name,
+                        served,
+                    )
+                self._serve(record, loaded)
+                record.versions = on_disk
+                await self._load_older(record, on_disk, policy, reload)
+            return
         if removed:
             self._note(
                 record,
@@ -489,22 +474,11 @@ class ModelManager:
                 continue
             loaded = record.older.get(version)
             if loaded is None or reload:
-                files = fingerprint(self.repository, record.name, version)
-                refusal = record.failed.get(version)
-                if refusal is not None and refusal.fingerprint == files:
-                    continue
-                log.info("loading %s version %d (version_policy %s)", record.name, version, policy)
-                try:
-                    loaded = await asyncio.to_thread(self._loader.load, record.name, version, files)
-                except ExecutionProviderError:
-                    raise
-                except Exception as err:  # noqa: BLE001 - refused like the newest would be
-                    record.failed[version] = Refusal(files, self._reason(err))
-                    log.error("refused %s version %d: %s", record.name, version, err)
+                loaded = await self._try_load(record, version)
+                if loaded is None:
                     continue
                 if self._closing:
                     return
-                record.failed.pop(version, None)
                 loaded.batcher.start()
                 log.info("serving %s version %d on %s", record.name, version, loaded.provider)
             keep[version] = loaded
@@ -512,6 +486,31 @@ class ModelManager:
             if keep.get(version) is not loaded:
                 self._retire(loaded)
         record.older = keep
+
+    async def _try_load(self, record: ModelRecord, version: int) -> LoadedVersion | None:
+        """Load one version in a worker thread; None when it is refused (the reason recorded
+        in `record.failed` with its files' fingerprint, and logged) or was refused before and
+        its files have not changed since."""
+        files = fingerprint(self.repository, record.name, version)
+        refusal = record.failed.get(version)
+        if refusal is not None and refusal.fingerprint == files:
+            return None  # refused before and unchanged since
+        log.info("loading %s version %d", record.name, version)
+        try:
+            loaded = await asyncio.to_thread(self._loader.load, record.name, version, files)
+        except ExecutionProviderError:
+            raise  # the device choice is wrong for every model: a start-up error
+        except (CnnzooError, OSError) as err:
+            reason = self._reason(err)
+        except Exception as err:  # e.g. onnxruntime cannot parse the file
+            log.exception("loading %s version %d failed", record.name, version)
+            reason = self._reason(err)
+        else:
+            record.failed.pop(version, None)
+            return loaded
+        record.failed[version] = Refusal(files, reason)
+        log.error("refused %s version %d: %s", record.name, version, reason)
+        return None
 
     def _serve(self, record: ModelRecord, loaded: LoadedVersion) -> None:
         """Start `loaded`'s batcher and switch the model to it (on the event loop)."""
