@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from cnnzoo.fileio import atomic_path
+from cnnzoo.interpret.graphs.render import ANSWER_PNG_LEVEL
 
 __all__ = [
     "attribution_rgb",
@@ -230,9 +231,9 @@ def _to_image(t: torch.Tensor) -> Image.Image:
 
 
 def png_bytes(t: torch.Tensor) -> bytes:
-    """`[3, H, W]` in [0, 1] as PNG bytes."""
+    """`[3, H, W]` in [0, 1] as PNG bytes, compressed as the server's answers are."""
     buffer = io.BytesIO()
-    _to_image(t).save(buffer, format="PNG")
+    _to_image(t).save(buffer, format="PNG", compress_level=ANSWER_PNG_LEVEL)
     return buffer.getvalue()
 
 

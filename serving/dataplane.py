@@ -530,7 +530,8 @@ class DataPlane:
                 record = await graph.batcher.submit(row, call.deadline)
             except Exception as err:
                 raise _failure(served, err) from err
-            result = graph.result(served, record[0])
+            # the map's PNG is encoded on an image thread, not on the event loop
+            result = await self._decoding(lambda: graph.result(served, record[0]), call.deadline)
             if not quality:
                 return result
             figures = await explanation_quality(served, batch, result, call.deadline)

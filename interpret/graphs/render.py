@@ -30,11 +30,17 @@ def attribution_rgb(a: np.ndarray) -> np.ndarray:
     return (1 - pos - neg) * _ONES + pos * _RED + neg * _BLUE
 
 
+# PNGs sent as answers: zlib's level 1 encodes a 224x224 map about 4 times as fast as the default
+# level 6, for about 5 % more bytes.
+ANSWER_PNG_LEVEL = 1
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """`[3, H, W]` in [0, 1] as PNG bytes."""
     pixels = np.round(np.clip(np.asarray(rgb, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0))).save(buffer, format="PNG")
+    image = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
+    image.save(buffer, format="PNG", compress_level=ANSWER_PNG_LEVEL)
     return buffer.getvalue()
 
 
