@@ -426,6 +426,43 @@ def own_data_defaults(name: str, data: dict[str, Any]) -> str:
     )
 
 
+# -- explanation graphs against PyTorch ---------------------------------------------------------
+
+
+def explanation_parity(name: str, data: dict[str, Any]) -> str:
+    tolerance = data.get("tolerance", 1e-5)
+    rows = []
+    for r in data.get("rows", []):
+        fp16 = r.get("min_cosine_to_fp32") is not None
+        rows.append(
+            (r["model"], r["method"], f"{r['batch_1_max_rel_diff']:.1e}",
+             f"{r['batch_32_max_rel_diff']:.1e}", f"{r['maps_within_tolerance']}/{r['n']}",
+             f"cosine {r['min_cosine_to_fp32']:.4f}" if fp16 else str(r["decision_ties"]),
+             seconds(r["ort_seconds"]), seconds(r["torch_seconds"]))
+        )  # fmt: skip
+    header = ("model", "method", "max rel. diff, batch 1", "batch 32",
+              f"maps within {tolerance:g}", "rows with a decision tie (fp16: least cosine to fp32)",
+              "ONNX Runtime, batch 32", "PyTorch, batch 32")  # fmt: skip
+    built = data.get("resnet50_224_build_seconds", {})
+    return (
+        f"Difference of each map from PyTorch's (relative to the map's largest |value|), "
+        f"integrated gradients with {data.get('integrated_gradients_steps')} steps; onnxruntime "
+        f"{data.get('onnxruntime')}, torch {data.get('torch')}. A row with a decision tie took "
+        "a ReLU or max-pooling decision within float32 rounding the other way in one runtime: "
+        "its map may differ by that unit's contribution (see docs/explanations.md, Exactness). "
+        "fp16 graphs are compared with the fp32 PyTorch model.\n\n"
+        + table(header, rows, "llrrrrrr")
+        + (
+            "\nBuilding each method's graph for ResNet-50 at 224x224 from its model.onnx: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in built.items())
+            + ".\n"
+            if built
+            else ""
+        )
+        + f"\nFrom `bench/results/{name}`.\n"
+    )
+
+
 # -- explanations served from the exported graphs ----------------------------------------------
 
 
@@ -603,6 +640,8 @@ SECTIONS: tuple[tuple[str, str, str, str, Renderer], ...] = (
     ("own_data_defaults_", "Defaults on an image folder", "own-data-defaults",
      "CNNZOO_DATA=<data> python bench/own_data.py --work /tmp/own-data --part defaults "
      "--train-images 5000", own_data_defaults),
+    ("explanation_parity_", "Explanation graphs against PyTorch", "explanation-parity",
+     "CNNZOO_DATA=<data> python bench/explanation_parity.py", explanation_parity),
     ("explain_serving_", "Explanations served from the graphs", "explain-serving",
      "python bench/explain_serving.py --quick", explain_serving),
     ("explorer_", "The explorer in the browser", "explorer", "python bench/explorer.py",

@@ -64,6 +64,16 @@ def test_the_site_builds_strictly(tmp_path: Path):
     assert "Build the zoo model" in api  # build_model's docstring
 
 
+def test_no_page_holds_a_placeholder_for_text_to_come():
+    """A line that is one upper-case word (BENCH_PLACEHOLDER, PARITY_TABLE) is a slot for
+    generated text that was never filled."""
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            assert not re.fullmatch(r"[A-Z][A-Z0-9]*_[A-Z0-9_]+", line.strip()), (
+                f"{page.relative_to(ROOT)}:{number}: {line.strip()}"
+            )
+
+
 def test_readme_links_point_at_files():
     """The README is read on its own (not by mkdocs): each relative link names a file."""
     readme = (ROOT / "README.md").read_text()
