@@ -163,8 +163,9 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
     def run(self, ctx: JobContext) -> dict[str, Any]:
         images = list(self.options.images)
         keys = [f"images-{start:05d}" for start in range(0, len(images), _PART)]
+        made: list[Model] = []  # the model calls, made by the first part this run evaluates
         records = ctx.run_parts(
-            self.id, keys, lambda key: self._evaluate_part(ctx, int(key.split("-")[1]))
+            self.id, keys, lambda key: self._evaluate_part(ctx, int(key.split("-")[1]), made)
         )
         parts = [records[key]["data"] for key in keys]
         order = [*self.options.methods, *self.options.baselines]  # stored sorted by name
@@ -186,13 +187,16 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
         section["files"] = files
         return section
 
-    def _evaluate_part(self, ctx: JobContext, start: int) -> dict[str, Any]:
-        """The figures of images `start` to `start + 63` (by position in `images`)."""
+    def _evaluate_part(self, ctx: JobContext, start: int, made: list[Model]) -> dict[str, Any]:
+        """The figures of images `start` to `start + 63` (by position in `images`); `made`
+        holds the run's model calls once the first part has made them."""
         opts = self.options
         indices = list(opts.images[start : start + _PART])
         tensors, labels = ctx.images(indices)
         x = tensors.detach().float().cpu().numpy()
-        forward = self._model_forward(ctx, x)
+        if not made:  # on ONNX Runtime where the model exports, else on PyTorch
+            made.append(onnx_model_callable(ctx.model, x) or model_callable(ctx.model))
+        forward = made[0]
         if opts.target == "label":
             targets = np.asarray(labels, dtype=np.int64)
         else:
@@ -231,15 +235,6 @@ class ExplanationQuality(Analysis[ExplanationQualityOptions]):
                 "model_runtime": getattr(forward, "runtime", "torch"),
             },
         }
-
-    def _model_forward(self, ctx: JobContext, x: np.ndarray) -> Model:
-        """The model calls of the metrics: on ONNX Runtime where the model exports (once per
-        run), else on PyTorch (see `onnx_model_callable`)."""
-        cached: Model | None = getattr(self, "_forward", None)
-        if cached is None:
-            cached = onnx_model_callable(ctx.model, x) or model_callable(ctx.model)
-            self._forward = cached
-        return cached
 
     def _write_results(
         self,
