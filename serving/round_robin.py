@@ -20,11 +20,12 @@ T = TypeVar("T")
 class RoundRobin(Generic[T]):
     """Items queued per key; `pop` goes round the keys. Not thread-safe (event loop only)."""
 
-    __slots__ = ("_queues", "_count")
+    __slots__ = ("_queues", "_count", "_served_last")
 
     def __init__(self) -> None:
         self._queues: OrderedDict[Hashable, deque[T]] = OrderedDict()
         self._count = 0
+        self._served_last: Hashable | None = None  # the key `pop` took from last
 
     def __len__(self) -> int:
         return self._count
@@ -32,7 +33,11 @@ class RoundRobin(Generic[T]):
     def push(self, key: Hashable, item: T) -> None:
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = deque()  # a new key goes last in the round
+            queue = self._queues[key] = deque()  # a new key goes last in the round,
+            if self._served_last in self._queues and self._served_last != key:
+                # but ahead of the key just served: with one busy caller waiting, a newcomer
+                # takes the next turn, not the one after
+                self._queues.move_to_end(self._served_last)
         queue.append(item)
         self._count += 1
 
@@ -43,6 +48,7 @@ class RoundRobin(Generic[T]):
         key, queue = next(iter(self._queues.items()))
         item = queue.popleft()
         self._count -= 1
+        self._served_last = key
         if queue:
             self._queues.move_to_end(key)  # its next item waits for every other key's turn
         else:
